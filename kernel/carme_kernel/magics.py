@@ -1,0 +1,489 @@
+"""``%%remote`` and ``%carme``: the cluster from a notebook cell.
+
+Theory of operation
+-------------------
+``%%remote`` parses its options (``magic_arguments``; ``%%remote?`` documents
+them), validates them (``_spec``), analyses the cell body with ``ast``
+(``_cell``: which notebook names it reads, which it assigns), joins the cluster
+on first use (``_session``), and submits the body as a task — or as a call on a
+named actor (``--actor``), or once per node (``--all-nodes``). The task body
+lives in ``_exec``, which workers import. The cell then waits for the result
+(unless ``--async``), lets the output the task printed arrive, binds
+``--pull`` names and returns the value of the last expression, which IPython
+displays. A KeyboardInterrupt or ``--timeout`` cancels what the cell launched.
+
+``%carme`` is a line magic with subcommands that show the cluster
+(``views``) or change the connection.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shlex
+from collections.abc import Callable
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from . import views
+from ._cell import CellCode, prepare
+from ._exec import CellResult, Namespace, RemoteCellError, run_task
+from ._session import NotebookSession
+from ._spec import RemoteSpec, build_spec, check_fits, parse_bytes, parse_names, resolve_node
+
+__all__ = ["CarmeMagics"]
+
+_NAMESPACE_PREFIX = "carme_kernel.namespace:"
+_FLUSH_WAIT_S = 1.0
+_NOT_SHIPPABLE = frozenset({"get_ipython", "exit", "quit", "In", "Out"})
+
+
+def _remote_error(exc: BaseException) -> RemoteCellError | None:
+    """The RemoteCellError inside a carme task error, if any."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 8:
+        if isinstance(cur, RemoteCellError):
+            if type(cur) is RemoteCellError:
+                return cur
+            return RemoteCellError(cur.type_name, cur.message, cur.traceback_text, cur.cause)
+        nxt = getattr(cur, "cause", None)
+        cur = nxt if isinstance(nxt, BaseException) else cur.__cause__
+        seen += 1
+    return None
+
+
+@magics_class
+class CarmeMagics(Magics):
+    """The carme magics; ``session`` holds the connection and cell bookkeeping."""
+
+    def __init__(self, shell: Any, session: NotebookSession) -> None:
+        super().__init__(shell)
+        self.session = session
+        self._task_fn: Any = None
+        self._ns_cls: Any = None
+
+    @property
+    def ip(self) -> Any:
+        """The shell (never None once registered)."""
+        return self.shell
+
+    # ------------------------------------------------------------------ %%remote
+    @magic_arguments()
+    @argument("--cpus", type=float, metavar="N", help="CPUs the cell needs (default 1).")
+    @argument(
+        "--gpus", type=float, metavar="N", help="GPUs the cell needs; CUDA_VISIBLE_DEVICES is set."
+    )
+    @argument(
+        "--memory",
+        type=parse_bytes,
+        metavar="BYTES",
+        help="Memory to reserve, e.g. 2000000000 or 2G.",
+    )
+    @argument(
+        "--resources",
+        metavar="JSON",
+        help="""Custom resources as a JSON object, e.g. '{"accel": 1}'.""",
+    )
+    @argument(
+        "--node",
+        metavar="NODE_ID",
+        help="Run on this node (an id or a unique prefix; see %%carme nodes).",
+    )
+    @argument(
+        "--retries", type=int, metavar="N", help="Retries if the worker dies (default 3, as tasks)."
+    )
+    @argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="Cancel the cell if it runs longer than S seconds.",
+    )
+    @argument("--name", metavar="LABEL", help="Name of the task in the timeline and state API.")
+    @argument("--push", type=parse_names, metavar="a,b", help="Ship these notebook names too.")
+    @argument(
+        "--pull", type=parse_names, metavar="x,y", help="Bring these names back into the notebook."
+    )
+    @argument(
+        "--async",
+        dest="async_",
+        action="store_true",
+        help="Return at once; the result's ObjectRef is bound to -o NAME. Output keeps streaming.",
+    )
+    @argument(
+        "-o",
+        "--out",
+        default="_remote",
+        metavar="NAME",
+        help="Variable for the --async ObjectRef (default _remote).",
+    )
+    @argument(
+        "--actor",
+        metavar="NAME",
+        help="Run in a persistent remote namespace NAME (created on first use with the given "
+        "resources); its variables live across cells. %%carme drop NAME ends it.",
+    )
+    @argument(
+        "--all-nodes",
+        action="store_true",
+        help="Run once on every node; the value is {node id: result}.",
+    )
+    @cell_magic
+    def remote(self, line: str, cell: str) -> Any:
+        """Run the cell on the carme cluster and show the value of its last expression.
+
+        The notebook names the cell reads are shipped with it; names it assigns
+        stay remote unless pulled with --pull. Output the cell prints appears
+        here, live. Interrupting the kernel cancels the cell's work.
+
+        Examples::
+
+            %%remote --cpus 2 --pull total
+            total = sum(data)
+            total / len(data)
+
+            %%remote --actor model --gpus 1
+            weights = load()          # stays in the namespace 'model'
+        """
+        try:
+            # posix splitting removes the quotes around JSON and labels
+            args = self.remote.parser.parse_args(shlex.split(line))  # type: ignore[attr-defined]
+        except ValueError as exc:
+            raise UsageError(f"%%remote {line.strip()}: {exc}; check the quotes") from None
+        except UsageError as exc:
+            raise UsageError(
+                f"%%remote {line.strip()}: {exc}; see %%remote? for the options"
+            ) from None
+        spec = build_spec(args)
+        try:
+            label = self.session.cell_label()
+            code = prepare(cell, f"<remote cell {label}>", header=f"%%remote {line}\n")
+        except SyntaxError as exc:
+            raise UsageError(
+                f"the cell body is not valid Python: {exc.msg} (line {exc.lineno}). %%remote runs "
+                "plain Python on the cluster; line magics and shell escapes (!cmd) cannot run there"
+            ) from None
+        pushed = self._shipped(code, spec)
+        if not spec.actor:
+            never_set = [n for n in spec.pull if n not in code.names.assigns]
+            if never_set:
+                raise UsageError(
+                    f"--pull {','.join(never_set)}: the cell never assigns "
+                    f"{', '.join(never_set)}; assign it in the cell or drop it from --pull"
+                    + (
+                        f" (the cell assigns: {', '.join(sorted(code.names.assigns))})"
+                        if code.names.assigns
+                        else ""
+                    )
+                )
+        carme = self.session.connect()
+        nodes = carme.nodes()
+        node_id = resolve_node(spec.node, nodes) if spec.node else None
+        if spec.actor and spec.actor in self.session.namespaces:
+            pass  # resources were fixed when the namespace was created
+        else:
+            check_fits(spec, nodes, node_id)
+        if spec.all_nodes:
+            return self._run_all_nodes(carme, spec, code, pushed, nodes)
+        if spec.actor:
+            handle = self._namespace(carme, spec, node_id)
+            submit = handle.run.options(**({"name": spec.name} if spec.name else {})).remote
+        else:
+            opts = spec.task_options()
+            if node_id:
+                opts["scheduling_strategy"] = self._affinity(node_id)
+            submit = self._task(carme).options(**opts).remote
+        ref = self._submit(submit, code, pushed, list(spec.pull), spec.is_async)
+        if spec.is_async:
+            self.ip.user_ns[spec.out] = ref
+            return None
+        result = self._wait(carme, [ref], spec)[0]
+        return self._finish(spec, code, result)
+
+    # -- helpers of %%remote ---------------------------------------------------
+    def _shipped(self, code: CellCode, spec: RemoteSpec) -> dict[str, Any]:
+        ns = self.ip.user_ns
+        hidden = self.ip.user_ns_hidden
+        missing = [n for n in spec.push if n not in ns]
+        if missing:
+            raise UsageError(
+                f"--push {','.join(missing)}: the notebook has no variable named "
+                f"{', '.join(missing)}; define it first or drop it from --push"
+            )
+        bad = sorted((code.names.reads | set(spec.push)) & _NOT_SHIPPABLE)
+        if bad:
+            raise UsageError(
+                f"the cell uses {', '.join(bad)}, which exist only in the notebook's IPython shell; "
+                "%%remote cells run plain Python on the cluster"
+            )
+        shipped: dict[str, Any] = {}
+        for name in sorted(code.names.reads | set(spec.push)):
+            if name not in ns:
+                continue
+            value = ns[name]
+            if name in hidden and hidden[name] is value and name not in spec.push:
+                continue  # IPython's own names (_, _oh, ...), unless the user rebound them
+            shipped[name] = value
+        return shipped
+
+    def _task(self, carme: Any) -> Any:
+        if self._task_fn is None:
+            self._task_fn = carme.remote(run_task)
+        return self._task_fn
+
+    @staticmethod
+    def _affinity(node_id: str) -> Any:
+        from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(node_id, soft=False)
+
+    def _namespace(self, carme: Any, spec: RemoteSpec, node_id: str | None) -> Any:
+        assert spec.actor is not None
+        handle = self.session.namespaces.get(spec.actor)
+        if handle is not None:
+            return handle
+        if self._ns_cls is None:
+            self._ns_cls = carme.remote(Namespace)
+        opts = spec.resource_options()
+        if node_id:
+            opts["scheduling_strategy"] = self._affinity(node_id)
+        handle = self._ns_cls.options(
+            name=_NAMESPACE_PREFIX + spec.actor, get_if_exists=True, **opts
+        ).remote()
+        self.session.namespaces[spec.actor] = handle
+        return handle
+
+    def _submit(
+        self,
+        submit: Callable[..., Any],
+        code: CellCode,
+        pushed: dict[str, Any],
+        pull: list[str],
+        unwrap: bool,
+    ) -> Any:
+        try:
+            return submit(code, pushed, pull, unwrap)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            culprit = _unpicklable(pushed)
+            if culprit is None:
+                raise
+            raise UsageError(
+                f"cannot ship the notebook variable {culprit!r} to the cluster ({exc}); "
+                "create it inside the cell instead"
+            ) from None
+
+    def _wait(self, carme: Any, refs: list[Any], spec: RemoteSpec) -> list[Any]:
+        from carme.exceptions import GetTimeoutError
+
+        try:
+            return list(carme.get(refs, timeout=spec.timeout))
+        except KeyboardInterrupt:
+            self._cancel(carme, refs)
+            raise
+        except GetTimeoutError:
+            self._cancel(carme, refs)
+            raise TimeoutError(
+                f"%%remote: the cell did not finish within --timeout {spec.timeout:g} s and was "
+                "cancelled; raise --timeout or drop it"
+            ) from None
+        except Exception as exc:
+            remote = _remote_error(exc)
+            if remote is not None:
+                raise remote from None
+            raise
+
+    def _cancel(self, carme: Any, refs: list[Any]) -> None:
+        self.session.cancel_cell()
+        for ref in refs:
+            try:
+                carme.cancel(ref, force=False)
+            except Exception:
+                pass
+
+    def _await_output(self, newlines: int) -> None:
+        tag = self.session.current_tag()
+        if self.session.kernel is None or tag is None or not newlines:
+            return
+        run = tag["run"]
+        self.session.router.wait_for(run, newlines, _FLUSH_WAIT_S)
+
+    def _finish(self, spec: RemoteSpec, code: CellCode, result: CellResult) -> Any:
+        if result.missing:
+            raise UsageError(
+                f"--pull {','.join(result.missing)}: namespace {spec.actor!r} has no variable named "
+                f"{', '.join(result.missing)}; assign it in the cell or drop it from --pull"
+            )
+        self._await_output(result.newlines)
+        self.ip.user_ns.update(result.pulled)
+        return result.value if code.last_expr is not None else None
+
+    def _run_all_nodes(
+        self,
+        carme: Any,
+        spec: RemoteSpec,
+        code: CellCode,
+        pushed: dict[str, Any],
+        nodes: list[dict[str, Any]],
+    ) -> Any:
+        alive = [str(n.get("NodeID")) for n in nodes if n.get("Alive", True)]
+        fn = self._task(carme)
+        refs = {}
+        for node_id in alive:
+            opts = spec.task_options()
+            opts["scheduling_strategy"] = self._affinity(node_id)
+            refs[node_id] = self._submit(fn.options(**opts).remote, code, pushed, [], spec.is_async)
+        if spec.is_async:
+            self.ip.user_ns[spec.out] = refs
+            return None
+        results = self._wait(carme, list(refs.values()), spec)
+        self._await_output(sum(r.newlines for r in results))
+        if code.last_expr is None:
+            return None
+        return {node_id: r.value for node_id, r in zip(refs, results, strict=True)}
+
+    # ------------------------------------------------------------------ %carme
+    @line_magic
+    def carme(self, line: str) -> Any:
+        """Show or change the cluster this kernel uses.
+
+        %carme status              where the kernel is connected (default)
+        %carme nodes               the nodes and their resources
+        %carme gpus                GPUs per node
+        %carme objects             objects in the store
+        %carme actors              actors
+        %carme timeline [FILE]     recent task spans; with FILE, write Chrome trace JSON (Perfetto)
+        %carme connect ADDRESS     join the cluster at ADDRESS (host:port) from now on
+        %carme disconnect          leave the cluster (ends this kernel's work on it)
+        %carme drop NAME           end the %%remote --actor namespace NAME
+        """
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%carme {line}: {exc}") from None
+        sub, rest = (words[0], words[1:]) if words else ("status", [])
+        handler = getattr(self, f"_carme_{sub}", None)
+        if handler is None:
+            raise UsageError(
+                f"%carme {sub}: unknown subcommand; expected one of status, nodes, gpus, objects, "
+                "actors, timeline, connect, disconnect, drop (see %carme?)"
+            )
+        return handler(rest)
+
+    @staticmethod
+    def _no_args(sub: str, rest: list[str]) -> None:
+        if rest:
+            raise UsageError(f"%carme {sub} takes no arguments, got {' '.join(rest)!r}")
+
+    def _carme_status(self, rest: list[str]) -> views.View:
+        self._no_args("status", rest)
+        import carme
+
+        info: dict[str, Any] = {}
+        if not carme.is_initialized():
+            target = self.session.address or _env_address()
+            info["connected"] = "not yet (joins on first use)"
+            info["will join"] = target or "an embedded local cluster"
+            return views.status_view(info)
+        info["connected to"] = self.session.connected_to or "cluster joined by carme.init()"
+        nodes = [n for n in carme.nodes() if n.get("Alive", True)]
+        info["nodes"] = len(nodes)
+        info["resources"] = {
+            k: v for k, v in carme.cluster_resources().items() if not k.startswith("node:")
+        }
+        info["available"] = {
+            k: v for k, v in carme.available_resources().items() if not k.startswith("node:")
+        }
+        if self.session.namespaces:
+            info["namespaces"] = ", ".join(sorted(self.session.namespaces))
+        return views.status_view(info)
+
+    def _carme_nodes(self, rest: list[str]) -> views.View:
+        self._no_args("nodes", rest)
+        return views.nodes_view(self.session.connect().nodes())
+
+    def _carme_gpus(self, rest: list[str]) -> views.View:
+        self._no_args("gpus", rest)
+        return views.gpus_view(self.session.connect().nodes())
+
+    def _carme_objects(self, rest: list[str]) -> views.View:
+        self._no_args("objects", rest)
+        self.session.connect()
+        from carme.util.state import list_objects
+
+        return views.objects_view(_rows(list_objects()))
+
+    def _carme_actors(self, rest: list[str]) -> views.View:
+        self._no_args("actors", rest)
+        self.session.connect()
+        from carme.util.state import list_actors
+
+        return views.actors_view(_rows(list_actors()))
+
+    def _carme_timeline(self, rest: list[str]) -> views.View | None:
+        if len(rest) > 1:
+            raise UsageError("%carme timeline takes at most one argument, the file to write")
+        carme = self.session.connect()
+        if rest:
+            carme.timeline(filename=rest[0])
+            print(f"wrote the timeline to {rest[0]}; open it in https://ui.perfetto.dev")
+            return None
+        return views.timeline_view(carme.timeline())
+
+    def _carme_connect(self, rest: list[str]) -> views.View:
+        if len(rest) != 1:
+            raise UsageError("%carme connect expects one ADDRESS, such as 127.0.0.1:6380")
+        self.session.connect(rest[0])
+        return self._carme_status([])
+
+    def _carme_disconnect(self, rest: list[str]) -> None:
+        self._no_args("disconnect", rest)
+        self.session.disconnect()
+
+    def _carme_drop(self, rest: list[str]) -> None:
+        if len(rest) != 1:
+            raise UsageError("%carme drop expects the NAME of a %%remote --actor namespace")
+        name = rest[0]
+        handle = self.session.namespaces.pop(name, None)
+        carme = self.session.connect()
+        if handle is None:
+            try:
+                handle = carme.get_actor(_NAMESPACE_PREFIX + name)
+            except ValueError:
+                known = ", ".join(sorted(self.session.namespaces)) or "none"
+                raise UsageError(
+                    f"%carme drop {name}: no namespace named {name!r}; namespaces: {known}"
+                ) from None
+        carme.kill(handle)
+
+
+def _env_address() -> str | None:
+    import os
+
+    return os.environ.get("CARME_ADDRESS") or None
+
+
+def _rows(items: Any) -> list[dict[str, Any]]:
+    rows = []
+    for item in items:
+        if isinstance(item, dict):
+            rows.append(item)
+        elif hasattr(item, "__dataclass_fields__"):
+            import dataclasses
+
+            rows.append(dataclasses.asdict(item))
+        else:
+            rows.append(dict(getattr(item, "__dict__", {})))
+    return rows
+
+
+def _unpicklable(values: dict[str, Any]) -> str | None:
+    import cloudpickle
+
+    for name, value in values.items():
+        try:
+            cloudpickle.dumps(value)
+        except Exception:
+            return name
+    return None
