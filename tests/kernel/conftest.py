@@ -1,0 +1,161 @@
+"""Fixtures for end-to-end tests through the real carme kernel (jupyter_client).
+
+The kernelspec is installed into a temporary prefix, and Jupyter and IPython
+write only under a temporary directory: nothing touches the user's home.
+`kernel` starts one carme kernel per test and shuts it down (the leak guard of
+tests/conftest.py then checks that its processes and shared memory are gone).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+KERNEL_START_TIMEOUT = 60
+
+
+@pytest.fixture(scope="session")
+def jupyter_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    from carme_kernel._install import install
+
+    root = tmp_path_factory.mktemp("jupyter")
+    env = {
+        "JUPYTER_PATH": str(root / "share" / "jupyter"),
+        "JUPYTER_DATA_DIR": str(root / "data"),
+        "JUPYTER_CONFIG_DIR": str(root / "config"),
+        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
+        "IPYTHONDIR": str(root / "ipython"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.delenv("CARME_ADDRESS", raising=False)
+        install(prefix=str(root))
+        yield root
+
+
+@dataclass
+class CellRun:
+    msg_id: str
+    reply: dict[str, Any]
+    messages: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return str(self.reply["content"]["status"])
+
+    def streams(self, name: str | None = None) -> list[tuple[float, str]]:
+        return [
+            (t, m["content"]["text"])
+            for t, m in self.messages
+            if m["msg_type"] == "stream" and (name is None or m["content"]["name"] == name)
+        ]
+
+    def text(self, name: str | None = None) -> str:
+        return "".join(t for _, t in self.streams(name))
+
+    def result(self) -> dict[str, Any] | None:
+        for _, m in self.messages:
+            if m["msg_type"] == "execute_result":
+                return dict(m["content"]["data"])
+        return None
+
+    def error(self) -> dict[str, Any] | None:
+        """ename/evalue/traceback of the cell's error (UsageErrors only appear in the reply)."""
+        for _, m in self.messages:
+            if m["msg_type"] == "error":
+                return dict(m["content"])
+        if self.status == "error":
+            return dict(self.reply["content"])
+        return None
+
+
+class KernelHarness:
+    """A running carme kernel; keeps every iopub message with its arrival time."""
+
+    def __init__(self, km: Any, kc: Any) -> None:
+        self.km = km
+        self.kc = kc
+        self.iopub: list[tuple[float, dict[str, Any]]] = []
+
+    def _drain(self, until: float, stop: Any = None) -> None:
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                msg = self.kc.get_iopub_msg(timeout=min(left, 0.1))
+            except queue.Empty:
+                continue
+            self.iopub.append((time.monotonic(), msg))
+            if stop is not None and stop(msg):
+                return
+
+    def collect(self, seconds: float) -> None:
+        """Keep receiving iopub messages for ``seconds``."""
+        self._drain(time.monotonic() + seconds)
+
+    def submit(self, code: str) -> str:
+        return str(self.kc.execute(code))
+
+    def wait(self, msg_id: str, timeout: float = 60) -> CellRun:
+        deadline = time.monotonic() + timeout
+
+        def idle(m: dict[str, Any]) -> bool:
+            return (
+                m["msg_type"] == "status"
+                and m["parent_header"].get("msg_id") == msg_id
+                and m["content"]["execution_state"] == "idle"
+            )
+
+        if not any(idle(m) for _, m in self.iopub):
+            self._drain(deadline, idle)
+        reply = None
+        while reply is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no execute_reply for {msg_id} within {timeout} s")
+            msg = self.kc.get_shell_msg(timeout=left)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                reply = msg
+        return CellRun(msg_id, reply, self.of(msg_id))
+
+    def of(self, msg_id: str) -> list[tuple[float, dict[str, Any]]]:
+        return [(t, m) for t, m in self.iopub if m["parent_header"].get("msg_id") == msg_id]
+
+    def run(self, code: str, timeout: float = 60) -> CellRun:
+        return self.wait(self.submit(code), timeout)
+
+    def ok(self, code: str, timeout: float = 60) -> CellRun:
+        run = self.run(code, timeout)
+        assert run.status == "ok", run.error() or run.reply["content"]
+        return run
+
+    def value(self, code: str, timeout: float = 60) -> str:
+        """text/plain of the cell's result."""
+        res = self.ok(code, timeout).result()
+        assert res is not None, f"cell gave no result: {code!r}"
+        return str(res["text/plain"])
+
+
+@pytest.fixture
+def kernel(jupyter_dirs: Path) -> Iterator[KernelHarness]:
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name="carme")
+    km.start_kernel(cwd=str(jupyter_dirs))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=KERNEL_START_TIMEOUT)
+        yield KernelHarness(km, kc)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
