@@ -1,0 +1,229 @@
+"""Shared fixtures: leak checks for tests that start processes, and `ray_impl`.
+
+Theory of operation
+-------------------
+Every test that starts carme processes must leave nothing behind. `LeakGuard`
+snapshots the driver's child processes (recursively) and the `/dev/shm` entries
+whose name starts with ``carme`` before the work, and after it waits up to 5 s
+for every new one to disappear. Survivors fail the test by name and are then
+killed by PID so later tests start clean.
+
+- Tests marked ``processes`` get a function-scoped guard automatically
+  (`_no_leaks`), unless they use `ray_impl`, whose cluster lives for a whole
+  module and is guarded at module scope instead.
+- `ray_impl` is parametrized over implementations: ``carme`` always, ``ray``
+  when Ray can be imported (skipped otherwise, so CI runs carme only). It
+  yields the initialized module; tests are written once against it::
+
+      def test_x(ray_impl):
+          ray = ray_impl
+          assert ray.get(ray.put(1)) == 1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import time
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import psutil
+import pytest
+
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "carme"
+LEAK_WAIT_S = 5.0
+
+# Resources every `ray_impl` cluster declares; tests rely on these numbers.
+CLUSTER_CPUS = 2
+CLUSTER_GPUS = 2
+CLUSTER_CUSTOM = {"custom_a": 2.0}
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIX)}
+    except FileNotFoundError:
+        return set()
+
+
+def _children() -> dict[int, psutil.Process]:
+    procs = {}
+    for p in psutil.Process().children(recursive=True):
+        procs[p.pid] = p
+    return procs
+
+
+def _describe(p: psutil.Process) -> str:
+    try:
+        cmd = " ".join(p.cmdline())[:160] or p.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        cmd = "?"
+    return f"pid {p.pid} ({cmd})"
+
+
+class LeakGuard:
+    """Before/after check that no new child process or carme shm segment survives."""
+
+    def __init__(self) -> None:
+        self.procs = _children()
+        self.shm = _shm_entries()
+
+    def survivors(self, wait_s: float = LEAK_WAIT_S) -> tuple[list[psutil.Process], list[str]]:
+        deadline = time.monotonic() + wait_s
+        while True:
+            procs = [
+                p
+                for pid, p in _children().items()
+                if pid not in self.procs and _alive(p)
+            ]
+            shm = sorted(_shm_entries() - self.shm)
+            if (not procs and not shm) or time.monotonic() >= deadline:
+                return procs, shm
+            time.sleep(0.05)
+
+    def check(self, what: str, wait_s: float = LEAK_WAIT_S) -> str | None:
+        """Return a failure message naming survivors (after killing them), or None."""
+        procs, shm = self.survivors(wait_s)
+        if not procs and not shm:
+            return None
+        lines = [f"{what} left resources behind after {wait_s:.0f} s:"]
+        lines += [f"  process {_describe(p)}" for p in procs]
+        lines += [f"  shared memory {SHM_DIR}/{n}" for n in shm]
+        self.clean(procs, shm)
+        return "\n".join(lines)
+
+    @staticmethod
+    def clean(procs: list[psutil.Process], shm: list[str]) -> None:
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(procs, timeout=3)
+        for n in shm:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(SHM_DIR, n))
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Function-scoped leak check for tests marked ``processes``."""
+    if request.node.get_closest_marker("processes") is None or "ray_impl" in request.fixturenames:
+        yield
+        return
+    guard = LeakGuard()
+    yield
+    msg = guard.check(f"test {request.node.nodeid}")
+    if msg:
+        pytest.fail(msg, pytrace=False)
+
+
+@pytest.fixture
+def carme() -> Iterator[ModuleType]:
+    """carme initialized with a small embedded cluster, shut down afterwards.
+
+    Tests using it should be marked ``processes`` (the leak check then applies).
+    """
+    import carme as mod
+
+    mod.init(num_cpus=CLUSTER_CPUS, resources=dict(CLUSTER_CUSTOM))
+    try:
+        yield mod
+    finally:
+        mod.shutdown()
+
+
+def _ray_available() -> bool:
+    try:
+        importlib.import_module("ray")
+    except ImportError:
+        return False
+    return True
+
+
+def init_impl(name: str, **kwargs: Any) -> ModuleType:
+    """Import and initialize `name` ("carme" or "ray") with the shared test cluster shape."""
+    mod = importlib.import_module(name)
+    opts: dict[str, Any] = {
+        "num_cpus": CLUSTER_CPUS,
+        "num_gpus": CLUSTER_GPUS,
+        "resources": dict(CLUSTER_CUSTOM),
+    }
+    if name == "ray":
+        opts.update(include_dashboard=False, configure_logging=False)
+    opts.update(kwargs)
+    mod.init(**opts)
+    return mod
+
+
+@pytest.fixture(scope="module", params=["carme", "ray"])
+def ray_impl(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModuleType]:
+    """The module under test (carme, or Ray when installed), initialized for this module.
+
+    A test module may define ``init_kwargs(tmp_path_factory) -> dict`` (extra
+    ``init()`` arguments for both implementations, e.g. a job-level
+    ``runtime_env``) and ``RAY_INIT_KWARGS`` (extra arguments for Ray only).
+    """
+    name: str = request.param
+    if name == "ray" and not _ray_available():
+        pytest.skip("Ray is not installed (differential run needs .venv-bench)")
+    guard = LeakGuard()
+    factory = getattr(request.module, "init_kwargs", None)
+    extra = dict(factory(tmp_path_factory)) if factory else {}
+    if name == "ray":
+        extra.update(getattr(request.module, "RAY_INIT_KWARGS", {}))
+    mod = init_impl(name, **extra)
+    try:
+        yield mod
+    finally:
+        mod.shutdown()
+    # Ray's own daemons are not carme's business: clean up quietly, check carme strictly.
+    if name == "carme":
+        msg = guard.check(f"carme cluster of {request.module.__name__}")
+        if msg:
+            pytest.fail(msg, pytrace=False)
+    else:
+        procs, shm = guard.survivors(wait_s=10)
+        guard.clean(procs, shm)
+
+
+@pytest.fixture
+def wait_for() -> Any:
+    """`wait_for(pred, timeout=10)`: poll `pred()` until truthy and return its value."""
+
+    def _wait_for(pred: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = pred()
+            if value:
+                return value
+            if time.monotonic() >= deadline:
+                pytest.fail(f"condition not met within {timeout} s: {getattr(pred, '__name__', pred)}")
+            time.sleep(interval)
+
+    return _wait_for
+
+
+@pytest.fixture
+def submodule() -> Any:
+    """`submodule(ray, "util.placement_group")` -> that module, for carme or Ray alike.
+
+    (`ray.util.placement_group` as an attribute is a function in Ray, so go
+    through the import system.)
+    """
+
+    def _submodule(mod: ModuleType, path: str) -> ModuleType:
+        return importlib.import_module(f"{mod.__name__}.{path}")
+
+    return _submodule
