@@ -41,17 +41,15 @@ _NOT_SHIPPABLE = frozenset({"get_ipython", "exit", "quit", "In", "Out"})
 
 
 def _remote_error(exc: BaseException) -> RemoteCellError | None:
-    """The RemoteCellError inside a carme task error, if any."""
-    seen = 0
+    """The RemoteCellError inside a carme task error (its ``cause``), if any."""
     cur: BaseException | None = exc
-    while cur is not None and seen < 8:
-        if isinstance(cur, RemoteCellError):
-            if type(cur) is RemoteCellError:
-                return cur
-            return RemoteCellError(cur.type_name, cur.message, cur.traceback_text, cur.cause)
+    for _ in range(8):
+        if cur is None:
+            return None
+        if type(cur) is RemoteCellError:
+            return cur
         nxt = getattr(cur, "cause", None)
         cur = nxt if isinstance(nxt, BaseException) else cur.__cause__
-        seen += 1
     return None
 
 

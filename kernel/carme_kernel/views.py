@@ -143,7 +143,11 @@ def gpus_view(nodes: Iterable[Mapping[str, Any]]) -> View:
         gpus = n.get("GPUs") or n.get("gpus")
         if isinstance(gpus, list) and gpus:
             for g in gpus:
-                rows.append({"node": n.get("NodeID", n.get("node_id")), **g})
+                row = {"node": n.get("NodeID", n.get("node_id")), **g}
+                row.setdefault("utilization", g.get("utilization_gpu"))
+                for key in ("memory_used", "memory_total"):
+                    row[key] = _gib(g.get(key)) or g.get(key)
+                rows.append(row)
         elif res.get("GPU"):
             rows.append(
                 {"node": n.get("NodeID", n.get("node_id")), "name": f"{res['GPU']:g} GPU(s)"}

@@ -52,3 +52,21 @@ def test_timeline_view() -> None:
     v = views.timeline_view(events)
     assert v.rows[0]["cell"] == "[4]" and v.rows[0]["ms"] == 2.5
     assert "1 of 1" in v.note
+
+
+def test_gpu_metrics_rows() -> None:
+    node = {
+        "NodeID": "n",
+        "Resources": {"GPU": 1.0},
+        "GPUs": [
+            {
+                "index": 0,
+                "name": "H100",
+                "utilization_gpu": 37,
+                "memory_used": 2**30,
+                "memory_total": 80 * 2**30,
+            }
+        ],
+    }
+    row = views.gpus_view([node]).rows[0]
+    assert row["utilization"] == 37 and row["memory_total"] == "80.0 GiB"
