@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "ACTOR_DEFAULTS",
     "METHOD_DEFAULTS",
+    "actor_scheduling_shape",
     "TASK_DEFAULTS",
     "resource_shape",
     "validate_actor_options",
@@ -433,8 +434,6 @@ def validate_actor_options(options: dict[str, Any], *, where: str) -> dict[str, 
             f"Invalid option get_if_exists=True for {where}: expected a name to look up. "
             "Fix: pass name='...' together with get_if_exists=True."
         )
-    if out.get("lifetime") == "detached" and "name" in out and out["name"] is None:
-        pass  # Ray allows anonymous detached actors.
     return out
 
 
@@ -526,3 +525,14 @@ def resource_shape(options: dict[str, Any], *, is_actor: bool) -> dict[str, floa
     if accel:
         shape[f"accelerator_type:{accel}"] = 0.001
     return {k: v for k, v in shape.items() if v > 0}
+
+
+def actor_scheduling_shape(options: dict[str, Any]) -> dict[str, float]:
+    """The resources needed to *place* an actor: 1 CPU when ``num_cpus`` was not given.
+
+    Once the actor runs it holds :func:`resource_shape` (``is_actor=True``) instead.
+    """
+    shape = resource_shape(options, is_actor=True)
+    if options.get("num_cpus") is None:
+        shape["CPU"] = 1.0
+    return shape

@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+_PG_SCHEDULING_STATE = {"CREATED": "FINISHED", "REMOVED": "REMOVED", "RESCHEDULING": "QUEUED"}
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ class _PG:
         self.bundles = [_Bundle(b) for b in bundles]
         self.state = "PENDING"
         self.message = ""
+        self.attempts = 0
+        self.tried_at = -1  # scheduler epoch of the last placement attempt
 
 
 @dataclass
@@ -188,6 +191,7 @@ class ClusterScheduler:
         self._spread_cursor = 0
         self._version = 0  # bumped when nodes or placement groups change
         self._pg_changes: list[str] = []
+        self._epoch = 0  # bumped whenever resources may have been freed or nodes changed
         self.stats = {"decisions": 0, "polls": 0}
 
     # -- nodes ---------------------------------------------------------------------
@@ -195,7 +199,7 @@ class ClusterScheduler:
         if node_id in self._nodes:
             raise ValueError(f"node {node_id!r} is already registered; remove it first")
         self._nodes[node_id] = _Node(node_id, ResourcePool(to_fixed_shape(total)), dict(labels or {}))
-        self._version += 1
+        self._bump()
 
     def remove_node(self, node_id: str) -> list[str]:
         """Forget a dead node; return the lease ids that were on it (they are void)."""
@@ -213,8 +217,12 @@ class ClusterScheduler:
                 if pg.pg_id not in self._pending_pgs:
                     self._pending_pgs.append(pg.pg_id)
                 self._pg_changes.append(pg.pg_id)
-        self._version += 1
+        self._bump()
         return lost
+
+    def _bump(self) -> None:
+        self._version += 1
+        self._epoch += 1
 
     def nodes(self) -> list[str]:
         return list(self._nodes)
@@ -262,6 +270,7 @@ class ClusterScheduler:
         lease = self._leases.pop(lease_id, None)
         if lease is not None:
             lease.pool.free(lease.alloc)
+            self._epoch += 1
 
     def lease_node(self, lease_id: str) -> str | None:
         lease = self._leases.get(lease_id)
@@ -439,16 +448,21 @@ class ClusterScheduler:
                 f"{what} requires {describe(req.shape)} but the cluster has no alive nodes"
                 " that it may use. Fix: start a node (carme.init() or `carme start`)."
             )
-        missing: set[str] = set()
-        for n in nodes:
-            missing.update(n.pool.shortfall(shape))
-        most = {k: max(n.pool.total.get(k, 0) for n in nodes) / 10_000 for k in sorted(missing)}
-        has = ", ".join(f"{k}: {int(v) if float(v).is_integer() else v}" for k, v in most.items())
-        need = ", ".join(f"{k}={int(v) if float(v).is_integer() else v}" for k, v in sorted(req.shape.items()) if k in missing)
+        lacking = sorted(k for k in shape if not any(n.pool.fits_total({k: shape[k]}) for n in nodes))
+        if lacking:
+            most = {k: max(n.pool.total.get(k, 0) for n in nodes) / 10_000 for k in lacking}
+            need = {k: req.shape.get(k, 0.0) for k in lacking}
+            return (
+                f"{what} requires {describe(req.shape)} but no node can ever provide "
+                f"{describe(need)[1:-1]}; the most any node has is {describe(most)}. Fix: lower "
+                f"the request or add a node with more {', '.join(lacking)}."
+            )
+        shown = "; ".join(f"{n.node_id}: {describe(n.pool.total_floats())}" for n in nodes[:5])
+        more = f" (and {len(nodes) - 5} more)" if len(nodes) > 5 else ""
         return (
-            f"{what} requires {describe(req.shape)} but no node can ever provide {need}; "
-            f"the most any node has is {{{has}}}. Fix: lower the request or add a node with "
-            f"more {', '.join(sorted(missing))}."
+            f"{what} requires {describe(req.shape)} but no single node has all of it "
+            f"together; nodes: {shown}{more}. Fix: split the request or add a node that has "
+            "all these resources."
         )
 
     # -- placement groups ----------------------------------------------------------
@@ -477,7 +491,7 @@ class ClusterScheduler:
         if pg_id in self._pending_pgs:
             self._pending_pgs.remove(pg_id)
         self._pg_changes.append(pg_id)
-        self._version += 1
+        self._bump()
         return void
 
     def placement_group(self, pg_id: str) -> dict[str, object]:
@@ -492,6 +506,12 @@ class ClusterScheduler:
             "bundles": {i: to_float_shape(b.shape) for i, b in enumerate(pg.bundles)},
             "bundles_to_node_id": {i: b.node_id for i, b in enumerate(pg.bundles) if b.node_id},
             "message": pg.message,
+            "stats": {
+                "scheduling_attempt": pg.attempts,
+                "scheduling_state": _PG_SCHEDULING_STATE.get(pg.state, "QUEUED")
+                if not pg.message
+                else "INFEASIBLE",
+            },
         }
 
     def placement_groups(self) -> list[dict[str, object]]:
@@ -512,6 +532,10 @@ class ClusterScheduler:
     def _try_pending_pgs(self) -> None:
         for pg_id in list(self._pending_pgs):
             pg = self._pgs[pg_id]
+            if pg.tried_at == self._epoch:
+                continue  # nothing was freed since the last attempt
+            pg.tried_at = self._epoch
+            pg.attempts += 1
             todo = [i for i, b in enumerate(pg.bundles) if b.node_id is None]
             fixed = {i: b.node_id for i, b in enumerate(pg.bundles) if b.node_id is not None}
             live = {nid: n.pool for nid, n in self._nodes.items()}
@@ -530,7 +554,7 @@ class ClusterScheduler:
             pg.state, pg.message = "CREATED", ""
             self._pending_pgs.remove(pg_id)
             self._pg_changes.append(pg_id)
-            self._version += 1
+            self._bump()
 
 
 def _place(

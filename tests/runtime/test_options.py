@@ -10,6 +10,7 @@ import pytest
 from carme._options import (
     ACTOR_DEFAULTS,
     TASK_DEFAULTS,
+    actor_scheduling_shape,
     resource_shape,
     validate_actor_options,
     validate_method_options,
@@ -219,6 +220,12 @@ def test_resource_shape() -> None:
         is_actor=False,
     )
     assert shape == {"CPU": 1.0, "memory": 1024.0, "TPU": 2.0, "accelerator_type:A100": 0.001}
+
+
+def test_actor_scheduling_shape() -> None:
+    assert actor_scheduling_shape({}) == {"CPU": 1.0}
+    assert actor_scheduling_shape({"num_cpus": 0, "num_gpus": 1}) == {"GPU": 1.0}
+    assert actor_scheduling_shape({"num_cpus": 2}) == {"CPU": 2.0}
 
 
 def test_non_dict_options() -> None:

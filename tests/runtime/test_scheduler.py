@@ -305,3 +305,26 @@ def test_many_pending_requests_stay_linear() -> None:
     # Each grant costs one decision plus at most one failed check per group per poll.
     assert s.stats["decisions"] <= 3 * n + 10
     assert s.available() == {"CPU": 4.0, "GPU": 1.0}
+
+
+def test_infeasible_when_no_single_node_has_everything() -> None:
+    s = cluster(("cpu", {"CPU": 8}), ("gpu", {"CPU": 1, "GPU": 1}))
+    s.submit(req({"CPU": 4, "GPU": 1}, rid="x", desc="task t"))
+    msg = infeasible(s.poll())["x"].message
+    assert "no single node has all of it together" in msg and "gpu: {CPU: 1, GPU: 1}" in msg
+
+
+def test_pending_pg_is_retried_only_after_something_is_freed() -> None:
+    s = cluster(("a", {"CPU": 1}))
+    s.submit(req({"CPU": 1}, rid="hog"))
+    g = grants(s.poll())
+    s.create_placement_group("pg", [{"CPU": 1}], "PACK")
+    for _ in range(5):
+        s.poll()
+    info = s.placement_group("pg")
+    assert info["stats"] == {"scheduling_attempt": 1, "scheduling_state": "QUEUED"}
+    s.release(g["hog"].lease_id)
+    s.poll()
+    assert s.placement_group("pg")["stats"] == {"scheduling_attempt": 2, "scheduling_state": "FINISHED"}
+    s.create_placement_group("big", [{"CPU": 9}], "PACK")
+    assert s.placement_group("big")["stats"]["scheduling_state"] == "INFEASIBLE"

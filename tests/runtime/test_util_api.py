@@ -35,6 +35,7 @@ from carme.util.scheduling_strategies import (
     NodeLabelSchedulingStrategy,
     NotIn,
     PlacementGroupSchedulingStrategy,
+    parse_label_selector,
     to_scheduler_strategy,
 )
 
@@ -146,6 +147,16 @@ def test_to_scheduler_strategy() -> None:
     assert to_scheduler_strategy(None, current_placement_group_id="cc") == DefaultStrategy()
     with pytest.raises(ValueError, match="SPREAD"):
         to_scheduler_strategy("PACK")
+
+
+def test_label_selector() -> None:
+    assert parse_label_selector({"a": "x", "b": "!y", "c": "in(p, q)", "d": "!in(r)"}) == (
+        ("a", "in", ("x",)), ("b", "not_in", ("y",)), ("c", "in", ("p", "q")), ("d", "not_in", ("r",))
+    )
+    assert to_scheduler_strategy(None, label_selector={"zone": "us"}) == NodeLabel((("zone", "in", ("us",)),))
+    assert to_scheduler_strategy("SPREAD", label_selector={"zone": "us"}) == SpreadStrategy()
+    with pytest.raises(ValueError, match="no values"):
+        parse_label_selector({"a": "in()"})
 
 
 # -- placement groups ----------------------------------------------------------------

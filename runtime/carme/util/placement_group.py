@@ -170,7 +170,10 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
     """The live placement group with this name (ValueError if there is none)."""
     if not isinstance(placement_group_name, str) or not placement_group_name:
         raise ValueError("get_placement_group expected a non-empty name.")
-    info = _runtime().placement_group_info(name=placement_group_name)
+    try:
+        info = _runtime().placement_group_info(name=placement_group_name)
+    except (ValueError, KeyError):
+        info = None
     if not info or (isinstance(info, dict) and info.get("state") == "REMOVED"):
         raise ValueError(f"Failed to look up placement group with name: {placement_group_name}")
     return _from_info(info)

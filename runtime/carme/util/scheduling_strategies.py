@@ -29,6 +29,7 @@ __all__ = [
     "NotIn",
     "PlacementGroupSchedulingStrategy",
     "SchedulingStrategyT",
+    "parse_label_selector",
     "to_scheduler_strategy",
 ]
 
@@ -223,6 +224,27 @@ SchedulingStrategyT = (
 )
 
 
+def parse_label_selector(selector: dict[str, str]) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    """Ray's ``label_selector`` syntax: ``"v"``, ``"!v"``, ``"in(a,b)"``, ``"!in(a,b)"``."""
+    terms = []
+    for key, raw in selector.items():
+        text = raw.strip()
+        negate = text.startswith("!")
+        if negate:
+            text = text[1:].strip()
+        if text.startswith("in(") and text.endswith(")"):
+            values = tuple(v.strip() for v in text[3:-1].split(",") if v.strip())
+            if not values:
+                raise ValueError(
+                    f"Invalid label_selector {key!r}: {raw!r} lists no values. Fix: write "
+                    "'in(a,b)'."
+                )
+        else:
+            values = (text,)
+        terms.append((key, "not_in" if negate else "in", values))
+    return tuple(terms)
+
+
 def to_scheduler_strategy(
     scheduling_strategy: SchedulingStrategyT = None,
     *,
@@ -230,14 +252,34 @@ def to_scheduler_strategy(
     placement_group_bundle_index: int = -1,
     current_placement_group_id: str | None = None,
     capture_child_tasks: bool = False,
+    label_selector: dict[str, str] | None = None,
 ) -> Strategy:
     """The scheduler strategy for validated options.
 
     ``placement_group="default"`` with no strategy inherits the caller's placement group
     when that group captures child tasks (``current_placement_group_id`` +
-    ``capture_child_tasks``, which the runtime knows), as in Ray.
+    ``capture_child_tasks``, which the runtime knows), as in Ray. A ``label_selector``
+    with the default strategy becomes a hard :class:`NodeLabel` strategy.
     """
-    s = scheduling_strategy
+    strategy = _to_strategy(
+        scheduling_strategy,
+        placement_group,
+        placement_group_bundle_index,
+        current_placement_group_id,
+        capture_child_tasks,
+    )
+    if label_selector and isinstance(strategy, DefaultStrategy):
+        return NodeLabel(parse_label_selector(label_selector))
+    return strategy
+
+
+def _to_strategy(
+    s: SchedulingStrategyT,
+    placement_group: Any,
+    placement_group_bundle_index: int,
+    current_placement_group_id: str | None,
+    capture_child_tasks: bool,
+) -> Strategy:
     if isinstance(s, PlacementGroupSchedulingStrategy):
         if s.placement_group is None:
             return DefaultStrategy()
