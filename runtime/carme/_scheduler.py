@@ -174,6 +174,10 @@ class _Group:
         self.reported_upto = -1  # requests with seq <= this were reported infeasible
 
 
+class _Unavailable(str):
+    """A fail-fast refusal that depends on current load, not on the cluster's shape."""
+
+
 _Decision = tuple[str, ResourcePool] | str | None  # (node, pool) | infeasible msg | wait
 
 
@@ -309,6 +313,11 @@ class ClusterScheduler:
             decision = self._decide(req, fixed)
             if decision is None:
                 return
+            if isinstance(decision, _Unavailable):
+                if seq > group.reported_upto:
+                    group.reported_upto = seq
+                    self._out.append(Infeasible(req.request_id, str(decision)))
+                return
             if isinstance(decision, str):
                 group.seen_version = self._version
                 self._report_infeasible(group)
@@ -337,7 +346,9 @@ class ClusterScheduler:
         for req, fixed in reversed(fresh):
             msg = self._decide(req, fixed)
             if isinstance(msg, str):
-                self._out.append(Infeasible(req.request_id, msg))
+                self._out.append(Infeasible(req.request_id, str(msg)))
+            else:  # the group can run after all: serve it at the next poll
+                group.seen_version = -1
 
     def _decide(self, req: LeaseRequest, shape: dict[str, int]) -> _Decision:
         strategy = req.strategy
@@ -358,7 +369,10 @@ class ClusterScheduler:
                 if not usable:
                     return self._infeasible_msg(req, shape, [node])
                 if strategy.fail_on_unavailable:
-                    return self._what(req) + f" cannot run now on node {strategy.node_id}: it is busy."
+                    return _Unavailable(
+                        self._what(req) + f" cannot run now on node {strategy.node_id}: it is "
+                        "busy and the strategy says _fail_on_unavailable=True."
+                    )
                 return None
             if usable and not strategy.spill_on_unavailable:
                 return None  # soft: wait for the preferred node while it is alive and could fit

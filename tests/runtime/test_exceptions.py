@@ -35,6 +35,13 @@ class Refuses(Exception):
         raise TypeError("no subclasses")
 
 
+class BadArgs(Exception):
+    """Pickles, but cannot be rebuilt: __init__ takes other arguments than ``args``."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+
+
 class Unpicklable(Exception):
     def __init__(self) -> None:
         super().__init__("has a lambda")
@@ -130,6 +137,12 @@ def test_unpicklable_cause_is_replaced() -> None:
     assert "has a lambda" in str(err.cause)
     back = pickle.loads(pickle.dumps(err))
     assert isinstance(back, RayTaskError) and "Unpicklable" in back.traceback_str
+
+
+def test_cause_that_cannot_be_rebuilt_is_replaced() -> None:
+    err = failing(BadArgs(1, 2))
+    assert isinstance(err.cause, UnserializableException) and "BadArgs: 1-2" in str(err.cause)
+    assert pickle.loads(pickle.dumps(err.as_instanceof_cause())).function_name == "f"
 
 
 def test_internal_frames_are_hidden() -> None:

@@ -34,6 +34,10 @@ def infeasible(decisions: list) -> dict[str, Infeasible]:
     return {d.request_id: d for d in decisions if isinstance(d, Infeasible)}
 
 
+def grants_of(s: ClusterScheduler, request_id: str) -> str:
+    return next(lid for lid, lease in s._leases.items() if lease.request_id == request_id)
+
+
 def cluster(*nodes: tuple[str, dict]) -> ClusterScheduler:
     s = ClusterScheduler()
     for node_id, total in nodes:
@@ -135,7 +139,15 @@ def test_node_affinity_hard_and_soft() -> None:
     s.release(g["h1"].lease_id)
     assert list(grants(s.poll())) == ["h2"]
     s.submit(req({"CPU": 1}, NodeAffinity("n1", fail_on_unavailable=True), rid="failfast"))
+    s.submit(req({"CPU": 1}, NodeAffinity("n1", fail_on_unavailable=True), rid="failfast2"))
     assert "busy" in infeasible(s.poll())["failfast"].message
+    assert s.poll() == []  # reported once
+    assert s.cancel("failfast")
+    assert list(infeasible(s.poll())) == ["failfast2"]
+    s.release(grants_of(s, "h2"))
+    assert list(grants(s.poll())) == ["soft_busy"]  # it waited for n1 first (FIFO)
+    s.release(grants_of(s, "soft_busy"))
+    assert list(grants(s.poll())) == ["failfast2"]  # busy is not forever
 
 
 def test_node_labels() -> None:

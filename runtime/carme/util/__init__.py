@@ -1,5 +1,6 @@
 """Utilities with Ray's ``ray.util`` names: placement groups, scheduling strategies, state."""
 
+from carme.util import scheduling_strategies, state
 from carme.util.placement_group import (
     PlacementGroup,
     get_current_placement_group,
@@ -16,4 +17,6 @@ __all__ = [
     "placement_group",
     "placement_group_table",
     "remove_placement_group",
+    "scheduling_strategies",
+    "state",
 ]
