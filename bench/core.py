@@ -1,0 +1,291 @@
+"""Core benchmark: the same workloads against carme and (with ``--vs ray``) Ray.
+
+Usage::
+
+    .venv/bin/python bench/core.py                 # carme only
+    .venv-bench/bin/python bench/core.py --vs ray  # carme and Ray, side by side
+
+Theory of operation
+-------------------
+The parent process never imports either runtime. For each implementation it
+starts fresh child processes of this same script, one after the other (never
+two clusters at once):
+
+- ``--child startup`` (once per repetition): time from ``init()`` to the first
+  task result, in a fresh interpreter each time;
+- ``--child workloads`` (once): initializes, measures the idle cluster's
+  resident memory, then runs every workload ``--reps`` times after a warm-up.
+
+A child prints one JSON line prefixed with ``BENCH_RESULT``; the parent takes
+medians, prints a table with carme/Ray ratios, and writes everything (raw
+samples included) to ``bench/results/core-<time>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MARK = "BENCH_RESULT "
+MB100 = 100 * 1024 * 1024
+
+# name -> (label, unit, higher_is_better)
+WORKLOADS: dict[str, tuple[str, str, bool]] = {
+    "import_s": ("import", "s", False),
+    "init_first_result_s": ("init() -> first task result", "s", False),
+    "tasks_sync": ("no-op tasks, one at a time", "tasks/s", True),
+    "tasks_batch": ("no-op tasks, 1,000 then one get", "tasks/s", True),
+    "actor_sync": ("actor calls, one at a time", "calls/s", True),
+    "actor_batch": ("actor calls, 1,000 then one get", "calls/s", True),
+    "put_get_small": ("put+get of a small int", "ops/s", True),
+    "put_100mb": ("put of a 100 MB numpy array", "GB/s", True),
+    "get_100mb": ("get of a 100 MB numpy array", "GB/s", True),
+    "task_100mb_arg": ("tasks taking a 100 MB ObjectRef", "tasks/s", True),
+    "idle_rss_mb": ("idle cluster RSS (driver excluded)", "MB", False),
+    "idle_processes": ("idle cluster processes", "count", False),
+}
+
+
+# -- children -----------------------------------------------------------------
+
+
+def _emit(result: dict[str, Any]) -> None:
+    print(MARK + json.dumps(result), flush=True)
+
+
+def _init(ray: Any) -> None:
+    ray.init()
+
+
+def child_startup(impl: str) -> None:
+    t0 = time.perf_counter()
+    ray = importlib.import_module(impl)
+    t1 = time.perf_counter()
+    _init(ray)
+
+    @ray.remote
+    def first() -> int:
+        return 1
+
+    assert ray.get(first.remote()) == 1
+    t2 = time.perf_counter()
+    ray.shutdown()
+    _emit({"import_s": t1 - t0, "init_first_result_s": t2 - t1})
+
+
+def _cluster_memory() -> tuple[float, int]:
+    import psutil
+
+    total, count = 0, 0
+    for p in psutil.Process().children(recursive=True):
+        try:
+            total += p.memory_info().rss
+            count += 1
+        except psutil.Error:
+            pass
+    return total / 1e6, count
+
+
+def child_workloads(impl: str, reps: int, scale: float) -> None:
+    import numpy as np
+
+    ray = importlib.import_module(impl)
+    _init(ray)
+
+    @ray.remote
+    def noop() -> None:
+        return None
+
+    @ray.remote
+    def first_item(a: Any) -> float:
+        return float(a[0])
+
+    @ray.remote
+    class Actor:
+        def noop(self) -> None:
+            return None
+
+    n_sync = max(10, int(500 * scale))
+    n_batch = max(10, int(1000 * scale))
+    n_small = max(10, int(1000 * scale))
+    n_big_tasks = max(2, int(20 * scale))
+
+    # Warm up: a few tasks, so workers exist; then let the cluster settle and measure it.
+    ray.get([noop.remote() for _ in range(20)])
+    actor = Actor.remote()
+    ray.get(actor.noop.remote())
+    time.sleep(2.0)
+    rss_mb, nproc = _cluster_memory()
+    samples: dict[str, list[float]] = {k: [] for k in WORKLOADS if k not in ("import_s", "init_first_result_s")}
+    samples["idle_rss_mb"] = [rss_mb]
+    samples["idle_processes"] = [float(nproc)]
+
+    def rate(n: int, fn: Any) -> float:
+        t = time.perf_counter()
+        fn()
+        return n / (time.perf_counter() - t)
+
+    big = np.arange(MB100 // 8, dtype=np.float64)
+    zero_copy = None
+    for _ in range(reps):
+        samples["tasks_sync"].append(rate(n_sync, lambda: [ray.get(noop.remote()) for _ in range(n_sync)]))
+        samples["tasks_batch"].append(rate(n_batch, lambda: ray.get([noop.remote() for _ in range(n_batch)])))
+        samples["actor_sync"].append(
+            rate(n_sync, lambda: [ray.get(actor.noop.remote()) for _ in range(n_sync)])
+        )
+        samples["actor_batch"].append(
+            rate(n_batch, lambda: ray.get([actor.noop.remote() for _ in range(n_batch)]))
+        )
+        samples["put_get_small"].append(
+            rate(n_small, lambda: [ray.get(ray.put(i)) for i in range(n_small)])
+        )
+
+        t0 = time.perf_counter()
+        ref = ray.put(big)
+        t1 = time.perf_counter()
+        out = ray.get(ref)
+        t2 = time.perf_counter()
+        samples["put_100mb"].append(big.nbytes / (t1 - t0) / 1e9)
+        samples["get_100mb"].append(big.nbytes / (t2 - t1) / 1e9)
+        zero_copy = bool(not out.flags.owndata and not out.flags.writeable)
+        ray.get(first_item.remote(ref))  # warm the path once
+        samples["task_100mb_arg"].append(
+            rate(n_big_tasks, lambda ref=ref: ray.get([first_item.remote(ref) for _ in range(n_big_tasks)]))
+        )
+        del out, ref
+
+    ray.kill(actor)
+    ray.shutdown()
+    _emit({"samples": samples, "zero_copy_get": zero_copy, "version": getattr(ray, "__version__", "?")})
+
+
+# -- parent -------------------------------------------------------------------
+
+
+def _run_child(impl: str, args: list[str], timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args, "--impl", impl]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARK):
+            return dict(json.loads(line[len(MARK) :]))
+    tail = (proc.stdout + proc.stderr)[-3000:]
+    raise RuntimeError(f"{impl} child {args} failed (exit {proc.returncode}):\n{tail}")
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        mem_gib = psutil.virtual_memory().total / 2**30
+    except ImportError:
+        mem_gib = float("nan")
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_gib, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def bench_impl(impl: str, reps: int, scale: float) -> dict[str, Any]:
+    print(f"[{impl}] startup x{reps} ...", file=sys.stderr, flush=True)
+    startups = [_run_child(impl, ["startup"], timeout=300) for _ in range(reps)]
+    print(f"[{impl}] workloads x{reps} ...", file=sys.stderr, flush=True)
+    work = _run_child(impl, ["workloads", "--reps", str(reps), "--scale", str(scale)], timeout=1200)
+    samples = dict(work["samples"])
+    for key in ("import_s", "init_first_result_s"):
+        samples[key] = [s[key] for s in startups]
+    return {
+        "version": work["version"],
+        "zero_copy_get": work["zero_copy_get"],
+        "samples": samples,
+        "median": {k: statistics.median(v) for k, v in samples.items() if v},
+    }
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def table(results: dict[str, Any], impls: list[str]) -> str:
+    head = ["workload", "unit", *impls]
+    if len(impls) == 2:
+        head.append(f"{impls[0]}/{impls[1]}")
+    rows = [head]
+    for key, (label, unit, higher) in WORKLOADS.items():
+        vals = [results[i]["median"].get(key) for i in impls]
+        row = [label, unit + (" ↑" if higher else " ↓"), *(_fmt(v) for v in vals)]
+        if len(impls) == 2:
+            a, b = vals
+            row.append(f"{a / b:.2f}" if a is not None and b else "-")
+        rows.append(row)
+    rows.append(["get is zero-copy (view, read-only)", "", *(str(results[i]["zero_copy_get"]) for i in impls)])
+    widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--vs", choices=["ray"], help="also run the workloads against Ray")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions per workload (median is reported)")
+    ap.add_argument("--scale", type=float, default=1.0, help="scale operation counts (0.1 for a smoke run)")
+    ap.add_argument("--child", choices=["startup", "workloads"], help=argparse.SUPPRESS)
+    ap.add_argument("--impl", default="carme", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child == "startup":
+        child_startup(args.impl)
+        return 0
+    if args.child == "workloads":
+        child_workloads(args.impl, args.reps, args.scale)
+        return 0
+
+    impls = ["carme"] + ([args.vs] if args.vs else [])
+    info = machine()
+    print(
+        f"machine: {info['cores']} cores, {info['cpu_model']}, {info['memory_gib']} GiB, "
+        f"Python {info['python']}"
+    )
+    results = {impl: bench_impl(impl, args.reps, args.scale) for impl in impls}
+    versions = ", ".join(f"{i} {results[i]['version']}" for i in impls)
+    print(f"versions: {versions}; medians of {args.reps} repetitions (↑ higher is better)\n")
+    print(table(results, impls))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / time.strftime("core-%Y%m%d-%H%M%S.json")
+    out.write_text(
+        json.dumps({"machine": info, "reps": args.reps, "scale": args.scale, "results": results}, indent=1)
+    )
+    print(f"\nwritten: {out.relative_to(HERE.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
