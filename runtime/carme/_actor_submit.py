@@ -1,0 +1,228 @@
+"""Actor-call submission: one ordered stream of calls per (caller, actor).
+
+Theory of operation. A caller keeps, per actor, a queue of calls in submission order and
+one direct connection to the actor's worker. Calls are sent strictly in order, each
+once its top-level ObjectRef arguments have values; the single connection keeps that
+order on the wire and the actor runs them in that order (concurrency > 1 excepted, as
+in Ray). Until the actor's address is known, and while it restarts, calls wait in the
+queue; the node daemon answers ACTOR_INFO when the actor is alive or dead. When the
+connection drops, calls in flight are retried (max_task_retries) or fail with
+ActorDiedError, and the caller asks the daemon again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from . import _messages as M
+from . import exceptions as exc
+from ._protocol import Connection, ConnectionClosed, connect
+from ._submit import TaskSpec
+
+
+class ActorState:
+    __slots__ = ("actor_id", "conn", "status", "queue", "inflight", "death", "class_name",
+                 "max_task_retries", "pid")
+
+    def __init__(self, actor_id: bytes, class_name: str, max_task_retries: int) -> None:
+        self.actor_id = actor_id
+        self.conn: Connection | None = None
+        self.status = "unresolved"  # resolving, connected, dead
+        self.queue: deque[TaskSpec] = deque()
+        self.inflight: dict[bytes, TaskSpec] = {}
+        self.death: BaseException | None = None
+        self.class_name = class_name
+        self.max_task_retries = max_task_retries
+        self.pid: int | None = None
+
+
+class ActorSubmitter:
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.lock = core.lock
+        self.actors: dict[bytes, ActorState] = {}
+        self.tags: dict[bytes, Any] = {}
+        self.ready: set[bytes] = set()
+
+    def state(self, actor_id: bytes, class_name: str = "", max_task_retries: int = 0) -> ActorState:
+        with self.lock:
+            st = self.actors.get(actor_id)
+            if st is None:
+                st = self.actors[actor_id] = ActorState(actor_id, class_name, max_task_retries)
+            return st
+
+    def submit(self, spec: TaskSpec, class_name: str, max_task_retries: int) -> None:
+        core = self.core
+        st = self.state(spec.actor_id, class_name, max_task_retries)
+        spec.retries_left = spec.max_task_retries if spec.max_task_retries is not None else st.max_task_retries
+        with self.lock:
+            self.tags[spec.task_id] = (spec.tag, spec.name)
+            st.queue.append(spec)
+            core.submitter.tasks[spec.task_id] = spec
+        core.record(spec.task_id, "SUBMITTED", name=spec.name, func_name=spec.name,
+                    type="ACTOR_TASK", job_id=core.job_id, tag=spec.tag,
+                    actor_id=spec.actor_id.hex(), parent_task_id=spec.parent)
+        core.submitter.resolve_then(spec, lambda s: self.mark_ready(st, s))
+
+    def mark_ready(self, st: ActorState, spec: TaskSpec) -> None:
+        with self.lock:
+            self.ready.add(spec.task_id)
+        self.drain(st)
+
+    def drain(self, st: ActorState) -> None:
+        sends = []
+        fails: list[tuple[TaskSpec, BaseException]] = []
+        resolve = False
+        with self.lock:
+            if st.status == "dead":
+                while st.queue:
+                    fails.append((st.queue.popleft(), st.death or exc.ActorDiedError("the actor is dead")))
+            elif st.status == "connected":
+                while st.queue and st.queue[0].task_id in self.ready:
+                    spec = st.queue.popleft()
+                    self.ready.discard(spec.task_id)
+                    if spec.cancelled:
+                        fails.append((spec, exc.TaskCancelledError(spec.task_id.hex())))
+                        continue
+                    err = self.core.submitter.dep_error(spec)
+                    if err is not None:
+                        self.core.submitter.finish(spec, [err] * max(spec.num_returns, 1), None)
+                        continue
+                    st.inflight[spec.task_id] = spec
+                    sends.append(spec)
+            elif st.status == "unresolved" and st.queue:
+                st.status = "resolving"
+                resolve = True
+        for spec, err in fails:
+            self.ready.discard(spec.task_id)
+            self.core.submitter.fail(spec, err)
+        if sends and st.conn is not None:
+            msgs = []
+            for spec in sends:
+                resolved = [self.core.payload_of(r._id) for r in spec.arg_refs]
+                msgs.append((M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
+                             resolved, spec.num_returns, spec.streaming, spec.name, spec.attempt))
+            try:
+                st.conn.send_many(msgs)
+            except ConnectionClosed:
+                pass
+        if resolve:
+            self.resolve(st)
+
+    def resolve(self, st: ActorState) -> None:
+        def answered(ok: bool, info: Any) -> None:
+            if not ok:
+                from ._core import error_from_reply
+                self.set_dead(st, error_from_reply(info))
+                return
+            if info["state"] != "ALIVE":
+                self.set_dead(st, death_error(st, info))
+                return
+            try:
+                conn = connect(info["address"], self.core.token)
+            except OSError:
+                # the worker is going away; ask again (the daemon answers once it knows)
+                with self.lock:
+                    st.status = "unresolved"
+                self.core.call_later(0.05, lambda: self.drain(st))
+                return
+            with self.lock:
+                st.conn = conn
+                st.pid = info.get("pid")
+                st.status = "connected"
+            self.core.register(conn, lambda c, msgs: self.on_msgs(st, c, msgs))
+            self.drain(st)
+
+        self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True), answered)
+
+    def set_dead(self, st: ActorState, err: BaseException) -> None:
+        with self.lock:
+            st.status = "dead"
+            st.death = err
+        self.drain(st)
+
+    def on_msgs(self, st: ActorState, conn: Connection, msgs: list | None) -> None:
+        sub = self.core.submitter
+        if msgs is None:
+            self.on_lost(st, conn)
+            return
+        for msg in msgs:
+            kind = msg[0]
+            if kind == M.RESULT:
+                _, task_id, payloads, contained, info = msg
+                with self.lock:
+                    spec = st.inflight.pop(task_id, None)
+                    self.tags.pop(task_id, None) if False else None
+                if spec is not None:
+                    sub.handle_result(spec, payloads, contained, info)
+            elif kind == M.ITEM:
+                sub.on_item(msg)
+            elif kind == M.LOG:
+                self.core.on_log(msg[1], msg[2], msg[3], msg[4])
+
+    def on_lost(self, st: ActorState, conn: Connection) -> None:
+        with self.lock:
+            if st.conn is not conn:
+                return
+            st.conn = None
+            st.status = "unresolved"
+            lost = sorted(st.inflight.values(), key=lambda s: s.seq)
+            st.inflight.clear()
+            retry = [s for s in lost if s.retries_left != 0 and not s.cancelled]
+            for s in reversed(retry):
+                if s.retries_left > 0:
+                    s.retries_left -= 1
+                s.attempt += 1
+                st.queue.appendleft(s)
+                self.ready.add(s.task_id)
+        for s in lost:
+            if s in retry:
+                continue
+            if s.cancelled:
+                self.core.submitter.fail(s, exc.TaskCancelledError(s.task_id.hex()))
+            else:
+                self.core.submitter.fail(s, exc.ActorDiedError(
+                    f"The actor {st.class_name} (pid {st.pid}) died while running {s.name!r}; "
+                    f"the call has no retries left (max_task_retries)."))
+        with self.lock:
+            pending = bool(st.queue)
+        if pending:
+            self.drain(st)
+
+    def cancel(self, spec: TaskSpec, force: bool, recursive: bool) -> bool:
+        st = self.actors.get(spec.actor_id)
+        if st is None:
+            return False
+        with self.lock:
+            spec.cancelled = True
+            if spec in st.queue:
+                st.queue.remove(spec)
+                queued = True
+            else:
+                queued = False
+            conn = st.conn
+        if queued:
+            self.core.submitter.fail(spec, exc.TaskCancelledError(spec.task_id.hex()))
+            return True
+        if conn is not None:
+            try:
+                conn.send((M.CANCEL, spec.task_id, force, recursive))
+            except ConnectionClosed:
+                pass
+        return True
+
+    def close(self) -> None:
+        for st in self.actors.values():
+            if st.conn is not None:
+                st.conn.close()
+
+
+def death_error(st: ActorState, info: dict) -> BaseException:
+    death = info.get("death") or ("ActorDiedError", "the actor died")
+    kind, message = death
+    cls = getattr(exc, kind, exc.ActorDiedError)
+    try:
+        return cls(message)  # type: ignore[no-any-return]
+    except TypeError:
+        return exc.ActorDiedError(message)

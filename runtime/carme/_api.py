@@ -1,0 +1,338 @@
+"""The public functions of carme's core API (Ray's names, arguments and defaults)."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import secrets
+import sys
+import threading
+from typing import Any
+
+from . import _context
+from . import _messages as M
+from . import exceptions as exc
+from ._context import STATE
+from ._objects import ObjectRef, ObjectRefGenerator
+
+_IGNORED_INIT_ARGS = {
+    "include_dashboard", "dashboard_host", "dashboard_port", "configure_logging",
+    "logging_level", "logging_format", "log_to_driver_filter", "_temp_dir", "_system_config",
+    "_metrics_export_port", "local_mode", "labels", "storage", "_node_ip_address",
+    "enable_resource_isolation", "logging_config", "_plasma_directory", "_memory",
+}
+
+
+class CarmeContext(dict):
+    """What init() returns (Ray's RayContext shape: a dict plus attributes)."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __enter__(self) -> CarmeContext:
+        return self
+
+    def __exit__(self, *a: Any) -> None:
+        shutdown()
+
+    def disconnect(self) -> None:
+        shutdown()
+
+
+def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None,
+         resources: dict[str, float] | None = None, object_store_memory: int | None = None,
+         namespace: str | None = None, runtime_env: dict | None = None,
+         ignore_reinit_error: bool = False, log_to_driver: bool = True,
+         job_config: Any = None, **kwargs: Any) -> CarmeContext:
+    """Start the embedded cluster (no address), or connect to a running one."""
+    unknown = set(kwargs) - _IGNORED_INIT_ARGS
+    if unknown:
+        raise TypeError(f"init() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    with STATE.lock:
+        if STATE.core is not None:
+            if ignore_reinit_error:
+                return STATE.runtime_context
+            raise RuntimeError(
+                "Maybe you called carme.init twice by accident? This error can be suppressed "
+                "by passing in 'ignore_reinit_error=True' or by calling 'carme.shutdown()' "
+                "prior to 'carme.init()'.")
+        from ._options import validate_runtime_env
+        runtime_env = validate_runtime_env(runtime_env, where="carme.init()")
+        if namespace is not None and not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a string, not {type(namespace).__name__}")
+        if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
+            raise ValueError(f"object_store_memory must be a positive number of bytes, not {object_store_memory!r}")
+        if address is None:
+            address = os.environ.get("CARME_ADDRESS") or None
+        if address not in (None, "local"):
+            raise ValueError(
+                f"carme.init(address={address!r}): joining a cluster started elsewhere is not "
+                f"available in this version; call carme.init() to start the embedded cluster.")
+        from ._core import connect_core
+        from ._node import default_resources, start_embedded
+        res = default_resources(num_cpus, num_gpus, resources)
+        job_id = secrets.token_hex(4)
+        node = start_embedded(resources=res, object_store_memory=object_store_memory,
+                              namespace=namespace, job_id=job_id,
+                              prestart=min(2, max(1, int(res.get("CPU", 1)))))
+        try:
+            core = connect_core(address=node.address, token=node.token, role="driver",
+                                worker_id=secrets.token_hex(14), job_id=job_id,
+                                namespace=namespace or "")
+        except BaseException:
+            node.stop()
+            raise
+        if not namespace:
+            core.namespace = f"anon-{secrets.token_hex(6)}"
+        core.job_runtime_env = runtime_env
+        core.node = node
+        if not log_to_driver:
+            core.log_handler = lambda tag, stream, text: None
+        STATE.core = core
+        # objects made before init (none) and refs from a previous session are stale
+        ctx = CarmeContext(address_info={"address": node.address, "node_id": node.node_id,
+                                         "session_dir": node.session_dir},
+                           dashboard_url=None, node_id=node.node_id, namespace=core.namespace,
+                           address=node.address, python_version=sys.version.split()[0])
+        STATE.runtime_context = ctx
+        if not getattr(STATE, "atexit_registered", False):
+            atexit.register(shutdown)
+            STATE.atexit_registered = True  # type: ignore[attr-defined]
+        return ctx
+
+
+def auto_init() -> Any:
+    core = STATE.core
+    if core is not None:
+        return core
+    if os.environ.get("CARME_NO_AUTO_INIT"):
+        raise RuntimeError("carme is not initialized: call carme.init() first")
+    init()
+    return STATE.core
+
+
+def shutdown(_exiting_interpreter: bool = False) -> None:
+    with STATE.lock:
+        core = STATE.core
+        if core is None:
+            return
+        STATE.core = None
+        STATE.runtime_context = None
+        node = getattr(core, "node", None)
+        try:
+            core.shutdown()
+        finally:
+            if node is not None:
+                node.stop()
+
+
+def is_initialized() -> bool:
+    return STATE.core is not None
+
+
+def _as_ref_list(object_refs: Any, fn: str) -> tuple[list, bool]:
+    if isinstance(object_refs, ObjectRef):
+        return [object_refs], True
+    if isinstance(object_refs, ObjectRefGenerator):
+        raise TypeError(f"{fn}() got an ObjectRefGenerator; iterate it to get ObjectRefs")
+    if isinstance(object_refs, (list, tuple)):
+        for i, r in enumerate(object_refs):
+            if not isinstance(r, ObjectRef):
+                raise TypeError(
+                    f"{fn}() expected a list of ObjectRefs, but item {i} is a "
+                    f"{type(r).__name__}. Pass ObjectRefs returned by .remote() or carme.put().")
+        return list(object_refs), False
+    raise ValueError(
+        f"'object_refs' must either be an ObjectRef or a list of ObjectRefs, not "
+        f"{type(object_refs).__name__}.")
+
+
+def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """Values of one ObjectRef or a list of them; raises the task's error if it failed."""
+    core = auto_init()
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be None or a non-negative number, not {timeout!r}")
+    refs, single = _as_ref_list(object_refs, "get")
+    values = core.get(refs, timeout)
+    return values[0] if single else values
+
+
+def put(value: Any, *, _owner: Any = None) -> ObjectRef:
+    """Store a value in the cluster and return its ObjectRef."""
+    return auto_init().put(value, _owner)  # type: ignore[no-any-return]
+
+
+def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list, list]:
+    """Split refs into (ready, not ready) once num_returns are ready or timeout passes."""
+    core = auto_init()
+    if isinstance(object_refs, ObjectRef):
+        raise TypeError("wait() expected a list of ObjectRefs, got a single ObjectRef")
+    refs, _ = _as_ref_list(object_refs, "wait")
+    if len(set(refs)) != len(refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if not isinstance(num_returns, int) or num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns!r}: num_returns must be a positive int")
+    if num_returns > len(refs):
+        raise ValueError(
+            f"num_returns ({num_returns}) cannot be greater than the number of objects "
+            f"provided ({len(refs)}).")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
+    return core.wait(refs, num_returns, timeout)  # type: ignore[no-any-return]
+
+
+def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that makes `object_ref`: KeyboardInterrupt inside it, or with
+    force=True its worker is killed. A cancelled task is never retried."""
+    core = auto_init()
+    if isinstance(object_ref, ObjectRefGenerator):
+        tid = object_ref.task_id()
+    elif isinstance(object_ref, ObjectRef):
+        tid = object_ref.binary()[:16]
+    else:
+        raise TypeError(f"carme.cancel() only supported for ObjectRefs, not {type(object_ref).__name__}")
+    spec = core.submitter.tasks.get(tid)
+    if spec is not None and spec.actor_id is not None and force:
+        raise ValueError("force=True is not supported for actor tasks (as in Ray); use carme.kill(actor) instead")
+    core.submitter.cancel(tid, force, recursive)
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """Kill an actor at once (its pending and running calls fail with ActorDiedError)."""
+    from ._remote import ActorHandle
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"carme.kill() only supported for actors; got a {type(actor).__name__}")
+    core = auto_init()
+    core.daemon_send((M.KILL_ACTOR, actor._actor_id, no_restart))
+
+
+def nodes() -> list[dict]:
+    core = auto_init()
+    out = []
+    for row in core.state_rows("nodes"):
+        out.append({
+            "NodeID": row["node_id"], "Alive": row["state"] == "ALIVE",
+            "NodeManagerAddress": row["node_ip"], "NodeManagerHostname": row["node_name"],
+            "NodeName": row["node_ip"], "Resources": row["resources_total"],
+            "Labels": row.get("labels", {}), "alive": row["state"] == "ALIVE",
+            "ObjectStoreSocketName": row.get("address"), "MetricsExportPort": 0,
+            "object_store_memory": row["object_store"]["capacity"],
+        })
+    return out
+
+
+def cluster_resources() -> dict[str, float]:
+    core = auto_init()
+    total: dict[str, float] = {}
+    for row in core.state_rows("nodes"):
+        for k, v in row["resources_total"].items():
+            total[k] = total.get(k, 0.0) + v
+    total.setdefault("object_store_memory", float(sum(r["object_store"]["capacity"] for r in core.state_rows("nodes"))))
+    return total
+
+
+def available_resources() -> dict[str, float]:
+    core = auto_init()
+    avail: dict[str, float] = {}
+    for row in core.state_rows("nodes"):
+        for k, v in row["resources_available"].items():
+            if v > 0:
+                avail[k] = avail.get(k, 0.0) + v
+    return avail
+
+
+def get_gpu_ids() -> list:
+    core = _context.maybe_core()
+    if core is None:
+        return []
+    ids = getattr(core.current_task, "gpu_ids", None) or []
+    return [int(i) if str(i).isdigit() else i for i in ids]
+
+
+def timeline(filename: str | None = None) -> list[dict] | None:
+    """The task timeline as Chrome trace events (open the JSON in Perfetto)."""
+    core = auto_init()
+    events = core.state_rows("timeline")
+    if filename is not None:
+        with open(filename, "w") as f:
+            json.dump(events, f)
+        return None
+    return events  # type: ignore[no-any-return]
+
+
+class RuntimeContext:
+    """What `get_runtime_context()` returns (Ray's RuntimeContext accessors)."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def get_job_id(self) -> str:
+        return self._core.job_id  # type: ignore[no-any-return]
+
+    def get_node_id(self) -> str:
+        return self._core.node_id  # type: ignore[no-any-return]
+
+    def get_worker_id(self) -> str:
+        return self._core.worker_id  # type: ignore[no-any-return]
+
+    def get_task_id(self) -> str | None:
+        t = getattr(self._core.current_task, "task_id", None)
+        return t.hex() if t else None
+
+    def get_actor_id(self) -> str | None:
+        a = getattr(self._core.current_task, "actor_id", None)
+        return a.hex() if a else None
+
+    def get_actor_name(self) -> str | None:
+        return None
+
+    def get_placement_group_id(self) -> str | None:
+        return getattr(self._core.current_task, "pg_id", None)
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        gpus = getattr(self._core.current_task, "gpu_ids", None) or []
+        out: dict[str, float] = {}
+        if gpus:
+            out["GPU"] = float(len(gpus))
+        return out
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        return {"GPU": [str(g) for g in (getattr(self._core.current_task, "gpu_ids", None) or [])]}
+
+    def get_runtime_env_string(self) -> str:
+        return json.dumps(getattr(self._core, "job_runtime_env", None) or {})
+
+    @property
+    def namespace(self) -> str:
+        return self._core.namespace  # type: ignore[no-any-return]
+
+    def get_namespace(self) -> str:
+        return self._core.namespace  # type: ignore[no-any-return]
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        return bool(getattr(self._core.current_task, "restarts", 0))
+
+    @property
+    def gcs_address(self) -> str:
+        return str(self._core.info.get("session_dir", ""))
+
+    def current_actor(self) -> Any:
+        raise NotImplementedError
+
+    def get(self) -> dict:
+        return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
+                "task_id": self.get_task_id(), "actor_id": self.get_actor_id(),
+                "namespace": self.namespace}
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(auto_init())
+
+
+_ = (threading, exc)

@@ -1,0 +1,697 @@
+"""CoreWorker: the per-process engine that drivers and workers share.
+
+Theory of operation. Each process that uses carme (a driver, or a worker whose tasks
+submit tasks or get objects) has one CoreWorker. It owns:
+  * a connection to its node daemon (requests with ids, answered by REPLY);
+  * direct connections to the workers it leased and the actors it calls;
+  * one I/O thread running a selector loop that reads every connection and dispatches
+    results, replies and log lines; user threads send directly (each connection has a
+    send lock), so a task push costs one write and no thread hand-off;
+  * the object table: the objects this process owns (task returns, puts) and the ones it
+    borrows, with local reference counts (`RefTable`) and waiters;
+  * the task submitter (`_submit.py`) and actor submitter (`_actor_submit.py`).
+
+Reference counting. Every ObjectRef counts itself in `refs`. An object only this
+process knows stays local (inline value in `objects`). Once a reference leaves the
+process (nested in an argument, a put value or a return value), the object is exported
+to the node daemon, which from then on counts one hold per process and per stored value
+that contains it, and frees it at zero. Holds are taken synchronously (the export/incref
+round trip completes before the reference leaves or is used), so a hold can never arrive
+after the release it protects; releases are batched and flushed before the next request.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import selectors
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from . import _messages as M
+from . import exceptions as exc
+from ._protocol import Connection, ConnectionClosed, connect
+from ._serialization import (
+    INLINE_LIMIT,
+    dumps,
+    inline_payload,
+    layout_size,
+    loads,
+    read_layout,
+    write_layout,
+)
+from ._store import SharedArena
+
+_now = time.time
+
+
+class RefTable:
+    """Local counts of live ObjectRef instances (and zero-copy views) per object id."""
+
+    def __init__(self, on_zero: Callable[[bytes], None]) -> None:
+        self.counts: dict[bytes, int] = {}
+        self.lock = threading.RLock()
+        self.on_zero = on_zero
+
+    def add(self, oid: bytes) -> None:
+        with self.lock:
+            self.counts[oid] = self.counts.get(oid, 0) + 1
+
+    def remove(self, oid: bytes) -> None:
+        with self.lock:
+            n = self.counts.get(oid, 0) - 1
+            if n > 0:
+                self.counts[oid] = n
+                return
+            self.counts.pop(oid, None)
+        self.on_zero(oid)
+
+    def count(self, oid: bytes) -> int:
+        return self.counts.get(oid, 0)
+
+
+class LocalObject:
+    __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
+                 "keep", "fetching", "size", "created", "type_name", "task_name")
+
+    def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
+        self.payload = payload          # None while pending
+        self.waiters: list[Callable[[], None]] = []
+        self.held = False               # this process holds a daemon reference
+        self.exported = False           # the daemon knows this object
+        self.owned = owned
+        self.contained_ids: list[bytes] = []  # blob holds taken by a worker for a return value
+        self.keep: list[Any] = []       # ObjectRefs kept alive by a locally stored value
+        self.fetching = False
+        self.size = 0
+        self.created = _now()
+        self.type_name = ""
+        self.task_name = ""
+
+
+class _Waiter:
+    """A one-shot result for a blocking call, cheaper than threading.Event."""
+
+    __slots__ = ("lock", "ok", "value")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.ok = True
+        self.value: Any = None
+
+    def set(self, ok: bool, value: Any) -> None:
+        self.ok, self.value = ok, value
+        self.lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+
+
+def error_from_reply(value: Any) -> Exception:
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        cls = getattr(exc, value[0], None) or {"ValueError": ValueError, "TypeError": TypeError}.get(value[0], exc.RaySystemError)
+        try:
+            return cls(value[1])
+        except TypeError:
+            e = exc.RaySystemError(value[1])
+            return e
+    if isinstance(value, BaseException):
+        return value  # type: ignore[return-value]
+    return exc.RaySystemError(str(value))
+
+
+class CoreWorker:
+    def __init__(self, *, role: str, daemon_conn: Connection, info: dict, worker_id: str,
+                 job_id: str, namespace: str, token: bytes) -> None:
+        self.role = role
+        self.daemon = daemon_conn
+        self.info = info
+        self.node_id: str = info["node_id"]
+        self.worker_id = worker_id
+        self.job_id = job_id
+        self.namespace = namespace
+        self.token = token
+        self.pid = os.getpid()
+        self.arena = SharedArena(info["store_file"])
+        self.objects: dict[bytes, LocalObject] = {}
+        self.refs = RefTable(self._on_ref_zero)
+        self.lock = threading.RLock()
+        self._req_ids = itertools.count(1)
+        self._requests: dict[int, Any] = {}
+        self._decrefs: list[bytes] = []
+        self._events: list[tuple] = []
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_seq = itertools.count()
+        self.sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._pending_register: list[tuple[Connection, Callable]] = []
+        self.register(self.daemon, self._on_daemon_msgs)
+        self.running = True
+        self.log_handler: Callable[[dict | None, str, str], None] | None = None
+        self.tag_provider: Callable[[], dict | None] | None = None
+        self.executor: Any = None  # set in worker processes
+        self.current_task: threading.local = threading.local()
+        from ._actor_submit import ActorSubmitter
+        from ._submit import TaskSubmitter
+        self.submitter = TaskSubmitter(self)
+        self.actor_submitter = ActorSubmitter(self)
+        self._io = threading.Thread(target=self._io_loop, name="carme-io", daemon=True)
+        self._io.start()
+        self.call_later(0.1, self._flush_periodic)
+
+    # ------------------------------------------------------------------ I/O thread
+    def register(self, conn: Connection, handler: Callable[[Connection, list], None]) -> None:
+        if threading.current_thread() is getattr(self, "_io", None):
+            self.sel.register(conn.sock, selectors.EVENT_READ, (conn, handler))
+        else:
+            with self.lock:
+                self._pending_register.append((conn, handler))
+            self.wake()
+
+    def add_listener(self, sock: Any, on_accept: Callable[[], None]) -> None:
+        self.sel.register(sock, selectors.EVENT_READ, ("listen", on_accept))
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        with self.lock:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn))
+        if threading.current_thread() is not getattr(self, "_io", None):
+            self.wake()
+
+    def _io_loop(self) -> None:
+        while self.running:
+            timeout = None
+            with self.lock:
+                if self._pending_register:
+                    for conn, handler in self._pending_register:
+                        if not conn.closed:
+                            self.sel.register(conn.sock, selectors.EVENT_READ, (conn, handler))
+                    self._pending_register.clear()
+                now = time.monotonic()
+                due = []
+                while self._timers and self._timers[0][0] <= now:
+                    due.append(heapq.heappop(self._timers)[2])
+                if self._timers:
+                    timeout = max(0.0, self._timers[0][0] - now)
+            for fn in due:
+                try:
+                    fn()
+                except Exception:
+                    self._report_bug()
+            try:
+                ready = self.sel.select(timeout)
+            except (OSError, ValueError):
+                if not self.running:
+                    return
+                continue
+            for key, _ in ready:
+                if key.data is None:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except OSError:
+                        pass
+                    continue
+                if key.data[0] == "listen":
+                    key.data[1]()
+                    continue
+                conn, handler = key.data
+                try:
+                    msgs = conn.feed()
+                except Exception as e:  # closed, or a peer failed authentication
+                    try:
+                        self.sel.unregister(conn.sock)
+                    except (KeyError, ValueError):
+                        pass
+                    conn.close()
+                    try:
+                        handler(conn, None)
+                    except Exception:
+                        self._report_bug()
+                    if conn is self.daemon and self.running:
+                        self._on_daemon_lost(e)
+                    continue
+                try:
+                    handler(conn, msgs)
+                except Exception:
+                    self._report_bug()
+
+    def _report_bug(self) -> None:
+        import traceback
+        traceback.print_exc()
+
+    def _on_daemon_lost(self, e: Exception) -> None:
+        self.running = False
+        with self.lock:
+            reqs, self._requests = self._requests, {}
+        for cb in reqs.values():
+            err = ("LocalRayletDiedError", "the carme node daemon died")
+            if isinstance(cb, _Waiter):
+                cb.set(False, err)
+            else:
+                try:
+                    cb(False, err)
+                except Exception:
+                    pass
+        if self.role == "worker":
+            os._exit(1)
+
+    def _on_daemon_msgs(self, conn: Connection, msgs: list | None) -> None:
+        if msgs is None:
+            return
+        for msg in msgs:
+            kind = msg[0]
+            if kind == M.REPLY:
+                cb = self._requests.pop(msg[1], None)
+                if cb is None:
+                    continue
+                if isinstance(cb, _Waiter):
+                    cb.set(msg[2], msg[3])
+                else:
+                    cb(msg[2], msg[3])
+            elif kind == M.LOG:
+                self.on_log(None, msg[2], msg[3], msg[4])
+            elif self.executor is not None:
+                self.executor.on_daemon_message(msg)
+
+    # ------------------------------------------------------------------ daemon requests
+    def daemon_send(self, msg: tuple) -> None:
+        with self.lock:
+            decrefs, self._decrefs = self._decrefs, []
+        if decrefs:
+            self.daemon.send_many([(M.DECREF, decrefs), msg])
+        else:
+            self.daemon.send(msg)
+
+    def request(self, kind: int, *args: Any, timeout: float | None = None) -> Any:
+        req = next(self._req_ids)
+        w = _Waiter()
+        self._requests[req] = w
+        try:
+            self.daemon_send((kind, req, *args))
+        except ConnectionClosed:
+            self._requests.pop(req, None)
+            raise exc.LocalRayletDiedError("the carme node daemon is gone") from None
+        if not w.wait(timeout):
+            self._requests.pop(req, None)
+            raise exc.GetTimeoutError(f"no answer from the node daemon within {timeout} s")
+        if not w.ok:
+            raise error_from_reply(w.value)
+        return w.value
+
+    def request_async(self, kind: int, args: tuple, callback: Callable[[bool, Any], None]) -> None:
+        req = next(self._req_ids)
+        self._requests[req] = callback
+        self.daemon_send((kind, req, *args))
+
+    def _flush_periodic(self) -> None:
+        self.flush()
+        if self.running:
+            self.call_later(0.1, self._flush_periodic)
+
+    def flush(self) -> None:
+        with self.lock:
+            decrefs, self._decrefs = self._decrefs, []
+            events, self._events = self._events, []
+        msgs: list[tuple] = []
+        if decrefs:
+            msgs.append((M.DECREF, decrefs))
+        if events:
+            msgs.append((M.EVENTS, events))
+        if msgs:
+            try:
+                self.daemon.send_many(msgs)
+            except ConnectionClosed:
+                pass
+
+    def record(self, task_id: bytes, state: str, ts: float | None = None, **attrs: Any) -> None:
+        self._events.append((task_id.hex(), state, ts or _now(), attrs))
+
+    # ------------------------------------------------------------------ references
+    def _on_ref_zero(self, oid: bytes) -> None:
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is None:
+                return
+            if self.refs.counts.get(oid):
+                return  # re-referenced meanwhile
+            del self.objects[oid]
+            if entry.held:
+                self._decrefs.append(oid)
+            if entry.contained_ids:
+                self._decrefs.extend(entry.contained_ids)
+            entry.keep = []
+
+    def new_owned(self, oid: bytes, name: str = "") -> LocalObject:
+        entry = LocalObject()
+        entry.task_name = name
+        with self.lock:
+            self.objects[oid] = entry
+        return entry
+
+    def export(self, refs: list) -> None:
+        """Make the objects behind `refs` known to the daemon with a hold of ours, before
+        a reference to them leaves this process."""
+        incref: list[bytes] = []
+        for ref in refs:
+            oid = ref._id
+            with self.lock:
+                entry = self.objects.get(oid)
+                if entry is None or entry.exported:
+                    continue
+                entry.exported = True
+                entry.held = True
+                payload = entry.payload
+                contained = entry.contained_ids
+                entry.contained_ids = []  # the daemon's copy now holds them
+                if entry.keep:
+                    keep_ids = [r._id for r in entry.keep]
+                    self.export(entry.keep)
+                    incref.extend(keep_ids)
+                    contained = contained + keep_ids
+            if incref:
+                self.request(M.INCREF, incref)
+                incref = []
+            self.request(M.EXPORT, oid, payload, contained, 1, entry.type_name)
+
+    def seal_exported(self, oid: bytes, entry: LocalObject) -> None:
+        """A pending object that was exported got its value: tell the daemon."""
+        contained = entry.contained_ids
+        entry.contained_ids = []
+        self.daemon_send((M.EXPORT, None, oid, entry.payload, contained, 0, entry.type_name))
+
+    def borrow(self, refs: list) -> None:
+        """Refs just deserialized: take a daemon hold on those this process did not know."""
+        new = []
+        with self.lock:
+            for ref in refs:
+                if ref._id not in self.objects:
+                    e = LocalObject(owned=False)
+                    e.held = True
+                    e.exported = True
+                    self.objects[ref._id] = e
+                    new.append(ref._id)
+        if new:
+            missing = self.request(M.INCREF, new)
+            with self.lock:
+                for oid in missing:
+                    e = self.objects.get(oid)
+                    if e is not None:
+                        e.held = False
+                        e.payload = _lost_payload(oid)
+
+    # ------------------------------------------------------------------ values
+    def serialize(self, value: Any, oid: bytes | None = None, *, is_error: bool = False,
+                  hold_contained: bool = False) -> tuple[tuple, list]:
+        """Serialize a value for a result or a put: inline payload or shared memory.
+
+        Returns (payload, contained ObjectRefs). Contained refs are exported; with
+        `hold_contained` the value takes a daemon hold on each (for a value that outlives
+        this process's references)."""
+        data, buffers, contained = dumps(value)
+        if contained:
+            self.export(contained)
+            if hold_contained:
+                self.request(M.INCREF, [r._id for r in contained])
+        size = len(data) + sum(b.raw().nbytes for b in buffers)
+        if size < INLINE_LIMIT or oid is None:
+            return inline_payload(data, buffers, is_error), contained
+        total = layout_size(data, buffers)
+        off = self.request(M.ALLOC, oid, total, self.pid)
+        write_layout(self.arena.writable(off, total), data, buffers)
+        return (M.SHARED, off, total, is_error), contained
+
+    def deserialize(self, oid: bytes, payload: tuple) -> Any:
+        if payload[0] == M.INLINE:
+            value, loaded = loads(payload[1], payload[2])
+        else:
+            src = self.arena.readonly(payload[1], payload[2])
+            data, bufs = read_layout(src)
+            for b in bufs:  # zero-copy views pin the object while they live
+                self.refs.add(oid)
+                weakref.finalize(b, self.refs.remove, oid)
+            value, loaded = loads(data, bufs)
+        if loaded:
+            self.borrow(loaded)
+        if payload[3]:
+            if isinstance(value, exc.RayTaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    def put(self, value: Any, _owner: Any = None) -> Any:
+        from ._ids import put_id
+        from ._objects import ObjectRef
+        oid = put_id()
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do this, you can wrap the ObjectRef in a list and call 'put' on it.")
+        entry = LocalObject()
+        entry.type_name = type(value).__name__
+        data, buffers, contained = dumps(value)
+        size = len(data) + sum(b.raw().nbytes for b in buffers)
+        entry.size = size
+        with self.lock:
+            self.objects[oid] = entry
+        ref = ObjectRef(oid, self.worker_id)
+        if size < INLINE_LIMIT:
+            entry.payload = inline_payload(data, buffers)
+            entry.keep = list(contained)
+        else:
+            if contained:
+                self.export(contained)
+                self.request(M.INCREF, [r._id for r in contained])
+            total = layout_size(data, buffers)
+            off = self.request(M.ALLOC, oid, total, self.pid)
+            write_layout(self.arena.writable(off, total), data, buffers)
+            entry.payload = (M.SHARED, off, total, False)
+            entry.held = entry.exported = True
+            self.daemon_send((M.EXPORT, None, oid, entry.payload, [r._id for r in contained], 0, entry.type_name))
+        return ref
+
+    # ------------------------------------------------------------------ readiness
+    def when_ready(self, oid: bytes, cb: Callable[[], None]) -> bool:
+        """Call `cb` (from some thread) once the object has a payload; True if it has one now."""
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is None:
+                entry = LocalObject(_lost_payload(oid), owned=False)
+                return True
+            if entry.payload is not None:
+                return True
+            entry.waiters.append(cb)
+            fetch = not entry.owned and not entry.fetching
+            if fetch:
+                entry.fetching = True
+        if fetch:
+            self._fetch(oid)
+        return False
+
+    def _fetch(self, oid: bytes) -> None:
+        def done(ok: bool, value: Any) -> None:
+            self.set_payload(oid, value if ok else _error_payload(error_from_reply(value)))
+        self.request_async(M.GET_OBJECT, (oid,), done)
+
+    def set_payload(self, oid: bytes, payload: tuple) -> None:
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is None or entry.payload is not None:
+                return
+            entry.payload = payload
+            waiters, entry.waiters = entry.waiters, []
+            exported = entry.exported and entry.owned
+        if exported:
+            self.seal_exported(oid, entry)
+        for cb in waiters:
+            try:
+                cb()
+            except Exception:
+                self._report_bug()
+
+    def payload_of(self, oid: bytes) -> tuple | None:
+        entry = self.objects.get(oid)
+        if entry is None:
+            return _lost_payload(oid)
+        return entry.payload
+
+    def _blocked(self) -> Callable[[], None] | None:
+        """In a worker running a task: lend the task's CPU while it waits."""
+        lease = getattr(self.current_task, "lease_id", None)
+        if self.role != "worker" or not lease:
+            return None
+        self.daemon_send((M.BLOCKED, lease))
+        return lambda: self.daemon_send((M.UNBLOCKED, lease))
+
+    def get(self, refs: list, timeout: float | None) -> list:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = [r._id for r in refs if self.payload_of(r._id) is None]
+        if pending:
+            remaining = len(set(pending))
+            w = _Waiter()
+            counter = [remaining]
+            lock = threading.Lock()
+
+            def one() -> None:
+                with lock:
+                    counter[0] -= 1
+                    last = counter[0] == 0
+                if last:
+                    w.set(True, None)
+
+            for oid in set(pending):
+                if self.when_ready(oid, one):
+                    one()
+            unblock = self._blocked() if counter[0] else None
+            try:
+                left = None if deadline is None else deadline - time.monotonic()
+                if not w.wait(left):
+                    raise exc.GetTimeoutError(
+                        f"Get timed out: some object(s) not ready after {timeout} s "
+                        f"({counter[0]} of {len(set(pending))} still pending).")
+            finally:
+                if unblock:
+                    unblock()
+        return [self.deserialize(r._id, self.payload_of(r._id)) for r in refs]  # type: ignore[arg-type]
+
+    def wait(self, refs: list, num_returns: int, timeout: float | None) -> tuple[list, list]:
+        cond = threading.Condition()
+        ready_ids: set[bytes] = set()
+
+        def mark(oid: bytes) -> Callable[[], None]:
+            def cb() -> None:
+                with cond:
+                    ready_ids.add(oid)
+                    cond.notify_all()
+            return cb
+
+        for r in refs:
+            if r._id in ready_ids:
+                continue
+            if self.when_ready(r._id, mark(r._id)):
+                ready_ids.add(r._id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with cond:
+            while sum(1 for r in refs if r._id in ready_ids) < num_returns:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                cond.wait(left)
+            snapshot = set(ready_ids)
+        ready, not_ready = [], []
+        for r in refs:
+            (ready if r._id in snapshot and len(ready) < num_returns else not_ready).append(r)
+        return ready, not_ready
+
+    def future_for(self, ref: Any) -> Any:
+        import concurrent.futures
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def done() -> None:
+            try:
+                fut.set_result(self.deserialize(ref._id, self.payload_of(ref._id)))  # type: ignore[arg-type]
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting code
+                fut.set_exception(e)
+
+        if self.when_ready(ref._id, done):
+            done()
+        return fut
+
+    # ------------------------------------------------------------------ logs
+    def on_log(self, task_id: bytes | None, stream: str, text: str, label: Any) -> None:
+        tag = None
+        if task_id is not None:
+            tag = self.submitter.tag_of(task_id)
+        handler = self.log_handler
+        if handler is not None:
+            try:
+                handler(tag, stream, text)
+                return
+            except Exception:
+                self._report_bug()
+        import sys
+        prefix = f"({label}) " if isinstance(label, str) else f"(pid={label.get('pid')}) " if label else ""
+        out = sys.stderr if stream == "stderr" else sys.stdout
+        lines = text.splitlines(True)
+        out.write("".join(prefix + ln if ln.strip() else ln for ln in lines))
+        if lines and not lines[-1].endswith("\n"):
+            out.write("\n")
+        out.flush()
+
+    # ------------------------------------------------------------------ state
+    def state_rows(self, kind: str) -> Any:
+        self.flush()
+        rows = self.request(M.STATE, kind)
+        if kind == "objects":
+            seen = {r["object_id"] for r in rows}
+            with self.lock:
+                for oid, e in self.objects.items():
+                    if e.owned and oid.hex() not in seen:
+                        rows.append({
+                            "object_id": oid.hex(), "object_size": e.size if e.payload else None,
+                            "reference_count": self.refs.count(oid),
+                            "task_status": "FINISHED" if e.payload is not None else "PENDING",
+                            "location": "shared_memory" if e.payload and e.payload[0] == M.SHARED else "inline",
+                            "pid": self.pid, "node_id": self.node_id, "ip": "127.0.0.1",
+                            "type": e.type_name, "spilled": False, "call_site": e.task_name,
+                            "created_ms": int(e.created * 1000)})
+        return rows
+
+    def shutdown(self) -> None:
+        self.running = False
+        self.wake()
+        try:
+            self.flush()
+        except Exception:
+            pass
+        self.submitter.close()
+        self.actor_submitter.close()
+        if self._io is not threading.current_thread():
+            self._io.join(timeout=2)
+        self.daemon.close()
+        self.arena.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _lost_payload(oid: bytes) -> tuple:
+    return _error_payload(exc.ObjectLostError(
+        oid.hex(), "", "all references to it were dropped or its owner died")
+        if _accepts_args(exc.ObjectLostError) else exc.ObjectLostError(f"object {oid.hex()} was lost"))
+
+
+def _accepts_args(cls: type) -> bool:
+    try:
+        cls("x", "", "y")
+        return True
+    except TypeError:
+        return False
+
+
+def _error_payload(err: BaseException) -> tuple:
+    data, bufs, _ = dumps(err)
+    return inline_payload(data, bufs, True)
+
+
+def connect_core(*, address: str, token: bytes, role: str, worker_id: str, job_id: str,
+                 namespace: str) -> CoreWorker:
+    conn = connect(address, token)
+    conn.send((M.HELLO, 0, role, os.getpid(), {}))
+    reply = conn.recv()
+    info = reply[3]
+    return CoreWorker(role=role, daemon_conn=conn, info=info, worker_id=worker_id,
+                      job_id=job_id or info["job_id"], namespace=namespace or info["namespace"],
+                      token=token)

@@ -1,0 +1,105 @@
+"""Starting and stopping the embedded node daemon from a driver.
+
+The daemon is a child process whose stdin is a pipe from the driver: the driver never
+writes after the start-up configuration, and when the driver goes away for any reason
+the pipe reaches end-of-file and the daemon cleans up everything it made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import psutil
+
+from ._metrics import detect_num_gpus
+
+
+@dataclass
+class EmbeddedNode:
+    process: subprocess.Popen
+    address: str
+    token: bytes
+    session_dir: str
+    node_id: str
+
+    def stop(self, timeout: float = 5.0) -> None:
+        p = self.process
+        if p.poll() is None:
+            try:
+                p.stdin.close()  # type: ignore[union-attr]
+            except OSError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in (p.stdout,):
+            if f is not None:
+                f.close()
+
+
+def default_resources(num_cpus: float | None, num_gpus: float | None,
+                      resources: dict | None, memory: float | None = None) -> dict[str, float]:
+    for key in ("CPU", "GPU", "memory"):
+        if resources and key in resources:
+            raise ValueError(
+                f"Use the num_cpus/num_gpus arguments of carme.init() instead of "
+                f"resources={{'{key}': ...}}.")
+    if num_cpus is not None and num_cpus < 0:
+        raise ValueError(f"num_cpus must be >= 0, not {num_cpus}")
+    if num_gpus is not None and num_gpus < 0:
+        raise ValueError(f"num_gpus must be >= 0, not {num_gpus}")
+    out: dict[str, float] = {
+        "CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
+        "GPU": float(num_gpus if num_gpus is not None else detect_num_gpus()),
+        "memory": float(memory if memory is not None else int(psutil.virtual_memory().available * 0.7)),
+        "node:127.0.0.1": 1.0,
+        "node:__internal_head__": 1.0,
+    }
+    for k, v in (resources or {}).items():
+        if not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"resources[{k!r}] must be a non-negative number, not {v!r}")
+        out[k] = float(v)
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def default_store_size() -> int:
+    total = psutil.virtual_memory().total
+    try:
+        shm = os.statvfs("/dev/shm")
+        shm_size = shm.f_bavail * shm.f_frsize
+    except OSError:
+        shm_size = total
+    return int(min(total * 0.3, shm_size * 0.8))
+
+
+def start_embedded(*, resources: dict[str, float], object_store_memory: int | None,
+                   namespace: str | None, job_id: str, prestart: int = 1) -> EmbeddedNode:
+    session_dir = tempfile.mkdtemp(prefix="carme-")
+    os.chmod(session_dir, 0o700)
+    token = secrets.token_bytes(32)
+    node_id = secrets.token_hex(28)
+    config = {
+        "session_dir": session_dir, "session": os.path.basename(session_dir)[6:],
+        "token": token.hex(), "node_id": node_id, "resources": resources,
+        "object_store_memory": int(object_store_memory or default_store_size()),
+        "namespace": namespace, "job_id": job_id, "prestart_workers": prestart,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "carme._daemon"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, close_fds=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(config).encode() + b"\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        raise RuntimeError(f"the carme node daemon failed to start (exit code {proc.returncode}); see its output above")
+    ready = json.loads(line)
+    return EmbeddedNode(proc, ready["address"], token, session_dir, node_id)

@@ -1,0 +1,440 @@
+"""`@carme.remote`: remote functions, actor classes and actor handles (Ray's API shape)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any
+
+from . import _context
+from ._ids import return_id, task_id
+from ._objects import ObjectRef, ObjectRefGenerator
+from ._options import (
+    actor_scheduling_shape,
+    resource_shape,
+    validate_actor_options,
+    validate_method_options,
+    validate_task_options,
+)
+from ._serialization import dumps, dumps_function, inline_payload
+from ._submit import StreamState, TaskSpec
+
+
+def _core() -> Any:
+    from ._api import auto_init
+    return auto_init()
+
+
+def serialize_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[tuple, list, list, list]:
+    """(payload of (args, kwargs) with top-level refs blanked, their positions, the refs, the
+    nested refs to keep alive)."""
+    ref_pos: list = []
+    arg_refs: list = []
+    a = list(args)
+    kw = dict(kwargs)
+    for i, v in enumerate(a):
+        if isinstance(v, ObjectRef):
+            ref_pos.append((False, i))
+            arg_refs.append(v)
+            a[i] = None
+    for k, v in kw.items():
+        if isinstance(v, ObjectRef):
+            ref_pos.append((True, k))
+            arg_refs.append(v)
+            kw[k] = None
+    try:
+        data, bufs, contained = dumps((a, kw))
+    except Exception as e:  # noqa: BLE001 - reported with the argument that failed
+        raise TypeError(_unpicklable(a, kw, what, e)) from e
+    if contained:
+        core.export(contained)
+    return inline_payload(data, bufs), ref_pos, arg_refs, contained
+
+
+def _unpicklable(a: list, kw: dict, what: str, err: Exception) -> str:
+    for label, value in [*((f"argument {i}", v) for i, v in enumerate(a)),
+                         *((f"keyword argument {k!r}", v) for k, v in kw.items())]:
+        try:
+            dumps(value)
+        except Exception as e:  # noqa: BLE001
+            return (f"Could not serialize {label} of {what}: {type(value).__name__} object "
+                    f"cannot be pickled ({type(e).__name__}: {e}). Pass something picklable, "
+                    f"or create the object inside the task instead.")
+    return f"Could not serialize the arguments of {what}: {type(err).__name__}: {err}"
+
+
+def _strategy(core: Any, opts: dict) -> Any:
+    from .util.scheduling_strategies import to_scheduler_strategy
+    return to_scheduler_strategy(
+        opts.get("scheduling_strategy"),
+        placement_group=opts.get("placement_group", "default"),
+        placement_group_bundle_index=opts.get("placement_group_bundle_index", -1),
+        current_placement_group_id=getattr(core.current_task, "pg_id", None),
+        capture_child_tasks=bool(getattr(core.current_task, "pg_capture", False)),
+        label_selector=opts.get("label_selector"),
+    )
+
+
+def _merge_env(core: Any, env: dict | None) -> dict | None:
+    job_env = getattr(core, "job_runtime_env", None)
+    if not job_env:
+        return env or None
+    if not env:
+        return job_env
+    merged = {**job_env, **env}
+    if job_env.get("env_vars") and env.get("env_vars"):
+        merged["env_vars"] = {**job_env["env_vars"], **env["env_vars"]}
+    return merged
+
+
+def _tag(core: Any) -> Any:
+    provider = core.tag_provider
+    if provider is None:
+        return None
+    try:
+        return provider()
+    except Exception:  # noqa: BLE001 - a broken provider must not break submission
+        return None
+
+
+def _parent(core: Any) -> str | None:
+    t = getattr(core.current_task, "task_id", None)
+    return t.hex() if t else None
+
+
+class RemoteFunction:
+    def __init__(self, fn: Any, options: dict) -> None:
+        if inspect.isclass(fn):
+            raise TypeError("RemoteFunction got a class; use @carme.remote on it for an actor class")
+        self._function = fn
+        self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        self._where = f"@carme.remote function {self._name!r}"
+        self._options = validate_task_options(options, where=self._where)
+        self._key: bytes | None = None
+        self._blob: bytes | None = None
+        self.__name__ = getattr(fn, "__name__", "function")
+        self.__qualname__ = self._name
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Remote functions cannot be called directly. Instead of running "
+            f"'{self.__name__}()', try '{self.__name__}.remote()'.")
+
+    def options(self, **options: Any) -> _Bound:
+        return _Bound(self, {**self._options, **validate_task_options(options, where=self._where)})
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._remote(args, kwargs, self._options)
+
+    def _remote(self, args: tuple, kwargs: dict, opts: dict) -> Any:
+        core = _core()
+        if self._key is None:
+            try:
+                blob = dumps_function(self._function)
+            except Exception as e:  # noqa: BLE001
+                raise TypeError(f"Could not serialize the function {self._name!r}: {type(e).__name__}: {e}. "
+                                "Does it capture something unpicklable (a lock, a socket, a client) from "
+                                "its enclosing scope? Create that inside the function instead.") from e
+            self._blob = blob
+            self._key = hashlib.sha1(blob).digest()
+        spec = TaskSpec()
+        tid = task_id()
+        spec.task_id = tid
+        spec.name = opts.get("name") or self._name
+        spec.fn_key = self._key
+        spec.fn_blob = self._blob
+        spec.args, spec.ref_pos, spec.arg_refs, spec.keep = serialize_args(
+            core, args, kwargs, f"task {spec.name!r}")
+        num_returns = opts.get("num_returns", 1)
+        spec.streaming = num_returns in ("streaming", "dynamic")
+        spec.num_returns = 0 if spec.streaming else num_returns
+        retries = opts.get("max_retries", 3)
+        spec.retries_left = -1 if retries == -1 else retries
+        spec.retry_exceptions = opts.get("retry_exceptions", False)
+        spec.shape = resource_shape(opts, is_actor=False)
+        spec.strategy = _strategy(core, opts)
+        spec.runtime_env = _merge_env(core, opts.get("runtime_env"))
+        spec.queue_key = (tuple(sorted(spec.shape.items())), repr(spec.strategy),
+                          repr(spec.runtime_env) if spec.runtime_env else "")
+        spec.tag = _tag(core)
+        spec.parent = _parent(core)
+        if spec.streaming:
+            spec.return_ids = []
+            spec.stream = StreamState(core, tid)
+            core.submitter.submit(spec)
+            return ObjectRefGenerator(tid, spec.stream)
+        spec.return_ids = [return_id(tid, i + 1) for i in range(spec.num_returns)]
+        refs = []
+        for oid in spec.return_ids:
+            core.new_owned(oid, spec.name)
+            refs.append(ObjectRef(oid, core.worker_id))
+        core.submitter.submit(spec)
+        if spec.num_returns == 1:
+            return refs[0]
+        if spec.num_returns == 0:
+            return None
+        return refs
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("carme does not support Ray DAGs (.bind) yet; use .remote()")
+
+
+class _Bound:
+    """A remote function or actor class with options applied by `.options()`."""
+
+    def __init__(self, target: Any, options: dict) -> None:
+        self._target = target
+        self._opts = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target._remote(args, kwargs, self._opts)
+
+    def options(self, **options: Any) -> _Bound:
+        validate = validate_actor_options if isinstance(self._target, ActorClass) else validate_task_options
+        return _Bound(self._target, {**self._opts, **validate(options, where=self._target._where)})
+
+
+def method(*args: Any, **kwargs: Any) -> Any:
+    """`@carme.method(num_returns=2, ...)` on an actor method (Ray's ray.method)."""
+    if args and callable(args[0]) and not kwargs:
+        return args[0]
+    opts = validate_method_options(kwargs, where="@carme.method")
+
+    def deco(fn: Any) -> Any:
+        fn.__carme_method_options__ = opts
+        return fn
+    return deco
+
+
+class ActorClass:
+    def __init__(self, cls: type, options: dict) -> None:
+        self._cls = cls
+        self._name = cls.__name__
+        self._where = f"@carme.remote class {self._name!r}"
+        self._options = validate_actor_options(options, where=self._where)
+        self._blob: bytes | None = None
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+        methods = {}
+        is_async = False
+        for name, fn in inspect.getmembers(cls, predicate=lambda m: inspect.isfunction(m) or inspect.ismethod(m)):
+            if name.startswith("__") and name != "__call__":
+                continue
+            if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+                is_async = True
+            methods[name] = dict(getattr(fn, "__carme_method_options__", {}))
+        self._methods = methods
+        self._is_async = is_async
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actors cannot be instantiated directly. Instead of '{self._name}()', use "
+            f"'{self._name}.remote()'.")
+
+    def options(self, **options: Any) -> _Bound:
+        return _Bound(self, {**self._options, **validate_actor_options(options, where=self._where)})
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        return self._remote(args, kwargs, self._options)
+
+    def _remote(self, args: tuple, kwargs: dict, opts: dict) -> ActorHandle:
+        from . import _messages as M
+        from ._core import error_from_reply
+        core = _core()
+        if self._blob is None:
+            try:
+                self._blob = dumps_function(self._cls)
+            except Exception as e:  # noqa: BLE001
+                raise TypeError(f"Could not serialize the actor class {self._name!r}: {type(e).__name__}: {e}") from e
+        name = opts.get("name")
+        namespace = opts.get("namespace") or core.namespace
+        if name and opts.get("get_if_exists"):
+            try:
+                return get_actor(name, namespace)
+            except ValueError:
+                pass
+        payload, ref_pos, arg_refs, keep = serialize_args(core, args, kwargs, f"actor {self._name}")
+        # the constructor's ObjectRef arguments are resolved here, before creation
+        if arg_refs:
+            _wait_refs(core, arg_refs)
+        resolved = [core.payload_of(r._id) for r in arg_refs]
+        running = resource_shape(opts, is_actor=True)
+        conc = opts.get("max_concurrency")
+        if conc is None:
+            conc = 1000 if self._is_async else 1
+        actor_id = task_id()[:16]
+        spec = {
+            "class_name": self._name, "class_blob": self._blob, "args": payload,
+            "ref_pos": ref_pos, "resolved": resolved, "name": name, "namespace": namespace,
+            "get_if_exists": opts.get("get_if_exists", False), "lifetime": opts.get("lifetime"),
+            "max_restarts": opts.get("max_restarts", 0),
+            "max_task_retries": opts.get("max_task_retries", 0),
+            "max_concurrency": conc, "is_async": self._is_async, "methods": self._methods,
+            "placement_shape": actor_scheduling_shape(opts), "running_shape": running,
+            "hold_resources": bool(running), "strategy": _strategy(core, opts),
+            "runtime_env": _merge_env(core, opts.get("runtime_env")), "tag": _tag(core),
+        }
+        try:
+            out = core.request(M.CREATE_ACTOR, actor_id, spec)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise error_from_reply(e) from e
+        core.record(actor_id, "SUBMITTED", name=f"{self._name}.__init__", func_name=f"{self._name}.__init__",
+                    type="ACTOR_CREATION_TASK", job_id=core.job_id, tag=spec["tag"],
+                    actor_id=actor_id.hex())
+        if out.get("existing"):
+            s = out["spec"]
+            return ActorHandle(out["actor_id"], s["class_name"], s["methods"], s["is_async"],
+                               s.get("max_task_retries") or 0)
+        return ActorHandle(actor_id, self._name, self._methods, self._is_async, spec["max_task_retries"])
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("carme does not support Ray DAGs (.bind) yet; use .remote()")
+
+
+def _wait_refs(core: Any, refs: list) -> None:
+    try:
+        core.get(refs, None)
+    except Exception:  # noqa: BLE001 - an error value is passed to the constructor's caller later
+        pass
+
+
+class ActorMethod:
+    def __init__(self, handle: ActorHandle, name: str, options: dict) -> None:
+        self._handle = handle
+        self._name = name
+        self._options = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._handle._call(self._name, args, kwargs, self._options)
+
+    def options(self, **options: Any) -> ActorMethod:
+        opts = validate_method_options(options, where=f"actor method {self._handle._class_name}.{self._name}")
+        return ActorMethod(self._handle, self._name, {**self._options, **opts})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actor methods cannot be called directly. Instead of running "
+            f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("carme does not support Ray DAGs (.bind) yet; use .remote()")
+
+
+class ActorHandle:
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict, is_async: bool,
+                 max_task_retries: int = 0) -> None:
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        self._is_async = is_async
+        self._max_task_retries = max_task_retries
+        self._seq = 0
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        methods = self.__dict__.get("_methods")
+        if methods is None or name.startswith("__"):
+            raise AttributeError(name)
+        if name not in methods and name not in ("__ray_terminate__",):
+            raise AttributeError(f"'ActorHandle' object (actor {self._class_name}) has no attribute {name!r}")
+        return ActorMethod(self, name, methods.get(name) or {})
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id.hex()})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __reduce__(self) -> tuple:
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._is_async,
+                              self._max_task_retries))
+
+    @property
+    def _ray_actor_id(self) -> Any:
+        return _ActorID(self._actor_id)
+
+    def _call(self, method_name: str, args: tuple, kwargs: dict, opts: dict) -> Any:
+        core = _core()
+        spec = TaskSpec()
+        tid = task_id()
+        spec.task_id = tid
+        spec.actor_id = self._actor_id
+        spec.method = method_name
+        spec.name = opts.get("name") or f"{self._class_name}.{method_name}"
+        spec.args, spec.ref_pos, spec.arg_refs, spec.keep = serialize_args(
+            core, args, kwargs, f"actor method {spec.name!r}")
+        num_returns = opts.get("num_returns", 1)
+        spec.streaming = num_returns in ("streaming", "dynamic")
+        spec.num_returns = 0 if spec.streaming else num_returns
+        spec.retry_exceptions = opts.get("retry_exceptions", False)
+        spec.max_task_retries = opts.get("max_task_retries")
+        spec.tag = _tag(core)
+        spec.parent = _parent(core)
+        self._seq += 1
+        spec.seq = self._seq
+        if spec.streaming:
+            spec.return_ids = []
+            spec.stream = StreamState(core, tid)
+            core.actor_submitter.submit(spec, self._class_name, self._max_task_retries)
+            return ObjectRefGenerator(tid, spec.stream)
+        spec.return_ids = [return_id(tid, i + 1) for i in range(spec.num_returns)]
+        refs = []
+        for oid in spec.return_ids:
+            core.new_owned(oid, spec.name)
+            refs.append(ObjectRef(oid, core.worker_id))
+        core.actor_submitter.submit(spec, self._class_name, self._max_task_retries)
+        if spec.num_returns == 1:
+            return refs[0]
+        if spec.num_returns == 0:
+            return None
+        return refs
+
+
+class _ActorID:
+    def __init__(self, b: bytes) -> None:
+        self._b = b
+
+    def hex(self) -> str:
+        return self._b.hex()
+
+    def binary(self) -> bytes:
+        return self._b
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    from . import _messages as M
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor() needs a non-empty actor name, not {name!r}")
+    core = _core()
+    info = core.request(M.ACTOR_INFO, None, name, namespace or core.namespace, False)
+    s = info["spec"]
+    return ActorHandle(info["actor_id"], s["class_name"], s["methods"], s["is_async"],
+                       s.get("max_task_retries") or 0)
+
+
+def remote(*args: Any, **kwargs: Any) -> Any:
+    """`@carme.remote` or `@carme.remote(num_cpus=..., ...)` on a function or a class."""
+    def make(target: Any, options: dict) -> Any:
+        if inspect.isclass(target):
+            return ActorClass(target, options)
+        if callable(target):
+            return RemoteFunction(target, options)
+        raise TypeError(f"@carme.remote expects a function or a class, not {type(target).__name__}")
+
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return make(args[0], {})
+    if args:
+        raise TypeError(
+            "The @carme.remote decorator must be applied either with no arguments and no "
+            "parentheses, for example '@carme.remote', or it must be applied using only keyword "
+            "arguments and parentheses, for example '@carme.remote(num_returns=2, resources={\"CustomResource\": 1})'.")
+    # validate eagerly so a bad option fails at decoration
+    return lambda target: make(target, kwargs)
+

@@ -1,0 +1,125 @@
+"""Serialization of values for tasks, results and the object store.
+
+Values are pickled with protocol 5. Large contiguous buffers (numpy arrays, Arrow
+buffers, bytes-likes) go out-of-band: inline payloads carry them as separate byte
+strings; shared-memory payloads lay them out after the pickle stream, 64-byte aligned,
+and reading hands `pickle.loads` read-only memoryviews into the mapped store, so a numpy
+array comes back zero-copy and read-only.
+
+The fast path is the C pickler; anything it cannot pickle by reference (lambdas, classes
+and functions defined in `__main__` or a notebook) is pickled by value with cloudpickle.
+ObjectRefs met while pickling are collected (`contained`) so the caller can keep them
+alive for as long as the serialized value lives.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import threading
+from typing import Any
+
+import cloudpickle
+
+from . import _messages as M
+
+INLINE_LIMIT = 100 * 1024  # like Ray's max_direct_call_object_size
+_OOB_MIN = 2048
+_HDR = struct.Struct("<QQ")
+_ENT = struct.Struct("<QQ")
+_ALIGN = 64
+
+
+class _Ctx(threading.local):
+    def __init__(self) -> None:
+        self.contained: list | None = None
+        self.loaded: list | None = None
+
+
+CTX = _Ctx()
+
+
+class _NeedsCloudpickle(Exception):
+    pass
+
+
+def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list]:
+    """Pickle `value`; return (stream, out-of-band buffers, contained ObjectRefs)."""
+    prev = CTX.contained
+    CTX.contained = contained = []
+    buffers: list[pickle.PickleBuffer] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool | None:
+        if buf.raw().nbytes < _OOB_MIN:
+            return True  # in-band
+        buffers.append(buf)
+        return None
+
+    try:
+        try:
+            data = pickle.dumps(value, 5, buffer_callback=keep)
+            if b"__main__" in data or b"<lambda>" in data:
+                raise _NeedsCloudpickle
+        except (pickle.PicklingError, AttributeError, TypeError, _NeedsCloudpickle):
+            buffers.clear()
+            del contained[:]
+            data = cloudpickle.dumps(value, 5, buffer_callback=keep)
+    finally:
+        CTX.contained = prev
+    return data, buffers, contained
+
+
+def dumps_function(fn: Any) -> bytes:
+    return cloudpickle.dumps(fn, 5)
+
+
+def loads(data: Any, buffers: list | None = None) -> tuple[Any, list]:
+    """Unpickle; return (value, ObjectRefs materialized while loading)."""
+    prev = CTX.loaded
+    CTX.loaded = loaded = []
+    try:
+        value = pickle.loads(data, buffers=buffers or ())
+    finally:
+        CTX.loaded = prev
+    return value, loaded
+
+
+def total_size(data: bytes, buffers: list) -> int:
+    return len(data) + sum(b.raw().nbytes for b in buffers)
+
+
+def inline_payload(data: bytes, buffers: list, is_error: bool = False) -> tuple:
+    return (M.INLINE, data, [bytes(b.raw()) for b in buffers], is_error)
+
+
+def layout_size(data: bytes, buffers: list) -> int:
+    size = _HDR.size + _ENT.size * len(buffers) + len(data)
+    for b in buffers:
+        size = (size + _ALIGN - 1) & ~(_ALIGN - 1)
+        size += b.raw().nbytes
+    return size
+
+
+def write_layout(dest: memoryview, data: bytes, buffers: list) -> None:
+    n = len(buffers)
+    pos = _HDR.size + _ENT.size * n
+    _HDR.pack_into(dest, 0, len(data), n)
+    dest[pos:pos + len(data)] = data
+    pos += len(data)
+    for i, b in enumerate(buffers):
+        raw = b.raw()
+        pos = (pos + _ALIGN - 1) & ~(_ALIGN - 1)
+        _ENT.pack_into(dest, _HDR.size + _ENT.size * i, pos, raw.nbytes)
+        dest[pos:pos + raw.nbytes] = raw.cast("B") if raw.format != "B" else raw
+        pos += raw.nbytes
+
+
+def read_layout(src: memoryview) -> tuple[memoryview, list[memoryview]]:
+    dlen, n = _HDR.unpack_from(src, 0)
+    pos = _HDR.size + _ENT.size * n
+    data = src[pos:pos + dlen]
+    bufs = []
+    for i in range(n):
+        off, ln = _ENT.unpack_from(src, _HDR.size + _ENT.size * i)
+        bufs.append(src[off:off + ln])
+    return data, bufs

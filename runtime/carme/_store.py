@@ -1,0 +1,128 @@
+"""The node's shared-memory object store: an arena file in /dev/shm plus its allocator.
+
+Theory of operation. One file per node, `/dev/shm/carme-<session>-store`, sized to the
+store capacity but sparse: pages exist only once written. The node daemon owns the
+allocator (`Arena`, pure bookkeeping of offsets, never touches the memory); every process
+on the node maps the whole file once (`SharedArena`) and reads and writes objects at the
+offsets the daemon hands out. Freed space is reused lowest-address first, so a workload
+that puts and frees objects of similar sizes keeps writing into pages that are already
+faulted in — memcpy into touched pages is ~20x faster than first-touch on these machines.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+
+ALIGN = 64
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+class ArenaFull(Exception):
+    def __init__(self, requested: int, capacity: int, used: int, largest_free: int) -> None:
+        self.requested, self.capacity, self.used, self.largest_free = (
+            requested, capacity, used, largest_free)
+        super().__init__(
+            f"the object store cannot fit an object of {requested:,} bytes: "
+            f"{used:,} of {capacity:,} bytes are in use and the largest free block is "
+            f"{largest_free:,} bytes. Free objects you no longer need (drop their ObjectRefs) "
+            f"or start carme with a larger object_store_memory=")
+
+
+class Arena:
+    """First-fit allocator over [0, capacity) with coalescing of freed neighbours."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError(f"object store capacity must be positive, not {capacity}")
+        self.capacity = capacity
+        self._free_offsets: list[int] = [0]
+        self._free_sizes: dict[int, int] = {0: capacity}
+        self._used: dict[int, int] = {}
+        self.used_bytes = 0
+
+    def allocate(self, size: int) -> int:
+        need = _aligned(max(size, 1))
+        for off in self._free_offsets:
+            block = self._free_sizes[off]
+            if block >= need:
+                idx = bisect.bisect_left(self._free_offsets, off)
+                del self._free_offsets[idx]
+                del self._free_sizes[off]
+                if block > need:
+                    rest = off + need
+                    self._free_offsets.insert(idx, rest)
+                    self._free_sizes[rest] = block - need
+                self._used[off] = need
+                self.used_bytes += need
+                return off
+        raise ArenaFull(size, self.capacity, self.used_bytes, self.largest_free())
+
+    def free(self, offset: int) -> None:
+        size = self._used.pop(offset)
+        self.used_bytes -= size
+        idx = bisect.bisect_left(self._free_offsets, offset)
+        # merge with the next block
+        if idx < len(self._free_offsets) and self._free_offsets[idx] == offset + size:
+            nxt = self._free_offsets.pop(idx)
+            size += self._free_sizes.pop(nxt)
+        # merge with the previous block
+        if idx > 0:
+            prev = self._free_offsets[idx - 1]
+            if prev + self._free_sizes[prev] == offset:
+                self._free_sizes[prev] += size
+                return
+        self._free_offsets.insert(idx, offset)
+        self._free_sizes[offset] = size
+
+    def largest_free(self) -> int:
+        return max(self._free_sizes.values(), default=0)
+
+    def allocations(self) -> int:
+        return len(self._used)
+
+
+def store_path(session: str) -> str:
+    return f"/dev/shm/carme-{session}-store"
+
+
+def create_store_file(path: str, capacity: int) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, capacity)
+    finally:
+        os.close(fd)
+
+
+class SharedArena:
+    """One process's mapping of the node's store file."""
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.capacity = os.fstat(fd).st_size
+            self.map = mmap.mmap(fd, self.capacity, mmap.MAP_SHARED,
+                                 mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        self.view = memoryview(self.map)
+        self.path = path
+
+    def writable(self, offset: int, size: int) -> memoryview:
+        return self.view[offset:offset + size]
+
+    def readonly(self, offset: int, size: int) -> memoryview:
+        return self.view[offset:offset + size].toreadonly()
+
+    def close(self) -> None:
+        try:
+            self.view.release()
+            self.map.close()
+        except (BufferError, ValueError):
+            # zero-copy views handed to the user are still alive; the mapping goes with
+            # the process.
+            pass

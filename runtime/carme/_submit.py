@@ -1,0 +1,471 @@
+"""Normal-task submission: dependency resolution, worker leases, push, results, retries.
+
+Theory of operation. A submitted task waits until its top-level ObjectRef arguments have
+values (their payloads travel with the task, so the worker needs no lookups), then joins
+the queue of its scheduling key (resource shape, strategy, runtime_env). Each queue asks
+the node daemon for worker leases one at a time while it has a backlog, pipelines up to
+PIPELINE tasks on each leased worker over a direct socket, and gives an idle lease back
+after LEASE_IDLE seconds so a loop of one-at-a-time tasks reuses its worker. When a
+worker's connection drops, its in-flight tasks are retried (max_retries) or failed with
+WorkerCrashedError; a cancelled task is never retried.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from . import _messages as M
+from . import exceptions as exc
+from ._ids import return_id
+from ._protocol import Connection, ConnectionClosed, connect
+
+PIPELINE = 32
+SHORT_TASK = 0.002
+LEASE_IDLE = 0.05
+
+
+class TaskSpec:
+    __slots__ = ("task_id", "name", "fn_key", "fn_blob", "args", "ref_pos", "arg_refs",
+                 "num_returns", "streaming", "retries_left", "retry_exceptions", "attempt",
+                 "queue_key", "shape", "strategy", "runtime_env", "tag", "return_ids",
+                 "cancelled", "lease", "parent", "keep", "stream", "done", "submitted",
+                 "actor_id", "method", "seq", "max_task_retries")
+
+    def __init__(self) -> None:
+        self.actor_id: bytes | None = None
+        self.seq = 0
+        self.max_task_retries: int | None = None
+        self.cancelled = False
+        self.lease: Lease | None = None
+        self.attempt = 0
+        self.done = False
+        self.stream: StreamState | None = None
+        self.keep: list = []
+
+
+class StreamState:
+    """Items of a streaming generator task as they arrive."""
+
+    def __init__(self, core: Any, task_id: bytes) -> None:
+        self.core = core
+        self.task_id = task_id
+        self.cond = threading.Condition()
+        self.items: deque = deque()
+        self.count = 0
+        self.finished = False
+        self.completed_ref: Any = None
+
+    def add(self, ref: Any) -> None:
+        with self.cond:
+            self.items.append(ref)
+            self.count += 1
+            self.cond.notify_all()
+
+    def finish(self) -> None:
+        with self.cond:
+            self.finished = True
+            self.cond.notify_all()
+
+    def next(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while not self.items:
+                if self.finished:
+                    raise StopIteration
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise exc.GetTimeoutError("no new item within the timeout")
+                self.cond.wait(left)
+            return self.items.popleft()
+
+
+class Lease:
+    __slots__ = ("lease_id", "worker_id", "address", "pid", "gpu_ids", "conn", "inflight",
+                 "sent_fns", "queue", "dead", "node_id", "idle_token")
+
+    def __init__(self, grant: dict, conn: Connection, queue: Any) -> None:
+        self.lease_id = grant["lease_id"]
+        self.worker_id = grant["worker_id"]
+        self.address = grant["address"]
+        self.pid = grant["pid"]
+        self.gpu_ids = grant["gpu_ids"]
+        self.node_id = grant["node_id"]
+        self.conn = conn
+        self.inflight: dict[bytes, TaskSpec] = {}
+        self.sent_fns: set[bytes] = set()
+        self.queue = queue
+        self.dead = False
+        self.idle_token = 0
+
+
+class SchedQueue:
+    __slots__ = ("key", "shape", "strategy", "runtime_env", "tasks", "leases", "requesting", "desc",
+                 "avg_duration")
+
+    def __init__(self, key: Any, spec: TaskSpec) -> None:
+        self.key = key
+        self.shape = spec.shape
+        self.strategy = spec.strategy
+        self.runtime_env = spec.runtime_env
+        self.tasks: deque[TaskSpec] = deque()
+        self.leases: list[Lease] = []
+        self.requesting = False
+        self.desc = f"task {spec.name}"
+        self.avg_duration = 1.0  # unknown until the first result: assume long
+
+
+class TaskSubmitter:
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.lock = core.lock
+        self.queues: dict[Any, SchedQueue] = {}
+        self.tasks: dict[bytes, TaskSpec] = {}
+        self.tags: dict[bytes, Any] = {}
+
+    # ------------------------------------------------------------------ submit
+    def submit(self, spec: TaskSpec) -> None:
+        core = self.core
+        with self.lock:
+            self.tasks[spec.task_id] = spec
+            if spec.tag is not None or spec.name:
+                self.tags[spec.task_id] = (spec.tag, spec.name)
+        core.record(spec.task_id, "SUBMITTED", name=spec.name, func_name=spec.name,
+                    type="NORMAL_TASK", job_id=core.job_id, tag=spec.tag,
+                    parent_task_id=spec.parent, required_resources=spec.shape,
+                    attempt=spec.attempt)
+        self.resolve_then(spec, self.enqueue)
+
+    def resolve_then(self, spec: TaskSpec, then: Any) -> None:
+        refs = spec.arg_refs
+        if not refs:
+            then(spec)
+            return
+        missing = [r._id for r in refs if self.core.payload_of(r._id) is None]
+        if not missing:
+            then(spec)
+            return
+        remaining = [len(set(missing))]
+        lock = threading.Lock()
+
+        def one() -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                then(spec)
+
+        for oid in set(missing):
+            if self.core.when_ready(oid, one):
+                one()
+
+    def dep_error(self, spec: TaskSpec) -> tuple | None:
+        for r in spec.arg_refs:
+            p = self.core.payload_of(r._id)
+            if p is not None and p[3]:
+                return p
+        return None
+
+    def enqueue(self, spec: TaskSpec) -> None:
+        if spec.cancelled:
+            self.fail(spec, exc.TaskCancelledError(spec.task_id.hex()))
+            return
+        err = self.dep_error(spec)
+        if err is not None:
+            self.finish(spec, [err] * max(spec.num_returns, 1), None)
+            return
+        with self.lock:
+            q = self.queues.get(spec.queue_key)
+            if q is None:
+                q = self.queues[spec.queue_key] = SchedQueue(spec.queue_key, spec)
+            q.tasks.append(spec)
+        self.dispatch(q)
+
+    def dispatch(self, q: SchedQueue) -> None:
+        """Push queued tasks onto leased workers; ask for one more lease when all are busy.
+
+        A worker gets more than one task at a time only when this queue's tasks are
+        short (PIPELINE when they take under SHORT_TASK seconds, else 1), so long tasks
+        spread over workers while tiny ones are not held up by round trips."""
+        sends: list[tuple[Lease, TaskSpec]] = []
+        request = False
+        with self.lock:
+            depth = PIPELINE if q.avg_duration < SHORT_TASK else 1
+            live = [ls for ls in q.leases if not ls.dead]
+            while q.tasks:
+                lease = min(live, key=lambda ls: len(ls.inflight), default=None)
+                if lease is None or len(lease.inflight) >= depth:
+                    break
+                if lease.inflight and not q.requesting:
+                    q.requesting = request = True
+                spec = q.tasks.popleft()
+                spec.lease = lease
+                lease.inflight[spec.task_id] = spec
+                sends.append((lease, spec))
+            if q.tasks and not q.requesting:
+                q.requesting = request = True
+        for lease, spec in sends:
+            self.push(lease, spec)
+        if request:
+            self.request_lease(q)
+
+    def request_lease(self, q: SchedQueue) -> None:
+        def granted(ok: bool, value: Any) -> None:
+            if not ok:
+                with self.lock:
+                    q.requesting = False
+                    failed = list(q.tasks)
+                    q.tasks.clear()
+                from ._core import error_from_reply
+                err = error_from_reply(value)
+                for spec in failed:
+                    self.fail(spec, err)
+                return
+            try:
+                conn = connect(value["address"], self.core.token)
+            except OSError:
+                with self.lock:
+                    q.requesting = False
+                self.core.daemon_send((M.RETURN_LEASE, value["lease_id"], False))
+                self.dispatch(q)
+                return
+            lease = Lease(value, conn, q)
+            with self.lock:
+                q.requesting = False
+                q.leases.append(lease)
+            self.core.register(conn, lambda c, msgs, lease=lease: self.on_worker_msgs(lease, msgs))
+            self.dispatch(q)
+            self.maybe_idle(lease)
+
+        try:
+            self.core.request_async(M.LEASE, (q.shape, q.strategy, q.runtime_env, q.desc), granted)
+        except ConnectionClosed:
+            granted(False, ("LocalRayletDiedError", "the node daemon is gone"))
+
+    def push(self, lease: Lease, spec: TaskSpec) -> None:
+        fn_blob = None
+        if spec.fn_key not in lease.sent_fns:
+            fn_blob = spec.fn_blob
+            lease.sent_fns.add(spec.fn_key)
+        resolved = [self.core.payload_of(r._id) for r in spec.arg_refs]
+        try:
+            lease.conn.send((M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
+                             resolved, spec.num_returns, spec.streaming, spec.name, lease.lease_id,
+                             lease.gpu_ids, spec.attempt))
+        except ConnectionClosed:
+            pass  # the reader sees the close and retries the in-flight tasks
+
+    # ------------------------------------------------------------------ results
+    def on_worker_msgs(self, lease: Lease, msgs: list | None) -> None:
+        if msgs is None:
+            self.on_worker_lost(lease)
+            return
+        for msg in msgs:
+            kind = msg[0]
+            if kind == M.RESULT:
+                self.on_result(lease, msg)
+            elif kind == M.ITEM:
+                self.on_item(msg)
+            elif kind == M.LOG:
+                self.core.on_log(msg[1], msg[2], msg[3], msg[4])
+
+    def on_item(self, msg: tuple) -> None:
+        _, task_id, index, payload, contained = msg
+        spec = self.tasks.get(task_id)
+        if spec is None or spec.stream is None:
+            if contained:
+                self.core._decrefs.extend(contained)
+            return
+        from ._objects import ObjectRef
+        oid = return_id(task_id, index + 1)
+        entry = self.core.new_owned(oid, spec.name)
+        entry.contained_ids = contained
+        entry.held = entry.exported = payload[0] == M.SHARED
+        entry.payload = payload
+        spec.stream.add(ObjectRef(oid, self.core.worker_id))
+
+    def on_result(self, lease: Lease, msg: tuple) -> None:
+        _, task_id, payloads, contained, info = msg
+        with self.lock:
+            spec = lease.inflight.pop(task_id, None)
+        if spec is not None:
+            q = lease.queue
+            if info.get("end") and info.get("start"):
+                q.avg_duration = 0.7 * min(q.avg_duration, 0.1) + 0.3 * (info["end"] - info["start"])
+            self.handle_result(spec, payloads, contained, info)
+        self.dispatch(lease.queue)
+        self.maybe_idle(lease)
+
+    def handle_result(self, spec: TaskSpec, payloads: list, contained: list, info: dict) -> None:
+        core = self.core
+        failed = bool(payloads) and payloads[0][3]
+        if failed and info.get("retryable") and not spec.cancelled and self._retry_ok(spec, payloads[0]):
+            for c in contained:
+                if c:
+                    core._decrefs.extend(c)
+            self.retry(spec)
+            return
+        core.record(spec.task_id, "RUNNING", ts=info.get("start"), node_id=info.get("node_id"),
+                    worker_id=info.get("worker_id"), worker_pid=info.get("pid"))
+        core.record(spec.task_id, "FAILED" if failed else "FINISHED", ts=info.get("end"),
+                    error_type=info.get("error_type"), error_message=info.get("error_message"))
+        self.finish(spec, payloads, contained)
+
+    def _retry_ok(self, spec: TaskSpec, payload: tuple) -> bool:
+        if spec.retries_left == 0 or not spec.retry_exceptions:
+            return False
+        if spec.retry_exceptions is True:
+            return True
+        try:
+            self.core.deserialize(b"", payload)
+        except BaseException as e:  # noqa: BLE001
+            cause = getattr(e, "cause", e)
+            return isinstance(cause, tuple(spec.retry_exceptions))
+        return False
+
+    def retry(self, spec: TaskSpec) -> None:
+        if spec.retries_left > 0:
+            spec.retries_left -= 1
+        spec.attempt += 1
+        spec.lease = None
+        self.core.record(spec.task_id, "SUBMITTED", attempt=spec.attempt)
+        self.enqueue(spec)
+
+    def finish(self, spec: TaskSpec, payloads: list, contained: list | None) -> None:
+        core = self.core
+        spec.done = True
+        with self.lock:
+            self.tasks.pop(spec.task_id, None)
+        if spec.stream is not None:
+            if payloads and payloads[0][3]:
+                # an error before or during generation: it is the next item
+                from ._objects import ObjectRef
+                oid = return_id(spec.task_id, spec.stream.count + 1)
+                entry = core.new_owned(oid, spec.name)
+                entry.payload = payloads[0]
+                spec.stream.add(ObjectRef(oid, core.worker_id))
+            spec.stream.finish()
+            spec.keep = []
+            return
+        for i, oid in enumerate(spec.return_ids):
+            payload = payloads[i] if i < len(payloads) else payloads[0]
+            with core.lock:
+                entry = core.objects.get(oid)
+                if entry is None:
+                    # nobody holds the return any more: drop what the worker made for it
+                    if payload[0] == M.SHARED:
+                        core._decrefs.append(oid)
+                    if contained and i < len(contained) and contained[i]:
+                        core._decrefs.extend(contained[i])
+                    continue
+                if contained and i < len(contained) and contained[i]:
+                    entry.contained_ids = contained[i]
+                if payload[0] == M.SHARED and not payload[3]:
+                    entry.held = True
+                    entry.exported = True
+            core.set_payload(oid, payload)
+        spec.keep = []
+        spec.arg_refs = []
+
+    def fail(self, spec: TaskSpec, err: BaseException) -> None:
+        from ._core import _error_payload
+        payload = _error_payload(err)
+        self.core.record(spec.task_id, "FAILED", error_type=type(err).__name__, error_message=str(err)[:500])
+        self.finish(spec, [payload] * max(spec.num_returns, 1), None)
+
+    def on_worker_lost(self, lease: Lease) -> None:
+        with self.lock:
+            lease.dead = True
+            q = lease.queue
+            if lease in q.leases:
+                q.leases.remove(lease)
+            lost = list(lease.inflight.values())
+            lease.inflight.clear()
+        for spec in lost:
+            if spec.cancelled:
+                self.fail(spec, exc.TaskCancelledError(spec.task_id.hex()))
+            elif spec.retries_left != 0:
+                self.retry(spec)
+            else:
+                self.fail(spec, exc.WorkerCrashedError(
+                    f"The worker running task {spec.name!r} (pid {lease.pid}) died unexpectedly "
+                    f"and the task has no retries left (max_retries)."))
+        self.dispatch(q)
+
+    def maybe_idle(self, lease: Lease) -> None:
+        if lease.inflight or lease.dead:
+            return
+        lease.idle_token += 1
+        token = lease.idle_token
+
+        def check() -> None:
+            with self.lock:
+                if lease.dead or lease.inflight or lease.idle_token != token or lease.queue.tasks:
+                    return
+                lease.dead = True
+                if lease in lease.queue.leases:
+                    lease.queue.leases.remove(lease)
+            lease.conn.close()
+            try:
+                self.core.daemon_send((M.RETURN_LEASE, lease.lease_id, True))
+            except ConnectionClosed:
+                pass
+
+        self.core.call_later(LEASE_IDLE, check)
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:
+        with self.lock:
+            spec = self.tasks.get(task_id)
+            if spec is None or spec.done:
+                return False
+            if spec.actor_id is not None:
+                return self.core.actor_submitter.cancel(spec, force, recursive)  # type: ignore[no-any-return]
+            spec.cancelled = True
+            lease = spec.lease
+            queued = False
+            for q in self.queues.values():
+                if spec in q.tasks:
+                    q.tasks.remove(spec)
+                    queued = True
+        if queued or lease is None:
+            if queued:
+                self.fail(spec, exc.TaskCancelledError(task_id.hex()))
+            return True  # waiting on dependencies: enqueue() fails it
+        if force:
+            self.core.daemon_send((M.KILL_WORKER, lease.worker_id))
+        else:
+            try:
+                lease.conn.send((M.CANCEL, task_id, force, recursive))
+            except ConnectionClosed:
+                pass
+        return True
+
+    def cancel_children(self, parent: str) -> None:
+        for spec in list(self.tasks.values()):
+            if spec.parent == parent:
+                self.cancel(spec.task_id, False, True)
+
+    def cancel_matching(self, match: Any, force: bool) -> int:
+        n = 0
+        for spec in list(self.tasks.values()):
+            if match(spec.tag) and self.cancel(spec.task_id, force, True):
+                n += 1
+        return n
+
+    def tag_of(self, task_id: bytes) -> Any:
+        t = self.tags.get(task_id)
+        if t is None:
+            t = self.core.actor_submitter.tags.get(task_id)
+        return t[0] if t else None
+
+    def name_of(self, task_id: bytes) -> str:
+        t = self.tags.get(task_id) or self.core.actor_submitter.tags.get(task_id)
+        return t[1] if t else ""
+
+    def close(self) -> None:
+        for q in self.queues.values():
+            for lease in q.leases:
+                lease.conn.close()

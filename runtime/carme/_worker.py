@@ -1,0 +1,464 @@
+"""Worker process: runs tasks and hosts an actor.
+
+Theory of operation. The node daemon forks a worker and keeps one end of a socketpair
+as its control channel (the worker uses it for its own daemon requests too). The worker
+listens on a Unix socket of its own; submitters connect there (token first) and push
+tasks or actor calls. The CoreWorker's I/O thread reads those connections and hands the
+work to the main thread through a queue — or, for a threaded actor, to a thread pool;
+for an async actor, to an asyncio loop in its own thread. Results go straight back on
+the submitter's connection. While a task runs, `print` output is sent to its submitter,
+line by line, tagged with the task (so a notebook shows it in the cell that launched
+it). Cancelling a running task delivers SIGINT to the main thread, which raises
+KeyboardInterrupt inside the task only when that task is the one being cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import io
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import _context
+from . import _messages as M
+from . import exceptions as exc
+from ._core import CoreWorker, _error_payload
+from ._ids import return_id
+from ._protocol import Connection, ConnectionClosed, listen
+from ._serialization import loads
+
+
+class TaskContext:
+    __slots__ = ("task_id", "conn", "name", "lease_id", "gpu_ids", "label", "actor_id", "buffers")
+
+    def __init__(self, task_id: bytes, conn: Connection | None, name: str, lease_id: str | None,
+                 gpu_ids: list, label: str, actor_id: bytes | None = None) -> None:
+        self.task_id = task_id
+        self.conn = conn
+        self.name = name
+        self.lease_id = lease_id
+        self.gpu_ids = gpu_ids
+        self.label = label
+        self.actor_id = actor_id
+        self.buffers: dict[str, str] = {}
+
+
+CURRENT: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar("carme_task", default=None)
+
+
+class TaskStream(io.TextIOBase):
+    """sys.stdout/sys.stderr of a worker: lines go to the submitter of the running task."""
+
+    def __init__(self, stream: str, fallback: Any) -> None:
+        self.stream = stream
+        self.fallback = fallback
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        ctx = CURRENT.get()
+        if ctx is None or ctx.conn is None:
+            self.fallback.write(text)
+            self.fallback.flush()
+            return len(text)
+        buf = ctx.buffers.get(self.stream, "") + text
+        cut = buf.rfind("\n") + 1
+        if cut:
+            self._send(ctx, buf[:cut])
+            buf = buf[cut:]
+        ctx.buffers[self.stream] = buf
+        return len(text)
+
+    def flush(self) -> None:
+        ctx = CURRENT.get()
+        if ctx is None or ctx.conn is None:
+            self.fallback.flush()
+            return
+        buf = ctx.buffers.pop(self.stream, "")
+        if buf:
+            self._send(ctx, buf)
+
+    def _send(self, ctx: TaskContext, text: str) -> None:
+        try:
+            ctx.conn.send((M.LOG, ctx.task_id, self.stream, text, ctx.label))  # type: ignore[union-attr]
+        except ConnectionClosed:
+            self.fallback.write(text)
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+class Executor:
+    def __init__(self, core: CoreWorker, cfg: dict) -> None:
+        self.core = core
+        self.cfg = cfg
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.functions: dict[bytes, Any] = {}
+        self.cancelled: set[bytes] = set()
+        self.running: TaskContext | None = None
+        self.cancel_running = False
+        self.main_ident = threading.get_ident()
+        self.actor: Any = None
+        self.actor_id: bytes | None = None
+        self.actor_name = ""
+        self.pool: ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sem: asyncio.Semaphore | None = None
+        self.async_tasks: dict[bytes, Any] = {}
+        self.pid = os.getpid()
+        self.stdout = TaskStream("stdout", sys.__stdout__)
+        self.stderr = TaskStream("stderr", sys.__stderr__)
+
+    # ------------------------------------------------------------------ incoming
+    def on_daemon_message(self, msg: tuple) -> None:
+        if msg[0] == M.RUN_ACTOR:
+            self.q.put((None, msg))
+        elif msg[0] == M.EXIT:
+            os._exit(0)
+
+    def on_conn_msgs(self, conn: Connection, msgs: list | None) -> None:
+        if msgs is None:
+            return
+        for msg in msgs:
+            kind = msg[0]
+            if kind == M.CANCEL:
+                self.on_cancel(msg[1], msg[2], msg[3])
+            elif kind == M.ACTOR_CALL and self.loop is not None:
+                self.loop.call_soon_threadsafe(self.start_async_call, conn, msg)
+            elif kind == M.ACTOR_CALL and self.pool is not None:
+                self.pool.submit(self.run_actor_call, conn, msg)
+            else:
+                self.q.put((conn, msg))
+
+    def on_cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        if recursive:
+            self.core.submitter.cancel_children(task_id.hex())
+        t = self.async_tasks.get(task_id)
+        if t is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(t.cancel)
+            return
+        running = self.running
+        if running is not None and running.task_id == task_id:
+            self.cancel_running = True
+            signal.pthread_kill(self.main_ident, signal.SIGINT)
+        else:
+            self.cancelled.add(task_id)
+
+    def _sigint(self, signum: int, frame: Any) -> None:
+        if self.cancel_running:
+            self.cancel_running = False
+            raise KeyboardInterrupt("task cancelled by carme.cancel()")
+
+    # ------------------------------------------------------------------ main loop
+    def serve(self) -> None:
+        signal.signal(signal.SIGINT, self._sigint)
+        while True:
+            conn, msg = self.q.get()
+            kind = msg[0]
+            if kind == M.PUSH:
+                self.run_task(conn, msg)
+            elif kind == M.ACTOR_CALL:
+                self.run_actor_call(conn, msg)
+            elif kind == M.RUN_ACTOR:
+                self.create_actor(*msg[1:])
+
+    def build_args(self, args: tuple, ref_pos: list, resolved: list) -> tuple[list, dict]:
+        core = self.core
+        (a, kw), loaded = loads(args[1], args[2])
+        if loaded:
+            core.borrow(loaded)
+        a = list(a)
+        for (is_kw, key), payload in zip(ref_pos, resolved):
+            value = core.deserialize(b"", payload) if payload[0] == M.INLINE else self._from_store(payload)
+            if is_kw:
+                kw[key] = value
+            else:
+                a[key] = value
+        return a, kw
+
+    def _from_store(self, payload: tuple) -> Any:
+        return self.core.deserialize(b"arg", payload)
+
+    def function(self, key: bytes, blob: bytes | None) -> Any:
+        fn = self.functions.get(key)
+        if fn is None:
+            if blob is None:
+                raise exc.RaySystemError("the task's function was not sent to this worker")
+            fn = self.functions[key] = loads(blob)[0]
+        return fn
+
+    def run_task(self, conn: Connection, msg: tuple) -> None:
+        (_, task_id, fn_key, fn_blob, args, ref_pos, resolved, num_returns, streaming, name,
+         lease_id, gpu_ids, attempt) = msg
+        ctx = TaskContext(task_id, conn, name, lease_id, gpu_ids, f"{name} pid={self.pid}")
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+        else:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        self.execute(conn, ctx, lambda: self.function(fn_key, fn_blob), args, ref_pos, resolved,
+                     num_returns, streaming, main_thread=True)
+
+    def execute(self, conn: Connection, ctx: TaskContext, get_fn: Any, args: tuple, ref_pos: list,
+                resolved: list, num_returns: Any, streaming: bool, main_thread: bool) -> None:
+        core = self.core
+        task_id = ctx.task_id
+        start = time.time()
+        info: dict[str, Any] = {"start": start, "worker_id": core.worker_id, "pid": self.pid,
+                                "node_id": core.node_id}
+        token = CURRENT.set(ctx)
+        core.current_task.lease_id = ctx.lease_id
+        core.current_task.task_id = task_id
+        core.current_task.gpu_ids = ctx.gpu_ids
+        payloads: list = []
+        contained: list = []
+        try:
+            if task_id in self.cancelled:
+                self.cancelled.discard(task_id)
+                raise exc.TaskCancelledError(task_id.hex())
+            fn = get_fn()
+            a, kw = self.build_args(args, ref_pos, resolved)
+            if main_thread:
+                self.running = ctx
+            try:
+                result = fn(*a, **kw)
+                if streaming:
+                    self.stream_items(conn, ctx, result)
+                    result = None
+            finally:
+                if main_thread:
+                    self.running = None
+                    self.cancel_running = False
+            payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, ctx.name)
+        except KeyboardInterrupt:
+            payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * max(num_returns if isinstance(num_returns, int) else 1, 1)
+            info["error_type"] = "TaskCancelledError"
+        except exc.TaskCancelledError as e:
+            payloads = [_error_payload(e)] * max(num_returns if isinstance(num_returns, int) else 1, 1)
+            info["error_type"] = "TaskCancelledError"
+        except BaseException as e:  # noqa: BLE001 - the task's error goes to its caller
+            if isinstance(e, SystemExit) and self.actor is not None:
+                os._exit(0)
+            payloads = [self.error_payload(e, ctx.name)] * max(num_returns if isinstance(num_returns, int) else 1, 1)
+            info["retryable"] = True
+            info["error_type"] = type(e).__name__
+            info["error_message"] = str(e)[:500]
+        finally:
+            for stream in (self.stdout, self.stderr):
+                stream.flush()
+            CURRENT.reset(token)
+            core.current_task.lease_id = None
+        info["end"] = time.time()
+        try:
+            conn.send((M.RESULT, task_id, payloads, contained, info))
+        except ConnectionClosed:
+            pass
+
+    def error_payload(self, e: BaseException, name: str) -> tuple:
+        if isinstance(e, exc.RayTaskError):
+            err: BaseException = e
+        else:
+            err = exc.RayTaskError.from_exception(e, name, pid=self.pid, ip="127.0.0.1")
+        try:
+            return _error_payload(err)
+        except Exception as pe:  # noqa: BLE001
+            return _error_payload(exc.RaySystemError(f"{type(e).__name__}: {e} (could not pickle it: {pe})"))
+
+    def pack_returns(self, task_id: bytes, result: Any, num_returns: Any, streaming: bool,
+                     name: str) -> tuple[list, list]:
+        if streaming:
+            return [], []
+        if num_returns == 1:
+            values = [result]
+        elif num_returns == 0:
+            return [], []
+        else:
+            if not isinstance(result, (tuple, list)) or len(result) != num_returns:
+                raise ValueError(
+                    f"Task {name!r} declared num_returns={num_returns} but returned "
+                    f"{type(result).__name__}{'' if not hasattr(result, '__len__') else f' of length {len(result)}'}; "
+                    f"return a tuple or list of {num_returns} values.")
+            values = list(result)
+        payloads, contained = [], []
+        for i, v in enumerate(values):
+            p, c = self.core.serialize(v, return_id(task_id, i + 1), hold_contained=True)
+            payloads.append(p)
+            contained.append([r._id for r in c])
+        return payloads, contained
+
+    def stream_items(self, conn: Connection, ctx: TaskContext, gen: Any) -> None:
+        if not inspect.isgenerator(gen) and not hasattr(gen, "__next__"):
+            raise TypeError(f"a num_returns='streaming' task must be a generator function; {ctx.name!r} returned {type(gen).__name__}")
+        for i, value in enumerate(gen):
+            p, c = self.core.serialize(value, return_id(ctx.task_id, i + 1), hold_contained=True)
+            conn.send((M.ITEM, ctx.task_id, i, p, [r._id for r in c]))
+
+    # ------------------------------------------------------------------ actors
+    def create_actor(self, actor_id: bytes, spec: dict, gpu_ids: list, restarts: int) -> None:
+        core = self.core
+        self.actor_id = actor_id
+        self.actor_name = spec["class_name"]
+        core.current_task.actor_id = actor_id
+        core.current_task.gpu_ids = gpu_ids
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+        ctx = TaskContext(actor_id, spec.get("owner_conn"), f"{self.actor_name}.__init__", None,
+                          gpu_ids, f"{self.actor_name} pid={self.pid}", actor_id)
+        token = CURRENT.set(ctx)
+        try:
+            cls = loads(spec["class_blob"])[0]
+            a, kw = self.build_args(spec["args"], spec["ref_pos"], spec["resolved"])
+            self.actor = cls.__new__(cls)
+            self.actor.__init__(*a, **kw)
+        except BaseException as e:  # noqa: BLE001
+            import traceback
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            core.daemon_send((M.ACTOR_FAILED, actor_id, (
+                "ActorDiedError",
+                f"The actor died because of an error raised in its creation task, "
+                f"{self.actor_name}.__init__() (pid={self.pid}):\n{tb}")))
+            return
+        finally:
+            for stream in (self.stdout, self.stderr):
+                stream.flush()
+            CURRENT.reset(token)
+        conc = spec.get("max_concurrency")
+        if spec.get("is_async"):
+            self.start_loop(conc or 1000)
+        elif conc and conc > 1:
+            self.pool = ThreadPoolExecutor(conc, thread_name_prefix="carme-actor")
+        core.daemon_send((M.ACTOR_READY, actor_id))
+
+    def method(self, name: str) -> Any:
+        if name == "__ray_terminate__":
+            return lambda: os._exit(0)
+        if name == "__carme_ready__":
+            return lambda: True
+        return getattr(self.actor, name)
+
+    def run_actor_call(self, conn: Connection, msg: tuple) -> None:
+        (_, task_id, method, args, ref_pos, resolved, num_returns, streaming, name, attempt) = msg
+        ctx = TaskContext(task_id, conn, name, None, self.core.current_task.__dict__.get("gpu_ids", []),
+                          f"{self.actor_name} pid={self.pid}", self.actor_id)
+        self.execute(conn, ctx, lambda: self.method(method), args, ref_pos, resolved,
+                     num_returns, streaming, main_thread=self.pool is None)
+
+    def start_loop(self, concurrency: int) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            self.loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self.loop)
+            self.sem = asyncio.Semaphore(concurrency)
+            ready.set()
+            self.loop.run_forever()
+
+        threading.Thread(target=run, name="carme-actor-loop", daemon=True).start()
+        ready.wait()
+
+    def start_async_call(self, conn: Connection, msg: tuple) -> None:
+        assert self.loop is not None
+        task = self.loop.create_task(self.async_call(conn, msg))
+        self.async_tasks[msg[1]] = task
+
+    async def async_call(self, conn: Connection, msg: tuple) -> None:
+        (_, task_id, method, args, ref_pos, resolved, num_returns, streaming, name, attempt) = msg
+        ctx = TaskContext(task_id, conn, name, None, [], f"{self.actor_name} pid={self.pid}", self.actor_id)
+        token = CURRENT.set(ctx)
+        start = time.time()
+        info: dict[str, Any] = {"start": start, "worker_id": self.core.worker_id, "pid": self.pid,
+                                "node_id": self.core.node_id}
+        payloads: list = []
+        contained: list = []
+        n = max(num_returns if isinstance(num_returns, int) else 1, 1)
+        try:
+            assert self.sem is not None
+            async with self.sem:
+                fn = self.method(method)
+                a, kw = self.build_args(args, ref_pos, resolved)
+                result = fn(*a, **kw)
+                if inspect.isawaitable(result):
+                    result = await result
+                if streaming:
+                    if hasattr(result, "__aiter__"):
+                        i = 0
+                        async for value in result:
+                            p, c = self.core.serialize(value, return_id(task_id, i + 1), hold_contained=True)
+                            conn.send((M.ITEM, task_id, i, p, [r._id for r in c]))
+                            i += 1
+                    else:
+                        self.stream_items(conn, ctx, result)
+                    result = None
+                payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, name)
+        except asyncio.CancelledError:
+            payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * n
+        except BaseException as e:  # noqa: BLE001
+            payloads = [self.error_payload(e, name)] * n
+            info["retryable"] = True
+            info["error_type"] = type(e).__name__
+        finally:
+            self.async_tasks.pop(task_id, None)
+            for stream in (self.stdout, self.stderr):
+                stream.flush()
+            CURRENT.reset(token)
+        info["end"] = time.time()
+        try:
+            conn.send((M.RESULT, task_id, payloads, contained, info))
+        except ConnectionClosed:
+            pass
+
+
+def apply_env(env: dict | None) -> None:
+    if not env:
+        return
+    os.environ.update(env.get("env_vars") or {})
+    for p in reversed(env.get("sys_path") or []):
+        sys.path.insert(0, p)
+    if env.get("cwd"):
+        os.chdir(env["cwd"])
+
+
+def worker_main(ctrl: socket.socket, cfg: dict) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    apply_env(cfg.get("env"))
+    token = bytes.fromhex(cfg["token"])
+    daemon = Connection(ctrl, "daemon")
+    info = {"node_id": cfg["node_id"], "store_file": cfg["store_file"], "job_id": cfg["job_id"],
+            "namespace": cfg["namespace"], "session_dir": cfg["session_dir"]}
+    core = CoreWorker(role="worker", daemon_conn=daemon, info=info, worker_id=cfg["worker_id"],
+                      job_id=cfg["job_id"], namespace=cfg["namespace"], token=token)
+    _context.STATE.core = core
+    executor = Executor(core, cfg)
+    core.executor = executor
+    sys.stdout = executor.stdout
+    sys.stderr = executor.stderr
+    address = f"unix:{cfg['session_dir']}/w-{cfg['worker_id'][:12]}.sock"
+    lsock = listen(address)
+    lsock.setblocking(False)
+
+    def on_accept() -> None:
+        try:
+            s, _ = lsock.accept()
+        except BlockingIOError:
+            return
+        s.setblocking(True)
+        conn = Connection(s, "submitter", expect_token=token)
+        core.register(conn, executor.on_conn_msgs)
+
+    core.add_listener(lsock, on_accept)
+    daemon.send((M.WORKER_READY, address))
+    executor.serve()
