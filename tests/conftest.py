@@ -27,6 +27,7 @@ import importlib
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -125,6 +126,36 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     msg = guard.check(f"test {request.node.nodeid}")
     if msg:
         pytest.fail(msg, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def jupyter_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point Jupyter and IPython at a temporary root, with the carme kernelspec installed.
+
+    Nothing touches the user's home; kernels started by tests find ``python3``
+    (this environment's ipykernel) and ``carme``.
+    """
+    root = tmp_path_factory.mktemp("jupyter")
+    env = {
+        "JUPYTER_PATH": str(root / "share" / "jupyter"),
+        "JUPYTER_DATA_DIR": str(root / "data"),
+        "JUPYTER_CONFIG_DIR": str(root / "config"),
+        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
+        "IPYTHONDIR": str(root / "ipython"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "MPLBACKEND": "Agg",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        mp.delenv("CARME_ADDRESS", raising=False)
+        try:
+            from carme_kernel._install import install
+        except ImportError:
+            pass  # tests that need the carme kernel then fail naming it
+        else:
+            install(prefix=str(root))
+        yield root
 
 
 @pytest.fixture

@@ -3,13 +3,13 @@
 Each notebook runs under the kernel its metadata names (``python3`` by
 default; ``carme`` for notebooks that use the carme kernel), started from this
 Python's environment. Jupyter and IPython write only under a temporary
-directory, where the carme kernelspec is installed for the run. The leak guard
-of tests/conftest.py checks that no process or shared-memory segment survives.
+directory, where the carme kernelspec is installed for the run (`jupyter_dirs`
+in tests/conftest.py), and the leak guard there checks that no process or
+shared-memory segment survives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,36 +21,11 @@ CELL_TIMEOUT_S = 180
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(600)]
 
 
-@pytest.fixture(scope="module")
-def jupyter_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = tmp_path_factory.mktemp("nb-jupyter")
-    env = {
-        "JUPYTER_PATH": str(root / "share" / "jupyter"),
-        "JUPYTER_DATA_DIR": str(root / "data"),
-        "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-        "IPYTHONDIR": str(root / "ipython"),
-        "JUPYTER_PLATFORM_DIRS": "1",
-        "MPLBACKEND": "Agg",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        mp.delenv("CARME_ADDRESS", raising=False)
-        try:
-            from carme_kernel._install import install
-        except ImportError:
-            pass  # notebooks that need the carme kernel then fail naming it
-        else:
-            install(prefix=str(root))
-        yield root
-
-
 @pytest.mark.parametrize(
     "path",
     [pytest.param(p, id=p.name) for p in FOUND] or [pytest.param(None, id="no-notebooks")],
 )
-def test_notebook_runs_without_error(path: Path | None, jupyter_env: Path, tmp_path: Path) -> None:
+def test_notebook_runs_without_error(path: Path | None, jupyter_dirs: Path, tmp_path: Path) -> None:
     if path is None:
         pytest.fail(f"no notebooks found in {NOTEBOOKS}: expected at least quickstart.ipynb")
     import nbformat
