@@ -96,6 +96,11 @@ def validate_bundles(bundles: object) -> list[dict[str, float]]:
                 raise ValueError(
                     f"Invalid bundle {i}: {key}={amount!r}, expected a non-negative number."
                 )
+            if key == GPU and amount > 1 and not float(amount).is_integer():
+                raise ValueError(
+                    f"Invalid bundle {i}: GPU={amount!r}; GPU amounts above 1 must be whole "
+                    "numbers (a fraction below 1 shares one GPU)."
+                )
             clean[key] = float(amount)
         if not any(v > 0 for v in clean.values()):
             raise ValueError(

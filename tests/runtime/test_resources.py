@@ -72,5 +72,7 @@ def test_validate_bundles() -> None:
         validate_bundles(["CPU"])
     with pytest.raises(ValueError, match="non-negative"):
         validate_bundles([{"CPU": -1}])
+    with pytest.raises(ValueError, match="whole numbers"):
+        validate_bundles([{"GPU": 1.5}])
     with pytest.raises(TypeError, match="expected a number"):
         validate_bundles([{"CPU": "1"}])

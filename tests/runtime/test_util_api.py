@@ -226,6 +226,8 @@ def test_apply_filters() -> None:
     rows = TASKS
     assert [r["task_id"] for r in state.apply_filters(rows, [("state", "=", "finished")], "tasks")] == ["t1"]
     assert len(state.apply_filters(rows, [("state", "!=", "FINISHED")], "tasks")) == 2
+    pending = [{"task_id": "p", "state": "SUBMITTED"}]
+    assert state.apply_filters(pending, [("state", "=", "PENDING_NODE_ASSIGNMENT")], "tasks") == pending
     both = state.apply_filters(rows, [("node_id", "=", "n1"), ("name", "=", "g")], "tasks")
     assert [r["attempt_number"] for r in both] == [1]
     assert state.apply_filters(rows, [("node_id", "=", "N1")], "tasks") == []  # ids are case-sensitive

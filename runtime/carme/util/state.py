@@ -96,6 +96,13 @@ _CASELESS = frozenset(
      "strategy"}
 )
 
+# Ray's finer task states, as carme names them (filters accept either).
+_TASK_STATE_ALIASES = {
+    "PENDING_ARGS_AVAIL": "SUBMITTED",
+    "PENDING_NODE_ASSIGNMENT": "SUBMITTED",
+    "SUBMITTED_TO_WORKER": "SCHEDULED",
+}
+
 Filter = tuple[str, str, Any]
 
 
@@ -162,6 +169,8 @@ def apply_filters(
             )
         if pred not in ("=", "!="):
             raise ValueError(f"Invalid filter predicate {pred!r}: expected '=' or '!='.")
+        if kind == "tasks" and key == "state" and isinstance(value, str):
+            value = _TASK_STATE_ALIASES.get(value.upper(), value)
         checks.append((key, pred == "=", value, key in _CASELESS))
     return [
         row
