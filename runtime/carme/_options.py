@@ -447,7 +447,11 @@ _UNSUPPORTED_ENV = ("pip", "conda", "uv", "container", "image_uri", "java_jars",
 
 
 def validate_runtime_env(env: Any, *, where: str) -> dict[str, Any] | None:
-    """Check a ``runtime_env`` dict: ``env_vars``, ``working_dir`` and ``py_modules`` only."""
+    """Check a ``runtime_env`` dict: ``env_vars``, ``working_dir`` and ``py_modules`` only.
+
+    Module objects in ``py_modules`` become their local paths (a package's directory),
+    so the result is plain data that pickles.
+    """
     if env is None:
         return None
 
@@ -488,7 +492,7 @@ def validate_runtime_env(env: Any, *, where: str) -> dict[str, Any] | None:
             mods: list[Any] = []
             for item in value:
                 if isinstance(item, types.ModuleType):
-                    mods.append(item)
+                    mods.append(_module_path(item, fail, key))
                 elif isinstance(item, (str, os.PathLike)) and os.path.exists(item):
                     mods.append(os.fspath(item))
                 elif isinstance(item, (str, os.PathLike)):
@@ -504,6 +508,22 @@ def validate_runtime_env(env: Any, *, where: str) -> dict[str, Any] | None:
                 f"{hint}carme supports {', '.join(_ENV_KEYS)}."
             )
     return out
+
+
+def _module_path(module: types.ModuleType, fail: Callable[..., Exception], key: str) -> str:
+    """A module object as a local path: a package's directory, or a module's file."""
+    paths = list(getattr(module, "__path__", None) or [])
+    if paths and os.path.isdir(paths[0]):
+        return str(paths[0])
+    file = getattr(module, "__file__", None)
+    if file and os.path.isfile(file):
+        return str(file)
+    raise fail(
+        "modules that live in local files",
+        f"{module.__name__} is built in or has no file; pass a path instead",
+        module,
+        key,
+    )
 
 
 def resource_shape(options: dict[str, Any], *, is_actor: bool) -> dict[str, float]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import types
 
 import pytest
@@ -189,10 +191,14 @@ def test_method_options() -> None:
 
 def test_runtime_env(tmp_path: object) -> None:
     d = str(tmp_path)
-    env = {"env_vars": {"A": "1"}, "working_dir": d, "py_modules": [d, types]}
+    env = {"env_vars": {"A": "1"}, "working_dir": d, "py_modules": [d, types, json]}
     assert task(runtime_env=env)["runtime_env"] == {
-        "env_vars": {"A": "1"}, "working_dir": d, "py_modules": [d, types]
+        "env_vars": {"A": "1"},
+        "working_dir": d,
+        "py_modules": [d, types.__file__, os.path.dirname(json.__file__)],
     }
+    with pytest.raises(ValueError, match="built in"):
+        task(runtime_env={"py_modules": [sys]})
     assert task(runtime_env=None)["runtime_env"] is None
     with pytest.raises(ValueError, match="pip is not supported by carme yet"):
         task(runtime_env={"pip": ["requests"]})
