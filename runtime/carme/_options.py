@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 import os
 import types
 from collections.abc import Callable
@@ -108,7 +109,8 @@ class _Ctx:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    # numbers.Real also admits numpy scalars, which users pass around a lot.
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _check_precision(amount: float, ctx: _Ctx) -> None:
@@ -119,12 +121,15 @@ def _check_precision(amount: float, ctx: _Ctx) -> None:
         )
 
 
-def _amount(ctx: _Ctx, *, allow_none: bool = True, whole_above_one: bool = False) -> Any:
+def _amount(
+    ctx: _Ctx, *, allow_none: bool = True, whole_above_one: bool = False, precise: bool = True
+) -> Any:
     v = ctx.value
     if v is None and allow_none:
         return None
     if not _is_number(v):
         raise ctx.fail("a non-negative number", f"pass {ctx.name}=0 or more", TypeError)
+    v = int(v) if isinstance(v, numbers.Integral) else float(v)
     if math.isnan(v) or math.isinf(v) or v < 0:
         raise ctx.fail("a non-negative number", f"pass {ctx.name}=0 or more")
     if whole_above_one and v > 1 and v != int(v):
@@ -132,7 +137,8 @@ def _amount(ctx: _Ctx, *, allow_none: bool = True, whole_above_one: bool = False
             "a number <= 1 or a whole number (a fraction shares one GPU)",
             f"pass {ctx.name}={math.ceil(v)} or a fraction below 1",
         )
-    _check_precision(v, ctx)
+    if precise:
+        _check_precision(v, ctx)
     return v
 
 
@@ -145,7 +151,7 @@ def _v_num_gpus(ctx: _Ctx) -> Any:
 
 
 def _v_bytes(ctx: _Ctx) -> Any:
-    v = _amount(ctx)
+    v = _amount(ctx, precise=False)
     return v if v is None else int(v)
 
 
@@ -191,8 +197,9 @@ def _int(ctx: _Ctx, minimum: int, fix: str | None = None, allow_none: bool = Fal
     v = ctx.value
     if v is None and allow_none:
         return None
-    if not isinstance(v, int) or isinstance(v, bool):
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool):
         raise ctx.fail(f"an integer >= {minimum}", fix or f"pass {ctx.name}={max(minimum, 0)}", TypeError)
+    v = int(v)
     if v < minimum:
         raise ctx.fail(f"an integer >= {minimum}", fix or f"pass {ctx.name}={max(minimum, 0)} or more")
     return v

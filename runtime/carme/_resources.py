@@ -19,6 +19,7 @@ and its ``gpu_ids`` go to ``CUDA_VISIBLE_DEVICES``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -88,7 +89,7 @@ def validate_bundles(bundles: object) -> list[dict[str, float]]:
         for key, amount in bundle.items():
             if not isinstance(key, str):
                 raise TypeError(f"Invalid bundle {i}: resource name {key!r} is not a string.")
-            if not isinstance(amount, (int, float)) or isinstance(amount, bool):
+            if not isinstance(amount, numbers.Real) or isinstance(amount, bool):
                 raise TypeError(
                     f"Invalid bundle {i}: {key}={amount!r}, expected a number. Fix: {fix}."
                 )

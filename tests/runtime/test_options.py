@@ -167,6 +167,14 @@ def test_valid_options_pass_and_normalize() -> None:
     assert actor(num_cpus=None)["num_cpus"] is None
 
 
+def test_numpy_scalars_are_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    out = task(num_cpus=np.int64(2), num_gpus=np.float32(0.5), max_retries=np.int32(1))
+    assert out == {"num_cpus": 2, "num_gpus": 0.5, "max_retries": 1}
+    assert type(out["num_cpus"]) is int and type(out["max_retries"]) is int
+    assert task(memory=1000.123456)["memory"] == 1000  # bytes: no 4-decimal rule
+
+
 def test_placement_group_and_strategy_together_rejected() -> None:
     from carme.util.placement_group import PlacementGroup, PlacementGroupID
 
