@@ -93,16 +93,17 @@ def validate_bundles(bundles: object) -> list[dict[str, float]]:
                 raise TypeError(
                     f"Invalid bundle {i}: {key}={amount!r}, expected a number. Fix: {fix}."
                 )
-            if amount < 0 or math.isnan(amount):
+            value = float(amount)
+            if value < 0 or math.isnan(value) or math.isinf(value):
                 raise ValueError(
                     f"Invalid bundle {i}: {key}={amount!r}, expected a non-negative number."
                 )
-            if key == GPU and amount > 1 and not float(amount).is_integer():
+            if key == GPU and value > 1 and not value.is_integer():
                 raise ValueError(
                     f"Invalid bundle {i}: GPU={amount!r}; GPU amounts above 1 must be whole "
                     "numbers (a fraction below 1 shares one GPU)."
                 )
-            clean[key] = float(amount)
+            clean[key] = value
         if not any(v > 0 for v in clean.values()):
             raise ValueError(
                 f"Invalid bundle {i}={bundle!r}: bundles cannot be empty or have only zero "
