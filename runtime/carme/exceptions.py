@@ -39,6 +39,7 @@ Hierarchy::
         ├── OutOfMemoryError
         ├── NodeDiedError
         ├── RaySystemError
+        │   ├── RayCgraphCapacityExceeded
         │   └── RayChannelError
         │       └── RayChannelTimeoutError        (also TimeoutError)
         ├── RuntimeEnvSetupError
@@ -47,6 +48,7 @@ Hierarchy::
         ├── TaskPlacementGroupRemoved
         ├── ActorPlacementGroupRemoved
         ├── CrossLanguageError
+        ├── AuthenticationError
         └── UnserializableException
 """
 
@@ -62,6 +64,7 @@ __all__ = [
     "ActorUnavailableError",
     "ActorUnschedulableError",
     "AsyncioActorExit",
+    "AuthenticationError",
     "CrossLanguageError",
     "GetTimeoutError",
     "LocalRayletDiedError",
@@ -79,6 +82,7 @@ __all__ = [
     "PendingCallsLimitExceeded",
     "PlasmaObjectNotAvailable",
     "RayActorError",
+    "RayCgraphCapacityExceeded",
     "RayChannelError",
     "RayChannelTimeoutError",
     "RayError",
@@ -388,6 +392,25 @@ class RayChannelError(RaySystemError):
 
 class RayChannelTimeoutError(RayChannelError, TimeoutError):
     """A channel read or write timed out; kept for API parity."""
+
+
+class RayCgraphCapacityExceeded(RaySystemError):
+    """A compiled-graph channel buffer is full; kept for API parity."""
+
+
+class AuthenticationError(RayError):
+    """A peer did not present the cluster's token (or presented a wrong one)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        base = self.message or "Authentication with the carme cluster failed."
+        return (
+            f"{base} Fix: connect with the token written by `carme start --head` "
+            "(its file must be readable by you)."
+        )
 
 
 class _MessageError(RayError):

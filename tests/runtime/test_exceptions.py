@@ -74,6 +74,7 @@ def test_all_names_exported_and_sorted() -> None:
         "ActorPlacementGroupRemoved", "OutOfDiskError", "OutOfMemoryError", "NodeDiedError",
         "LocalRayletDiedError", "CrossLanguageError", "RayChannelError",
         "RayChannelTimeoutError", "UnserializableException", "ObjectFreedError",
+        "RayCgraphCapacityExceeded", "AuthenticationError",
     }
     assert ray_names <= set(ce.__all__)
 
@@ -192,6 +193,8 @@ SAMPLES = [
     ce.TaskPlacementGroupRemoved(),
     ce.ActorPlacementGroupRemoved(),
     ce.CrossLanguageError("java"),
+    ce.AuthenticationError("bad token"),
+    ce.RayCgraphCapacityExceeded("full"),
     UnserializableException("ValueError: x", "TypeError: y"),
     failing(ValueError("plain")),
 ]
