@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["load_ipython_extension", "unload_ipython_extension"]
+from ._exec import RemoteCellError
+
+__all__ = ["RemoteCellError", "load_ipython_extension", "unload_ipython_extension"]
 
 _SESSION_ATTR = "_carme_session"
 

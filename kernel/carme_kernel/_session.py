@@ -259,5 +259,6 @@ class NotebookSession:
             if isinstance(out, dict) and out.get(count) is result:
                 del out[count]
             key = f"_{count}"
-            if self.shell.user_ns.get(key) is result:
-                del self.shell.user_ns[key]
+            for ns in (self.shell.user_ns, self.shell.user_ns_hidden):
+                if ns.get(key) is result:
+                    del ns[key]

@@ -222,6 +222,12 @@ def resolve_node(node: str, nodes: Iterable[Mapping[str, Any]]) -> str:
     )
 
 
+def _amount(key: str, value: float) -> str:
+    if key == "memory":
+        return f"memory={value / (1 << 30):.2f}GiB"
+    return f"{key}={value:g}"
+
+
 def check_fits(
     spec: RemoteSpec, nodes: Iterable[Mapping[str, Any]], node: str | None = None
 ) -> None:
@@ -237,13 +243,13 @@ def check_fits(
 
     if any(fits(n) for n in alive):
         return
-    wanted = ", ".join(f"{k}={v:g}" for k, v in sorted(need.items()))
+    wanted = ", ".join(_amount(k, v) for k, v in sorted(need.items()))
     have = "; ".join(
         f"{_node_id(n)[:12]}: "
         + ", ".join(
-            f"{k}={float(v):g}"
+            _amount(k, float(v))
             for k, v in sorted((n.get("Resources") or n.get("resources_total") or {}).items())
-            if not k.startswith("node:")
+            if not k.startswith("node:") and k != "object_store_memory"
         )
         for n in alive
     )

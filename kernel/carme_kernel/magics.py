@@ -33,7 +33,7 @@ from ._exec import CellResult, Namespace, RemoteCellError, run_task
 from ._session import NotebookSession
 from ._spec import RemoteSpec, build_spec, check_fits, parse_bytes, parse_names, resolve_node
 
-__all__ = ["CarmeMagics"]
+__all__ = ["CarmeMagics", "RemoteTimeoutError"]
 
 _NAMESPACE_PREFIX = "carme_kernel.namespace:"
 _FLUSH_WAIT_S = 1.0
@@ -51,6 +51,13 @@ def _remote_error(exc: BaseException) -> RemoteCellError | None:
         nxt = getattr(cur, "cause", None)
         cur = nxt if isinstance(nxt, BaseException) else cur.__cause__
     return None
+
+
+class RemoteTimeoutError(TimeoutError):
+    """A ``%%remote`` cell ran past ``--timeout`` and was cancelled."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"RemoteTimeoutError: {self}"]
 
 
 @magics_class
@@ -190,6 +197,7 @@ class CarmeMagics(Magics):
             submit = handle.run.options(**({"name": spec.name} if spec.name else {})).remote
         else:
             opts = spec.task_options()
+            opts.setdefault("name", f"%%remote {self.session.cell_label()}")
             if node_id:
                 opts["scheduling_strategy"] = self._affinity(node_id)
             submit = self._task(carme).options(**opts).remote
@@ -282,7 +290,7 @@ class CarmeMagics(Magics):
             raise
         except GetTimeoutError:
             self._cancel(carme, refs)
-            raise TimeoutError(
+            raise RemoteTimeoutError(
                 f"%%remote: the cell did not finish within --timeout {spec.timeout:g} s and was "
                 "cancelled; raise --timeout or drop it"
             ) from None
@@ -330,6 +338,7 @@ class CarmeMagics(Magics):
         refs = {}
         for node_id in alive:
             opts = spec.task_options()
+            opts.setdefault("name", f"%%remote --all-nodes {self.session.cell_label()}")
             opts["scheduling_strategy"] = self._affinity(node_id)
             refs[node_id] = self._submit(fn.options(**opts).remote, code, pushed, [], spec.is_async)
         if spec.is_async:

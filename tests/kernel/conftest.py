@@ -1,8 +1,8 @@
 """Fixtures for end-to-end tests through the real carme kernel (jupyter_client).
 
-The kernelspec is installed into a temporary prefix, and Jupyter and IPython
-write only under a temporary directory: nothing touches the user's home.
-`kernel` starts one carme kernel per test and shuts it down (the leak guard of
+``jupyter_dirs`` (tests/conftest.py) installs the kernelspec into a temporary
+prefix and points Jupyter and IPython at a temporary directory: nothing touches
+the user's home. `kernel` starts one carme kernel per test and shuts it down (the leak guard of
 tests/conftest.py then checks that its processes and shared memory are gone).
 """
 
@@ -18,27 +18,6 @@ from typing import Any
 import pytest
 
 KERNEL_START_TIMEOUT = 60
-
-
-@pytest.fixture(scope="session")
-def jupyter_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from carme_kernel._install import install
-
-    root = tmp_path_factory.mktemp("jupyter")
-    env = {
-        "JUPYTER_PATH": str(root / "share" / "jupyter"),
-        "JUPYTER_DATA_DIR": str(root / "data"),
-        "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-        "IPYTHONDIR": str(root / "ipython"),
-        "JUPYTER_PLATFORM_DIRS": "1",
-    }
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        mp.delenv("CARME_ADDRESS", raising=False)
-        install(prefix=str(root))
-        yield root
 
 
 @dataclass
@@ -94,7 +73,7 @@ class KernelHarness:
                 msg = self.kc.get_iopub_msg(timeout=min(left, 0.1))
             except queue.Empty:
                 continue
-            self.iopub.append((time.monotonic(), msg))
+            self.iopub.append((time.time(), msg))
             if stop is not None and stop(msg):
                 return
 

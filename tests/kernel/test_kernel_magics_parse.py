@@ -120,6 +120,7 @@ def test_object_refs_do_not_enter_out(
     ip.run_cell("ObjectRef()", store_history=True)
     n = ip.execution_count - 1
     assert n not in ip.user_ns["Out"] and f"_{n}" not in ip.user_ns
+    assert f"_{n}" not in ip.user_ns_hidden
     assert isinstance(ip.user_ns["_"], ObjectRef)  # _ still works, and rotates away
     ip.run_cell("[ObjectRef(), ObjectRef()]", store_history=True)
     assert ip.execution_count - 1 not in ip.user_ns["Out"]
