@@ -76,18 +76,17 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         from ._node import default_resources, start_embedded
         res = default_resources(num_cpus, num_gpus, resources)
         job_id = secrets.token_hex(4)
+        namespace = namespace or f"anon-{secrets.token_hex(6)}"
         node = start_embedded(resources=res, object_store_memory=object_store_memory,
                               namespace=namespace, job_id=job_id,
                               prestart=min(2, max(1, int(res.get("CPU", 1)))))
         try:
             core = connect_core(address=node.address, token=node.token, role="driver",
                                 worker_id=secrets.token_hex(14), job_id=job_id,
-                                namespace=namespace or "")
+                                namespace=namespace)
         except BaseException:
             node.stop()
             raise
-        if not namespace:
-            core.namespace = f"anon-{secrets.token_hex(6)}"
         core.job_runtime_env = runtime_env
         core.node = node
         if not log_to_driver:
@@ -295,11 +294,8 @@ class RuntimeContext:
         return getattr(self._core.current_task, "pg_id", None)
 
     def get_assigned_resources(self) -> dict[str, float]:
-        gpus = getattr(self._core.current_task, "gpu_ids", None) or []
-        out: dict[str, float] = {}
-        if gpus:
-            out["GPU"] = float(len(gpus))
-        return out
+        shape = getattr(self._core.current_task, "resources", None) or {}
+        return {k: float(v) for k, v in shape.items() if k != "memory" or v}
 
     def get_accelerator_ids(self) -> dict[str, list[str]]:
         return {"GPU": [str(g) for g in (getattr(self._core.current_task, "gpu_ids", None) or [])]}

@@ -169,11 +169,31 @@ class CoreWorker:
     # ------------------------------------------------------------------ I/O thread
     def register(self, conn: Connection, handler: Callable[[Connection, list], None]) -> None:
         if threading.current_thread() is getattr(self, "_io", None):
-            self.sel.register(conn.sock, selectors.EVENT_READ, (conn, handler))
+            self._register_now(conn, handler)
         else:
             with self.lock:
                 self._pending_register.append((conn, handler))
             self.wake()
+
+    def _register_now(self, conn: Connection, handler: Any) -> None:
+        if conn.closed:
+            return
+        try:
+            self.sel.register(conn.sock, selectors.EVENT_READ, (conn, handler))
+        except KeyError:  # a stale registration of a reused descriptor
+            self.sel.unregister(conn.sock.fileno())
+            self.sel.register(conn.sock, selectors.EVENT_READ, (conn, handler))
+
+    def close_conn(self, conn: Connection) -> None:
+        """Close a connection the I/O thread may be watching (unregister it first)."""
+        if threading.current_thread() is getattr(self, "_io", None):
+            try:
+                self.sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            conn.close()
+        else:
+            self.call_later(0, lambda: self.close_conn(conn))
 
     def add_listener(self, sock: Any, on_accept: Callable[[], None]) -> None:
         self.sel.register(sock, selectors.EVENT_READ, ("listen", on_accept))
@@ -197,8 +217,7 @@ class CoreWorker:
             with self.lock:
                 if self._pending_register:
                     for conn, handler in self._pending_register:
-                        if not conn.closed:
-                            self.sel.register(conn.sock, selectors.EVENT_READ, (conn, handler))
+                        self._register_now(conn, handler)
                     self._pending_register.clear()
                 now = time.monotonic()
                 due = []
@@ -646,6 +665,50 @@ class CoreWorker:
                             "type": e.type_name, "spilled": False, "call_site": e.task_name,
                             "created_ms": int(e.created * 1000)})
         return rows
+
+    # ------------------------------------------------------------------ placement groups
+    def create_placement_group(self, bundles: list, strategy: str, name: str, lifetime: str | None) -> str:
+        import secrets
+        pg_id = secrets.token_hex(18)
+        return self.request(M.PG_CREATE, pg_id, bundles, strategy, name)  # type: ignore[no-any-return]
+
+    def remove_placement_group(self, pg_id: str) -> None:
+        self.request(M.PG_REMOVE, pg_id)
+
+    def placement_group_info(self, pg_id: str | None = None, name: str | None = None) -> Any:
+        return self.request(M.PG_INFO, pg_id, name)
+
+    def wait_placement_group(self, pg_id: str, timeout: float | None) -> bool:
+        w = _Waiter()
+        req = next(self._req_ids)
+        self._requests[req] = w
+        self.daemon_send((M.PG_WAIT, req, pg_id))
+        if not w.wait(timeout):
+            self._requests.pop(req, None)
+            return False
+        return bool(w.ok)
+
+    def placement_group_ready(self, pg_id: str) -> Any:
+        from ._ids import put_id
+        from ._objects import ObjectRef
+        oid = put_id()
+        self.new_owned(oid, "placement_group.ready")
+        ref = ObjectRef(oid, self.worker_id)
+
+        def done(ok: bool, state: Any) -> None:
+            if ok:
+                data, bufs, _ = dumps(True)
+                payload = inline_payload(data, bufs)
+            else:
+                payload = _error_payload(exc.RaySystemError(
+                    f"placement group {pg_id} was removed before it was ready"))
+            self.set_payload(oid, payload)
+
+        self.request_async(M.PG_WAIT, (pg_id,), done)
+        return ref
+
+    def current_placement_group_id(self) -> str | None:
+        return getattr(self.current_task, "pg_id", None)
 
     def shutdown(self) -> None:
         self.running = False

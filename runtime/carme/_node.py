@@ -43,6 +43,14 @@ class EmbeddedNode:
         for f in (p.stdout,):
             if f is not None:
                 f.close()
+        # normally the daemon removed these; if it had to be killed, do it here
+        import shutil
+        from ._store import store_path
+        try:
+            os.unlink(store_path(os.path.basename(self.session_dir)[6:]))
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
 def default_resources(num_cpus: float | None, num_gpus: float | None,

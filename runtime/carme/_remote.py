@@ -107,7 +107,7 @@ class RemoteFunction:
         if inspect.isclass(fn):
             raise TypeError("RemoteFunction got a class; use @carme.remote on it for an actor class")
         self._function = fn
-        self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        self._name = getattr(fn, "__name__", "function")
         self._where = f"@carme.remote function {self._name!r}"
         self._options = validate_task_options(options, where=self._where)
         self._key: bytes | None = None

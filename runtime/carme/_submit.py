@@ -169,6 +169,8 @@ class TaskSubmitter:
         return None
 
     def enqueue(self, spec: TaskSpec) -> None:
+        if spec.done:
+            return
         if spec.cancelled:
             self.fail(spec, exc.TaskCancelledError(spec.task_id.hex()))
             return
@@ -253,7 +255,8 @@ class TaskSubmitter:
         try:
             lease.conn.send((M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
                              resolved, spec.num_returns, spec.streaming, spec.name, lease.lease_id,
-                             lease.gpu_ids, spec.attempt))
+                             lease.gpu_ids, spec.attempt, spec.shape,
+                             getattr(spec.strategy, "pg_id", None)))
         except ConnectionClosed:
             pass  # the reader sees the close and retries the in-flight tasks
 
@@ -407,7 +410,7 @@ class TaskSubmitter:
                 lease.dead = True
                 if lease in lease.queue.leases:
                     lease.queue.leases.remove(lease)
-            lease.conn.close()
+            self.core.close_conn(lease.conn)
             try:
                 self.core.daemon_send((M.RETURN_LEASE, lease.lease_id, True))
             except ConnectionClosed:
@@ -431,9 +434,9 @@ class TaskSubmitter:
                     q.tasks.remove(spec)
                     queued = True
         if queued or lease is None:
-            if queued:
-                self.fail(spec, exc.TaskCancelledError(task_id.hex()))
-            return True  # waiting on dependencies: enqueue() fails it
+            # queued, or still waiting on its arguments: fail it now; enqueue() skips it
+            self.fail(spec, exc.TaskCancelledError(task_id.hex()))
+            return True
         if force:
             self.core.daemon_send((M.KILL_WORKER, lease.worker_id))
         else:

@@ -203,7 +203,9 @@ class Executor:
 
     def run_task(self, conn: Connection, msg: tuple) -> None:
         (_, task_id, fn_key, fn_blob, args, ref_pos, resolved, num_returns, streaming, name,
-         lease_id, gpu_ids, attempt) = msg
+         lease_id, gpu_ids, attempt, shape, pg_id) = msg
+        self.core.current_task.resources = shape
+        self.core.current_task.pg_id = pg_id
         ctx = TaskContext(task_id, conn, name, lease_id, gpu_ids, f"{name} pid={self.pid}")
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
@@ -313,6 +315,8 @@ class Executor:
         self.actor_name = spec["class_name"]
         core.current_task.actor_id = actor_id
         core.current_task.gpu_ids = gpu_ids
+        core.current_task.resources = spec.get("running_shape") or {}
+        core.current_task.restarts = restarts
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         ctx = TaskContext(actor_id, spec.get("owner_conn"), f"{self.actor_name}.__init__", None,
