@@ -89,8 +89,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             raise
         core.job_runtime_env = runtime_env
         core.node = node
+        from ._hooks import _apply
         if not log_to_driver:
+            core.quiet_logs = True
             core.log_handler = lambda tag, stream, text: None
+        _apply(core)
         STATE.core = core
         # objects made before init (none) and refs from a previous session are stale
         ctx = CarmeContext(address_info={"address": node.address, "node_id": node.node_id,

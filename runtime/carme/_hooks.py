@@ -1,0 +1,50 @@
+"""Driver-side hooks for notebook integrations (the carme kernel uses these).
+
+* `set_task_tag_provider(fn)`: `fn()` is called on every submission from this process
+  (task, actor creation, actor call); the JSON-able dict it returns is attached to the
+  task, shows as `cell` in `carme.util.state.list_tasks()` rows and in the timeline, and
+  comes back with the task's output lines.
+* `set_log_handler(fn)`: `fn(tag, stream, text)` receives output printed by remote work
+  launched from this process, from a background thread, as it arrives. None restores
+  the default (print with a "(name pid=...)" prefix, as Ray does).
+* `cancel_tagged(match, force=False)`: cancel every unfinished task and actor call
+  submitted by this process whose tag matches; returns how many.
+
+Hooks set before `carme.init()` apply once it runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ._context import STATE
+
+TagProvider = Callable[[], "dict | None"]
+LogHandler = Callable[["dict | None", str, str], None]
+
+
+def _apply(core: Any) -> None:
+    core.tag_provider = getattr(STATE, "tag_provider", None)
+    handler = getattr(STATE, "log_handler", None)
+    if handler is not None or not getattr(core, "quiet_logs", False):
+        core.log_handler = handler
+
+
+def set_task_tag_provider(fn: TagProvider | None) -> None:
+    STATE.tag_provider = fn  # type: ignore[attr-defined]
+    if STATE.core is not None:
+        STATE.core.tag_provider = fn
+
+
+def set_log_handler(fn: LogHandler | None) -> None:
+    STATE.log_handler = fn  # type: ignore[attr-defined]
+    if STATE.core is not None:
+        STATE.core.log_handler = fn
+
+
+def cancel_tagged(match: Callable[[Any], bool], force: bool = False) -> int:
+    core = STATE.core
+    if core is None:
+        return 0
+    return core.submitter.cancel_matching(match, force)  # type: ignore[no-any-return]
