@@ -1,0 +1,85 @@
+"""End to end through the carme kernel: remote output in the right cell, live; interrupts; cell tags."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(180)]
+
+
+def test_remote_output_streams_live(kernel) -> None:
+    run = kernel.ok(
+        "%%remote\nimport time\nfor i in range(4):\n"
+        "    print('line', i, time.time(), flush=True)\n    time.sleep(1)\n",
+    )
+    lines = [(t, text) for t, chunk in run.streams("stdout") for text in chunk.splitlines()]
+    lines = [(t, text) for t, text in lines if text.startswith("line")]
+    assert [text.split()[1] for _, text in lines] == ["0", "1", "2", "3"]  # each once, in order
+    for arrived, text in lines:
+        printed = float(text.split()[2])
+        assert arrived - printed < 1.5, f"{text!r} arrived {arrived - printed:.2f} s late"
+    assert lines[-1][0] - lines[0][0] > 2.0  # not batched at the end
+
+
+def test_output_goes_to_the_cell_that_launched_it(kernel) -> None:
+    a = kernel.submit(
+        "%%remote --async\nimport time\nfor i in range(3):\n"
+        "    print('async', i, flush=True)\n    time.sleep(0.8)\n'done'"
+    )
+    kernel.wait(a)
+    b = kernel.ok("import time\nprint('b start')\ntime.sleep(3)\nprint('b end')")
+    kernel.collect(0.5)
+    a_text = "".join(m["content"]["text"] for _, m in kernel.of(a) if m["msg_type"] == "stream")
+    assert [ln for ln in a_text.splitlines() if ln.startswith("async")] == [
+        "async 0",
+        "async 1",
+        "async 2",
+    ]
+    assert "async" not in b.text()
+    assert kernel.value("import carme\ncarme.get(_remote)") == "'done'"
+    # a plain task launched from a cell prints into that cell, once
+    kernel.ok("@carme.remote\ndef shout(n):\n    print('shout', n)\n    return n")
+    run = kernel.ok("carme.get(shout.remote(7))")
+    assert run.text().count("shout 7") == 1
+
+
+def test_interrupt_cancels_remote_work(kernel) -> None:
+    kernel.ok("import carme\nfrom carme.util.state import list_tasks")
+    for code in (
+        "%%remote --name sleeper1\nimport time\ntime.sleep(60)",
+        "@carme.remote\ndef sleeper2():\n    import time\n    time.sleep(60)\ncarme.get(sleeper2.remote())",
+    ):
+        msg_id = kernel.submit(code)
+        time.sleep(2.5)
+        t0 = time.monotonic()
+        kernel.km.interrupt_kernel()
+        run = kernel.wait(msg_id, timeout=10)
+        assert time.monotonic() - t0 < 2.0
+        err = run.error()
+        assert err is not None and err["ename"] == "KeyboardInterrupt", err
+    deadline = time.monotonic() + 10
+    while True:
+        states = kernel.value(
+            "sorted({t.get('state') for t in list_tasks() if t.get('name') in ('sleeper1', 'sleeper2')"
+            " or 'sleeper2' in str(t.get('func_or_class_name'))})"
+        )
+        if "RUNNING" not in states and "PENDING" not in states:
+            break
+        assert time.monotonic() < deadline, states
+        time.sleep(0.5)
+
+
+@pytest.mark.xfail(
+    reason="carme's state API does not yet return the submission tag as 'cell'", strict=False
+)
+def test_tasks_record_their_cell(kernel) -> None:
+    run = kernel.ok("%%remote --name tagged\n1")
+    count = run.reply["content"]["execution_count"]
+    cells = kernel.value(
+        "import carme\nfrom carme.util.state import list_tasks\n"
+        "[t.get('cell') for t in list_tasks() if t.get('name') == 'tagged']"
+    )
+    assert f"'execution_count': {count}" in cells
+    assert "tagged" in kernel.value("[e.get('name') for e in carme.timeline()]")
