@@ -458,9 +458,8 @@ class CoreWorker:
         else:
             src = self.arena.readonly(payload[1], payload[2])
             data, bufs = read_layout(src)
-            for b in bufs:  # zero-copy views pin the object while they live
-                self.refs.add(oid)
-                weakref.finalize(b, self.refs.remove, oid)
+            if bufs:
+                bufs = _pinned(bufs, oid, self.refs)
             value, loaded = loads(data, bufs)
         if loaded:
             self.borrow(loaded)
@@ -728,6 +727,23 @@ class CoreWorker:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def _pinned(bufs: list, oid: bytes, refs: RefTable) -> list:
+    """Wrap zero-copy buffers so the object stays allocated while any view of it lives.
+
+    numpy keeps the exact object it was handed as the base of the arrays it rebuilds
+    (but makes its own memoryview of a memoryview), so when numpy is there the buffers
+    are uint8 arrays, and a finalizer on each releases its pin."""
+    try:
+        import numpy as np
+        out = [np.frombuffer(b, dtype=np.uint8) for b in bufs]
+    except ImportError:
+        out = bufs
+    for b in out:
+        refs.add(oid)
+        weakref.finalize(b, refs.remove, oid)
+    return out
 
 
 def _lost_payload(oid: bytes) -> tuple:

@@ -1,0 +1,223 @@
+"""carme-only: the embedded cluster's life cycle, reference counting and driver output.
+
+Each test that starts a cluster is marked `processes`, so the autouse leak guard in
+tests/conftest.py checks that no process and no /dev/shm segment survives it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.processes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _shm() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("carme")}
+
+
+def _run_driver(code: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_gone(pids: list[int], shm_before: set[str], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive and _shm() <= shm_before:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"left behind after {timeout} s: processes {alive}, shm {_shm() - shm_before}")
+
+
+DRIVER = """
+import os, carme
+carme.init(num_cpus=2)
+@carme.remote
+def f(): return os.getpid()
+@carme.remote
+class A:
+    def pid(self): return os.getpid()
+a = A.remote()
+ref = carme.put(bytes(1 << 20))  # in shared memory
+pids = set(carme.get([f.remote() for _ in range(4)])) | {carme.get(a.pid.remote())}
+import psutil
+print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
+"""
+
+
+@pytest.mark.parametrize("ending", ["exit", "exception", "sigkill"])
+def test_cluster_dies_with_its_driver(ending: str) -> None:
+    shm_before = _shm()
+    tail = {"exit": "", "exception": "raise SystemExit(3)",
+            "sigkill": "import time\nprint('ready', flush=True)\ntime.sleep(60)"}[ending]
+    p = _run_driver(DRIVER + tail)
+    assert p.stdout is not None
+    pids = [int(x) for x in p.stdout.readline().split()]
+    assert len(pids) >= 3, pids  # the daemon and its workers
+    if ending == "sigkill":
+        assert p.stdout.readline().strip() == "ready"
+        os.kill(p.pid, signal.SIGKILL)
+    p.wait(30)
+    p.stdout.close()
+    p.stderr.close()  # type: ignore[union-attr]
+    _wait_gone(pids, shm_before)
+
+
+def test_init_shutdown_init_and_double_init(carme) -> None:
+    @carme.remote
+    def one():
+        return 1
+
+    assert carme.get(one.remote()) == 1
+    with pytest.raises(RuntimeError, match="ignore_reinit_error"):
+        carme.init()
+    assert carme.init(ignore_reinit_error=True) is not None
+    carme.shutdown()
+    assert not carme.is_initialized()
+    carme.init(num_cpus=1)
+    assert carme.get(one.remote()) == 1
+
+
+def _store_used(carme) -> int:
+    from carme import _messages as M
+    from carme._context import core
+    core().flush()
+    time.sleep(0.05)
+    return core().request(M.STORE_STATS)["used"]
+
+
+def test_objects_are_freed_when_no_reference_remains(carme) -> None:
+    np = pytest.importorskip("numpy")
+    base = _store_used(carme)
+
+    @carme.remote
+    def total(arrays):
+        return sum(float(carme.get(r).sum()) for r in arrays)
+
+    @carme.remote
+    def make():
+        return np.ones(1 << 18)
+
+    @carme.remote
+    class Holder:
+        def __init__(self):
+            self.kept = None
+
+        def keep(self, refs):
+            self.kept = refs
+            return len(refs)
+
+        def drop(self):
+            self.kept = None
+
+    big = [carme.put(np.full(1 << 18, i, dtype=np.float64)) for i in range(3)]
+    outer = carme.put(big)                      # refs nested inside a stored value
+    made = make.remote()                        # a large return value
+    assert carme.get(total.remote(big)) == sum(i * (1 << 18) for i in range(3))
+    h = Holder.remote()
+    assert carme.get(h.keep.remote([made])) == 1  # an actor holds a nested ref
+    assert _store_used(carme) > base
+    del big, outer
+    carme.get(h.drop.remote())
+    del made
+    deadline = time.monotonic() + 5
+    while _store_used(carme) != base:
+        assert time.monotonic() < deadline, f"store still holds {_store_used(carme) - base} bytes"
+        time.sleep(0.1)
+
+
+def test_zero_copy_numpy_is_read_only(carme) -> None:
+    np = pytest.importorskip("numpy")
+    arr = np.arange(1 << 20, dtype=np.int64)
+    out = carme.get(carme.put(arr))
+    assert not out.flags.owndata and not out.flags.writeable
+    assert (out == arr).all()
+
+
+def test_zero_copy_view_outlives_its_ref(carme) -> None:
+    np = pytest.importorskip("numpy")
+    ref = carme.put(np.full(1 << 20, 7, dtype=np.int64))
+    view = carme.get(ref)
+    del ref
+    # the view pins the memory: new objects must not overwrite it
+    others = [carme.put(np.zeros(1 << 20, dtype=np.int64)) for _ in range(3)]
+    assert int(view[0]) == 7 and int(view[-1]) == 7
+    del others
+
+
+def test_task_that_can_never_fit_says_so(carme) -> None:
+    @carme.remote(resources={"unicorn": 1})
+    def f():
+        return 1
+
+    with pytest.raises(carme.exceptions.TaskUnschedulableError, match="unicorn"):
+        carme.get(f.remote(), timeout=10)
+
+
+def test_unpicklable_argument_is_named(carme) -> None:
+    import threading
+
+    @carme.remote
+    def f(a, b):
+        return 1
+
+    with pytest.raises(TypeError, match="argument 1 .*lock"):
+        f.remote(1, threading.Lock())
+
+
+def test_worker_output_reaches_the_driver_with_a_prefix() -> None:
+    p = _run_driver("""
+        import carme
+        carme.init(num_cpus=1)
+        @carme.remote
+        def shout():
+            print("hello from the task")
+            return 1
+        carme.get(shout.remote())
+        carme.shutdown()
+    """)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "(shout pid=" in out and "hello from the task" in out
+
+
+def test_log_to_driver_false_is_quiet() -> None:
+    p = _run_driver("""
+        import carme
+        carme.init(num_cpus=1, log_to_driver=False)
+        @carme.remote
+        def shout():
+            print("should not show")
+            return 1
+        carme.get(shout.remote())
+        carme.shutdown()
+    """)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "should not show" not in out
+
+
+def test_worker_crash_is_retried_then_reported(carme, tmp_path) -> None:
+    marker = tmp_path / "attempts"
+
+    @carme.remote(max_retries=1)
+    def crash(path):
+        with open(path, "a") as f:
+            f.write("x")
+        os._exit(1)
+
+    with pytest.raises(carme.exceptions.WorkerCrashedError):
+        carme.get(crash.remote(str(marker)), timeout=30)
+    assert marker.read_text() == "xx"  # the first run and one retry
