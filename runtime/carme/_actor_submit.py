@@ -54,6 +54,7 @@ class ActorSubmitter:
 
     def submit(self, spec: TaskSpec, class_name: str, max_task_retries: int) -> None:
         core = self.core
+        assert spec.actor_id is not None
         st = self.state(spec.actor_id, class_name, max_task_retries)
         spec.retries_left = spec.max_task_retries if spec.max_task_retries is not None else st.max_task_retries
         with self.lock:
@@ -191,7 +192,7 @@ class ActorSubmitter:
             self.drain(st)
 
     def cancel(self, spec: TaskSpec, force: bool, recursive: bool) -> bool:
-        st = self.actors.get(spec.actor_id)
+        st = self.actors.get(spec.actor_id or b"")
         if st is None:
             return False
         with self.lock:

@@ -114,7 +114,7 @@ class _Waiter:
 
 def error_from_reply(value: Any) -> Exception:
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
-        cls = getattr(exc, value[0], None) or {"ValueError": ValueError, "TypeError": TypeError}.get(value[0], exc.RaySystemError)
+        cls: Any = getattr(exc, value[0], None) or {"ValueError": ValueError, "TypeError": TypeError}.get(value[0], exc.RaySystemError)
         try:
             return cls(value[1])
         except TypeError:
@@ -157,6 +157,9 @@ class CoreWorker:
         self.log_handler: Callable[[dict | None, str, str], None] | None = None
         self.tag_provider: Callable[[], dict | None] | None = None
         self.executor: Any = None  # set in worker processes
+        self.job_runtime_env: dict | None = None
+        self.node: Any = None  # the embedded node a driver started
+        self.quiet_logs = False
         self.current_task: threading.local = threading.local()
         from ._actor_submit import ActorSubmitter
         from ._submit import TaskSubmitter
@@ -426,10 +429,10 @@ class CoreWorker:
             missing = self.request(M.INCREF, new)
             with self.lock:
                 for oid in missing:
-                    e = self.objects.get(oid)
-                    if e is not None:
-                        e.held = False
-                        e.payload = _lost_payload(oid)
+                    lost = self.objects.get(oid)
+                    if lost is not None:
+                        lost.held = False
+                        lost.payload = _lost_payload(oid)
 
     # ------------------------------------------------------------------ values
     def serialize(self, value: Any, oid: bytes | None = None, *, is_error: bool = False,
@@ -606,7 +609,8 @@ class CoreWorker:
                     break
                 cond.wait(left)
             snapshot = set(ready_ids)
-        ready, not_ready = [], []
+        ready: list = []
+        not_ready: list = []
         for r in refs:
             (ready if r._id in snapshot and len(ready) < num_returns else not_ready).append(r)
         return ready, not_ready

@@ -129,7 +129,7 @@ class NodeDaemon:
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
         self.sel.register(sys.stdin.fileno(), selectors.EVENT_READ, ("parent", None))
-        self._handlers = {
+        self._handlers: dict[int, Any] = {
             M.HELLO: self.on_hello, M.LEASE: self.on_lease, M.RETURN_LEASE: self.on_return_lease,
             M.ALLOC: self.on_alloc, M.EXPORT: self.on_export, M.INCREF: self.on_incref,
             M.DECREF: self.on_decref, M.GET_OBJECT: self.on_get_object, M.FN_PUT: self.on_fn_put,

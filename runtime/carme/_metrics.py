@@ -34,16 +34,16 @@ def gpu_info() -> list[dict[str, Any]]:
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             info: dict[str, Any] = {"index": i}
             for key, fn in (
-                ("name", lambda: pynvml.nvmlDeviceGetName(h)),
-                ("uuid", lambda: pynvml.nvmlDeviceGetUUID(h)),
-                ("utilization_gpu", lambda: pynvml.nvmlDeviceGetUtilizationRates(h).gpu),
-                ("memory_used", lambda: pynvml.nvmlDeviceGetMemoryInfo(h).used),
-                ("memory_total", lambda: pynvml.nvmlDeviceGetMemoryInfo(h).total),
-                ("temperature", lambda: pynvml.nvmlDeviceGetTemperature(h, 0)),
-                ("power_watts", lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
+                ("name", lambda h: pynvml.nvmlDeviceGetName(h)),
+                ("uuid", lambda h: pynvml.nvmlDeviceGetUUID(h)),
+                ("utilization_gpu", lambda h: pynvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                ("memory_used", lambda h: pynvml.nvmlDeviceGetMemoryInfo(h).used),
+                ("memory_total", lambda h: pynvml.nvmlDeviceGetMemoryInfo(h).total),
+                ("temperature", lambda h: pynvml.nvmlDeviceGetTemperature(h, 0)),
+                ("power_watts", lambda h: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
             ):
                 try:
-                    v = fn()
+                    v = fn(h)
                     info[key] = v.decode() if isinstance(v, bytes) else v
                 except Exception:
                     info[key] = None

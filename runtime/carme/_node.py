@@ -45,6 +45,7 @@ class EmbeddedNode:
                 f.close()
         # normally the daemon removed these; if it had to be killed, do it here
         import shutil
+
         from ._store import store_path
         try:
             os.unlink(store_path(os.path.basename(self.session_dir)[6:]))

@@ -6,7 +6,6 @@ import hashlib
 import inspect
 from typing import Any
 
-from . import _context
 from ._ids import return_id, task_id
 from ._objects import ObjectRef, ObjectRefGenerator
 from ._options import (

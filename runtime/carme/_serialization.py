@@ -46,7 +46,8 @@ class _NeedsCloudpickle(Exception):
 def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list]:
     """Pickle `value`; return (stream, out-of-band buffers, contained ObjectRefs)."""
     prev = CTX.contained
-    CTX.contained = contained = []
+    contained: list = []
+    CTX.contained = contained
     buffers: list[pickle.PickleBuffer] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool | None:
@@ -76,7 +77,8 @@ def dumps_function(fn: Any) -> bytes:
 def loads(data: Any, buffers: list | None = None) -> tuple[Any, list]:
     """Unpickle; return (value, ObjectRefs materialized while loading)."""
     prev = CTX.loaded
-    CTX.loaded = loaded = []
+    loaded: list = []
+    CTX.loaded = loaded
     try:
         value = pickle.loads(data, buffers=buffers or ())
     finally:

@@ -28,11 +28,28 @@ LEASE_IDLE = 0.05
 
 
 class TaskSpec:
-    __slots__ = ("task_id", "name", "fn_key", "fn_blob", "args", "ref_pos", "arg_refs",
-                 "num_returns", "streaming", "retries_left", "retry_exceptions", "attempt",
-                 "queue_key", "shape", "strategy", "runtime_env", "tag", "return_ids",
-                 "cancelled", "lease", "parent", "keep", "stream", "done", "submitted",
-                 "actor_id", "method", "seq", "max_task_retries")
+    """One task or actor call, as its submitter tracks it until its result arrives."""
+
+    task_id: bytes
+    name: str
+    fn_key: bytes
+    fn_blob: bytes | None
+    args: tuple
+    ref_pos: list
+    arg_refs: list
+    num_returns: int
+    streaming: bool
+    retries_left: int
+    retry_exceptions: Any
+    queue_key: Any
+    shape: dict
+    strategy: Any
+    runtime_env: dict | None
+    tag: Any
+    return_ids: list
+    parent: str | None
+    submitted: float
+    method: str
 
     def __init__(self) -> None:
         self.actor_id: bytes | None = None

@@ -182,7 +182,7 @@ class Executor:
         if loaded:
             core.borrow(loaded)
         a = list(a)
-        for (is_kw, key), payload in zip(ref_pos, resolved):
+        for (is_kw, key), payload in zip(ref_pos, resolved, strict=True):
             value = core.deserialize(b"", payload) if payload[0] == M.INLINE else self._from_store(payload)
             if is_kw:
                 kw[key] = value
