@@ -37,7 +37,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._hooks import Hooks, get_hooks
 from ._output import OutputRouter, Parent
 
 __all__ = ["NotebookSession", "holds_refs"]
@@ -106,8 +105,13 @@ class NotebookSession:
                 hooks.set_log_handler(None)
 
     @staticmethod
-    def _hooks() -> Hooks | None:
-        return get_hooks()
+    def _hooks() -> Any:
+        """carme's driver hooks (``carme._hooks``), or None without carme."""
+        try:
+            from carme import _hooks
+        except ImportError:
+            return None
+        return _hooks
 
     def install_hooks(self) -> None:
         """Point carme's tag provider (and, in a kernel, its log handler) at this session."""
@@ -136,7 +140,6 @@ class NotebookSession:
             else:
                 carme.init()
             self.connected_to = target or "embedded local cluster"
-            self.install_hooks()
         elif self.connected_to is None:
             self.connected_to = "cluster joined by carme.init() in a cell"
         return carme
@@ -182,9 +185,6 @@ class NotebookSession:
         return dict(parent) if isinstance(parent, Mapping) and parent.get("header") else None
 
     def _pre_run_cell(self, info: Any) -> None:
-        hooks = self._hooks() if "carme" in sys.modules else None
-        if hooks is not None:
-            hooks.reapply()  # a carme.init() in a cell started a new driver
         parent = self._parent()
         msg_id = parent["header"].get("msg_id") if parent else None
         run = msg_id or uuid.uuid4().hex
@@ -231,7 +231,7 @@ class NotebookSession:
         if tag is None or hooks is None or carme is None or not carme.is_initialized():
             return 0
         run = tag.get("run")
-        return hooks.cancel_tagged(lambda t: t is not None and t.get("run") == run)
+        return int(hooks.cancel_tagged(lambda t: t is not None and t.get("run") == run))
 
     # -- output -----------------------------------------------------------------
     def _send_stream(self, parent: Parent, stream: str, text: str) -> None:

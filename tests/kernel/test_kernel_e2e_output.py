@@ -45,20 +45,24 @@ def test_output_goes_to_the_cell_that_launched_it(kernel) -> None:
     assert run.text().count("shout 7") == 1
 
 
+def _interrupt_ends_cell(kernel, code: str) -> None:
+    """Run ``code``, interrupt the kernel once its work runs; the cell ends within 2 s."""
+    msg_id = kernel.submit(code)
+    time.sleep(2.5)
+    t0 = time.monotonic()
+    kernel.km.interrupt_kernel()
+    err = kernel.wait(msg_id, timeout=10).error()
+    assert time.monotonic() - t0 < 2.0
+    assert err is not None and err["ename"] == "KeyboardInterrupt", err
+
+
 def test_interrupt_cancels_remote_work(kernel) -> None:
     kernel.ok("import carme\nfrom carme.util.state import list_tasks")
     for code in (
         "%%remote --name sleeper1\nimport time\ntime.sleep(60)",
         "@carme.remote\ndef sleeper2():\n    import time\n    time.sleep(60)\ncarme.get(sleeper2.remote())",
     ):
-        msg_id = kernel.submit(code)
-        time.sleep(2.5)
-        t0 = time.monotonic()
-        kernel.km.interrupt_kernel()
-        run = kernel.wait(msg_id, timeout=10)
-        assert time.monotonic() - t0 < 2.0
-        err = run.error()
-        assert err is not None and err["ename"] == "KeyboardInterrupt", err
+        _interrupt_ends_cell(kernel, code)
     deadline = time.monotonic() + 10
     while True:
         states = kernel.value(
@@ -71,15 +75,31 @@ def test_interrupt_cancels_remote_work(kernel) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.xfail(
-    reason="carme's state API does not yet return the submission tag as 'cell'", strict=False
-)
 def test_tasks_record_their_cell(kernel) -> None:
     run = kernel.ok("%%remote --name tagged\n1")
     count = run.reply["content"]["execution_count"]
     cells = kernel.value(
         "import carme\nfrom carme.util.state import list_tasks\n"
-        "[t.get('cell') for t in list_tasks() if t.get('name') == 'tagged']"
+        "[t.get('cell') for t in list_tasks(detail=True) if t.get('name') == 'tagged']"
     )
     assert f"'execution_count': {count}" in cells
     assert "tagged" in kernel.value("[e.get('name') for e in carme.timeline()]")
+
+
+def test_interrupt_cancels_actor_calls(kernel) -> None:
+    kernel.ok(
+        "import carme\n@carme.remote\nclass A:\n    def slow(self):\n        import time\n"
+        "        time.sleep(60)\n    def fast(self):\n        return 1\na = A.remote()\n"
+        "carme.get(a.fast.remote())"
+    )
+    kernel.ok("%%remote --actor ns\nx = 1")
+    for code, after in (
+        ("carme.get(a.slow.remote())", "carme.get(a.fast.remote(), timeout=10)"),
+        (
+            "%%remote --actor ns\nimport time\ntime.sleep(60)",
+            "%%remote --actor ns --timeout 10\nx + 1",
+        ),
+    ):
+        _interrupt_ends_cell(kernel, code)
+        # the actor is free again: the interrupted call no longer runs
+        assert kernel.value(after, timeout=30) in ("1", "2")
