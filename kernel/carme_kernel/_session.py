@@ -23,6 +23,10 @@ Theory of operation
 * **Output history.** A displayed result that holds ObjectRefs is kept out of
   ``Out``/``_N`` (``_``, ``__``, ``___`` still rotate), so re-running a cell does
   not pin one more object per run.
+* **Redefinitions.** When a cell (re)defines a notebook function or class,
+  ``@carme.remote`` functions and classes in the namespace drop their cached
+  pickle, so the next call ships the current helpers (see
+  :meth:`NotebookSession._refresh_exports`).
 * **Shutdown.** :meth:`close` cancels this kernel's work, kills its
   ``--actor`` namespaces, and shuts the driver down (the embedded cluster goes
   with it; on a shared cluster the driver's non-detached actors die and its
@@ -31,6 +35,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import uuid
@@ -63,6 +68,15 @@ def holds_refs(value: Any) -> bool:
     return False
 
 
+def _definitions(ns: Mapping[str, Any]) -> dict[str, int]:
+    """Identity of each notebook-level function and class, to notice redefinitions."""
+    return {
+        k: id(v)
+        for k, v in ns.items()
+        if not k.startswith("_") and (inspect.isfunction(v) or inspect.isclass(v))
+    }
+
+
 class NotebookSession:
     """Cluster connection, cell tagging, output routing and cleanup for one shell."""
 
@@ -77,6 +91,7 @@ class NotebookSession:
         self._last: dict[str, Any] | None = None
         self._registered = False
         self._orig_update_user_ns: Callable[[Any], None] | None = None
+        self._defs: dict[str, int] | None = None
 
     # -- registration ----------------------------------------------------------
     def register(self) -> None:
@@ -213,6 +228,7 @@ class NotebookSession:
         return f"In[{count if count is not None else ' '}]"
 
     def _post_run_cell(self, result: Any) -> None:
+        self._refresh_exports()
         tag = self._current
         self._current = None
         if tag is not None:
@@ -221,6 +237,36 @@ class NotebookSession:
             getattr(result, "error_in_exec", None), KeyboardInterrupt
         ):
             self.cancel_cell(tag)
+
+    def _refresh_exports(self) -> None:
+        """After a cell (re)defined a notebook function or class, re-ship remote functions.
+
+        carme pickles a ``@carme.remote`` function (with the notebook helpers it
+        uses, by value) on its first call and reuses that; a helper redefined in
+        a later cell would go unnoticed. When the notebook's functions or classes
+        changed, the cached pickles are dropped so the next call ships the
+        current definitions (unchanged ones pickle to the same bytes, which
+        workers already have).
+        """
+        defs = _definitions(self.shell.user_ns)
+        changed = self._defs is not None and defs != self._defs
+        self._defs = defs
+        if not changed or "carme" not in sys.modules:
+            return
+        hooks = self._hooks()
+        invalidate = getattr(hooks, "invalidate_exports", None)
+        if invalidate is not None:
+            invalidate()
+            return
+        for value in list(self.shell.user_ns.values()):
+            kind = type(value)
+            if kind.__module__.startswith("carme.") and kind.__name__ in (
+                "RemoteFunction",
+                "ActorClass",
+            ):
+                for attr in ("_key", "_blob"):
+                    if hasattr(value, attr):
+                        setattr(value, attr, None)
 
     def cancel_cell(self, tag: Mapping[str, Any] | None = None) -> int:
         """Cancel unfinished work launched by the cell ``tag`` (default: the running cell)."""

@@ -39,6 +39,9 @@ def test_output_goes_to_the_cell_that_launched_it(kernel) -> None:
     ]
     assert "async" not in b.text()
     assert kernel.value("import carme\ncarme.get(_remote)") == "'done'"
+    # what a quick %%remote cell prints arrives before the cell ends
+    for i in range(5):
+        assert kernel.ok(f"%%remote\nprint('quick {i}')\n{i}").text() == f"quick {i}\n"
     # a plain task launched from a cell prints into that cell, once
     kernel.ok("@carme.remote\ndef shout(n):\n    print('shout', n)\n    return n")
     run = kernel.ok("carme.get(shout.remote(7))")

@@ -54,8 +54,16 @@ def test_redefinition_takes_effect(kernel) -> None:
     assert kernel.value("%%remote\nhelper()") == "2"
     kernel.ok("import carme\n@carme.remote\ndef f():\n    return helper()")
     assert kernel.value("carme.get(f.remote())") == "2"
+    kernel.ok("def helper():\n    return 3")  # f itself is not redefined
+    assert kernel.value("carme.get(f.remote())") == "3"
     kernel.ok("@carme.remote\ndef f():\n    return helper() * 10")
-    assert kernel.value("carme.get(f.remote())") == "20"
+    assert kernel.value("carme.get(f.remote())") == "30"
+    kernel.ok(
+        "class K:\n    v = 1\n@carme.remote\nclass Box:\n    def get(self):\n        return K.v"
+    )
+    assert kernel.value("carme.get(Box.remote().get.remote())") == "1"
+    kernel.ok("class K:\n    v = 2")
+    assert kernel.value("carme.get(Box.remote().get.remote())") == "2"
 
 
 def test_remote_options(kernel) -> None:
