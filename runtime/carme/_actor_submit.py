@@ -121,7 +121,7 @@ class ActorSubmitter:
                 self.set_dead(st, death_error(st, info))
                 return
             try:
-                conn = connect(info["address"], self.core.token)
+                conn = connect(info["address"], self.core.token, (M.PEER, self.core.worker_id))
             except OSError:
                 # the worker is going away; ask again (the daemon answers once it knows)
                 with self.lock:

@@ -386,7 +386,6 @@ class CoreWorker:
     def export(self, refs: list) -> None:
         """Make the objects behind `refs` known to the daemon with a hold of ours, before
         a reference to them leaves this process."""
-        incref: list[bytes] = []
         for ref in refs:
             oid = ref._id
             with self.lock:
@@ -396,23 +395,28 @@ class CoreWorker:
                 entry.exported = True
                 entry.held = True
                 payload = entry.payload
-                contained = entry.contained_ids
-                entry.contained_ids = []  # the daemon's copy now holds them
-                if entry.keep:
-                    keep_ids = [r._id for r in entry.keep]
-                    self.export(entry.keep)
-                    incref.extend(keep_ids)
-                    contained = contained + keep_ids
-            if incref:
-                self.request(M.INCREF, incref)
-                incref = []
+                blob_holds = entry.contained_ids
+                entry.contained_ids = []
+                contained = list(blob_holds)
+                keep = entry.keep
+            if keep:
+                self.export(keep)
+                contained += [r._id for r in keep]
+            # the daemon's copy holds the contained refs from now on; our blob holds
+            # (taken by a worker for a return value) go once it has them
             self.request(M.EXPORT, oid, payload, contained, 1, entry.type_name)
+            if blob_holds:
+                with self.lock:
+                    self._decrefs.extend(blob_holds)
 
     def seal_exported(self, oid: bytes, entry: LocalObject) -> None:
         """A pending object that was exported got its value: tell the daemon."""
         contained = entry.contained_ids
         entry.contained_ids = []
         self.daemon_send((M.EXPORT, None, oid, entry.payload, contained, 0, entry.type_name))
+        if contained:
+            with self.lock:
+                self._decrefs.extend(contained)
 
     def borrow(self, refs: list) -> None:
         """Refs just deserialized: take a daemon hold on those this process did not know."""
@@ -443,15 +447,16 @@ class CoreWorker:
         `hold_contained` the value takes a daemon hold on each (for a value that outlives
         this process's references)."""
         data, buffers, contained = dumps(value)
+        holder = getattr(self.current_task, "submitter", None)
         if contained:
             self.export(contained)
             if hold_contained:
-                self.request(M.INCREF, [r._id for r in contained])
+                self.request(M.INCREF, [r._id for r in contained], holder)
         size = len(data) + sum(b.raw().nbytes for b in buffers)
         if size < INLINE_LIMIT or oid is None:
             return inline_payload(data, buffers, is_error), contained
         total = layout_size(data, buffers)
-        off = self.request(M.ALLOC, oid, total, self.pid)
+        off = self.request(M.ALLOC, oid, total, self.pid, holder)
         write_layout(self.arena.writable(off, total), data, buffers)
         return (M.SHARED, off, total, is_error), contained
 
@@ -492,7 +497,6 @@ class CoreWorker:
         else:
             if contained:
                 self.export(contained)
-                self.request(M.INCREF, [r._id for r in contained])
             total = layout_size(data, buffers)
             off = self.request(M.ALLOC, oid, total, self.pid)
             write_layout(self.arena.writable(off, total), data, buffers)
@@ -772,7 +776,7 @@ def _error_payload(err: BaseException) -> tuple:
 def connect_core(*, address: str, token: bytes, role: str, worker_id: str, job_id: str,
                  namespace: str) -> CoreWorker:
     conn = connect(address, token)
-    conn.send((M.HELLO, 0, role, os.getpid(), {}))
+    conn.send((M.HELLO, 0, role, os.getpid(), {"worker_id": worker_id}))
     reply = conn.recv()
     info = reply[3]
     return CoreWorker(role=role, daemon_conn=conn, info=info, worker_id=worker_id,

@@ -68,6 +68,7 @@ class WorkerRec:
 class ObjEntry:
     payload: tuple | None = None  # None while pending
     count: int = 0
+    holders: dict[str, int] = field(default_factory=dict)  # holder id -> holds
     contained: list[bytes] = field(default_factory=list)
     waiters: list[tuple[Connection, int]] = field(default_factory=list)
     owner_pid: int = 0
@@ -109,6 +110,10 @@ class NodeDaemon:
         create_store_file(self.store_file, self.capacity)
         self.arena = Arena(self.capacity)
         self.objects: dict[bytes, ObjEntry] = {}
+        # Holds are keyed by holder: a process (its worker id) or a stored value
+        # ("obj:<hex>") containing the reference, so a process that goes away releases
+        # exactly what it held.
+        self.holds_by: dict[str, set[bytes]] = {}
         self.functions: dict[bytes, bytes] = {}
         self.workers: dict[str, WorkerRec] = {}
         self.by_pid: dict[int, WorkerRec] = {}
@@ -207,6 +212,9 @@ class NodeDaemon:
             self.on_worker_died(w)
         if conn in self.drivers:
             self.drivers.remove(conn)
+        holder = conn.meta.get("holder")
+        if holder:
+            self.release_holder(holder)
         # leases held by this client go back; non-detached actors it owns die with it
         for lease_id, (lw, lconn, _req) in list(self.leases.items()):
             if lconn is conn and (lw is None or lw.state != "ACTOR"):
@@ -264,6 +272,7 @@ class NodeDaemon:
         w = WorkerRec(worker_id, pid, conn, env_key, out_fds=(out_r, err_r))
         conn.meta["worker"] = w
         conn.meta["role"] = "worker"
+        conn.meta["holder"] = worker_id
         self.workers[worker_id] = w
         self.by_pid[pid] = w
         self.sel.register(parent, selectors.EVENT_READ, ("conn", conn))
@@ -345,6 +354,7 @@ class NodeDaemon:
     def on_hello(self, conn: Connection, req: int, role: str, pid: int, info: dict) -> None:
         conn.meta["role"] = role
         conn.meta["pid"] = pid
+        conn.meta["holder"] = info.get("worker_id") or f"conn-{id(conn)}"
         if role == "driver":
             self.drivers.append(conn)
         self.reply(conn, req, True, {
@@ -508,16 +518,54 @@ class NodeDaemon:
             self.kill_pid(w.pid)
 
     # ------------------------------------------------------------------ objects
-    def on_alloc(self, conn: Connection, req: int, oid: bytes, size: int, owner_pid: int) -> None:
+    def hold(self, oid: bytes, holder: str, n: int = 1) -> bool:
+        e = self.objects.get(oid)
+        if e is None:
+            return False
+        e.count += n
+        e.holders[holder] = e.holders.get(holder, 0) + n
+        self.holds_by.setdefault(holder, set()).add(oid)
+        return True
+
+    def unhold(self, oid: bytes, holder: str, n: int = 1) -> None:
+        e = self.objects.get(oid)
+        if e is None:
+            return
+        have = e.holders.get(holder, 0)
+        n = min(n, have)
+        if n <= 0:
+            return
+        if have == n:
+            del e.holders[holder]
+            held = self.holds_by.get(holder)
+            if held is not None:
+                held.discard(oid)
+                if not held:
+                    del self.holds_by[holder]
+        else:
+            e.holders[holder] = have - n
+        e.count -= n
+        if e.count <= 0:
+            self.free_object(oid)
+
+    def release_holder(self, holder: str) -> None:
+        for oid in list(self.holds_by.get(holder, ())):
+            e = self.objects.get(oid)
+            if e is not None:
+                self.unhold(oid, holder, e.holders.get(holder, 0))
+        self.holds_by.pop(holder, None)
+
+    def on_alloc(self, conn: Connection, req: int, oid: bytes, size: int, owner_pid: int,
+                 holder: str | None = None) -> None:
         try:
             off = self.arena.allocate(size)
         except ArenaFull as e:
             self.reply(conn, req, False, ("ObjectStoreFullError", str(e)))
             return
-        # the entry starts pending with one reference: the creator's (or, for a task
-        # return, the submitter's once the result reaches it)
-        self.objects[oid] = ObjEntry(None, 1, owner_pid=owner_pid, size=size)
-        self.objects[oid].payload = None
+        # the entry starts pending with one hold: the creator's, or for a task return
+        # the submitter's (the worker names it)
+        self.objects[oid] = ObjEntry(None, owner_pid=owner_pid, size=size)
+        self.hold(oid, holder or conn.meta["holder"])
         self.reply(conn, req, True, off)
 
     def on_export(self, conn: Connection, req: int | None, oid: bytes, payload: tuple | None,
@@ -525,9 +573,12 @@ class NodeDaemon:
         e = self.objects.get(oid)
         if e is None:
             e = self.objects[oid] = ObjEntry(owner_pid=conn.meta.get("pid", 0))
-        e.count += add
-        if contained:
+        if add:
+            self.hold(oid, conn.meta["holder"], add)
+        if contained and not e.contained:
             e.contained = contained
+            for c in contained:  # the stored value holds what it refers to
+                self.hold(c, "obj:" + oid.hex())
         if type_name:
             e.type_name = type_name
         if payload is not None and e.payload is None:
@@ -541,36 +592,36 @@ class NodeDaemon:
         if e.count <= 0 and payload is not None:
             self.free_object(oid)
 
-    def on_incref(self, conn: Connection, req: int | None, oids: list[bytes]) -> None:
-        missing = []
-        for oid in oids:
-            e = self.objects.get(oid)
-            if e is None:
-                missing.append(oid)
-            else:
-                e.count += 1
+    def on_incref(self, conn: Connection, req: int | None, oids: list[bytes],
+                  holder: str | None = None) -> None:
+        holder = holder or conn.meta["holder"]
+        missing = [oid for oid in oids if not self.hold(oid, holder)]
         if req is not None:
             self.reply(conn, req, True, missing)
 
-    def on_decref(self, conn: Connection, oids: list[bytes]) -> None:
+    def on_decref(self, conn: Connection, oids: list[bytes], holder: str | None = None) -> None:
+        holder = holder or conn.meta["holder"]
         for oid in oids:
-            e = self.objects.get(oid)
-            if e is None:
-                continue
-            e.count -= 1
-            if e.count <= 0:
-                self.free_object(oid)
+            self.unhold(oid, holder)
 
     def free_object(self, oid: bytes) -> None:
         e = self.objects.pop(oid, None)
         if e is None:
             return
+        for h in e.holders:
+            held = self.holds_by.get(h)
+            if held is not None:
+                held.discard(oid)
+                if not held:
+                    del self.holds_by[h]
         if e.payload is not None and e.payload[0] == M.SHARED:
             self.arena.free(e.payload[1])
         for wconn, wreq in e.waiters:
             self.reply(wconn, wreq, False, ("ObjectLostError", "the object was freed: no reference to it remains"))
         if e.contained:
-            self.on_decref(None, e.contained)  # type: ignore[arg-type]
+            key = "obj:" + oid.hex()
+            for c in e.contained:
+                self.unhold(c, key)
 
     def on_get_object(self, conn: Connection, req: int, oid: bytes) -> None:
         e = self.objects.get(oid)
@@ -846,6 +897,7 @@ class NodeDaemon:
 
     def rows_objects(self) -> list[dict]:
         return [{"object_id": oid.hex(), "object_size": e.size, "reference_count": e.count,
+                 "holders": sorted(e.holders),
                  "task_status": "FINISHED" if e.payload is not None else "PENDING",
                  "location": "shared_memory" if e.payload and e.payload[0] == M.SHARED else "inline",
                  "pid": e.owner_pid, "node_id": self.node_id, "ip": "127.0.0.1",

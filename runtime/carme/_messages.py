@@ -50,6 +50,7 @@ RESULT = 63
 ITEM = 64
 LOG = 65
 ACTOR_DIED = 66
+PEER = 67  # submitter -> worker, first message: who is calling (its worker id)
 
 # Object payloads: ("i", pickled_bytes, [out-of-band buffers as bytes]) inline, or
 # ("s", offset, size) in the node's shared-memory store. An error is a payload whose

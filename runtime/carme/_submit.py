@@ -243,7 +243,7 @@ class TaskSubmitter:
                     self.fail(spec, err)
                 return
             try:
-                conn = connect(value["address"], self.core.token)
+                conn = connect(value["address"], self.core.token, (M.PEER, self.core.worker_id))
             except OSError:
                 with self.lock:
                     q.requesting = False

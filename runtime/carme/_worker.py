@@ -135,7 +135,9 @@ class Executor:
             return
         for msg in msgs:
             kind = msg[0]
-            if kind == M.CANCEL:
+            if kind == M.PEER:
+                conn.meta["peer"] = msg[1]
+            elif kind == M.CANCEL:
                 self.on_cancel(msg[1], msg[2], msg[3])
             elif kind == M.ACTOR_CALL and self.loop is not None:
                 self.loop.call_soon_threadsafe(self.start_async_call, conn, msg)
@@ -222,6 +224,7 @@ class Executor:
         info: dict[str, Any] = {"start": start, "worker_id": core.worker_id, "pid": self.pid,
                                 "node_id": core.node_id}
         token = CURRENT.set(ctx)
+        core.current_task.submitter = conn.meta.get("peer")
         core.current_task.lease_id = ctx.lease_id
         core.current_task.task_id = task_id
         core.current_task.gpu_ids = ctx.gpu_ids
@@ -396,10 +399,12 @@ class Executor:
                 result = fn(*a, **kw)
                 if inspect.isawaitable(result):
                     result = await result
+                self.core.current_task.submitter = conn.meta.get("peer")
                 if streaming:
                     if hasattr(result, "__aiter__"):
                         i = 0
                         async for value in result:
+                            self.core.current_task.submitter = conn.meta.get("peer")
                             p, c = self.core.serialize(value, return_id(task_id, i + 1), hold_contained=True)
                             conn.send((M.ITEM, task_id, i, p, [r._id for r in c]))
                             i += 1
