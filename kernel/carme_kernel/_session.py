@@ -142,19 +142,19 @@ class NotebookSession:
         """Join the cluster if not joined yet; return the ``carme`` module."""
         import carme
 
-        if address is not None:
-            if carme.is_initialized():
-                self.disconnect()
-            self.address = address
-            os.environ["CARME_ADDRESS"] = address
+        if address is not None and carme.is_initialized():
+            self.disconnect()
         self.install_hooks()
         if not carme.is_initialized():
-            target = self.address or os.environ.get("CARME_ADDRESS") or None
+            target = address or self.address or os.environ.get("CARME_ADDRESS") or None
             if target:
                 carme.init(address=target)
             else:
                 carme.init()
             self.connected_to = target or "embedded local cluster"
+            if address is not None:  # remembered only once it worked
+                self.address = address
+                os.environ["CARME_ADDRESS"] = address
         elif self.connected_to is None:
             self.connected_to = "cluster joined by carme.init() in a cell"
         return carme

@@ -396,12 +396,8 @@ class CarmeMagics(Magics):
         info["connected to"] = self.session.connected_to or "cluster joined by carme.init()"
         nodes = [n for n in carme.nodes() if n.get("Alive", True)]
         info["nodes"] = len(nodes)
-        info["resources"] = {
-            k: v for k, v in carme.cluster_resources().items() if not k.startswith("node:")
-        }
-        info["available"] = {
-            k: v for k, v in carme.available_resources().items() if not k.startswith("node:")
-        }
+        info["resources"] = views.resources_text(carme.cluster_resources())
+        info["available"] = views.resources_text(carme.available_resources())
         if self.session.namespaces:
             info["namespaces"] = ", ".join(sorted(self.session.namespaces))
         return views.status_view(info)
@@ -441,7 +437,14 @@ class CarmeMagics(Magics):
     def _carme_connect(self, rest: list[str]) -> views.View:
         if len(rest) != 1:
             raise UsageError("%carme connect expects one ADDRESS, such as 127.0.0.1:6380")
-        self.session.connect(rest[0])
+        try:
+            self.session.connect(rest[0])
+        except Exception as exc:
+            raise UsageError(
+                f"%carme connect {rest[0]}: could not join the cluster there "
+                f"({type(exc).__name__}: {exc}); check the address (host:port of the head), "
+                "or drop %carme connect to use an embedded local cluster"
+            ) from None
         return self._carme_status([])
 
     def _carme_disconnect(self, rest: list[str]) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "gpus_view",
     "nodes_view",
     "objects_view",
+    "resources_text",
     "status_view",
     "table",
     "timeline_view",
@@ -90,6 +91,19 @@ def table(title: str, columns: Columns, rows: Iterable[Mapping[str, Any]], note:
 def _resources(node: Mapping[str, Any]) -> dict[str, Any]:
     res = node.get("Resources") or node.get("resources_total") or {}
     return {k: v for k, v in res.items() if not k.startswith("node:")}
+
+
+def resources_text(resources: Mapping[str, Any]) -> str:
+    """``{"CPU": 2.0, "memory": 2**31, "node:…": 1}`` → ``"CPU 2, memory 2.0 GiB"``."""
+    parts = []
+    for key, value in sorted(resources.items()):
+        if key.startswith("node:"):
+            continue
+        if key in ("memory", "object_store_memory"):
+            parts.append(f"{key} {_gib(value)}")
+        else:
+            parts.append(f"{key} {_cell(value)}")
+    return ", ".join(parts)
 
 
 def status_view(info: Mapping[str, Any]) -> View:

@@ -120,3 +120,8 @@ def test_views(kernel) -> None:
         res = kernel.ok(f"%carme {sub}").result()
         assert res is not None and "text/html" in res, sub
     assert "embedded" in kernel.ok("%carme status").result()["text/plain"]
+    err = kernel.run("%carme connect 127.0.0.1:1").error()
+    assert err is not None and err["ename"] == "UsageError" and "could not join" in err["evalue"]
+    assert kernel.value("%%remote\n7") == "7"  # a failed connect leaves no half-set address
+    kernel.ok("%carme disconnect")
+    assert "not yet" in kernel.ok("%carme status").result()["text/plain"]

@@ -70,3 +70,8 @@ def test_gpu_metrics_rows() -> None:
     }
     row = views.gpus_view([node]).rows[0]
     assert row["utilization"] == 37 and row["memory_total"] == "80.0 GiB"
+
+
+def test_resources_text() -> None:
+    text = views.resources_text({"CPU": 2.0, "memory": 2 * 2**30, "node:1.2.3.4": 1.0, "accel": 1})
+    assert text == "CPU 2, accel 1, memory 2.0 GiB"
