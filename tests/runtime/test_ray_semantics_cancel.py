@@ -68,24 +68,29 @@ def test_cancelled_task_is_not_retried(ray_impl, tmp_path, wait_for, force):
 def test_cancel_pending_task(ray_impl, tmp_path, wait_for):
     ray = ray_impl
 
-    @ray.remote
+    @ray.remote(resources={"custom_a": 2})
     def blocker(path):
         while not Path(path).exists():
             time.sleep(0.02)
         return "released"
 
-    @ray.remote
-    def use(x):
-        return x
+    @ray.remote(resources={"custom_a": 1})
+    def queued():
+        return "ran"
 
+    # `queued` waits for a resource that `blocker` holds. (A task waiting on an
+    # argument instead would trip a reference-counting crash in Ray 2.60's
+    # driver when the argument arrives after the cancel.)
     gate = tmp_path / "gate"
     upstream = blocker.remote(str(gate))
-    pending = use.remote(upstream)  # cannot start before `upstream` is done
+    wait_for(lambda: ray.available_resources().get("custom_a", 0) == 0, timeout=20)
+    pending = queued.remote()
     ray.cancel(pending)
     with pytest.raises(ray.exceptions.TaskCancelledError):
         ray.get(pending, timeout=20)
     gate.write_text("go")
     assert ray.get(upstream, timeout=20) == "released"
+    assert ray.get(queued.remote(), timeout=20) == "ran"
 
 
 def test_cancel_finished_task_is_a_no_op(ray_impl):
