@@ -68,11 +68,12 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             raise ValueError(f"object_store_memory must be a positive number of bytes, not {object_store_memory!r}")
         if address is None:
             address = os.environ.get("CARME_ADDRESS") or None
-        if address not in (None, "local"):
-            raise ValueError(
-                f"carme.init(address={address!r}): joining a cluster started elsewhere is not "
-                f"available in this version; call carme.init() to start the embedded cluster.")
         from ._core import connect_core
+        if address not in (None, "local"):
+            return _join(address, namespace=namespace, runtime_env=runtime_env,
+                         log_to_driver=log_to_driver, given={
+                             "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
+                             "object_store_memory": object_store_memory})
         from ._node import default_resources, start_embedded
         res = default_resources(num_cpus, num_gpus, resources)
         job_id = secrets.token_hex(4)
@@ -105,6 +106,40 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             atexit.register(shutdown)
             STATE.atexit_registered = True  # type: ignore[attr-defined]
         return ctx
+
+
+def _join(address: str, *, namespace: str | None, runtime_env: dict | None,
+          log_to_driver: bool, given: dict) -> CarmeContext:
+    """Connect this driver to a running cluster (`carme start --head`)."""
+    from . import cluster
+    from ._core import connect_core
+    from ._hooks import _apply
+    set_args = [k for k, v in given.items() if v is not None]
+    if set_args:
+        raise ValueError(
+            f"When connecting to an existing cluster, {', '.join(set_args)} must not be "
+            f"provided: the cluster's resources were fixed when it started.")
+    address, token = cluster.resolve(address)
+    try:
+        core = connect_core(address=address, token=token, role="driver",
+                            worker_id=secrets.token_hex(14), job_id=secrets.token_hex(4),
+                            namespace=namespace or f"anon-{secrets.token_hex(6)}")
+    except OSError as e:
+        raise ConnectionError(f"could not connect to the carme cluster at {address}: {e}") from e
+    core.job_runtime_env = runtime_env
+    if not log_to_driver:
+        core.quiet_logs = True
+        core.log_handler = lambda tag, stream, text: None
+    _apply(core)
+    STATE.core = core
+    ctx = CarmeContext(address_info={"address": address, "node_id": core.node_id},
+                       dashboard_url=None, node_id=core.node_id, namespace=core.namespace,
+                       address=address, python_version=sys.version.split()[0])
+    STATE.runtime_context = ctx
+    if not getattr(STATE, "atexit_registered", False):
+        atexit.register(shutdown)
+        STATE.atexit_registered = True  # type: ignore[attr-defined]
+    return ctx
 
 
 def auto_init() -> Any:

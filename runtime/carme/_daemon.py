@@ -132,8 +132,19 @@ class NodeDaemon:
         self.address = f"unix:{self.session_dir}/node.sock"
         self.listener = listen(self.address)
         self.listener.setblocking(False)
-        self.sel.register(self.listener, selectors.EVENT_READ, ("accept", None))
-        self.sel.register(sys.stdin.fileno(), selectors.EVENT_READ, ("parent", None))
+        self.sel.register(self.listener, selectors.EVENT_READ, ("accept", self.listener))
+        self.standalone = bool(config.get("standalone"))
+        self.tcp_address = ""
+        self.tcp_listener: socket.socket | None = None
+        if config.get("tcp"):
+            self.tcp_listener = listen(config["tcp"])
+            self.tcp_listener.setblocking(False)
+            host, port = self.tcp_listener.getsockname()[:2]
+            self.tcp_address = f"{host}:{port}"
+            self.sel.register(self.tcp_listener, selectors.EVENT_READ, ("accept", self.tcp_listener))
+        if not self.standalone:
+            # embedded: the driver's pipe; end-of-file means the driver is gone
+            self.sel.register(sys.stdin.fileno(), selectors.EVENT_READ, ("parent", None))
         self._handlers: dict[int, Any] = {
             M.HELLO: self.on_hello, M.LEASE: self.on_lease, M.RETURN_LEASE: self.on_return_lease,
             M.ALLOC: self.on_alloc, M.EXPORT: self.on_export, M.INCREF: self.on_incref,
@@ -153,7 +164,8 @@ class NodeDaemon:
     def serve(self) -> None:
         for _ in range(int(self.config.get("prestart_workers", 1))):
             self.spawn_worker("")
-        print(json.dumps({"ready": True, "address": self.address}), flush=True)
+        print(json.dumps({"ready": True, "address": self.address, "tcp": self.tcp_address,
+                          "pid": os.getpid()}), flush=True)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)  # nobody reads our stdout after the ready line
         os.close(devnull)
@@ -164,7 +176,7 @@ class NodeDaemon:
                     if kind == "conn":
                         self.on_readable(obj)
                     elif kind == "accept":
-                        self.on_accept()
+                        self.on_accept(obj)
                     elif kind == "out":
                         self.on_worker_output(*obj)
                     elif kind == "parent":
@@ -176,12 +188,14 @@ class NodeDaemon:
             self.reap()
         self.shutdown()
 
-    def on_accept(self) -> None:
+    def on_accept(self, listener: socket.socket) -> None:
         try:
-            sock, _ = self.listener.accept()
+            sock, _ = listener.accept()
         except BlockingIOError:
             return
         sock.setblocking(True)
+        if sock.family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Connection(sock, "peer", expect_token=self.token)
         conn.meta["role"] = "unknown"
         self.sel.register(sock, selectors.EVENT_READ, ("conn", conn))
@@ -242,6 +256,8 @@ class NodeDaemon:
                 set_parent_death_signal()
                 parent.close()
                 self.listener.close()
+                if self.tcp_listener is not None:
+                    self.tcp_listener.close()
                 self.sel.close()
                 os.close(out_r)
                 os.close(err_r)
@@ -360,7 +376,7 @@ class NodeDaemon:
         self.reply(conn, req, True, {
             "node_id": self.node_id, "store_file": self.store_file, "job_id": self.job_id,
             "resources": self.resources, "session_dir": self.session_dir,
-            "namespace": self.namespace,
+            "namespace": self.namespace, "address": self.address, "tcp": self.tcp_address,
         })
 
     def on_fn_put(self, conn: Connection, key: bytes, blob: bytes) -> None:
@@ -697,6 +713,9 @@ class NodeDaemon:
         if actor is None:
             return
         actor.state = "ALIVE"
+        w = actor.worker
+        self.events.record(actor_id.hex(), "FINISHED", time.time(), node_id=self.node_id,
+                           worker_id=w.worker_id if w else None, worker_pid=w.pid if w else None)
         if not actor.spec.get("hold_resources") and actor.lease_id:
             self.scheduler.release(actor.lease_id)
             self.leases.pop(actor.lease_id, None)
@@ -713,6 +732,8 @@ class NodeDaemon:
         if actor is None:
             return
         actor.no_restart = True
+        self.events.record(actor_id.hex(), "FAILED", time.time(), error_type="ActorDiedError",
+                           error_message=str(error[1])[:500])
         self.actor_dead(actor, error)
         w = conn.meta.get("worker")
         if w is not None:
@@ -934,8 +955,9 @@ class NodeDaemon:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver's Ctrl-C is not ours
-    set_parent_death_signal(signal.SIGTERM)
     config = json.loads(sys.stdin.readline())
+    if not config.get("standalone"):
+        set_parent_death_signal(signal.SIGTERM)
     daemon = NodeDaemon(config)
     signal.signal(signal.SIGTERM, lambda *_: setattr(daemon, "running", False))
     try:

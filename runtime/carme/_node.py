@@ -89,8 +89,14 @@ def default_store_size() -> int:
     return int(min(total * 0.3, shm_size * 0.8))
 
 
-def start_embedded(*, resources: dict[str, float], object_store_memory: int | None,
-                   namespace: str | None, job_id: str, prestart: int = 1) -> EmbeddedNode:
+def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None,
+                 namespace: str | None, job_id: str, prestart: int = 1,
+                 standalone: bool = False, tcp: str | None = None,
+                 log_file: str | None = None) -> tuple[subprocess.Popen, dict, bytes, str, str]:
+    """Start a node daemon; return (process, its ready message, token, session dir, node id).
+
+    Embedded (standalone=False): its stdin stays a pipe from this process, and it exits
+    when that pipe closes. Standalone: a session of its own that outlives the caller."""
     session_dir = tempfile.mkdtemp(prefix="carme-")
     os.chmod(session_dir, 0o700)
     token = secrets.token_bytes(32)
@@ -100,15 +106,28 @@ def start_embedded(*, resources: dict[str, float], object_store_memory: int | No
         "token": token.hex(), "node_id": node_id, "resources": resources,
         "object_store_memory": int(object_store_memory or default_store_size()),
         "namespace": namespace, "job_id": job_id, "prestart_workers": prestart,
+        "standalone": standalone, "tcp": tcp,
     }
+    stderr = open(log_file or os.path.join(session_dir, "daemon.log"), "ab") if standalone else None
     proc = subprocess.Popen([sys.executable, "-m", "carme._daemon"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, close_fds=True)
+                            stdout=subprocess.PIPE, stderr=stderr, close_fds=True,
+                            start_new_session=standalone)
+    if stderr is not None:
+        stderr.close()
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(json.dumps(config).encode() + b"\n")
     proc.stdin.flush()
     line = proc.stdout.readline()
     if not line:
         proc.wait()
-        raise RuntimeError(f"the carme node daemon failed to start (exit code {proc.returncode}); see its output above")
-    ready = json.loads(line)
+        raise RuntimeError(f"the carme node daemon failed to start (exit code {proc.returncode}); "
+                           f"see {'its output above' if not standalone else os.path.join(session_dir, 'daemon.log')}")
+    return proc, json.loads(line), token, session_dir, node_id
+
+
+def start_embedded(*, resources: dict[str, float], object_store_memory: int | None,
+                   namespace: str | None, job_id: str, prestart: int = 1) -> EmbeddedNode:
+    proc, ready, token, session_dir, node_id = spawn_daemon(
+        resources=resources, object_store_memory=object_store_memory, namespace=namespace,
+        job_id=job_id, prestart=prestart)
     return EmbeddedNode(proc, ready["address"], token, session_dir, node_id)

@@ -1,0 +1,158 @@
+"""The `carme` command line: start/stop clusters, look at them, install the kernel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+
+def _resources(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise SystemExit(f"--resources must be JSON like '{{\"custom\": 2}}': {e}") from None
+    if not isinstance(value, dict):
+        raise SystemExit("--resources must be a JSON object of resource name -> amount")
+    return value
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from . import cluster
+    if not args.head:
+        if args.address:
+            print("carme start --address: joining another node to a cluster is not available "
+                  "in this version; start a head with `carme start --head`.", file=sys.stderr)
+            return 2
+        print("carme start: pass --head to start a cluster", file=sys.stderr)
+        return 2
+    info = cluster.start_head(num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                              resources=_resources(args.resources), port=args.port,
+                              host=args.host, object_store_memory=args.object_store_memory)
+    print(f"carme cluster started at {info['address']} (pid {info['pid']}).")
+    print(f"  From a driver on this machine:  carme.init(address=\"{info['address']}\")  or  carme.init(address=\"auto\")")
+    print(f"  The cluster token is in {info['token_file']} (readable by you only).")
+    print("  Stop it with:  carme stop")
+    if args.block:
+        try:
+            while cluster._alive(info["pid"]):
+                time.sleep(1)
+        except KeyboardInterrupt:
+            cluster.stop(info["address"])
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from . import cluster
+    if args.address:
+        ok = cluster.stop(args.address)
+        print(f"stopped {args.address}" if ok else f"no cluster of this machine at {args.address}")
+        return 0 if ok else 1
+    n = cluster.stop_all()
+    print(f"stopped {n} cluster(s)")
+    return 0
+
+
+def _client(address: str | None) -> Any:
+    from . import cluster
+    return cluster.connect(address or "auto")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args.address) as c:
+        snap = c.snapshot()
+    print(f"cluster {snap['address']}: {len(snap['nodes'])} node(s)")
+    total, avail = snap["resources"]["total"], snap["resources"]["available"]
+    for k in sorted(total):
+        if k.startswith("node:"):
+            continue
+        print(f"  {k}: {total[k] - avail.get(k, 0):g}/{total[k]:g} used")
+    print(f"  object store: {snap['objects']['used']:,} / {snap['objects']['capacity']:,} bytes")
+    print(f"  tasks: {snap['tasks_by_state'] or 'none'}")
+    print(f"  actors: {len(snap['actors'])}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    kind = args.kind.replace("-", "_")
+    with _client(args.address) as c:
+        rows = c.rows(kind)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print(f"no {args.kind}")
+        return 0
+    keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))][:7]
+    print("  ".join(keys))
+    for r in rows:
+        print("  ".join(str(r.get(k, "")) for k in keys))
+    return 0
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    with _client(args.address) as c:
+        events = c.timeline()
+    with open(args.output, "w") as f:
+        json.dump(events, f)
+    print(f"wrote {len(events)} events to {args.output} (open it in Perfetto)")
+    return 0
+
+
+def cmd_kernel(args: argparse.Namespace, rest: list[str]) -> int:
+    try:
+        from carme_kernel._install import main as install_main
+    except ImportError:
+        print("the carme kernel is not installed (pip install 'carme[lab]')", file=sys.stderr)
+        return 2
+    return int(install_main(rest) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="carme", description="carme: a notebook-native cluster runtime")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("start", help="start a cluster on this machine")
+    s.add_argument("--head", action="store_true", help="start a head node (a new cluster)")
+    s.add_argument("--address", help="HEAD:PORT of the cluster to join")
+    s.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--num-cpus", type=float)
+    s.add_argument("--num-gpus", type=float)
+    s.add_argument("--resources", help="custom resources as JSON, e.g. '{\"custom\": 2}'")
+    s.add_argument("--object-store-memory", type=int)
+    s.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C")
+    s.set_defaults(fn=cmd_start)
+    s = sub.add_parser("stop", help="stop the clusters this machine's carme started")
+    s.add_argument("--address")
+    s.set_defaults(fn=cmd_stop)
+    s = sub.add_parser("status", help="show the cluster's nodes, resources, tasks")
+    s.add_argument("--address")
+    s.set_defaults(fn=cmd_status)
+    s = sub.add_parser("list", help="list nodes, tasks, actors, objects, workers or placement groups")
+    s.add_argument("kind", choices=["nodes", "tasks", "actors", "objects", "workers", "placement-groups", "jobs"])
+    s.add_argument("--format", choices=["table", "json"], default="table")
+    s.add_argument("--address")
+    s.set_defaults(fn=cmd_list)
+    s = sub.add_parser("timeline", help="write the task timeline as Chrome trace JSON")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--address")
+    s.set_defaults(fn=cmd_timeline)
+    sub.add_parser("kernel", help="install the carme Jupyter kernel (carme kernel install --user)",
+                   add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "kernel":
+        return cmd_kernel(argparse.Namespace(), argv[1:])
+    args = ap.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (ConnectionError, ValueError) as e:
+        print(f"carme {args.cmd}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

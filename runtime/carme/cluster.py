@@ -1,0 +1,224 @@
+"""Standalone clusters on this machine: start, find, connect to, stop.
+
+`start_head()` starts a node daemon in head mode as a background process of its own
+session (it outlives the caller), listening on a TCP port of 127.0.0.1 (or `host`) and
+on a Unix socket. Its address and cluster token are written to a file readable only by
+this user, `<state dir>/clusters/<port>.json` (state dir: $CARME_STATE_DIR, default
+/tmp/carme-<uid>, mode 0700). Drivers on this machine find the token there
+(`carme.init(address="127.0.0.1:PORT")` or `address="auto"` for the newest cluster);
+elsewhere pass it in $CARME_CLUSTER_TOKEN. `connect()` gives a read-only client of the
+state API for tools (the JupyterLab server extension, the CLI) that watch several
+clusters from one process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import time
+from typing import Any
+
+import psutil
+
+__all__ = ["Client", "connect", "list_local", "resolve", "start_head", "state_dir", "stop", "stop_all"]
+
+
+def state_dir() -> str:
+    d = os.environ.get("CARME_STATE_DIR") or f"/tmp/carme-{os.getuid()}"
+    os.makedirs(os.path.join(d, "clusters"), mode=0o700, exist_ok=True)
+    os.chmod(d, 0o700)
+    return d
+
+
+def _cluster_file(port: int | str) -> str:
+    return os.path.join(state_dir(), "clusters", f"{port}.json")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
+               resources: dict[str, float] | None = None, port: int = 0,
+               host: str = "127.0.0.1", object_store_memory: int | None = None,
+               namespace: str | None = None) -> dict[str, Any]:
+    """Start a standalone cluster on this machine; return its address and how to reach it."""
+    from ._node import default_resources, spawn_daemon
+    if not isinstance(port, int) or not 0 <= port < 65536:
+        raise ValueError(f"port must be an integer in 0..65535, not {port!r}")
+    res = default_resources(num_cpus, num_gpus, resources)
+    proc, ready, token, session_dir, node_id = spawn_daemon(
+        resources=res, object_store_memory=object_store_memory, namespace=namespace,
+        job_id=secrets.token_hex(4), prestart=1, standalone=True, tcp=f"{host}:{port}")
+    assert proc.stdout is not None and proc.stdin is not None
+    proc.stdout.close()
+    proc.stdin.close()
+    address = ready["tcp"]
+    info = {"address": address, "unix_address": ready["address"], "pid": ready["pid"],
+            "session_dir": session_dir, "node_id": node_id, "started": time.time(),
+            "cluster_id": address.rsplit(":", 1)[1], "resources": res}
+    path = _cluster_file(info["cluster_id"])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({**info, "token": token.hex()}, f)
+    # the daemon is not our child to wait for: let it be reaped by init
+    proc.returncode = 0
+    return {**info, "token_file": path}
+
+
+def list_local() -> list[dict[str, Any]]:
+    """Clusters started on this machine (by this user), newest first; dead ones pruned."""
+    out = []
+    d = os.path.join(state_dir(), "clusters")
+    for name in os.listdir(d):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(d, name)
+        try:
+            with open(path) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if not _alive(info.get("pid", -1)):
+            _cleanup(info, path)
+            continue
+        info.pop("token", None)
+        info["alive"] = True
+        info["token_file"] = path
+        out.append(info)
+    return sorted(out, key=lambda i: -i["started"])
+
+
+def _read(address: str) -> dict[str, Any] | None:
+    port = address.rsplit(":", 1)[-1]
+    try:
+        with open(_cluster_file(port)) as f:
+            return json.load(f)  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return None
+
+
+def resolve(address: str) -> tuple[str, bytes]:
+    """(address, token) for "auto" or "HOST:PORT"."""
+    if address == "auto":
+        clusters = list_local()
+        if not clusters:
+            raise ConnectionError(
+                "carme.init(address='auto') found no running cluster on this machine. "
+                "Start one with `carme start --head`, or call carme.init() for an embedded one.")
+        address = clusters[0]["address"]
+    if ":" not in address:
+        raise ValueError(f"a cluster address looks like HOST:PORT (e.g. 127.0.0.1:6380), not {address!r}")
+    env = os.environ.get("CARME_CLUSTER_TOKEN")
+    if env:
+        return address, bytes.fromhex(env)
+    info = _read(address)
+    if info is None:
+        raise ConnectionError(
+            f"no token for the cluster at {address}: it was not started on this machine by this "
+            f"user. Set CARME_CLUSTER_TOKEN to the token printed by `carme start --head`.")
+    return address, bytes.fromhex(info["token"])
+
+
+def _cleanup(info: dict, path: str) -> None:
+    import shutil
+
+    from ._store import store_path
+    session_dir = info.get("session_dir") or ""
+    if session_dir:
+        try:
+            os.unlink(store_path(os.path.basename(session_dir)[6:]))
+        except OSError:
+            pass
+        shutil.rmtree(session_dir, ignore_errors=True)
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def stop(address: str, timeout: float = 10.0) -> bool:
+    """Stop a cluster started on this machine; True if one was stopped."""
+    info = _read(address)
+    if info is None:
+        return False
+    path = _cluster_file(info["cluster_id"])
+    pid = info["pid"]
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    _cleanup(info, path)
+    return True
+
+
+def stop_all() -> int:
+    n = 0
+    for info in list_local():
+        n += stop(info["address"])
+    return n
+
+
+class Client:
+    """A read-only connection to a cluster's state API."""
+
+    def __init__(self, core: Any, address: str) -> None:
+        self._core = core
+        self.address = address
+
+    def rows(self, kind: str) -> Any:
+        return self._core.state_rows(kind)
+
+    def timeline(self) -> list[dict]:
+        return self._core.state_rows("timeline")  # type: ignore[no-any-return]
+
+    def snapshot(self, recent: int = 50, largest: int = 10) -> dict[str, Any]:
+        nodes = self.rows("nodes")
+        tasks = self.rows("tasks")
+        objects = self.rows("objects")
+        total: dict[str, float] = {}
+        avail: dict[str, float] = {}
+        for n in nodes:
+            for k, v in n["resources_total"].items():
+                total[k] = total.get(k, 0.0) + v
+            for k, v in n["resources_available"].items():
+                avail[k] = avail.get(k, 0.0) + v
+        by_state: dict[str, int] = {}
+        for t in tasks:
+            by_state[t["state"]] = by_state.get(t["state"], 0) + 1
+        objs = sorted(objects, key=lambda o: -(o.get("object_size") or 0))
+        return {
+            "address": self.address, "time": time.time(), "nodes": nodes,
+            "resources": {"total": total, "available": avail},
+            "tasks_by_state": by_state, "actors": self.rows("actors"),
+            "objects": {"used": sum(n["object_store"]["used"] for n in nodes),
+                        "capacity": sum(n["object_store"]["capacity"] for n in nodes),
+                        "count": len(objects), "largest": objs[:largest]},
+            "events": sorted(tasks, key=lambda t: -(t.get("creation_time_ms") or 0))[:recent],
+        }
+
+    def close(self) -> None:
+        self._core.shutdown()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *a: Any) -> None:
+        self.close()
+
+
+def connect(address: str, token: bytes | None = None) -> Client:
+    from ._core import connect_core
+    if token is None:
+        address, token = resolve(address)
+    core = connect_core(address=address, token=token, role="observer",
+                        worker_id=secrets.token_hex(14), job_id="", namespace="")
+    return Client(core, address)

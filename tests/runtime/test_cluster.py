@@ -1,0 +1,164 @@
+"""carme-only: standalone clusters (`carme start --head`), drivers joining them, the
+cluster token, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.processes
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "state"
+    monkeypatch.setenv("CARME_STATE_DIR", str(d))
+    monkeypatch.delenv("CARME_ADDRESS", raising=False)
+    monkeypatch.delenv("CARME_CLUSTER_TOKEN", raising=False)
+    return d
+
+
+@pytest.fixture
+def head(state_dir: Path) -> Iterator[dict]:
+    from carme import cluster
+    info = cluster.start_head(num_cpus=2, resources={"custom_a": 1})
+    try:
+        yield info
+    finally:
+        cluster.stop(info["address"])
+
+
+def _store_used(address: str) -> int:
+    from carme import cluster
+    with cluster.connect(address) as c:
+        return sum(n["object_store"]["used"] for n in c.rows("nodes"))
+
+
+def test_drivers_join_and_leave(head: dict) -> None:
+    import carme
+    np = pytest.importorskip("numpy")
+    carme.init(address=head["address"], namespace="shared")
+    try:
+        @carme.remote
+        def double(x):
+            return 2 * x
+
+        @carme.remote
+        class Counter:
+            def __init__(self):
+                self.n = 0
+
+            def incr(self):
+                self.n += 1
+                return self.n
+
+        assert carme.get([double.remote(i) for i in range(4)]) == [0, 2, 4, 6]
+        assert carme.cluster_resources()["custom_a"] == 1
+        keep = Counter.options(name="keep", lifetime="detached").remote()
+        temp = Counter.options(name="temp").remote()
+        assert carme.get([keep.incr.remote(), temp.incr.remote()]) == [1, 1]
+        big = carme.put(np.ones(1 << 20))
+        assert big is not None and _store_used(head["address"]) >= 8 << 20
+    finally:
+        carme.shutdown()
+    # the driver is gone: its objects are released, its non-detached actor is dead,
+    # its detached actor lives on
+    deadline = time.monotonic() + 10
+    while _store_used(head["address"]) != 0:
+        assert time.monotonic() < deadline, "the departed driver's objects are still stored"
+        time.sleep(0.1)
+    carme.init(address="auto", namespace="shared")
+    try:
+        assert carme.get(carme.get_actor("keep").incr.remote()) == 2
+        with pytest.raises(ValueError, match="temp"):
+            carme.get_actor("temp")
+    finally:
+        carme.shutdown()
+
+
+def test_join_rejects_resource_arguments(head: dict) -> None:
+    import carme
+    with pytest.raises(ValueError, match="num_cpus"):
+        carme.init(address=head["address"], num_cpus=4)
+    assert not carme.is_initialized()
+
+
+def test_token_file_is_private(head: dict) -> None:
+    mode = stat.S_IMODE(os.stat(head["token_file"]).st_mode)
+    assert mode == 0o600, oct(mode)
+    assert stat.S_IMODE(os.stat(Path(head["token_file"]).parent.parent).st_mode) == 0o700
+
+
+class _Marker:
+    """Unpickling this creates a file: proof that a payload was read."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_peer_without_token_is_refused_before_any_payload(head: dict, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    host, port = head["address"].rsplit(":", 1)
+    payload = pickle.dumps(_Marker(str(marker)))
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        wrong = b"x" * 32
+        s.sendall(struct.pack(">I", len(wrong)) + wrong)
+        s.sendall(struct.pack(">I", len(payload)) + payload)
+        s.settimeout(5)
+        try:
+            data = s.recv(1)
+        except ConnectionResetError:
+            data = b""
+        assert data == b""  # closed on us
+    time.sleep(0.3)
+    assert not marker.exists()
+    # and the cluster still serves peers that have the token
+    from carme import cluster
+    with cluster.connect(head["address"]) as c:
+        assert len(c.rows("nodes")) == 1
+
+
+def test_auto_without_cluster_says_how_to_start_one(state_dir: Path) -> None:
+    import carme
+    with pytest.raises(ConnectionError, match="carme start --head"):
+        carme.init(address="auto")
+
+
+def _carme(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carme", *args], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_cli_start_status_list_timeline_stop(state_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "CARME_STATE_DIR": str(state_dir)}
+    out = _carme("start", "--head", "--num-cpus", "2", "--resources", '{"gpu_like": 2}', env=env)
+    assert out.returncode == 0, out.stderr
+    assert "carme.init(address=" in out.stdout
+    try:
+        status = _carme("status", env=env)
+        assert status.returncode == 0, status.stderr
+        assert "CPU: 0/2 used" in status.stdout and "gpu_like" in status.stdout
+        nodes = _carme("list", "nodes", "--format", "json", env=env)
+        assert json.loads(nodes.stdout)[0]["resources_total"]["gpu_like"] == 2
+        trace = tmp_path / "trace.json"
+        assert _carme("timeline", "-o", str(trace), env=env).returncode == 0
+        assert isinstance(json.loads(trace.read_text()), list)
+        bad = _carme("start", "--head", "--resources", "{nope", env=env)
+        assert bad.returncode != 0 and "--resources must be JSON" in bad.stderr
+    finally:
+        stopped = _carme("stop", env=env)
+    assert "stopped 1 cluster" in stopped.stdout
