@@ -8,6 +8,7 @@ tests/conftest.py then checks that its processes and shared memory are gone).
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from collections.abc import Iterator
@@ -124,12 +125,13 @@ class KernelHarness:
         return str(res["text/plain"])
 
 
-@pytest.fixture
-def kernel(jupyter_dirs: Path) -> Iterator[KernelHarness]:
+@contextlib.contextmanager
+def running_kernel(name: str, cwd: Path) -> Iterator[KernelHarness]:
+    """Start kernelspec ``name``; shut it down (politely) at the end."""
     from jupyter_client.manager import KernelManager
 
-    km = KernelManager(kernel_name="carme")
-    km.start_kernel(cwd=str(jupyter_dirs))
+    km = KernelManager(kernel_name=name)
+    km.start_kernel(cwd=str(cwd))
     kc = km.client()
     kc.start_channels()
     try:
@@ -138,3 +140,17 @@ def kernel(jupyter_dirs: Path) -> Iterator[KernelHarness]:
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
+
+
+@pytest.fixture
+def kernel(jupyter_dirs: Path) -> Iterator[KernelHarness]:
+    """A carme kernel."""
+    with running_kernel("carme", jupyter_dirs) as k:
+        yield k
+
+
+@pytest.fixture
+def python3_kernel(jupyter_dirs: Path) -> Iterator[KernelHarness]:
+    """A plain IPython kernel (``%load_ext carme_kernel`` adds the magics)."""
+    with running_kernel("python3", jupyter_dirs) as k:
+        yield k

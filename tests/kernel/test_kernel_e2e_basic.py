@@ -1,4 +1,4 @@
-"""The carme kernel starts, has the magics, and reports misuse (no cluster needed)."""
+"""The carme kernel starts with the magics; %load_ext carme_kernel gives them to a plain kernel."""
 
 from __future__ import annotations
 
@@ -23,3 +23,12 @@ def test_cluster_not_joined_at_start(kernel) -> None:
     assert kernel.value(
         "import sys; 'carme' in sys.modules and sys.modules['carme'].is_initialized()"
     ) in ("False",)
+
+
+def test_load_ext_in_plain_ipython_kernel(python3_kernel) -> None:
+    k = python3_kernel
+    k.ok("%load_ext carme_kernel")
+    run = k.ok("%%remote\nprint('from the cluster')\n6 * 7")
+    assert run.result() == {"text/plain": "42"}
+    assert run.text("stdout") == "from the cluster\n"  # routed to this cell, no prefix
+    assert "embedded" in k.ok("%carme status").result()["text/plain"]
