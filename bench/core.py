@@ -240,12 +240,14 @@ def table(results: dict[str, Any], impls: list[str]) -> str:
     rows = [head]
     for key, (label, unit, higher) in WORKLOADS.items():
         vals = [results[i]["median"].get(key) for i in impls]
-        row = [label, unit + (" ↑" if higher else " ↓"), *(_fmt(v) for v in vals)]
+        cells = [(f"{v:.0f}" if unit == "count" and v is not None else _fmt(v)) for v in vals]
+        row = [label, unit + (" ↑" if higher else " ↓"), *cells]
         if len(impls) == 2:
             a, b = vals
             row.append(f"{a / b:.2f}" if a is not None and b else "-")
         rows.append(row)
-    rows.append(["get is zero-copy (view, read-only)", "", *(str(results[i]["zero_copy_get"]) for i in impls)])
+    zc = ["get is zero-copy (view, read-only)", "", *(str(results[i]["zero_copy_get"]) for i in impls)]
+    rows.append(zc + [""] * (len(head) - len(zc)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vs", choices=["ray"], help="also run the workloads against Ray")
     ap.add_argument("--reps", type=int, default=5, help="repetitions per workload (median is reported)")
     ap.add_argument("--scale", type=float, default=1.0, help="scale operation counts (0.1 for a smoke run)")
+    ap.add_argument("--table", metavar="JSON", help="print the table of a saved result file and exit")
     ap.add_argument("--child", choices=["startup", "workloads"], help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="carme", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -268,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         child_workloads(args.impl, args.reps, args.scale)
         return 0
 
+    if args.table:
+        saved = json.loads(Path(args.table).read_text())
+        print(table(saved["results"], list(saved["results"])))
+        return 0
+
     impls = ["carme"] + ([args.vs] if args.vs else [])
     info = machine()
     print(
@@ -275,14 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {info['python']}"
     )
     results = {impl: bench_impl(impl, args.reps, args.scale) for impl in impls}
-    versions = ", ".join(f"{i} {results[i]['version']}" for i in impls)
-    print(f"versions: {versions}; medians of {args.reps} repetitions (↑ higher is better)\n")
-    print(table(results, impls))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / time.strftime("core-%Y%m%d-%H%M%S.json")
     out.write_text(
         json.dumps({"machine": info, "reps": args.reps, "scale": args.scale, "results": results}, indent=1)
     )
+    versions = ", ".join(f"{i} {results[i]['version']}" for i in impls)
+    print(f"versions: {versions}; medians of {args.reps} repetitions (↑ higher is better)\n")
+    print(table(results, impls))
     print(f"\nwritten: {out.relative_to(HERE.parent)}")
     return 0
 
