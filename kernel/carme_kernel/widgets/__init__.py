@@ -22,7 +22,6 @@ from ._source import NotConnected
 from ._timeline import TimelineView
 
 __all__ = [
-    "VIEWS",
     "ClusterView",
     "GPUView",
     "LiveWidget",
@@ -30,6 +29,7 @@ __all__ = [
     "ObjectStoreView",
     "ProgressView",
     "TimelineView",
+    "VIEWS",
     "progress",
     "view",
 ]

@@ -163,7 +163,7 @@ class LiveWidget(anywidget.AnyWidget):  # type: ignore[misc]
 
     def close(self) -> None:
         """Stop the refresh thread and close the widget's views."""
-        if not self._closed:
+        if not getattr(self, "_closed", True):
             self._poller.stop()
             self._closed = True
             with contextlib.suppress(Exception):
