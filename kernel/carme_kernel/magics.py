@@ -12,8 +12,10 @@ lives in ``_exec``, which workers import. The cell then waits for the result
 ``--pull`` names and returns the value of the last expression, which IPython
 displays. A KeyboardInterrupt or ``--timeout`` cancels what the cell launched.
 
-``%carme`` is a line magic with subcommands that show the cluster
-(``views``) or change the connection.
+``%carme`` is a line magic with subcommands that show the cluster or change
+the connection. In a kernel the views are carme's live widgets
+(``carme_kernel.widgets``); in a terminal, or without the widgets, readable
+tables (``views``).
 """
 
 from __future__ import annotations
@@ -402,20 +404,33 @@ class CarmeMagics(Magics):
             info["namespaces"] = ", ".join(sorted(self.session.namespaces))
         return views.status_view(info)
 
-    def _carme_nodes(self, rest: list[str]) -> views.View:
+    def _live(self, kind: str, table: Callable[[], views.View]) -> Any:
+        """The live widget for ``kind`` in a kernel with carme's widgets, else ``table()``."""
+        if self.session.kernel is not None:  # in a terminal the text tables read better
+            try:
+                from .widgets import view
+            except ImportError:
+                pass
+            else:
+                return view(kind)
+        return table()
+
+    def _carme_nodes(self, rest: list[str]) -> Any:
         self._no_args("nodes", rest)
-        return views.nodes_view(self.session.connect().nodes())
+        carme = self.session.connect()
+        return self._live("nodes", lambda: views.nodes_view(carme.nodes()))
 
-    def _carme_gpus(self, rest: list[str]) -> views.View:
+    def _carme_gpus(self, rest: list[str]) -> Any:
         self._no_args("gpus", rest)
-        return views.gpus_view(self.session.connect().nodes())
+        carme = self.session.connect()
+        return self._live("gpus", lambda: views.gpus_view(carme.nodes()))
 
-    def _carme_objects(self, rest: list[str]) -> views.View:
+    def _carme_objects(self, rest: list[str]) -> Any:
         self._no_args("objects", rest)
         self.session.connect()
         from carme.util.state import list_objects
 
-        return views.objects_view(_rows(list_objects()))
+        return self._live("objects", lambda: views.objects_view(_rows(list_objects())))
 
     def _carme_actors(self, rest: list[str]) -> views.View:
         self._no_args("actors", rest)
@@ -424,7 +439,7 @@ class CarmeMagics(Magics):
 
         return views.actors_view(_rows(list_actors()))
 
-    def _carme_timeline(self, rest: list[str]) -> views.View | None:
+    def _carme_timeline(self, rest: list[str]) -> Any:
         if len(rest) > 1:
             raise UsageError("%carme timeline takes at most one argument, the file to write")
         carme = self.session.connect()
@@ -432,7 +447,7 @@ class CarmeMagics(Magics):
             carme.timeline(filename=rest[0])
             print(f"wrote the timeline to {rest[0]}; open it in https://ui.perfetto.dev")
             return None
-        return views.timeline_view(carme.timeline())
+        return self._live("timeline", lambda: views.timeline_view(carme.timeline()))
 
     def _carme_connect(self, rest: list[str]) -> views.View:
         if len(rest) != 1:
