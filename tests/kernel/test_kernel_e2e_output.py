@@ -79,14 +79,21 @@ def test_interrupt_cancels_remote_work(kernel) -> None:
 
 
 def test_tasks_record_their_cell(kernel) -> None:
-    run = kernel.ok("%%remote --name tagged\n1")
-    count = run.reply["content"]["execution_count"]
-    cells = kernel.value(
-        "import carme\nfrom carme.util.state import list_tasks\n"
-        "[t.get('cell') for t in list_tasks(detail=True) if t.get('name') == 'tagged']"
-    )
-    assert f"'execution_count': {count}" in cells
-    assert "tagged" in kernel.value("[e.get('name') for e in carme.timeline()]")
+    kernel.ok("import carme\nfrom carme.util.state import list_tasks")
+    for code, name in (
+        ("%%remote --name tagged\n1", "tagged"),
+        ("%%remote --actor tagns --name tagged_call\n1", "tagged_call"),
+        ("@carme.remote\ndef plain():\n    return 1\ncarme.get(plain.remote())", "plain"),
+    ):
+        count = kernel.ok(code).reply["content"]["execution_count"]
+        cells = kernel.value(
+            f"[t.get('cell') for t in list_tasks(detail=True) if t.get('name') == {name!r}]"
+        )
+        assert f"'execution_count': {count}" in cells, (name, cells)
+        spans = kernel.value(
+            f"[e['args'].get('cell') for e in carme.timeline() if e.get('name') == {name!r}]"
+        )
+        assert f"'execution_count': {count}" in spans, (name, spans)
 
 
 def test_interrupt_cancels_actor_calls(kernel) -> None:
