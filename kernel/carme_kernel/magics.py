@@ -35,7 +35,7 @@ from ._exec import CellResult, Namespace, RemoteCellError, run_task
 from ._session import NotebookSession
 from ._spec import RemoteSpec, build_spec, check_fits, parse_bytes, parse_names, resolve_node
 
-__all__ = ["CarmeMagics", "RemoteTimeoutError"]
+__all__ = ["CarmeMagics", "NamespaceLostError", "RemoteTimeoutError"]
 
 _NAMESPACE_PREFIX = "carme_kernel.namespace:"
 _FLUSH_WAIT_S = 1.0
@@ -60,6 +60,13 @@ class RemoteTimeoutError(TimeoutError):
 
     def _render_traceback_(self) -> list[str]:
         return [f"RemoteTimeoutError: {self}"]
+
+
+class NamespaceLostError(RuntimeError):
+    """The actor behind a ``%%remote --actor`` namespace died."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"NamespaceLostError: {self}"]
 
 
 @magics_class
@@ -283,7 +290,7 @@ class CarmeMagics(Magics):
             ) from None
 
     def _wait(self, carme: Any, refs: list[Any], spec: RemoteSpec) -> list[Any]:
-        from carme.exceptions import GetTimeoutError
+        from carme.exceptions import GetTimeoutError, RayActorError
 
         try:
             return list(carme.get(refs, timeout=spec.timeout))
@@ -295,6 +302,14 @@ class CarmeMagics(Magics):
             raise RemoteTimeoutError(
                 f"%%remote: the cell did not finish within --timeout {spec.timeout:g} s and was "
                 "cancelled; raise --timeout or drop it"
+            ) from None
+        except RayActorError as exc:
+            if spec.actor is None:
+                raise
+            self.session.namespaces.pop(spec.actor, None)
+            raise NamespaceLostError(
+                f"the --actor namespace {spec.actor!r} died and its variables are lost "
+                f"({type(exc).__name__}); run the cell again to start a fresh namespace"
             ) from None
         except Exception as exc:
             remote = _remote_error(exc)

@@ -9,6 +9,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 import carme_kernel
+from carme_kernel.magics import NamespaceLostError
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(120)]
 
@@ -43,6 +44,9 @@ def test_remote_cells_in_a_terminal_shell(ip: InteractiveShell) -> None:
         ip.run_cell_magic("remote", "--resources '{\"unobtainium\": 1}'", "1")
     ip.run_cell_magic("remote", "--actor box", "kept = 'here'")
     assert ip.run_cell_magic("remote", "--actor box", "kept") == "here"
+    with pytest.raises(NamespaceLostError, match="'box' died"):
+        ip.run_cell_magic("remote", "--actor box", "import os\nos._exit(1)")
+    assert ip.run_cell_magic("remote", "--actor box", "'kept' in globals()") is False  # a fresh one
     ip.run_line_magic("carme", "drop box")
     with pytest.raises(UsageError, match="no namespace named 'never_made'"):
         ip.run_line_magic("carme", "drop never_made")
