@@ -102,6 +102,9 @@ class NodeDaemon:
         self.resources: dict[str, float] = config["resources"]
         self.job_id: str = config.get("job_id", "01000000")
         self.namespace: str = config.get("namespace") or "default"
+        # first, while this process has no threads: the zygote that forks workers
+        from ._zygote import Zygote
+        self.zygote = Zygote()
         self.sel = selectors.DefaultSelector()
         self.scheduler = ClusterScheduler()
         self.scheduler.add_node(self.node_id, self.resources, config.get("labels") or {})
@@ -134,6 +137,8 @@ class NodeDaemon:
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, ("accept", self.listener))
         self.standalone = bool(config.get("standalone"))
+        # workers of a node that others reach over the network listen on TCP too
+        self.worker_tcp_host: str | None = config.get("worker_tcp_host")
         self.tcp_address = ""
         self.tcp_listener: socket.socket | None = None
         if config.get("tcp"):
@@ -145,6 +150,12 @@ class NodeDaemon:
         if not self.standalone:
             # embedded: the driver's pipe; end-of-file means the driver is gone
             self.sel.register(sys.stdin.fileno(), selectors.EVENT_READ, ("parent", None))
+        # a signal (SIGTERM from `carme stop` or the parent-death signal) wakes the loop
+        self._sig_r, sig_w = os.pipe()
+        os.set_blocking(self._sig_r, False)
+        os.set_blocking(sig_w, False)
+        signal.set_wakeup_fd(sig_w)
+        self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
         self._handlers: dict[int, Any] = {
             M.HELLO: self.on_hello, M.LEASE: self.on_lease, M.RETURN_LEASE: self.on_return_lease,
             M.ALLOC: self.on_alloc, M.EXPORT: self.on_export, M.INCREF: self.on_incref,
@@ -179,6 +190,8 @@ class NodeDaemon:
                         self.on_accept(obj)
                     elif kind == "out":
                         self.on_worker_output(*obj)
+                    elif kind == "signal":
+                        os.read(self._sig_r, 512)
                     elif kind == "parent":
                         if not os.read(sys.stdin.fileno(), 4096):
                             self.running = False
@@ -249,38 +262,14 @@ class NodeDaemon:
         parent, child = socket.socketpair()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            code = 1
-            try:
-                set_parent_death_signal()
-                parent.close()
-                self.listener.close()
-                if self.tcp_listener is not None:
-                    self.tcp_listener.close()
-                self.sel.close()
-                os.close(out_r)
-                os.close(err_r)
-                os.dup2(out_w, 1)
-                os.dup2(err_w, 2)
-                os.close(out_w)
-                os.close(err_w)
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(devnull, 0)
-                from ._worker import worker_main
-                worker_main(child, {
-                    "worker_id": worker_id, "node_id": self.node_id,
-                    "session_dir": self.session_dir, "store_file": self.store_file,
-                    "token": self.token.hex(), "daemon_address": self.address,
-                    "job_id": self.job_id, "namespace": self.namespace,
-                    "env": self.envs.get(env_key), "env_key": env_key,
-                })
-                code = 0
-            except BaseException:
-                import traceback
-                traceback.print_exc()
-            finally:
-                os._exit(code)
+        pid = self.zygote.fork_worker({
+            "worker_id": worker_id, "node_id": self.node_id,
+            "session_dir": self.session_dir, "store_file": self.store_file,
+            "token": self.token.hex(), "daemon_address": self.address,
+            "job_id": self.job_id, "namespace": self.namespace,
+            "env": self.envs.get(env_key), "env_key": env_key,
+            "tcp_host": self.worker_tcp_host,
+        }, child, out_w, err_w)
         child.close()
         os.close(out_w)
         os.close(err_w)
@@ -340,6 +329,7 @@ class NodeDaemon:
         prev = w.state
         w.state = "DEAD"
         self.workers.pop(w.worker_id, None)
+        self.by_pid.pop(w.pid, None)
         try:
             self.sel.unregister(w.conn.sock)
         except (KeyError, ValueError):
@@ -362,9 +352,8 @@ class NodeDaemon:
                 return
             if pid == 0:
                 return
-            w = self.by_pid.pop(pid, None)
-            if w is not None:
-                self.on_worker_died(w)
+            if pid == self.zygote.pid:
+                self.running = False  # without a zygote this node cannot make workers
 
     # ------------------------------------------------------------------ hello / functions
     def on_hello(self, conn: Connection, req: int, role: str, pid: int, info: dict) -> None:
@@ -782,10 +771,11 @@ class NodeDaemon:
 
     def kill_actor(self, actor: ActorRec, reason: str) -> None:
         actor.spec["kill_reason"] = reason
+        if actor.no_restart:
+            # dead at once (its name is free again); the worker's exit is then a formality
+            self.actor_dead(actor, ("ActorDiedError", reason))
         if actor.worker is not None and actor.worker.state != "DEAD":
             self.kill_pid(actor.worker.pid)
-        elif actor.no_restart:
-            self.actor_dead(actor, ("ActorDiedError", reason))
 
     def on_actor_worker_died(self, actor: ActorRec) -> None:
         actor.worker = None
@@ -937,20 +927,20 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
-        for w in list(self.by_pid.values()):
-            self.kill_pid(w.pid)
-        deadline = time.time() + 2
-        while self.by_pid and time.time() < deadline:
-            try:
-                pid, _ = os.waitpid(-1, 0)
-                self.by_pid.pop(pid, None)
-            except ChildProcessError:
-                break
+        import psutil
+        # the shared memory and sockets go first: they are what outlives us otherwise
         try:
             os.unlink(self.store_file)
         except FileNotFoundError:
             pass
         shutil.rmtree(self.session_dir, ignore_errors=True)
+        pids = list(self.by_pid)
+        for pid in pids:
+            self.kill_pid(pid)
+        self.zygote.close()
+        deadline = time.time() + 2
+        while time.time() < deadline and any(psutil.pid_exists(p) for p in pids):
+            time.sleep(0.01)
 
 
 def main() -> None:

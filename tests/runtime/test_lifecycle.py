@@ -22,23 +22,26 @@ pytestmark = pytest.mark.processes
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _shm() -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("carme")}
-
-
 def _run_driver(code: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def _wait_gone(pids: list[int], shm_before: set[str], timeout: float = 5.0) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(pids: list[int], store: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive and _shm() <= shm_before:
+        alive = [p for p in pids if _alive(p)]
+        if not alive and not os.path.exists(store):
             return
         time.sleep(0.1)
-    pytest.fail(f"left behind after {timeout} s: processes {alive}, shm {_shm() - shm_before}")
+    pytest.fail(f"left behind after {timeout} s: processes {alive}, store {os.path.exists(store)}")
 
 
 DRIVER = """
@@ -53,26 +56,29 @@ a = A.remote()
 ref = carme.put(bytes(1 << 20))  # in shared memory
 pids = set(carme.get([f.remote() for _ in range(4)])) | {carme.get(a.pid.remote())}
 import psutil
+from carme._context import core
 print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
+print(core().info["store_file"], flush=True)
 """
 
 
 @pytest.mark.parametrize("ending", ["exit", "exception", "sigkill"])
 def test_cluster_dies_with_its_driver(ending: str) -> None:
-    shm_before = _shm()
     tail = {"exit": "", "exception": "raise SystemExit(3)",
             "sigkill": "import time\nprint('ready', flush=True)\ntime.sleep(60)"}[ending]
     p = _run_driver(DRIVER + tail)
     assert p.stdout is not None
     pids = [int(x) for x in p.stdout.readline().split()]
-    assert len(pids) >= 3, pids  # the daemon and its workers
+    store = p.stdout.readline().strip()
+    assert len(pids) >= 3, pids  # the daemon, its zygote and its workers
+    assert store.startswith("/dev/shm/carme-") and os.path.exists(store)
     if ending == "sigkill":
         assert p.stdout.readline().strip() == "ready"
         os.kill(p.pid, signal.SIGKILL)
     p.wait(30)
     p.stdout.close()
     p.stderr.close()  # type: ignore[union-attr]
-    _wait_gone(pids, shm_before)
+    _wait_gone(pids, store)
 
 
 def test_init_shutdown_init_and_double_init(carme) -> None:
