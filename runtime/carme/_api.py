@@ -210,6 +210,8 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
     if isinstance(object_refs, ObjectRef):
         raise TypeError("wait() expected a list of ObjectRefs, got a single ObjectRef")
     refs, _ = _as_ref_list(object_refs, "wait")
+    if not refs:
+        return [], []
     if len(set(refs)) != len(refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if not isinstance(num_returns, int) or num_returns <= 0:
