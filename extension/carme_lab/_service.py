@@ -1,0 +1,339 @@
+"""The server extension's shell: clusters, snapshots and the live stream, off the event loop.
+
+Theory of operation
+-------------------
+`LabService` is the one object the handlers talk to (``settings["carme_lab"]``).
+It holds the `ClusterBook` (what this server knows, pure) and a `Backend` (the
+blocking calls into `carme.cluster`: start, stop, list, connect, snapshot,
+timeline). Every backend call runs on one worker thread, so the tornado loop
+never blocks and the state clients are used by one thread at a time; each call
+has a timeout, so an unreachable address turns into an error message, not a hung
+request.
+
+Selecting a cluster exports its address as ``CARME_ADDRESS`` in this server's
+environment: jupyter_server starts kernels with a copy of ``os.environ``
+(`SessionManager.get_kernel_env`), so every kernel started afterwards joins the
+selected cluster (the carme kernel reads ``CARME_ADDRESS``; a plain Python kernel
+with ``carme.init(address=os.environ["CARME_ADDRESS"])`` does the same). With no
+selection the variable is removed and kernels start embedded clusters. The value
+the server started with is put back when the extension stops.
+
+The live stream: while at least one WebSocket is subscribed, `_pump` builds one
+``tick`` message per interval (the cluster listing plus a snapshot of the
+selected cluster, or the reason there is none) and hands the same message to
+every subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from ._clusters import AddressError, ClusterBook, check_address
+from ._snapshot import panel_snapshot
+
+__all__ = ["Backend", "CarmeBackend", "LabError", "LabService"]
+
+T = TypeVar("T")
+ENV_VAR = "CARME_ADDRESS"
+
+
+class LabError(Exception):
+    """An error a handler reports to the client with an HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Backend(Protocol):
+    """Blocking access to clusters (the real one wraps `carme.cluster`)."""
+
+    def list_local(self) -> list[dict[str, Any]]: ...
+    def start(self, num_cpus: float | None, num_gpus: float | None,
+              resources: dict[str, float] | None) -> dict[str, Any]: ...
+    def stop(self, address: str) -> bool: ...
+    def snapshot(self, address: str) -> dict[str, Any]: ...
+    def timeline(self, address: str) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+class CarmeBackend:
+    """`Backend` over `carme.cluster`; keeps one state client per address."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, Any] = {}
+
+    def list_local(self) -> list[dict[str, Any]]:
+        from carme import cluster
+
+        return cluster.list_local()
+
+    def start(self, num_cpus: float | None, num_gpus: float | None,
+              resources: dict[str, float] | None) -> dict[str, Any]:
+        from carme import cluster
+
+        return cluster.start_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+
+    def stop(self, address: str) -> bool:
+        from carme import cluster
+
+        self._drop(address)
+        return bool(cluster.stop(address))
+
+    def _client(self, address: str) -> Any:
+        client = self._clients.get(address)
+        if client is None:
+            from carme import cluster
+
+            client = self._clients[address] = cluster.connect(address)
+        return client
+
+    def _call(self, address: str, fn: Callable[[Any], T]) -> T:
+        try:
+            return fn(self._client(address))
+        except Exception:
+            self._drop(address)  # a broken connection is rebuilt on the next call
+            raise
+
+    def snapshot(self, address: str) -> dict[str, Any]:
+        return self._call(address, lambda c: c.snapshot())
+
+    def timeline(self, address: str) -> list[dict[str, Any]]:
+        return self._call(address, lambda c: c.timeline())
+
+    def _drop(self, address: str) -> None:
+        client = self._clients.pop(address, None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def close(self) -> None:
+        for address in list(self._clients):
+            self._drop(address)
+
+
+Subscriber = Callable[[dict[str, Any]], None]
+
+
+class LabService:
+    """What the handlers call; see the module docstring."""
+
+    def __init__(self, backend: Backend, *, given: str | None = None, interval: float = 1.0,
+                 call_timeout: float = 10.0, log: logging.Logger | None = None) -> None:
+        self.backend = backend
+        self.book = ClusterBook(given)
+        self.interval = interval
+        self.call_timeout = call_timeout
+        self.log = log or logging.getLogger("carme_lab")
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="carme-lab")
+        self._env_before = os.environ.get(ENV_VAR)
+        self._subscribers: list[Subscriber] = []
+        self._pump_task: asyncio.Task[None] | None = None
+        self._export()
+
+    # ------------------------------------------------------------------ plumbing
+    async def _run(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.wait_for(fut, self.call_timeout)
+        except asyncio.TimeoutError:
+            raise LabError(504, f"{what} did not answer within {self.call_timeout:.0f} s") from None
+
+    def _export(self) -> None:
+        if self.book.selected:
+            os.environ[ENV_VAR] = self.book.selected
+        else:
+            os.environ.pop(ENV_VAR, None)
+
+    async def _local(self) -> list[dict[str, Any]]:
+        try:
+            return await self._run("listing the clusters on this machine", self.backend.list_local)
+        except LabError:
+            raise
+        except Exception as e:  # a broken state dir must not take the panel down
+            self.log.warning("carme_lab: listing local clusters failed: %s", e)
+            return []
+
+    def _address(self, cluster: str | None) -> str:
+        if cluster:
+            try:
+                return check_address(cluster)
+            except AddressError as e:
+                raise LabError(400, str(e)) from None
+        if self.book.selected is None:
+            raise LabError(404, "no cluster is selected: start one or connect to one first "
+                                "(POST /carme/api/clusters or /carme/api/connect)")
+        return self.book.selected
+
+    # ------------------------------------------------------------------ REST
+    async def listing(self) -> dict[str, Any]:
+        return self.book.listing(await self._local())
+
+    async def start(self, body: dict[str, Any]) -> dict[str, Any]:
+        num_cpus = _opt_number(body, "num_cpus")
+        num_gpus = _opt_number(body, "num_gpus")
+        resources = body.get("resources") or None
+        if resources is not None and (
+            not isinstance(resources, dict)
+            or not all(isinstance(k, str) and _is_number(v) for k, v in resources.items())
+        ):
+            raise LabError(400, f"expected 'resources' as an object of name: number, got {resources!r}")
+        try:
+            info = await self._run("starting a cluster", self.backend.start,
+                                   num_cpus, num_gpus, resources)
+        except LabError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise LabError(400, f"could not start a cluster: {e}") from None
+        except Exception as e:
+            raise LabError(500, f"could not start a cluster: {type(e).__name__}: {e}") from None
+        entry = self.book.add_started(info)
+        if body.get("select", True):
+            self.book.select(entry.address)
+            self._export()
+        return entry.to_json(self.book.selected)
+
+    async def stop(self, address: str) -> dict[str, Any]:
+        try:
+            address = check_address(address)
+        except AddressError as e:
+            raise LabError(400, str(e)) from None
+        entry = self.book.find(address, await self._local())
+        if entry is None:
+            raise LabError(404, f"no cluster with id {address!r} is known here; "
+                                f"GET /carme/api/clusters lists them")
+        if not entry.local:
+            raise LabError(409, f"the cluster at {address} was not started on this machine; "
+                                f"stop it where it runs (`carme stop` there)")
+        try:
+            stopped = await self._run(f"stopping {address}", self.backend.stop, address)
+        except LabError:
+            raise
+        except Exception as e:
+            raise LabError(500, f"could not stop {address}: {type(e).__name__}: {e}") from None
+        self.book.stopped(address)
+        self._export()
+        return {"id": address, "stopped": stopped, "selected": self.book.selected}
+
+    async def connect(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Remember `address` and select it (``address: null`` selects none: embedded)."""
+        if "address" not in body:
+            raise LabError(400, "expected a JSON body {\"address\": \"HOST:PORT\"} "
+                                "(or {\"address\": null} to select no cluster)")
+        raw = body["address"]
+        if raw is None or raw == "":
+            self.book.select(None)
+        else:
+            try:
+                address = self.book.remember(raw)
+            except AddressError as e:
+                raise LabError(400, str(e)) from None
+            if body.get("select", True):
+                self.book.select(address)
+        self._export()
+        return {"selected": self.book.selected, "address": os.environ.get(ENV_VAR)}
+
+    async def snapshot(self, cluster: str | None) -> dict[str, Any]:
+        address = self._address(cluster)
+        try:
+            raw = await self._run(f"the cluster at {address}", self.backend.snapshot, address)
+        except LabError:
+            raise
+        except Exception as e:
+            raise LabError(503, _unreachable(address, e)) from None
+        return panel_snapshot(raw, address)
+
+    async def timeline(self, cluster: str | None) -> list[dict[str, Any]]:
+        address = self._address(cluster)
+        try:
+            return await self._run(f"the cluster at {address}", self.backend.timeline, address)
+        except LabError:
+            raise
+        except Exception as e:
+            raise LabError(503, _unreachable(address, e)) from None
+
+    # ------------------------------------------------------------------ stream
+    async def tick(self) -> dict[str, Any]:
+        """One stream message: the listing and the selected cluster's snapshot (or why not)."""
+        listing = await self.listing()
+        msg: dict[str, Any] = {"type": "tick", "clusters": listing, "snapshot": None, "error": None}
+        if self.book.selected is None:
+            msg["error"] = "No cluster is running here: start one or connect to one."
+            return msg
+        try:
+            msg["snapshot"] = await self.snapshot(self.book.selected)
+        except LabError as e:
+            msg["error"] = e.message
+        return msg
+
+    def subscribe(self, callback: Subscriber) -> None:
+        self._subscribers.append(callback)
+        if self._pump_task is None or self._pump_task.done():
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    def unsubscribe(self, callback: Subscriber) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(callback)
+
+    async def _pump(self) -> None:
+        while self._subscribers:
+            try:
+                msg = await self.tick()
+            except Exception as e:  # keep streaming; say what went wrong
+                self.log.exception("carme_lab: building a stream message failed")
+                msg = {"type": "tick", "clusters": None, "snapshot": None,
+                       "error": f"{type(e).__name__}: {e}"}
+            for callback in list(self._subscribers):
+                try:
+                    callback(msg)
+                except Exception:
+                    self.log.exception("carme_lab: a stream subscriber failed; dropping it")
+                    self.unsubscribe(callback)
+            await asyncio.sleep(self.interval)
+
+    # ------------------------------------------------------------------ lifetime
+    async def close(self, stop_started: bool = False) -> None:
+        self._subscribers.clear()
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump_task
+        if stop_started:
+            for entry in self.book.entries([]):
+                if entry.origin == "started":
+                    with contextlib.suppress(Exception):
+                        await self._run(f"stopping {entry.address}", self.backend.stop, entry.address)
+        with contextlib.suppress(Exception):
+            await self._run("closing state clients", self.backend.close)
+        self._pool.shutdown(wait=False)
+        if self._env_before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = self._env_before
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def _opt_number(body: dict[str, Any], key: str) -> float | None:
+    v = body.get(key)
+    if v is None or v == "":
+        return None
+    if not _is_number(v):
+        raise LabError(400, f"expected {key!r} as a number >= 0 (or left out), got {v!r}")
+    return float(v)
+
+
+def _unreachable(address: str, e: BaseException) -> str:
+    return (f"the cluster at {address} did not answer ({type(e).__name__}: {e}); "
+            f"is it running? `carme status` lists the clusters on this machine")

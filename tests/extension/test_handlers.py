@@ -1,0 +1,165 @@
+"""The REST and WebSocket API under /carme/api/, against a fake cluster backend."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+
+async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
+               params: dict[str, str] | None = None) -> tuple[int, Any]:
+    kwargs: dict[str, Any] = {"method": method, "params": params}
+    if body is not None:
+        kwargs["body"] = json.dumps(body)
+    elif method == "POST":
+        kwargs["body"] = ""
+    try:
+        r = await jp_fetch("carme", "api", *path, **kwargs)
+    except HTTPClientError as e:
+        assert e.response is not None
+        return e.code, json.loads(e.response.body)
+    return r.code, json.loads(r.body)
+
+
+async def test_empty_listing_says_nothing_is_selected(jp_fetch: Any) -> None:
+    code, data = await call(jp_fetch, "clusters")
+    assert code == 200
+    assert data == {"clusters": [], "selected": None}
+
+
+async def test_start_selects_and_exports_the_address(jp_fetch: Any, service: Any) -> None:
+    code, data = await call(jp_fetch, "clusters", method="POST",
+                            body={"num_cpus": 2, "num_gpus": 0, "resources": {"disk": 1}})
+    assert code == 201
+    assert data["origin"] == "started" and data["selected"] and data["local"]
+    assert service.backend.calls[0] == ("start", (2, 0, {"disk": 1}))
+    assert os.environ["CARME_ADDRESS"] == data["address"]
+    code, listing = await call(jp_fetch, "clusters")
+    assert listing["selected"] == data["address"]
+    assert [c["id"] for c in listing["clusters"]] == [data["address"]]
+    assert listing["clusters"][0]["alive"] is True
+
+
+async def test_start_rejects_bad_numbers(jp_fetch: Any, service: Any) -> None:
+    code, data = await call(jp_fetch, "clusters", method="POST", body={"num_cpus": "many"})
+    assert code == 400
+    assert "num_cpus" in data["message"] and "'many'" in data["message"]
+    code, data = await call(jp_fetch, "clusters", method="POST", body={"resources": [1]})
+    assert code == 400 and "resources" in data["message"]
+    code, data = await call(jp_fetch, "clusters", method="POST", body=[1, 2])
+    assert code == 400 and "JSON object" in data["message"]
+    assert service.backend.calls == []
+
+
+async def test_stop_a_started_cluster_clears_the_selection(jp_fetch: Any) -> None:
+    _, started = await call(jp_fetch, "clusters", method="POST", body={})
+    code, data = await call(jp_fetch, "clusters", started["id"], method="DELETE")
+    assert code == 200
+    assert data == {"id": started["id"], "stopped": True, "selected": None}
+    assert "CARME_ADDRESS" not in os.environ
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing == {"clusters": [], "selected": None}
+
+
+async def test_stop_unknown_and_remote_clusters_is_refused(jp_fetch: Any) -> None:
+    code, data = await call(jp_fetch, "clusters", "127.0.0.1:9", method="DELETE")
+    assert code == 404 and "GET /carme/api/clusters" in data["message"]
+    await call(jp_fetch, "connect", method="POST", body={"address": "10.0.0.7:6380"})
+    code, data = await call(jp_fetch, "clusters", "10.0.0.7:6380", method="DELETE")
+    assert code == 409 and "not started on this machine" in data["message"]
+    code, data = await call(jp_fetch, "clusters", "nonsense", method="DELETE")
+    assert code == 400 and "HOST:PORT" in data["message"]
+
+
+async def test_local_clusters_are_listed_and_can_be_stopped(jp_fetch: Any, service: Any) -> None:
+    service.backend.local.append({"address": "127.0.0.1:6380", "pid": 99, "started": 5.0})
+    _, listing = await call(jp_fetch, "clusters")
+    [entry] = listing["clusters"]
+    assert entry["origin"] == "local" and entry["local"] and not entry["selected"]
+    code, _ = await call(jp_fetch, "clusters", "127.0.0.1:6380", method="DELETE")
+    assert code == 200 and service.backend.local == []
+
+
+async def test_connect_remembers_selects_and_deselects(jp_fetch: Any) -> None:
+    code, data = await call(jp_fetch, "connect", method="POST", body={"address": " 10.0.0.7:6380 "})
+    assert code == 200 and data == {"selected": "10.0.0.7:6380", "address": "10.0.0.7:6380"}
+    assert os.environ["CARME_ADDRESS"] == "10.0.0.7:6380"
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing["clusters"][0]["origin"] == "connected"
+    assert listing["clusters"][0]["alive"] is None
+    code, data = await call(jp_fetch, "connect", method="POST", body={"address": None})
+    assert code == 200 and data == {"selected": None, "address": None}
+    assert "CARME_ADDRESS" not in os.environ
+    _, listing = await call(jp_fetch, "clusters")
+    assert [c["address"] for c in listing["clusters"]] == ["10.0.0.7:6380"]
+
+
+@pytest.mark.parametrize("body", [{}, {"address": "localhost"}, {"address": 6380},
+                                  {"address": "h:0"}, {"address": "a b:1"}])
+async def test_connect_rejects_bad_addresses(jp_fetch: Any, body: dict[str, Any]) -> None:
+    code, data = await call(jp_fetch, "connect", method="POST", body=body)
+    assert code == 400
+    assert "HOST:PORT" in data["message"] or "host" in data["message"]
+
+
+async def test_snapshot_of_the_selected_cluster(jp_fetch: Any) -> None:
+    code, data = await call(jp_fetch, "snapshot")
+    assert code == 404 and "no cluster is selected" in data["message"]
+    _, started = await call(jp_fetch, "clusters", method="POST", body={})
+    for params in (None, {"cluster": started["id"]}):
+        code, snap = await call(jp_fetch, "snapshot", params=params)
+        assert code == 200
+        assert snap["address"] == started["address"]
+        assert snap["tasks"] == {"pending": 2, "running": 1, "finished": 3, "failed": 1}
+        [node] = snap["nodes"]
+        assert node["cpu_percent"] == 50.0 and node["gpus"][0]["utilization"] == 7.0
+        assert snap["actors"][0]["class_name"] == "Counter"
+        assert snap["objects"]["largest"][0]["size"] == 100.0
+        assert snap["events"][0]["bucket"] == "finished"
+
+
+async def test_snapshot_of_an_unreachable_cluster_says_so(jp_fetch: Any) -> None:
+    await call(jp_fetch, "connect", method="POST", body={"address": "127.0.0.1:1"})
+    code, data = await call(jp_fetch, "snapshot")
+    assert code == 503
+    assert "127.0.0.1:1 did not answer" in data["message"] and "carme status" in data["message"]
+
+
+async def test_timeline_is_chrome_trace_json(jp_fetch: Any) -> None:
+    _, started = await call(jp_fetch, "clusters", method="POST", body={})
+    code, events = await call(jp_fetch, "timeline", params={"cluster": started["id"]})
+    assert code == 200
+    assert isinstance(events, list) and events[0]["ph"] == "X"
+
+
+async def test_stream_pushes_ticks(jp_ws_fetch: Any, jp_fetch: Any) -> None:
+    ws = await jp_ws_fetch("carme", "api", "stream")
+    try:
+        first = json.loads(await ws.read_message())
+        assert first["type"] == "tick" and first["snapshot"] is None
+        assert "No cluster is running" in first["error"]
+        _, started = await call(jp_fetch, "clusters", method="POST", body={})
+        for _ in range(50):
+            msg = json.loads(await ws.read_message())
+            if msg["snapshot"] is not None:
+                break
+        assert msg["snapshot"]["address"] == started["address"]
+        assert msg["clusters"]["selected"] == started["address"]
+        assert msg["error"] is None
+    finally:
+        ws.close()
+
+
+async def test_server_started_with_carme_address(
+    jp_configurable_serverapp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CARME_ADDRESS", "10.1.1.1:6380")
+    app = jp_configurable_serverapp()
+    service = app.web_app.settings["carme_lab_service"]
+    listing = await service.listing()
+    assert listing["selected"] == "10.1.1.1:6380"
+    assert listing["clusters"][0]["origin"] == "env"
