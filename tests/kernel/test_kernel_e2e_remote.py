@@ -125,3 +125,19 @@ def test_views(kernel) -> None:
     assert kernel.value("%%remote\n7") == "7"  # a failed connect leaves no half-set address
     kernel.ok("%carme disconnect")
     assert "not yet" in kernel.ok("%carme status").result()["text/plain"]
+
+
+def test_remote_gpus(kernel) -> None:
+    gpus = float(
+        kernel.value("import carme\n%carme nodes\ncarme.cluster_resources().get('GPU', 0)")
+    )
+    if not gpus:
+        err = kernel.run("%%remote --gpus 1\n1").error()
+        assert err is not None and err["ename"] == "UsageError" and "GPU=1" in err["evalue"]
+        return
+    visible = kernel.value("%%remote --gpus 1\nimport os\nos.environ.get('CUDA_VISIBLE_DEVICES')")
+    assert visible.strip("'") not in ("", "None")
+    assert (
+        kernel.value("%%remote --gpus 1 --actor gpu_ns\nimport carme\nlen(carme.get_gpu_ids())")
+        == "1"
+    )
