@@ -10,7 +10,8 @@ killed by PID so later tests start clean.
 
 - Tests marked ``processes`` get a function-scoped guard automatically
   (`_no_leaks`), unless they use `ray_impl`, whose cluster lives for a whole
-  module and is guarded at module scope instead.
+  module and is guarded at module scope instead, or `fresh_impl` (an
+  uninitialized implementation, for tests of init/shutdown), which guards itself.
 - `ray_impl` is parametrized over implementations: ``carme`` always, ``ray``
   when Ray is installed (left out otherwise, so CI runs carme only). It
   yields the initialized module; tests are written once against it::
@@ -119,7 +120,10 @@ def _alive(p: psutil.Process) -> bool:
 @pytest.fixture(autouse=True)
 def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Function-scoped leak check for tests marked ``processes``."""
-    if request.node.get_closest_marker("processes") is None or "ray_impl" in request.fixturenames:
+    if request.node.get_closest_marker("processes") is None or {
+        "ray_impl",
+        "fresh_impl",
+    } & set(request.fixturenames):
         yield
         return
     guard = LeakGuard()
@@ -222,6 +226,31 @@ def ray_impl(
     # Ray's own daemons are not carme's business: clean up quietly, check carme strictly.
     if name == "carme":
         msg = guard.check(f"carme cluster of {request.module.__name__}")
+        if msg:
+            pytest.fail(msg, pytrace=False)
+    else:
+        procs, shm = guard.survivors(wait_s=10)
+        guard.clean(procs, shm)
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def fresh_impl(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
+    """The module under test, *not* initialized: for tests of init/shutdown themselves.
+
+    Shut down afterwards whatever the test left running; carme's processes and
+    shared memory are leak-checked.
+    """
+    name: str = request.param
+    mod = importlib.import_module(name)
+    if mod.is_initialized():
+        mod.shutdown()
+    guard = LeakGuard()
+    try:
+        yield mod
+    finally:
+        mod.shutdown()
+    if name == "carme":
+        msg = guard.check(f"test {request.node.nodeid}")
         if msg:
             pytest.fail(msg, pytrace=False)
     else:

@@ -265,3 +265,39 @@ def test_actor_without_restarts_dies_for_good(ray_impl):
     ray.get(c.inc.remote())
     _expect_actor_error(ray, c.die.remote())
     _expect_actor_error(ray, c.inc.remote())
+
+
+def test_constructor_args_refs_resolved(ray_impl):
+    ray = ray_impl
+    c = _counter_class(ray).remote(ray.put(40))
+    assert ray.get(c.inc.remote(by=2)) == 42
+    ray.kill(c)
+
+
+def test_kill_with_restart_and_name_reuse(ray_impl, wait_for):
+    ray = ray_impl
+    Counter = _counter_class(ray)
+    c = Counter.options(name="sem-reuse", max_restarts=1).remote(7)
+    first_pid = ray.get(c.pid.remote())
+    ray.kill(c, no_restart=False)  # killed, then restarted from its constructor
+
+    def restarted():
+        try:
+            return ray.get(c.pid.remote(), timeout=30) != first_pid
+        except ray.exceptions.RayActorError:
+            return False
+
+    wait_for(restarted, timeout=60)
+    assert ray.get(c.get.remote()) == 7
+    ray.kill(c)  # no_restart=True by default: gone for good, and the name is free
+
+    def name_free():
+        try:
+            d = Counter.options(name="sem-reuse").remote(8)
+        except ValueError:
+            return None
+        return d
+
+    d = wait_for(name_free, timeout=30)
+    assert ray.get(d.get.remote()) == 8
+    ray.kill(d)

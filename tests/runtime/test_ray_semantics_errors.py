@@ -24,6 +24,7 @@ def test_task_error_is_user_class_and_ray_task_error(ray_impl):
     err = ei.value
     assert isinstance(err, ray.exceptions.RayTaskError)
     assert isinstance(err, ray.exceptions.RayError)
+    assert isinstance(err.cause, MyError) and str(err.cause) == "boom"
     text = str(err)
     assert "boom" in text
     assert "explode" in text  # the remote frame ...

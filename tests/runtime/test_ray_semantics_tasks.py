@@ -7,6 +7,7 @@ workers cannot import this test module.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,39 @@ def test_streaming_generator(ray_impl):
     refs = list(g)
     assert all(isinstance(r, ray.ObjectRef) for r in refs)
     assert ray.get(refs) == [0, 10, 20, 30]
+
+
+def test_generator_function_streams_by_default(ray_impl):
+    ray = ray_impl
+
+    @ray.remote
+    def gen():
+        yield "a"
+        yield "b"
+
+    g = gen.remote()
+    assert isinstance(g, ray.ObjectRefGenerator)
+    assert [ray.get(r) for r in g] == ["a", "b"]
+
+
+def test_zero_cpu_task_runs_while_cpus_are_busy(ray_impl, tmp_path):
+    ray = ray_impl
+
+    @ray.remote(num_cpus=2)
+    def hog(gate):
+        while not os.path.exists(gate):
+            time.sleep(0.02)
+        return "hog done"
+
+    @ray.remote(num_cpus=0)
+    def light():
+        return "light"
+
+    gate = str(tmp_path / "gate")
+    held = hog.remote(gate)
+    assert ray.get(light.remote(), timeout=30) == "light"
+    Path(gate).write_text("go")
+    assert ray.get(held, timeout=30) == "hog done"
 
 
 def test_streaming_generator_error_mid_stream(ray_impl):
