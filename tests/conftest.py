@@ -202,6 +202,17 @@ def init_impl(name: str, **kwargs: Any) -> ModuleType:
     return mod
 
 
+def _after_shutdown(name: str, guard: LeakGuard, what: str) -> None:
+    """Check carme strictly; Ray's own daemons are not carme's business: clean them quietly."""
+    if name == "carme":
+        msg = guard.check(what)
+        if msg:
+            pytest.fail(msg, pytrace=False)
+    else:
+        procs, shm = guard.survivors(wait_s=10)
+        guard.clean(procs, shm)
+
+
 @pytest.fixture(scope="module", params=IMPLEMENTATIONS)
 def ray_impl(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -223,14 +234,7 @@ def ray_impl(
         yield mod
     finally:
         mod.shutdown()
-    # Ray's own daemons are not carme's business: clean up quietly, check carme strictly.
-    if name == "carme":
-        msg = guard.check(f"carme cluster of {request.module.__name__}")
-        if msg:
-            pytest.fail(msg, pytrace=False)
-    else:
-        procs, shm = guard.survivors(wait_s=10)
-        guard.clean(procs, shm)
+    _after_shutdown(name, guard, f"carme cluster of {request.module.__name__}")
 
 
 @pytest.fixture(params=IMPLEMENTATIONS)
@@ -249,13 +253,7 @@ def fresh_impl(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
         yield mod
     finally:
         mod.shutdown()
-    if name == "carme":
-        msg = guard.check(f"test {request.node.nodeid}")
-        if msg:
-            pytest.fail(msg, pytrace=False)
-    else:
-        procs, shm = guard.survivors(wait_s=10)
-        guard.clean(procs, shm)
+    _after_shutdown(name, guard, f"test {request.node.nodeid}")
 
 
 @pytest.fixture
