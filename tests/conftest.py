@@ -60,6 +60,33 @@ def _children() -> dict[int, psutil.Process]:
     return procs
 
 
+def _in_use_elsewhere(names: set[str]) -> set[str]:
+    """The subset of `names` that a process outside this test's tree maps or holds open.
+
+    /dev/shm is shared by everything on the machine: a segment that appeared
+    during the test but belongs to another live carme cluster (another test run)
+    is not this test's leak, and must not be removed.
+    """
+    if not names:
+        return set()
+    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    prefix = f"{SHM_DIR}/"
+    used: set[str] = set()
+    for pid in psutil.pids():
+        if pid in ours:
+            continue
+        paths: list[str] = []
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/maps") as f:
+                paths += [line.rsplit(" ", 1)[-1].strip() for line in f if prefix in line]
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        used |= {p[len(prefix) :] for p in paths if p.startswith(prefix)} & names
+    return used
+
+
 def _describe(p: psutil.Process) -> str:
     try:
         cmd = " ".join(p.cmdline())[:160] or p.name()
@@ -83,7 +110,8 @@ class LeakGuard:
                 for pid, p in _children().items()
                 if pid not in self.procs and _alive(p)
             ]
-            shm = sorted(_shm_entries() - self.shm)
+            new = _shm_entries() - self.shm
+            shm = sorted(new - _in_use_elsewhere(new))
             if (not procs and not shm) or time.monotonic() >= deadline:
                 return procs, shm
             time.sleep(0.05)
