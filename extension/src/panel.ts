@@ -1,0 +1,339 @@
+/**
+ * The left-sidebar view of a `ClusterModel` (widget id `carme-side-panel`).
+ *
+ * The controls (cluster selector, start, stop, connect) are built once and
+ * updated in place, so typing and open menus survive the once-a-second
+ * redraws; the live part below them (nodes, tasks, timeline, actors, objects)
+ * is rebuilt from the model on every change.
+ */
+import { Widget } from '@lumino/widgets';
+
+import { bar, bytes, h, s, seconds, shortId, sparkline } from './dom';
+import {
+  ClusterModel,
+  IClusterInfo,
+  INodeInfo,
+  ISnapshot,
+  TASK_BUCKETS,
+  percent
+} from './model';
+
+export const PANEL_ID = 'carme-side-panel';
+const NONE = '';
+const TIMELINE_WINDOW_MS = 30000;
+const TIMELINE_LANES = 8;
+
+export interface IPanelActions {
+  insertCode(): void;
+  openTimeline(): void;
+}
+
+export class CarmePanel extends Widget {
+  constructor(
+    readonly model: ClusterModel,
+    private readonly _actions: IPanelActions
+  ) {
+    super();
+    this.id = PANEL_ID;
+    this.addClass('carme-panel');
+    this._build();
+    model.changed.connect(this._render, this);
+    this._render();
+  }
+
+  dispose(): void {
+    if (this.isDisposed) {
+      return;
+    }
+    this.model.changed.disconnect(this._render, this);
+    super.dispose();
+  }
+
+  // ---------------------------------------------------------------- controls
+  private _build(): void {
+    const m = this.model;
+    this._select.addEventListener('change', () => {
+      void m.connect(this._select.value === NONE ? null : this._select.value);
+    });
+    this._startBtn.addEventListener('click', () => void this._start());
+    this._stopBtn.addEventListener('click', () => {
+      const c = m.selectedCluster;
+      if (c !== null) {
+        void m.stopCluster(c.id);
+      }
+    });
+    this._connectBtn.addEventListener('click', () => void this._connect());
+    this._address.addEventListener('keydown', (e: KeyboardEvent) => {
+      if (e.key === 'Enter') {
+        void this._connect();
+      }
+    });
+    const insert = h('button', { class: 'jp-mod-styled carme-insert-code', 'data-testid': 'carme-insert-code' },
+      'Insert connection code');
+    insert.addEventListener('click', () => this._actions.insertCode());
+    const open = h('button', { class: 'jp-mod-styled carme-open-timeline', 'data-testid': 'carme-open-timeline' },
+      'Open full timeline');
+    open.addEventListener('click', () => this._actions.openTimeline());
+
+    this.node.append(
+      h('div', { class: 'carme-header' }, h('h2', {}, 'carme cluster'), this._conn),
+      h(
+        'div',
+        { class: 'carme-controls' },
+        h('label', {}, 'Cluster ', this._select),
+        h('div', { class: 'carme-row' }, this._startBtn, this._stopBtn),
+        h(
+          'details',
+          { class: 'carme-start-options' },
+          h('summary', {}, 'Start options'),
+          h('label', {}, 'CPUs ', this._cpus),
+          h('label', {}, 'GPUs ', this._gpus),
+          h('label', {}, 'Resources ', this._resources)
+        ),
+        h('div', { class: 'carme-row' }, this._address, this._connectBtn)
+      ),
+      this._status,
+      this._actionError,
+      this._body,
+      h('div', { class: 'carme-row carme-footer' }, insert, open)
+    );
+  }
+
+  private async _start(): Promise<void> {
+    const opts: { num_cpus?: number; num_gpus?: number; resources?: Record<string, number> } = {};
+    if (this._cpus.value.trim() !== '') {
+      opts.num_cpus = Number(this._cpus.value);
+    }
+    if (this._gpus.value.trim() !== '') {
+      opts.num_gpus = Number(this._gpus.value);
+    }
+    const res = this._resources.value.trim();
+    if (res !== '') {
+      try {
+        opts.resources = JSON.parse(res) as Record<string, number>;
+      } catch {
+        this._actionError.textContent = `Resources must be JSON like {"disk": 2}, not ${res}`;
+        return;
+      }
+    }
+    await this.model.startCluster(opts);
+  }
+
+  private async _connect(): Promise<void> {
+    const address = this._address.value.trim();
+    if (address === '') {
+      this._actionError.textContent = 'Type a cluster address HOST:PORT (e.g. 127.0.0.1:6380), then Connect.';
+      return;
+    }
+    if (await this.model.connect(address)) {
+      this._address.value = '';
+    }
+  }
+
+  private _renderControls(): void {
+    const m = this.model;
+    const sig = JSON.stringify(m.clusters.map(c => [c.id, c.alive, c.origin])) + String(m.selected);
+    if (sig !== this._listingSig && document.activeElement !== this._select) {
+      this._listingSig = sig;
+      const options = [h('option', { value: NONE }, '— none: each kernel embeds its own —')];
+      for (const c of m.clusters) {
+        options.push(h('option', { value: c.id }, describe(c)));
+      }
+      this._select.replaceChildren(...options);
+      this._select.value = m.selected ?? NONE;
+    }
+    const sel = m.selectedCluster;
+    const busy = m.busy !== null;
+    this._startBtn.disabled = busy;
+    this._connectBtn.disabled = busy;
+    this._stopBtn.disabled = busy || sel === null || !sel.local;
+    this._stopBtn.title = sel === null ? 'No cluster selected' : sel.local ? `Stop ${sel.address}` :
+      'This cluster does not run on this machine: stop it where it runs';
+    this._conn.textContent = { open: '● live', connecting: '○ connecting…', reconnecting: '○ reconnecting…' }[
+      m.connection
+    ];
+    this._conn.className = `carme-conn carme-conn-${m.connection}`;
+    this._actionError.textContent = m.busy ?? m.actionError ?? '';
+    this._actionError.classList.toggle('carme-busy', m.busy !== null);
+  }
+
+  // ---------------------------------------------------------------- live part
+  private _render(): void {
+    this._renderControls();
+    const m = this.model;
+    const snap = m.snapshot;
+    let status: string;
+    if (m.connection !== 'open' && m.ticks === 0) {
+      status = 'Connecting to the Jupyter server…';
+    } else if (m.connection === 'reconnecting') {
+      status = 'Lost the connection to the Jupyter server; reconnecting…';
+    } else if (m.selected === null) {
+      status = 'No cluster is running here. Start one or connect to one; until then each kernel starts an embedded cluster of its own.';
+    } else if (snap === null) {
+      status = m.error ?? `Waiting for ${m.selected}…`;
+    } else {
+      status = `Connected to ${snap.address}. Kernels started from now on join it (running kernels keep theirs).`;
+    }
+    this._status.textContent = status;
+    this._status.dataset.state = snap !== null ? 'live' : m.selected === null ? 'none' : 'waiting';
+    if (snap === null) {
+      this._body.replaceChildren();
+      return;
+    }
+    this._body.replaceChildren(
+      this._nodes(snap),
+      this._tasks(snap),
+      this._timeline(snap),
+      this._actors(snap),
+      this._objects(snap)
+    );
+  }
+
+  private _nodes(snap: ISnapshot): HTMLElement {
+    const cards = snap.nodes.map(n => this._node(n));
+    return section('Nodes', 'carme-nodes', cards.length ? cards : [h('p', {}, 'No nodes.')]);
+  }
+
+  private _node(n: INodeInfo): HTMLElement {
+    const hist = this.model.history(n.node_id);
+    const cpu = n.cpu_percent ?? 0;
+    const mem = percent(n.memory_used, n.memory_total);
+    const res = Object.entries(n.resources_total)
+      .filter(([k]) => k !== 'memory' && k !== 'object_store_memory')
+      .map(([k, v]) => `${k} ${fmt(v - (n.resources_available[k] ?? 0))}/${fmt(v)}`)
+      .join(' · ');
+    const rows = [
+      metric('CPU', bar(cpu, `${cpu.toFixed(0)}%${n.num_cpus ? ` of ${n.num_cpus}` : ''}`, 'cpu'), hist?.cpu),
+      metric('Mem', bar(mem, `${bytes(n.memory_used)} / ${bytes(n.memory_total)}`, 'mem'), hist?.memory)
+    ];
+    n.gpus.forEach((g, i) => {
+      const util = g.utilization ?? 0;
+      const label = `${util.toFixed(0)}% · ${bytes(g.memory_used)} / ${bytes(g.memory_total)}`;
+      rows.push(metric(`GPU${g.index ?? i}`, bar(util, label, 'gpu'), hist?.gpus[i]));
+    });
+    rows.push(metric('Store', bar(percent(n.object_store.used, n.object_store.capacity),
+      `${bytes(n.object_store.used)} / ${bytes(n.object_store.capacity)}`, 'store')));
+    return h(
+      'div',
+      { class: 'carme-node', 'data-node': n.node_id },
+      h('div', { class: 'carme-node-title' }, `${n.is_head ? '★ ' : ''}${n.name || shortId(n.node_id)}`,
+        h('span', { class: 'carme-dim' }, ` ${n.state} · ${shortId(n.node_id)}`)),
+      ...rows,
+      res ? h('div', { class: 'carme-dim carme-small' }, `in use: ${res}`) : null
+    );
+  }
+
+  private _tasks(snap: ISnapshot): HTMLElement {
+    const counts = TASK_BUCKETS.map(b =>
+      h('div', { class: `carme-count carme-${b}` },
+        h('span', { class: 'carme-count-n', 'data-testid': `carme-count-${b}` }, String(snap.tasks[b] ?? 0)),
+        h('span', { class: 'carme-count-label' }, b))
+    );
+    return section('Tasks', 'carme-tasks', [h('div', { class: 'carme-counts' }, ...counts)]);
+  }
+
+  private _timeline(snap: ISnapshot): HTMLElement {
+    const W = 300;
+    const laneH = 10;
+    const end = snap.time_ms;
+    const start = end - TIMELINE_WINDOW_MS;
+    const lanes = new Map<string, number>();
+    const rects: SVGElement[] = [];
+    const runs = snap.events
+      .filter(e => e.start_ms !== null && (e.end_ms ?? end) >= start)
+      .sort((a, b) => (a.start_ms ?? 0) - (b.start_ms ?? 0));
+    for (const e of runs) {
+      const key = String(e.worker ?? e.node_id ?? '?');
+      let lane = lanes.get(key);
+      if (lane === undefined) {
+        lane = lanes.size % TIMELINE_LANES;
+        lanes.set(key, lane);
+      }
+      const t0 = Math.max(start, e.start_ms ?? start);
+      const t1 = Math.min(end, e.end_ms ?? end);
+      const x = ((t0 - start) / TIMELINE_WINDOW_MS) * W;
+      const w = Math.max(1.5, ((t1 - t0) / TIMELINE_WINDOW_MS) * W);
+      const dur = (e.end_ms ?? end) - (e.start_ms ?? end);
+      rects.push(
+        s('rect', { x: x.toFixed(1), y: lane * (laneH + 2), width: w.toFixed(1), height: laneH,
+          class: `carme-ev carme-ev-${e.bucket}` },
+          s('title', {}, `${e.name} · ${e.state ?? ''} · ${seconds(dur)}`))
+      );
+    }
+    const nLanes = Math.max(1, Math.min(TIMELINE_LANES, lanes.size));
+    const height = nLanes * (laneH + 2);
+    const svg = s('svg', { class: 'carme-live-timeline', 'data-testid': 'carme-timeline',
+      'data-events': rects.length, viewBox: `0 0 ${W} ${height}`, preserveAspectRatio: 'none',
+      width: '100%', height }, ...rects);
+    return section('Timeline (last 30 s)', 'carme-timeline-section', [
+      svg,
+      h('div', { class: 'carme-dim carme-small' },
+        rects.length ? `${rects.length} task runs on ${lanes.size} workers` : 'No task ran in the last 30 s.')
+    ]);
+  }
+
+  private _actors(snap: ISnapshot): HTMLElement {
+    if (snap.actors.length === 0) {
+      return section('Actors', 'carme-actors', [h('p', { class: 'carme-dim' }, 'No actors.')]);
+    }
+    const rows = snap.actors.map(a =>
+      h('tr', {}, h('td', {}, a.class_name ?? '?'), h('td', {}, a.name || shortId(a.actor_id)),
+        h('td', { class: `carme-state-${(a.state ?? '').toLowerCase()}` }, a.state ?? '?'),
+        h('td', {}, a.pid === null ? '' : String(a.pid)))
+    );
+    return section('Actors', 'carme-actors', [
+      h('table', { class: 'carme-table' },
+        h('tr', {}, h('th', {}, 'class'), h('th', {}, 'name'), h('th', {}, 'state'), h('th', {}, 'pid')),
+        ...rows)
+    ]);
+  }
+
+  private _objects(snap: ISnapshot): HTMLElement {
+    const o = snap.objects;
+    const rows = o.largest.map(x =>
+      h('tr', {}, h('td', { title: x.object_id }, shortId(x.object_id, 10)), h('td', {}, bytes(x.size)),
+        h('td', {}, x.type ?? ''), h('td', {}, x.call_site ?? ''))
+    );
+    return section('Object store', 'carme-objects', [
+      bar(percent(o.used, o.capacity), `${bytes(o.used)} / ${bytes(o.capacity)}${o.count === null ? '' : ` · ${o.count} objects`}`, 'store'),
+      rows.length
+        ? h('table', { class: 'carme-table' },
+          h('tr', {}, h('th', {}, 'object'), h('th', {}, 'size'), h('th', {}, 'type'), h('th', {}, 'made by')),
+          ...rows)
+        : h('p', { class: 'carme-dim' }, 'No objects.')
+    ]);
+  }
+
+  private _select = h('select', { class: 'carme-select', 'data-testid': 'carme-cluster-select' });
+  private _startBtn = h('button', { class: 'jp-mod-styled jp-mod-accept', 'data-testid': 'carme-start' }, 'Start');
+  private _stopBtn = h('button', { class: 'jp-mod-styled jp-mod-warn', 'data-testid': 'carme-stop' }, 'Stop');
+  private _cpus = h('input', { type: 'number', min: '0', step: '1', placeholder: 'all', class: 'carme-num' });
+  private _gpus = h('input', { type: 'number', min: '0', step: '1', placeholder: 'auto', class: 'carme-num' });
+  private _resources = h('input', { type: 'text', placeholder: '{"disk": 2}', class: 'carme-res' });
+  private _address = h('input', { type: 'text', placeholder: 'HOST:PORT', class: 'carme-address',
+    'data-testid': 'carme-address' });
+  private _connectBtn = h('button', { class: 'jp-mod-styled', 'data-testid': 'carme-connect' }, 'Connect');
+  private _conn = h('span', { class: 'carme-conn' });
+  private _status = h('div', { class: 'carme-status', 'data-testid': 'carme-status' });
+  private _actionError = h('div', { class: 'carme-action-error', 'data-testid': 'carme-action-error' });
+  private _body = h('div', { class: 'carme-body' });
+  private _listingSig = '';
+}
+
+function describe(c: IClusterInfo): string {
+  const state = c.alive === false ? ' (not running)' : '';
+  return `${c.address} · ${c.origin}${state}`;
+}
+
+function section(title: string, cls: string, children: Node[]): HTMLElement {
+  return h('section', { class: `carme-section ${cls}` }, h('h3', {}, title), ...children);
+}
+
+function metric(label: string, barEl: HTMLElement, history?: number[]): HTMLElement {
+  return h('div', { class: 'carme-metric' }, h('span', { class: 'carme-metric-label' }, label), barEl,
+    history && history.length > 1 ? sparkline(history) : h('span', { class: 'carme-spark-empty' }));
+}
+
+function fmt(v: number): string {
+  return Number.isInteger(v) ? String(v) : v.toFixed(2);
+}
