@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,7 +136,7 @@ def test_static_html_escapes_and_handles_no_data() -> None:
     bad = dict(NODE, node_name="<script>")
     html = _html.cluster_html(_data.cluster_model([bad]), "live")
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "no data yet" in _html.cluster_html({}, "not connected")  # type: ignore[arg-type]
+    assert "no data yet" in _html.cluster_html({}, "not connected")  # type: ignore[typeddict-item]
 
 
 # -- the widgets on a fake source (no cluster) --------------------------------------------
@@ -305,3 +310,60 @@ def test_get_progress_hook_shows_only_long_gets() -> None:
         pass
     time.sleep(0.2)
     assert shown == []
+
+
+# -- the JavaScript side ---------------------------------------------------------------------
+
+WIDGETS_DIR = Path(__file__).resolve().parents[2] / "kernel" / "carme_kernel" / "widgets"
+
+
+def test_typescript_declarations_match_the_typed_dicts() -> None:
+    """Every TypedDict of _messages.py has an interface of the same name and fields in _messages.d.ts."""
+    import typing
+
+    from carme_kernel.widgets import _messages
+
+    dts = re.sub(r"/\*.*?\*/|//[^\n]*", "", (WIDGETS_DIR / "_messages.d.ts").read_text(), flags=re.S)
+    interfaces: dict[str, set[str]] = {}
+    for m in re.finditer(r"export interface (\w+)(?:<\w+>)?(?: extends (\w+))?\s*\{(.*?)\}", dts, re.S):
+        fields = set(re.findall(r"(\w+)\??\s*:", m.group(3)))
+        if m.group(2):
+            fields |= interfaces.get(m.group(2), set())
+        interfaces[m.group(1)] = fields
+    checked = 0
+    for name, obj in vars(_messages).items():
+        if isinstance(obj, type) and typing.is_typeddict(obj):
+            assert name in interfaces, f"_messages.d.ts lacks interface {name}"
+            assert set(obj.__annotations__) | _inherited(obj) == interfaces[name], name
+            checked += 1
+    assert checked >= 15
+
+
+def _inherited(cls: type) -> set[str]:
+    out: set[str] = set()
+    for base in getattr(cls, "__orig_bases__", ()):
+        out |= set(getattr(base, "__annotations__", {}))
+    return out
+
+
+def test_widget_javascript_type_checks() -> None:
+    """tsc --checkJs --strict over each widget module (shared helpers + widget), where tsc exists."""
+    tsc = shutil.which("tsc") or next(
+        (str(p) for p in WIDGETS_DIR.parents[2].glob("extension/node_modules/.bin/tsc")), None)
+    if tsc is None:
+        pytest.skip("tsc not installed (npm install in extension/ provides it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(WIDGETS_DIR / "_messages.d.ts", tmp)
+        names = []
+        for js in sorted(WIDGETS_DIR.glob("_*.js")):
+            if js.name == "_common.js":
+                continue
+            (Path(tmp) / js.name).write_text((WIDGETS_DIR / "_common.js").read_text() + "\n" + js.read_text())
+            names.append(js.name)
+        assert len(names) == 5
+        res = subprocess.run(
+            [tsc, "--allowJs", "--checkJs", "--noEmit", "--strict", "--target", "es2022", "--module",
+             "es2022", "--moduleResolution", "bundler", "--lib", "es2022,dom", *names],
+            cwd=tmp, capture_output=True, text=True, timeout=120,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr

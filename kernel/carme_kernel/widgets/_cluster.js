@@ -5,7 +5,7 @@
 /** @param {ClusterModel} m @param {HTMLElement} body */
 function drawCluster(m, body) {
   const t = m.totals;
-  const res = t.resources.map((r) => `${r.name} ${fmtNum(r.used)}/${fmtNum(r.total)}`).join(" · ");
+  const res = t.resources.map((r) => `${r.name} ${fmtResource(r)}`).join(" · ");
   const summary = h("div", { class: "carme-summary" },
     `${t.alive} of ${t.nodes} nodes alive · ${t.workers} workers · tasks: ${fmtCounts(t.tasks)} · ${res}`);
   const cards = h("div", { class: "carme-cards" });
@@ -18,6 +18,12 @@ function kv(k, v) {
   return h("div", { class: "carme-row" }, h("span", { class: "carme-k" }, k), v);
 }
 
+/** Memory-like resources are bytes. @param {import("./_messages").ResourceUse} r */
+function fmtResource(r) {
+  const f = r.name.includes("memory") ? fmtBytes : fmtNum;
+  return `${f(r.used)} / ${f(r.total)}`;
+}
+
 /** @param {NodeCard} n */
 function nodeCard(n) {
   const card = h("div", { class: "carme-card", "data-node-id": n.node_id },
@@ -28,8 +34,9 @@ function nodeCard(n) {
   for (const g of n.gpus) {
     card.append(kv(`GPU ${g.index}`, meter(g.utilization, 100, `${fmtNum(g.utilization)}% · ${fmtBytes(g.memory_used)} / ${fmtBytes(g.memory_total)}`, "#76b900")));
   }
+  if (n.resources.length) card.append(h("div", { class: "carme-muted" }, "resources used / total"));
   for (const r of n.resources) {
-    card.append(kv(r.name, meter(r.used, r.total, `${fmtNum(r.used)} / ${fmtNum(r.total)} used`, "#f0ad4e")));
+    card.append(kv(r.name.replace("object_store_memory", "store mem"), meter(r.used, r.total, fmtResource(r), "#f0ad4e")));
   }
   card.append(kv("workers", fmtCounts(n.workers)));
   card.append(kv("tasks", fmtCounts(n.tasks)));

@@ -86,8 +86,14 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k.lower()} {v}" for k, v in counts.items()) or "–"
 
 
+def fmt_resource(r: ResourceUse) -> str:
+    """``used/total``; memory-like resources in bytes."""
+    f = fmt_bytes if "memory" in r["name"] else fmt_num
+    return f"{f(r['used'])}/{f(r['total'])}"
+
+
 def _resources(res: list[ResourceUse]) -> str:
-    return ", ".join(f"{r['name']} {fmt_num(r['used'])}/{fmt_num(r['total'])}" for r in res)
+    return ", ".join(f"{r['name']} {fmt_resource(r)}" for r in res)
 
 
 def cluster_html(m: ClusterModel, status: str = "") -> str:
