@@ -121,6 +121,39 @@ class ClusterBook:
         if self.selected == address:
             self.selected = None
 
+    # ------------------------------------------------------------------ persistence
+    def to_state(self) -> dict[str, Any]:
+        """What survives a server restart: the selection and the addresses users gave."""
+        return {
+            "selected": self.selected,
+            "connected": [a for a, e in self._given.items() if e.origin == "connected"],
+        }
+
+    def restore(self, state: object, local_rows: list[dict[str, Any]]) -> None:
+        """Take back `to_state()`'s dict from before a restart.
+
+        A given ``CARME_ADDRESS`` (origin ``env``) wins over the saved selection. A saved
+        selection that was a cluster on this machine which no longer runs is dropped.
+        Anything malformed is ignored: the saved state is a convenience, not a contract.
+        """
+        if not isinstance(state, dict):
+            return
+        for address in state.get("connected") or []:
+            try:
+                self.remember(address)
+            except AddressError:
+                continue
+        selected = state.get("selected")
+        if self.selected is not None or not isinstance(selected, str):
+            return
+        try:
+            selected = check_address(selected)
+        except AddressError:
+            return
+        local = {r.get("address") for r in local_rows}
+        if selected in local or selected in self._given:
+            self.selected = selected
+
     # ------------------------------------------------------------------ queries
     def entries(self, local_rows: list[dict[str, Any]]) -> list[ClusterEntry]:
         """Every known cluster, started ones first, then local ones, then given addresses.

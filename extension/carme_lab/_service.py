@@ -16,7 +16,10 @@ environment: jupyter_server starts kernels with a copy of ``os.environ``
 selected cluster (the carme kernel reads ``CARME_ADDRESS``; a plain Python kernel
 with ``carme.init(address=os.environ["CARME_ADDRESS"])`` does the same). With no
 selection the variable is removed and kernels start embedded clusters. The value
-the server started with is put back when the extension stops.
+the server started with is put back when the extension stops. The selection and
+the addresses users gave are saved to `state_file` (in Jupyter's runtime
+directory), so a restarted server selects the same cluster again if it still
+runs: a started cluster outlives the server unless told otherwise.
 
 The live stream: while at least one WebSocket is subscribed, `_pump` builds one
 ``tick`` message per interval (the cluster listing plus a snapshot of the
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -127,9 +131,11 @@ class LabService:
     """What the handlers call; see the module docstring."""
 
     def __init__(self, backend: Backend, *, given: str | None = None, interval: float = 1.0,
-                 call_timeout: float = 10.0, log: logging.Logger | None = None) -> None:
+                 call_timeout: float = 10.0, log: logging.Logger | None = None,
+                 state_file: str | None = None) -> None:
         self.backend = backend
         self.book = ClusterBook(given)
+        self.state_file = state_file
         self.interval = interval
         self.call_timeout = call_timeout
         self.log = log or logging.getLogger("carme_lab")
@@ -137,6 +143,7 @@ class LabService:
         self._env_before = os.environ.get(ENV_VAR)
         self._subscribers: list[Subscriber] = []
         self._pump_task: asyncio.Task[None] | None = None
+        self._load()
         self._export()
 
     # ------------------------------------------------------------------ plumbing
@@ -149,10 +156,33 @@ class LabService:
             raise LabError(504, f"{what} did not answer within {self.call_timeout:.0f} s") from None
 
     def _export(self) -> None:
+        """Export the selection to kernels started from now on, and save it for a restart."""
         if self.book.selected:
             os.environ[ENV_VAR] = self.book.selected
         else:
             os.environ.pop(ENV_VAR, None)
+        if self.state_file:
+            try:
+                tmp = f"{self.state_file}.tmp"
+                os.makedirs(os.path.dirname(self.state_file) or ".", exist_ok=True)
+                with open(tmp, "w") as f:
+                    json.dump(self.book.to_state(), f)
+                os.replace(tmp, self.state_file)
+            except OSError as e:
+                self.log.warning("carme_lab: could not save the selection to %s: %s",
+                                 self.state_file, e)
+
+    def _load(self) -> None:
+        if not self.state_file or not os.path.exists(self.state_file):
+            return
+        try:
+            with open(self.state_file) as f:
+                state = json.load(f)
+            local = self.backend.list_local()
+        except Exception as e:  # a stale or broken file must not stop the server
+            self.log.warning("carme_lab: ignoring the saved selection in %s: %s", self.state_file, e)
+            return
+        self.book.restore(state, local)
 
     async def _local(self) -> list[dict[str, Any]]:
         try:

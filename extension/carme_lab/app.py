@@ -8,6 +8,7 @@ tornado settings. Settings (``--CarmeLabApp.<name>=...`` or a config file):
 - ``interval``: seconds between stream messages (default 1).
 - ``call_timeout``: seconds a cluster call may take before the request fails.
 - ``backend_class``: the blocking cluster backend (tests give a fake one).
+- ``state_file``: where the selection is kept across restarts.
 - ``stop_clusters_on_exit``: stop the clusters this server started when it
   stops (default False: clusters outlive the server, and the panel finds them
   again after a restart).
@@ -19,8 +20,9 @@ import os
 from collections.abc import Callable
 from typing import Any, cast
 
+from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Type
+from traitlets import Bool, Float, Type, Unicode, default
 
 from ._service import ENV_VAR, Backend, LabService
 from .handlers import API, HANDLERS
@@ -37,9 +39,17 @@ class CarmeLabApp(ExtensionApp):
     backend_class = Type(
         "carme_lab._service.CarmeBackend", klass=object, config=True,
         help="Class of the blocking cluster backend (tests substitute a fake).")
+    state_file = Unicode(
+        config=True,
+        help="Where the selection is saved across restarts (default: carme_lab.json in "
+             "Jupyter's runtime directory; empty string: not saved).")
     stop_clusters_on_exit = Bool(
         False, config=True,
         help="Stop the clusters this server started when the server stops.")
+
+    @default("state_file")
+    def _default_state_file(self) -> str:
+        return os.path.join(jupyter_runtime_dir(), "carme_lab.json")
 
     def initialize_settings(self) -> None:
         service = LabService(
@@ -48,6 +58,7 @@ class CarmeLabApp(ExtensionApp):
             interval=self.interval,
             call_timeout=self.call_timeout,
             log=self.log,
+            state_file=self.state_file or None,
         )
         self.settings["carme_lab_service"] = service
         self.log.info("carme_lab: serving /%s/ (kernels join: %s)", API,

@@ -39,9 +39,9 @@ function append(el: Element, children: Child[]): void {
 
 /** A horizontal bar filled to `pct` percent, with a label on it. */
 export function bar(pct: number, label: string, kind = ''): HTMLElement {
-  const fill = h('div', { class: `carme-bar-fill ${kind}` });
+  const fill = h('div', { class: `clab-bar-fill ${kind}` });
   fill.style.width = `${Math.max(0, Math.min(100, pct)).toFixed(1)}%`;
-  return h('div', { class: 'carme-bar', title: label }, fill, h('span', { class: 'carme-bar-label' }, label));
+  return h('div', { class: 'clab-bar', title: label }, fill, h('span', { class: 'clab-bar-label' }, label));
 }
 
 /** A sparkline of values in 0..100 (the newest on the right). */
@@ -56,7 +56,7 @@ export function sparkline(values: number[], width = 72, height = 16): SVGElement
     .join(' ');
   return s(
     'svg',
-    { class: 'carme-spark', width, height, viewBox: `0 0 ${width} ${height}` },
+    { class: 'clab-spark', width, height, viewBox: `0 0 ${width} ${height}` },
     s('polyline', { points: pts, fill: 'none', 'stroke-width': 1.2 })
   );
 }

@@ -35,7 +35,7 @@ export class CarmePanel extends Widget {
   ) {
     super();
     this.id = PANEL_ID;
-    this.addClass('carme-panel');
+    this.addClass('clab-panel');
     this._build();
     model.changed.connect(this._render, this);
     this._render();
@@ -76,26 +76,26 @@ export class CarmePanel extends Widget {
     open.addEventListener('click', () => this._actions.openTimeline());
 
     this.node.append(
-      h('div', { class: 'carme-header' }, h('h2', {}, 'carme cluster'), this._conn),
+      h('div', { class: 'clab-header' }, h('h2', {}, 'carme cluster'), this._conn),
       h(
         'div',
-        { class: 'carme-controls' },
+        { class: 'clab-controls' },
         h('label', {}, 'Cluster ', this._select),
-        h('div', { class: 'carme-row' }, this._startBtn, this._stopBtn),
+        h('div', { class: 'clab-row' }, this._startBtn, this._stopBtn),
         h(
           'details',
-          { class: 'carme-start-options' },
+          { class: 'clab-start-options' },
           h('summary', {}, 'Start options'),
           h('label', {}, 'CPUs ', this._cpus),
           h('label', {}, 'GPUs ', this._gpus),
           h('label', {}, 'Resources ', this._resources)
         ),
-        h('div', { class: 'carme-row' }, this._address, this._connectBtn)
+        h('div', { class: 'clab-row' }, this._address, this._connectBtn)
       ),
       this._status,
       this._actionError,
       this._body,
-      h('div', { class: 'carme-row carme-footer' }, insert, open)
+      h('div', { class: 'clab-row clab-footer' }, insert, open)
     );
   }
 
@@ -152,9 +152,9 @@ export class CarmePanel extends Widget {
     this._conn.textContent = { open: '● live', connecting: '○ connecting…', reconnecting: '○ reconnecting…' }[
       m.connection
     ];
-    this._conn.className = `carme-conn carme-conn-${m.connection}`;
+    this._conn.className = `clab-conn clab-conn-${m.connection}`;
     this._actionError.textContent = m.busy ?? m.actionError ?? '';
-    this._actionError.classList.toggle('carme-busy', m.busy !== null);
+    this._actionError.classList.toggle('clab-busy', m.busy !== null);
   }
 
   // ---------------------------------------------------------------- live part
@@ -191,7 +191,7 @@ export class CarmePanel extends Widget {
 
   private _nodes(snap: ISnapshot): HTMLElement {
     const cards = snap.nodes.map(n => this._node(n));
-    return section('Nodes', 'carme-nodes', cards.length ? cards : [h('p', {}, 'No nodes.')]);
+    return section('Nodes', 'clab-nodes', cards.length ? cards : [h('p', {}, 'No nodes.')]);
   }
 
   private _node(n: INodeInfo): HTMLElement {
@@ -199,7 +199,7 @@ export class CarmePanel extends Widget {
     const cpu = n.cpu_percent ?? 0;
     const mem = percent(n.memory_used, n.memory_total);
     const res = Object.entries(n.resources_total)
-      .filter(([k]) => k !== 'memory' && k !== 'object_store_memory')
+      .filter(([k]) => k !== 'memory' && k !== 'object_store_memory' && !k.startsWith('node:'))
       .map(([k, v]) => `${k} ${fmt(v - (n.resources_available[k] ?? 0))}/${fmt(v)}`)
       .join(' · ');
     const rows = [
@@ -215,21 +215,21 @@ export class CarmePanel extends Widget {
       `${bytes(n.object_store.used)} / ${bytes(n.object_store.capacity)}`, 'store')));
     return h(
       'div',
-      { class: 'carme-node', 'data-node': n.node_id },
-      h('div', { class: 'carme-node-title' }, `${n.is_head ? '★ ' : ''}${n.name || shortId(n.node_id)}`,
-        h('span', { class: 'carme-dim' }, ` ${n.state} · ${shortId(n.node_id)}`)),
+      { class: 'clab-node', 'data-node': n.node_id },
+      h('div', { class: 'clab-node-title' }, `${n.is_head ? '★ ' : ''}${n.name || shortId(n.node_id)}`,
+        h('span', { class: 'clab-dim' }, ` ${n.state} · ${shortId(n.node_id)}`)),
       ...rows,
-      res ? h('div', { class: 'carme-dim carme-small' }, `in use: ${res}`) : null
+      res ? h('div', { class: 'clab-dim clab-small' }, `in use: ${res}`) : null
     );
   }
 
   private _tasks(snap: ISnapshot): HTMLElement {
     const counts = TASK_BUCKETS.map(b =>
-      h('div', { class: `carme-count carme-${b}` },
-        h('span', { class: 'carme-count-n', 'data-testid': `carme-count-${b}` }, String(snap.tasks[b] ?? 0)),
-        h('span', { class: 'carme-count-label' }, b))
+      h('div', { class: `clab-count clab-${b}` },
+        h('span', { class: 'clab-count-n', 'data-testid': `carme-count-${b}` }, String(snap.tasks[b] ?? 0)),
+        h('span', { class: 'clab-count-label' }, b))
     );
-    return section('Tasks', 'carme-tasks', [h('div', { class: 'carme-counts' }, ...counts)]);
+    return section('Tasks', 'clab-tasks', [h('div', { class: 'clab-counts' }, ...counts)]);
   }
 
   private _timeline(snap: ISnapshot): HTMLElement {
@@ -256,33 +256,33 @@ export class CarmePanel extends Widget {
       const dur = (e.end_ms ?? end) - (e.start_ms ?? end);
       rects.push(
         s('rect', { x: x.toFixed(1), y: lane * (laneH + 2), width: w.toFixed(1), height: laneH,
-          class: `carme-ev carme-ev-${e.bucket}` },
+          class: `clab-ev clab-ev-${e.bucket}` },
           s('title', {}, `${e.name} · ${e.state ?? ''} · ${seconds(dur)}`))
       );
     }
     const nLanes = Math.max(1, Math.min(TIMELINE_LANES, lanes.size));
     const height = nLanes * (laneH + 2);
-    const svg = s('svg', { class: 'carme-live-timeline', 'data-testid': 'carme-timeline',
+    const svg = s('svg', { class: 'clab-live-timeline', 'data-testid': 'carme-timeline',
       'data-events': rects.length, viewBox: `0 0 ${W} ${height}`, preserveAspectRatio: 'none',
       width: '100%', height }, ...rects);
-    return section('Timeline (last 30 s)', 'carme-timeline-section', [
+    return section('Timeline (last 30 s)', 'clab-timeline-section', [
       svg,
-      h('div', { class: 'carme-dim carme-small' },
+      h('div', { class: 'clab-dim clab-small' },
         rects.length ? `${rects.length} task runs on ${lanes.size} workers` : 'No task ran in the last 30 s.')
     ]);
   }
 
   private _actors(snap: ISnapshot): HTMLElement {
     if (snap.actors.length === 0) {
-      return section('Actors', 'carme-actors', [h('p', { class: 'carme-dim' }, 'No actors.')]);
+      return section('Actors', 'clab-actors', [h('p', { class: 'clab-dim' }, 'No actors.')]);
     }
     const rows = snap.actors.map(a =>
       h('tr', {}, h('td', {}, a.class_name ?? '?'), h('td', {}, a.name || shortId(a.actor_id)),
-        h('td', { class: `carme-state-${(a.state ?? '').toLowerCase()}` }, a.state ?? '?'),
+        h('td', { class: `clab-state-${(a.state ?? '').toLowerCase()}` }, a.state ?? '?'),
         h('td', {}, a.pid === null ? '' : String(a.pid)))
     );
-    return section('Actors', 'carme-actors', [
-      h('table', { class: 'carme-table' },
+    return section('Actors', 'clab-actors', [
+      h('table', { class: 'clab-table' },
         h('tr', {}, h('th', {}, 'class'), h('th', {}, 'name'), h('th', {}, 'state'), h('th', {}, 'pid')),
         ...rows)
     ]);
@@ -294,29 +294,29 @@ export class CarmePanel extends Widget {
       h('tr', {}, h('td', { title: x.object_id }, shortId(x.object_id, 10)), h('td', {}, bytes(x.size)),
         h('td', {}, x.type ?? ''), h('td', {}, x.call_site ?? ''))
     );
-    return section('Object store', 'carme-objects', [
+    return section('Object store', 'clab-objects', [
       bar(percent(o.used, o.capacity), `${bytes(o.used)} / ${bytes(o.capacity)}${o.count === null ? '' : ` · ${o.count} objects`}`, 'store'),
       rows.length
-        ? h('table', { class: 'carme-table' },
+        ? h('table', { class: 'clab-table' },
           h('tr', {}, h('th', {}, 'object'), h('th', {}, 'size'), h('th', {}, 'type'), h('th', {}, 'made by')),
           ...rows)
-        : h('p', { class: 'carme-dim' }, 'No objects.')
+        : h('p', { class: 'clab-dim' }, 'No objects.')
     ]);
   }
 
-  private _select = h('select', { class: 'carme-select', 'data-testid': 'carme-cluster-select' });
+  private _select = h('select', { class: 'clab-select', 'data-testid': 'carme-cluster-select' });
   private _startBtn = h('button', { class: 'jp-mod-styled jp-mod-accept', 'data-testid': 'carme-start' }, 'Start');
   private _stopBtn = h('button', { class: 'jp-mod-styled jp-mod-warn', 'data-testid': 'carme-stop' }, 'Stop');
-  private _cpus = h('input', { type: 'number', min: '0', step: '1', placeholder: 'all', class: 'carme-num' });
-  private _gpus = h('input', { type: 'number', min: '0', step: '1', placeholder: 'auto', class: 'carme-num' });
-  private _resources = h('input', { type: 'text', placeholder: '{"disk": 2}', class: 'carme-res' });
-  private _address = h('input', { type: 'text', placeholder: 'HOST:PORT', class: 'carme-address',
+  private _cpus = h('input', { type: 'number', min: '0', step: '1', placeholder: 'all', class: 'clab-num' });
+  private _gpus = h('input', { type: 'number', min: '0', step: '1', placeholder: 'auto', class: 'clab-num' });
+  private _resources = h('input', { type: 'text', placeholder: '{"disk": 2}', class: 'clab-res' });
+  private _address = h('input', { type: 'text', placeholder: 'HOST:PORT', class: 'clab-address',
     'data-testid': 'carme-address' });
   private _connectBtn = h('button', { class: 'jp-mod-styled', 'data-testid': 'carme-connect' }, 'Connect');
-  private _conn = h('span', { class: 'carme-conn' });
-  private _status = h('div', { class: 'carme-status', 'data-testid': 'carme-status' });
-  private _actionError = h('div', { class: 'carme-action-error', 'data-testid': 'carme-action-error' });
-  private _body = h('div', { class: 'carme-body' });
+  private _conn = h('span', { class: 'clab-conn' });
+  private _status = h('div', { class: 'clab-status', 'data-testid': 'carme-status' });
+  private _actionError = h('div', { class: 'clab-action-error', 'data-testid': 'carme-action-error' });
+  private _body = h('div', { class: 'clab-body' });
   private _listingSig = '';
 }
 
@@ -326,12 +326,12 @@ function describe(c: IClusterInfo): string {
 }
 
 function section(title: string, cls: string, children: Node[]): HTMLElement {
-  return h('section', { class: `carme-section ${cls}` }, h('h3', {}, title), ...children);
+  return h('section', { class: `clab-section ${cls}` }, h('h3', {}, title), ...children);
 }
 
 function metric(label: string, barEl: HTMLElement, history?: number[]): HTMLElement {
-  return h('div', { class: 'carme-metric' }, h('span', { class: 'carme-metric-label' }, label), barEl,
-    history && history.length > 1 ? sparkline(history) : h('span', { class: 'carme-spark-empty' }));
+  return h('div', { class: 'clab-metric' }, h('span', { class: 'clab-metric-label' }, label), barEl,
+    history && history.length > 1 ? sparkline(history) : h('span', { class: 'clab-spark-empty' }));
 }
 
 function fmt(v: number): string {

@@ -23,12 +23,12 @@ export class TimelineView extends Widget {
   constructor(private readonly _cluster: () => string | null) {
     super();
     this.id = 'carme-timeline';
-    this.addClass('carme-timeline-view');
+    this.addClass('clab-timeline-view');
     this.title.label = 'carme timeline';
     this.title.closable = true;
     const refresh = h('button', { class: 'jp-mod-styled' }, 'Refresh');
     refresh.addEventListener('click', () => void this.refresh());
-    this.node.append(h('div', { class: 'carme-row' }, refresh, this._download, this._info), this._canvas);
+    this.node.append(h('div', { class: 'clab-row' }, refresh, this._download, this._info), this._canvas);
   }
 
   async refresh(): Promise<void> {
@@ -65,10 +65,10 @@ export class TimelineView extends Widget {
     super.dispose();
   }
 
-  private _download = h('a', { class: 'jp-mod-styled carme-download', download: 'carme-timeline.json' },
+  private _download = h('a', { class: 'jp-mod-styled clab-download', download: 'carme-timeline.json' },
     'Download JSON');
-  private _info = h('span', { class: 'carme-dim' });
-  private _canvas = h('div', { class: 'carme-timeline-canvas', 'data-testid': 'carme-full-timeline' });
+  private _info = h('span', { class: 'clab-dim' });
+  private _canvas = h('div', { class: 'clab-timeline-canvas', 'data-testid': 'carme-full-timeline' });
   private _url: string | null = null;
 }
 
@@ -96,7 +96,7 @@ export function draw(events: ITraceEvent[]): SVGElement {
   const laneH = 18;
   const children: SVGElement[] = [];
   for (const [key, lane] of laneOf) {
-    children.push(s('text', { x: 4, y: lane * laneH + 13, class: 'carme-lane-label' }, names.get(key) || key));
+    children.push(s('text', { x: 4, y: lane * laneH + 13, class: 'clab-lane-label' }, names.get(key) || key));
   }
   for (const e of spans) {
     const lane = laneOf.get(`${e.pid}/${e.tid}`) ?? 0;
@@ -105,13 +105,13 @@ export function draw(events: ITraceEvent[]): SVGElement {
     const state = String(e.args?.state ?? '').toLowerCase();
     children.push(
       s('rect', { x: x.toFixed(1), y: lane * laneH + 2, width: w.toFixed(1), height: laneH - 4,
-        class: `carme-ev carme-ev-${state === 'failed' ? 'failed' : e.cat === 'actor_task' ? 'actor' : 'finished'}` },
+        class: `clab-ev clab-ev-${state === 'failed' ? 'failed' : e.cat === 'actor_task' ? 'actor' : 'finished'}` },
         s('title', {}, `${e.name} · ${seconds((e.dur ?? 0) / 1000)}${state ? ` · ${state}` : ''}`))
     );
   }
   const height = Math.max(1, laneOf.size) * laneH + 20;
-  children.push(s('text', { x: left, y: height - 4, class: 'carme-axis' }, '0'));
-  children.push(s('text', { x: width - 4, y: height - 4, class: 'carme-axis', 'text-anchor': 'end' },
+  children.push(s('text', { x: left, y: height - 4, class: 'clab-axis' }, '0'));
+  children.push(s('text', { x: width - 4, y: height - 4, class: 'clab-axis', 'text-anchor': 'end' },
     spans.length ? seconds(span / 1000) : 'no task runs yet'));
   return s('svg', { viewBox: `0 0 ${width} ${height}`, width: '100%', 'data-events': spans.length }, ...children);
 }

@@ -163,3 +163,21 @@ async def test_server_started_with_carme_address(
     listing = await service.listing()
     assert listing["selected"] == "10.1.1.1:6380"
     assert listing["clusters"][0]["origin"] == "env"
+
+
+async def test_selection_survives_a_server_restart(tmp_path: Any) -> None:
+    from carme_lab._service import LabService
+    from conftest import FakeBackend
+
+    state = str(tmp_path / "carme_lab.json")
+    backend = FakeBackend()
+    first = LabService(backend, state_file=state)
+    started = await first.start({})
+    await first.close()
+    assert "CARME_ADDRESS" not in os.environ  # put back as it was
+    second = LabService(backend, state_file=state)  # the cluster outlived the server
+    try:
+        assert second.book.selected == started["address"]
+        assert os.environ["CARME_ADDRESS"] == started["address"]
+    finally:
+        await second.close()

@@ -71,3 +71,30 @@ def test_panel_snapshot_tolerates_missing_fields() -> None:
     assert snap["tasks"] == {"pending": 0, "running": 0, "finished": 0, "failed": 0}
     assert snap["events"][0]["bucket"] == "pending"
     assert snap["objects"]["largest"] == []
+
+
+def test_restore_keeps_running_and_given_selections_only() -> None:
+    saved = ClusterBook()
+    saved.remember("10.0.0.1:5")
+    saved.select("127.0.0.1:3")
+    state = saved.to_state()
+    assert state == {"selected": "127.0.0.1:3", "connected": ["10.0.0.1:5"]}
+
+    running = ClusterBook()
+    running.restore(state, [{"address": "127.0.0.1:3", "pid": 3}])
+    assert running.selected == "127.0.0.1:3"
+    assert "10.0.0.1:5" in [e.address for e in running.entries([])]
+
+    gone = ClusterBook()
+    gone.restore(state, [])
+    assert gone.selected is None
+
+    env_wins = ClusterBook(given="10.9.9.9:1")
+    env_wins.restore(state, [{"address": "127.0.0.1:3", "pid": 3}])
+    assert env_wins.selected == "10.9.9.9:1"
+
+    junks: list[object] = [None, [], {"selected": 5, "connected": ["x", None]}]
+    for junk in junks:
+        book = ClusterBook()
+        book.restore(junk, [])
+        assert book.selected is None

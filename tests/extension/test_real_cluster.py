@@ -1,0 +1,106 @@
+"""The server extension against real carme clusters: start from the API, run tasks, watch, stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
+
+DRIVER = textwrap.dedent("""
+    import os, carme
+    carme.init(address=os.environ["CARME_ADDRESS"])
+
+    @carme.remote
+    def square(x):
+        return x * x
+
+    @carme.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+        def add(self):
+            self.n += 1
+            return self.n
+
+    assert carme.get([square.remote(i) for i in range(6)]) == [i * i for i in range(6)]
+    c = Counter.options(name="panel-counter", lifetime="detached").remote()
+    assert carme.get(c.add.remote()) == 1
+    big = carme.put(bytes(2_000_000))
+    print("ok", flush=True)
+    carme.shutdown()
+""")
+
+
+@pytest.fixture
+def jp_server_config() -> dict[str, Any]:
+    return {"ServerApp": {"jpserver_extensions": {"carme_lab": True}},
+            "CarmeLabApp": {"interval": 0.2, "stop_clusters_on_exit": True}}
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private carme state directory: only this test's clusters are listed; all stopped after."""
+    d = tmp_path / "carme-state"
+    monkeypatch.setenv("CARME_STATE_DIR", str(d))
+    yield d
+    from carme import cluster
+
+    cluster.stop_all()
+
+
+async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
+               params: dict[str, str] | None = None) -> tuple[int, Any]:
+    try:
+        r = await jp_fetch("carme", "api", *path, method=method, params=params,
+                           body=None if method in ("GET", "DELETE") else json.dumps(body or {}))
+    except HTTPClientError as e:
+        assert e.response is not None
+        return e.code, json.loads(e.response.body)
+    return r.code, json.loads(r.body)
+
+
+async def test_start_run_watch_stop(jp_fetch: Any, state_dir: Path) -> None:
+    code, started = await call(jp_fetch, "clusters", method="POST", body={"num_cpus": 2})
+    assert code == 201, started
+    address = started["address"]
+    assert os.environ["CARME_ADDRESS"] == address
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing["selected"] == address and listing["clusters"][0]["alive"] is True
+
+    code, snap = await call(jp_fetch, "snapshot")
+    assert code == 200, snap
+    assert snap["nodes"][0]["resources_total"]["CPU"] == 2.0
+    assert snap["tasks"]["finished"] == 0
+
+    # a kernel started now would inherit CARME_ADDRESS: a driver process does the same
+    env = {**os.environ, "CARME_ADDRESS": address}
+    out = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    code, snap = await call(jp_fetch, "snapshot")
+    assert code == 200, snap
+    assert snap["tasks"]["finished"] >= 6, snap["tasks_by_state"]
+    assert any(a["class_name"] == "Counter" for a in snap["actors"]), snap["actors"]
+    assert any(e["name"] and e["start_ms"] for e in snap["events"])
+    code, events = await call(jp_fetch, "timeline")
+    assert code == 200
+    assert sum(1 for e in events if e.get("ph") == "X") >= 6
+
+    code, data = await call(jp_fetch, "clusters", address, method="DELETE")
+    assert code == 200 and data["stopped"] is True and data["selected"] is None
+    assert "CARME_ADDRESS" not in os.environ
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing["clusters"] == []
+    code, data = await call(jp_fetch, "snapshot", params={"cluster": address})
+    assert code == 503 and "did not answer" in data["message"]
