@@ -76,7 +76,7 @@ class RefTable:
 
 class LocalObject:
     __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
-                 "keep", "fetching", "size", "created", "type_name", "task_name")
+                 "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy")
 
     def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
         self.payload = payload          # None while pending
@@ -91,6 +91,8 @@ class LocalObject:
         self.created = _now()
         self.type_name = ""
         self.task_name = ""
+        self.home: str | None = None    # the node whose daemon has our hold (None: ours)
+        self.copy = False               # we hold a local copy pulled from another node
 
 
 class _Waiter:
@@ -144,6 +146,8 @@ class CoreWorker:
         self._req_ids = itertools.count(1)
         self._requests: dict[int, Any] = {}
         self._decrefs: list[bytes] = []
+        self._peer_decrefs: dict[str, list[bytes]] = {}
+        self.peers: dict[str, Connection] = {}
         self._events: list[tuple] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = itertools.count()
@@ -333,10 +337,29 @@ class CoreWorker:
             raise error_from_reply(w.value)
         return w.value
 
-    def request_async(self, kind: int, args: tuple, callback: Callable[[bool, Any], None]) -> None:
+    def request_async(self, kind: int, args: tuple, callback: Callable[[bool, Any], None],
+                      conn: Connection | None = None) -> None:
         req = next(self._req_ids)
         self._requests[req] = callback
-        self.daemon_send((kind, req, *args))
+        if conn is None or conn is self.daemon:
+            self.daemon_send((kind, req, *args))
+        else:
+            conn.send((kind, req, *args))
+
+    def peer(self, node_id: str, address: str | None = None) -> Connection:
+        """A connection to another node's daemon (for leases there, and its objects)."""
+        with self.lock:
+            conn = self.peers.get(node_id)
+            if conn is not None and not conn.closed:
+                return conn
+        if address is None:
+            address = self.request(M.NODE_ADDRESS, node_id)
+        conn = connect(address, self.token)
+        conn.send((M.HELLO, 0, self.role, os.getpid(), {"worker_id": self.worker_id}))
+        with self.lock:
+            self.peers[node_id] = conn
+        self.register(conn, self._on_daemon_msgs)
+        return conn
 
     def _flush_periodic(self) -> None:
         self.flush()
@@ -347,6 +370,14 @@ class CoreWorker:
         with self.lock:
             decrefs, self._decrefs = self._decrefs, []
             events, self._events = self._events, []
+            peer_decrefs, self._peer_decrefs = self._peer_decrefs, {}
+        for node_id, oids in peer_decrefs.items():
+            conn = self.peers.get(node_id)
+            if conn is not None and not conn.closed:
+                try:
+                    conn.send((M.DECREF, oids))
+                except ConnectionClosed:
+                    pass
         msgs: list[tuple] = []
         if decrefs:
             msgs.append((M.DECREF, decrefs))
@@ -370,11 +401,20 @@ class CoreWorker:
             if self.refs.counts.get(oid):
                 return  # re-referenced meanwhile
             del self.objects[oid]
-            if entry.held:
+            release = ([oid] if entry.held else []) + entry.contained_ids
+            if release:
+                self.release_holds(release, entry.home)
+            if entry.copy:
                 self._decrefs.append(oid)
-            if entry.contained_ids:
-                self._decrefs.extend(entry.contained_ids)
             entry.keep = []
+
+    def release_holds(self, oids: list[bytes], node_id: str | None) -> None:
+        """Queue releases of our holds at `node_id`'s daemon (None: our node's)."""
+        with self.lock:
+            if node_id is None or node_id == self.node_id:
+                self._decrefs.extend(oids)
+            else:
+                self._peer_decrefs.setdefault(node_id, []).extend(oids)
 
     def new_owned(self, oid: bytes, name: str = "") -> LocalObject:
         entry = LocalObject()
@@ -420,15 +460,18 @@ class CoreWorker:
 
     def borrow(self, refs: list) -> None:
         """Refs just deserialized: take a daemon hold on those this process did not know."""
+        self._borrow_ids([r._id for r in refs])
+
+    def _borrow_ids(self, oids: list[bytes]) -> None:
         new = []
         with self.lock:
-            for ref in refs:
-                if ref._id not in self.objects:
+            for oid in oids:
+                if oid not in self.objects:
                     e = LocalObject(owned=False)
                     e.held = True
                     e.exported = True
-                    self.objects[ref._id] = e
-                    new.append(ref._id)
+                    self.objects[oid] = e
+                    new.append(oid)
         if new:
             missing = self.request(M.INCREF, new)
             with self.lock:
@@ -458,17 +501,38 @@ class CoreWorker:
         total = layout_size(data, buffers)
         off = self.request(M.ALLOC, oid, total, self.pid, holder)
         write_layout(self.arena.writable(off, total), data, buffers)
-        return (M.SHARED, off, total, is_error), contained
+        return (M.SHARED, off, total, is_error, self.node_id), contained
+
+    def localize(self, oid: bytes, payload: tuple) -> tuple:
+        """A payload readable here: an object in another node's store is copied to ours
+        (once per node) and this process holds that copy while it has references."""
+        if payload[0] != M.SHARED or len(payload) < 5 or payload[4] == self.node_id:
+            return payload
+        local = self.request(M.GET_REMOTE, oid, payload[4])
+        with self.lock:
+            entry = self.objects.get(oid)
+            if entry is None:
+                entry = self.objects[oid] = LocalObject(owned=False)
+                entry.payload = payload
+            if entry.copy:
+                self._decrefs.append(oid)  # one copy hold is enough
+            entry.copy = True
+        return local  # type: ignore[no-any-return]
 
     def deserialize(self, oid: bytes, payload: tuple) -> Any:
         if payload[0] == M.INLINE:
             value, loaded = loads(payload[1], payload[2])
         else:
+            if oid not in self.objects and len(oid) > 8:
+                self._borrow_ids([oid])  # our views of it must keep it alive
+            payload = self.localize(oid, payload)
             src = self.arena.readonly(payload[1], payload[2])
             data, bufs = read_layout(src)
             if bufs:
                 bufs = _pinned(bufs, oid, self.refs)
             value, loaded = loads(data, bufs)
+            if not self.refs.count(oid):
+                self._on_ref_zero(oid)  # no view and no ref keeps it: let go at once
         if loaded:
             self.borrow(loaded)
         if payload[3]:
@@ -500,7 +564,7 @@ class CoreWorker:
             total = layout_size(data, buffers)
             off = self.request(M.ALLOC, oid, total, self.pid)
             write_layout(self.arena.writable(off, total), data, buffers)
-            entry.payload = (M.SHARED, off, total, False)
+            entry.payload = (M.SHARED, off, total, False, self.node_id)
             entry.held = entry.exported = True
             self.daemon_send((M.EXPORT, None, oid, entry.payload, [r._id for r in contained], 0, entry.type_name))
         return ref

@@ -137,8 +137,13 @@ class NodeDaemon:
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, ("accept", self.listener))
         self.standalone = bool(config.get("standalone"))
+        self.host: str = config.get("host") or "127.0.0.1"
+        self.cluster_mode = bool(config.get("cluster"))
+        self.peers: dict[str, dict[str, Any]] = {}  # other nodes, from the head's view
+        self.view_nodes: list[dict[str, Any]] = []
+        self.pulls: dict[bytes, str] = {}
         # workers of a node that others reach over the network listen on TCP too
-        self.worker_tcp_host: str | None = config.get("worker_tcp_host")
+        self.worker_tcp_host: str | None = self.host if self.cluster_mode else None
         self.tcp_address = ""
         self.tcp_listener: socket.socket | None = None
         if config.get("tcp"):
@@ -156,6 +161,12 @@ class NodeDaemon:
         os.set_blocking(sig_w, False)
         signal.set_wakeup_fd(sig_w)
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
+        self.link: Any = None
+        if self.cluster_mode:
+            from ._link import ClusterLink
+            self.link = ClusterLink(self, head_address=config.get("head_address"), host=self.host,
+                                    port=int(config.get("grpc_port") or 0))
+            self.sel.register(self.link.wake_r, selectors.EVENT_READ, ("link", None))
         self._handlers: dict[int, Any] = {
             M.HELLO: self.on_hello, M.LEASE: self.on_lease, M.RETURN_LEASE: self.on_return_lease,
             M.ALLOC: self.on_alloc, M.EXPORT: self.on_export, M.INCREF: self.on_incref,
@@ -167,6 +178,7 @@ class NodeDaemon:
             M.PG_CREATE: self.on_pg_create, M.PG_REMOVE: self.on_pg_remove,
             M.PG_INFO: self.on_pg_info, M.PG_WAIT: self.on_pg_wait,
             M.STORE_STATS: self.on_store_stats, M.NAMED_ACTORS: self.on_named_actors,
+            M.GET_REMOTE: self.on_get_remote, M.NODE_ADDRESS: self.on_node_address,
             M.WORKER_READY: self.on_worker_ready, M.ACTOR_READY: self.on_actor_ready,
             M.ACTOR_FAILED: self.on_actor_failed,
         }
@@ -175,8 +187,12 @@ class NodeDaemon:
     def serve(self) -> None:
         for _ in range(int(self.config.get("prestart_workers", 1))):
             self.spawn_worker("")
+        if self.link is not None:
+            self.link.start()
         print(json.dumps({"ready": True, "address": self.address, "tcp": self.tcp_address,
-                          "pid": os.getpid()}), flush=True)
+                          "pid": os.getpid(),
+                          "grpc": self.link.grpc_address if self.link else None,
+                          "head": self.link.head_address if self.link else None}), flush=True)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)  # nobody reads our stdout after the ready line
         os.close(devnull)
@@ -190,6 +206,8 @@ class NodeDaemon:
                         self.on_accept(obj)
                     elif kind == "out":
                         self.on_worker_output(*obj)
+                    elif kind == "link":
+                        self.link.drain()
                     elif kind == "signal":
                         os.read(self._sig_r, 512)
                     elif kind == "parent":
@@ -407,7 +425,11 @@ class NodeDaemon:
         return out
 
     def on_lease(self, conn: Connection, req: int, shape: dict, strategy: Any,
-                 runtime_env: dict | None, desc: str) -> None:
+                 runtime_env: dict | None, desc: str, no_spill: bool = False) -> None:
+        if no_spill:
+            # another node sent this request here: grant it here (or wait), never bounce it
+            from ._scheduler import NodeAffinity
+            strategy = NodeAffinity(self.node_id, False)
         try:
             env_key = self.env_key_for(runtime_env)
         except OSError as e:
@@ -433,6 +455,13 @@ class NodeDaemon:
                 self.scheduler.release(decision.lease_id)
                 continue
             conn, req, env_key, _ = pending
+            if decision.node_id != self.node_id:
+                # another node fits: send the requester there (spillback)
+                self.scheduler.release(decision.lease_id)
+                peer = self.peers.get(decision.node_id, {})
+                self.reply(conn, req, True, {"spillback": decision.node_id,
+                                             "address": peer.get("address")})
+                continue
             self.leases[decision.lease_id] = (None, conn, req)
 
             def fulfil(w: WorkerRec, g: Grant = decision, conn: Connection = conn, req: int = req) -> None:
@@ -619,8 +648,10 @@ class NodeDaemon:
                 held.discard(oid)
                 if not held:
                     del self.holds_by[h]
-        if e.payload is not None and e.payload[0] == M.SHARED:
+        if e.payload is not None and e.payload[0] == M.SHARED and self.is_local(e.payload):
             self.arena.free(e.payload[1])
+        elif e.payload is None and "secondary" in e.__dict__:
+            self.arena.free(e.__dict__["secondary"])
         for wconn, wreq in e.waiters:
             self.reply(wconn, wreq, False, ("ObjectLostError", "the object was freed: no reference to it remains"))
         if e.contained:
@@ -855,14 +886,146 @@ class NodeDaemon:
     # ------------------------------------------------------------------ events / state
     def on_events(self, conn: Connection, events: list) -> None:
         self.events.record_many(events)
+        if self.link is not None:
+            self.link.forward_events(events)
 
     def on_state(self, conn: Connection, req: int, kind: str) -> None:
+        if self.link is not None and kind in ("tasks", "timeline", "summary", "workers", "objects", "actors", "nodes"):
+            import threading
+            threading.Thread(target=self.cluster_state, args=(conn, req, kind), daemon=True).start()
+            return
         try:
             rows = getattr(self, f"rows_{kind}")()
         except AttributeError:
             self.reply(conn, req, False, ("ValueError", f"unknown state kind {kind!r}"))
             return
         self.reply(conn, req, True, rows)
+
+    # ------------------------------------------------------------------ cluster
+    def cluster_state(self, conn: Connection, req: int, kind: str) -> None:
+        """In a thread: the cluster-wide rows of `kind` (the head's events, every node's rows)."""
+        try:
+            if kind in ("tasks", "timeline", "summary"):
+                rows: Any = self.link.head_rows(kind)
+            elif kind == "nodes":
+                rows = self.link.call(self.rows_nodes)
+            else:
+                rows = self.link.call(lambda: self.local_rows(kind))
+                for peer in list(self.peers.values()):
+                    if peer["state"] == "ALIVE":
+                        try:
+                            rows += self.link.peer_rows(peer["grpc_address"], kind)
+                        except Exception:  # noqa: BLE001 - a node going away drops out of the rows
+                            pass
+            conn.send((M.REPLY, req, True, rows))
+        except Exception as e:  # noqa: BLE001
+            try:
+                conn.send((M.REPLY, req, False, ("RaySystemError", f"state query failed: {e}")))
+            except ConnectionClosed:
+                pass
+
+    def local_rows(self, kind: str) -> Any:
+        return getattr(self, f"rows_{kind}")()
+
+    def heartbeat_snapshot(self) -> dict:
+        from ._metrics import node_metrics
+        m = node_metrics([w.pid for w in self.workers.values()])
+        m["object_store"] = {"capacity": self.capacity, "used": self.arena.used_bytes}
+        return {"available": self.scheduler.available(self.node_id), "metrics": m,
+                "pending": len(self.pending_leases)}
+
+    def apply_view(self, view: Any) -> None:
+        known = set(self.scheduler.nodes())
+        nodes = []
+        for ns in view.nodes:
+            info = ns.info
+            nid = info.node_id
+            total = json.loads(info.resources_json)
+            row = {"node_id": nid, "address": info.address, "grpc_address": info.grpc_address,
+                   "host": info.host, "state": ns.state, "total": total,
+                   "available": json.loads(ns.available_json or "{}"),
+                   "metrics": json.loads(ns.metrics_json or "{}"), "is_head": info.is_head,
+                   "labels": json.loads(info.labels_json or "{}"), "start_time": info.start_time,
+                   "store_capacity": info.object_store_memory}
+            nodes.append(row)
+            if nid == self.node_id:
+                continue
+            self.peers[nid] = row
+            if ns.state == "ALIVE":
+                if nid not in known:
+                    self.scheduler.add_node(nid, total, row["labels"])
+                self.scheduler.set_remote_usage(nid, row["available"])
+            elif nid in known:
+                self.scheduler.remove_node(nid)
+        self.view_nodes = nodes
+        self.pump()
+
+    def on_node_address(self, conn: Connection, req: int, node_id: str) -> None:
+        peer = self.peers.get(node_id)
+        self.reply(conn, req, peer is not None, peer["address"] if peer else ("ValueError", f"unknown node {node_id}"))
+
+    def pin_for_pull(self, oid: bytes) -> tuple | None:
+        e = self.objects.get(oid)
+        if e is None or e.payload is None or e.payload[0] != M.SHARED or not self.is_local(e.payload):
+            return None
+        key = "pull:" + os.urandom(6).hex()
+        self.hold(oid, key)
+        return key, e.payload[1], e.payload[2], e.payload[3]
+
+    def unpin_pull(self, oid: bytes, key: str) -> None:
+        self.unhold(oid, key)
+
+    def is_local(self, payload: tuple) -> bool:
+        return len(payload) < 5 or payload[4] == self.node_id
+
+    def on_get_remote(self, conn: Connection, req: int, oid: bytes, node_id: str) -> None:
+        holder = conn.meta["holder"]
+        e = self.objects.get(oid)
+        if e is not None and e.payload is not None and self.is_local(e.payload):
+            self.hold(oid, holder)
+            self.reply(conn, req, True, e.payload)
+            return
+        if e is None:
+            peer = self.peers.get(node_id)
+            if peer is None or peer["state"] != "ALIVE":
+                self.reply(conn, req, False, ("ObjectLostError", f"object {oid.hex()} lives on node {node_id[:8]}, which is not alive"))
+                return
+            e = self.objects[oid] = ObjEntry(owner_pid=0)
+            self.pulls[oid] = node_id
+            self.link.pull(oid, peer["grpc_address"])
+        self.hold(oid, holder)
+        e.waiters.append((conn, req))
+
+    def alloc_secondary(self, oid: bytes, total: int) -> int | None:
+        e = self.objects.get(oid)
+        if e is None:
+            return None
+        try:
+            off = self.arena.allocate(total)
+        except ArenaFull:
+            return None
+        e.payload = None
+        e.size = total
+        e.__dict__["secondary"] = off
+        return off
+
+    def on_pulled(self, oid: bytes, offset: int | None, total: int, is_error: bool, err: str | None) -> None:
+        self.pulls.pop(oid, None)
+        e = self.objects.get(oid)
+        if e is None:
+            if offset is not None:
+                self.arena.free(offset)
+            return
+        if err is not None or offset is None:
+            waiters, e.waiters = e.waiters, []
+            for wconn, wreq in waiters:
+                self.reply(wconn, wreq, False, ("ObjectLostError", f"could not fetch object {oid.hex()} from its node: {err}"))
+            self.objects.pop(oid, None)
+            return
+        e.payload = (M.SHARED, offset, total, is_error, self.node_id)
+        waiters, e.waiters = e.waiters, []
+        for wconn, wreq in waiters:
+            self.reply(wconn, wreq, True, e.payload)
 
     def rows_tasks(self) -> list[dict]:
         return self.events.rows()
@@ -874,17 +1037,31 @@ class NodeDaemon:
         return self.events.summarize()
 
     def rows_nodes(self) -> list[dict]:
+        if self.link is not None and self.view_nodes:
+            return [{
+                "node_id": n["node_id"], "node_ip": n["host"], "is_head_node": n["is_head"],
+                "state": n["state"], "node_name": n["host"], "address": n["address"],
+                "resources_total": n["total"], "resources_available": n["available"],
+                "labels": n["labels"], "start_time_ms": int(n["start_time"] * 1000),
+                "object_store": n["metrics"].get("object_store") or {"capacity": n["store_capacity"], "used": 0},
+                "metrics": n["metrics"],
+            } if n["node_id"] != self.node_id else self._own_node_row() for n in self.view_nodes]
+        return [self._own_node_row()]
+
+    def _own_node_row(self) -> dict:
         from ._metrics import node_metrics
-        return [{
-            "node_id": self.node_id, "node_ip": "127.0.0.1", "is_head_node": True,
-            "state": "ALIVE", "node_name": socket.gethostname(), "address": self.address,
+        return {
+            "node_id": self.node_id, "node_ip": self.host,
+            "state": "ALIVE", "node_name": socket.gethostname(),
+            "address": self.tcp_address or self.address,
             "resources_total": self.scheduler.total(self.node_id),
             "resources_available": self.scheduler.available(self.node_id),
             "labels": self.config.get("labels") or {},
             "start_time_ms": int(self.started * 1000),
             "object_store": {"capacity": self.capacity, "used": self.arena.used_bytes},
             "metrics": node_metrics([w.pid for w in self.workers.values()]),
-        }]
+            "is_head_node": self.link is None or self.link.is_head,
+        }
 
     def rows_workers(self) -> list[dict]:
         return [{"worker_id": w.worker_id, "is_alive": w.state != "DEAD", "worker_type": "WORKER",
@@ -928,6 +1105,11 @@ class NodeDaemon:
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
         import psutil
+        if self.link is not None:
+            try:
+                self.link.stop()
+            except Exception:  # noqa: BLE001
+                pass
         # the shared memory and sockets go first: they are what outlives us otherwise
         try:
             os.unlink(self.store_file)

@@ -36,6 +36,8 @@ PG_INFO = 21
 PG_WAIT = 22
 STORE_STATS = 23
 NAMED_ACTORS = 24
+GET_REMOTE = 25   # a local copy of an object whose primary is on another node
+NODE_ADDRESS = 26
 
 RUN_ACTOR = 40
 EXIT = 41

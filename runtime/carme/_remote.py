@@ -115,6 +115,7 @@ class RemoteFunction:
         self.__qualname__ = self._name
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
+        self._is_generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -146,7 +147,8 @@ class RemoteFunction:
         spec.fn_blob = self._blob
         spec.args, spec.ref_pos, spec.arg_refs, spec.keep = serialize_args(
             core, args, kwargs, f"task {spec.name!r}")
-        num_returns = opts.get("num_returns", 1)
+        # a generator function streams its values unless num_returns says otherwise (Ray 2.x)
+        num_returns = opts.get("num_returns", "streaming" if self._is_generator else 1)
         spec.streaming = num_returns in ("streaming", "dynamic")
         spec.num_returns = 0 if spec.streaming else num_returns
         retries = opts.get("max_retries", 3)
@@ -225,6 +227,8 @@ class ActorClass:
             if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
                 is_async = True
             methods[name] = dict(getattr(fn, "__carme_method_options__", {}))
+            if (inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)) and "num_returns" not in methods[name]:
+                methods[name]["num_returns"] = "streaming"
         self._methods = methods
         self._is_async = is_async
 

@@ -197,6 +197,7 @@ class ClusterScheduler:
         self._pg_changes: list[str] = []
         self._epoch = 0  # bumped whenever resources may have been freed or nodes changed
         self.stats = {"decisions": 0, "polls": 0}
+        self._remote_usage: dict[str, Allocation] = {}
 
     # -- nodes ---------------------------------------------------------------------
     def add_node(self, node_id: str, total: dict[str, float], labels: dict[str, str] | None = None) -> None:
@@ -209,6 +210,7 @@ class ClusterScheduler:
         """Forget a dead node; return the lease ids that were on it (they are void)."""
         if self._nodes.pop(node_id, None) is None:
             return []
+        self._remote_usage.pop(node_id, None)
         lost = [lid for lid, lease in self._leases.items() if lease.node_id == node_id]
         for lid in lost:
             del self._leases[lid]
@@ -223,6 +225,24 @@ class ClusterScheduler:
                 self._pg_changes.append(pg.pg_id)
         self._bump()
         return lost
+
+    def set_remote_usage(self, node_id: str, available: dict[str, float]) -> None:
+        """Mirror what another node reports as available (its own leases are not ours to
+        see): the difference to its total is held here as one stand-in allocation."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return
+        prev = self._remote_usage.pop(node_id, None)
+        if prev is not None:
+            node.pool.free(prev)
+        avail = to_fixed_shape({k: v for k, v in available.items() if v > 0})
+        used = {k: units - avail.get(k, 0) for k, units in node.pool.total.items()}
+        used = {k: u for k, u in used.items() if u > 0}
+        if used:
+            alloc = node.pool.allocate(used)
+            if alloc is not None:
+                self._remote_usage[node_id] = alloc
+        self._epoch += 1
 
     def _bump(self) -> None:
         self._version += 1

@@ -27,6 +27,13 @@ SHORT_TASK = 0.002
 LEASE_IDLE = 0.05
 
 
+def _home(payload: tuple, lease: Any) -> str | None:
+    """The node whose daemon has the hold on a return value (where it was made)."""
+    if payload[0] == M.SHARED and len(payload) > 4:
+        return payload[4]  # type: ignore[no-any-return]
+    return None
+
+
 class TaskSpec:
     """One task or actor call, as its submitter tracks it until its result arrives."""
 
@@ -303,6 +310,7 @@ class TaskSubmitter:
         entry = self.core.new_owned(oid, spec.name)
         entry.contained_ids = contained
         entry.held = entry.exported = payload[0] == M.SHARED
+        entry.home = _home(payload, spec.lease)
         entry.payload = payload
         spec.stream.add(ObjectRef(oid, self.core.worker_id))
 
@@ -331,7 +339,7 @@ class TaskSubmitter:
                     worker_id=info.get("worker_id"), worker_pid=info.get("pid"))
         core.record(spec.task_id, "FAILED" if failed else "FINISHED", ts=info.get("end"),
                     error_type=info.get("error_type"), error_message=info.get("error_message"))
-        self.finish(spec, payloads, contained)
+        self.finish(spec, payloads, contained, info.get("node_id"))
 
     def _retry_ok(self, spec: TaskSpec, payload: tuple) -> bool:
         if spec.retries_left == 0 or not spec.retry_exceptions:
@@ -353,7 +361,8 @@ class TaskSubmitter:
         self.core.record(spec.task_id, "SUBMITTED", attempt=spec.attempt)
         self.enqueue(spec)
 
-    def finish(self, spec: TaskSpec, payloads: list, contained: list | None) -> None:
+    def finish(self, spec: TaskSpec, payloads: list, contained: list | None,
+               info_node: str | None = None) -> None:
         core = self.core
         spec.done = True
         with self.lock:
@@ -373,16 +382,18 @@ class TaskSubmitter:
             payload = payloads[i] if i < len(payloads) else payloads[0]
             with core.lock:
                 entry = core.objects.get(oid)
+                home = _home(payload, spec.lease) or info_node
                 if entry is None:
                     # nobody holds the return any more: drop what the worker made for it
-                    if payload[0] == M.SHARED:
-                        core._decrefs.append(oid)
-                    if contained and i < len(contained) and contained[i]:
-                        core._decrefs.extend(contained[i])
+                    drop = ([oid] if payload[0] == M.SHARED else []) + (
+                        contained[i] if contained and i < len(contained) and contained[i] else [])
+                    if drop:
+                        core.release_holds(drop, home)
                     continue
+                entry.home = home
                 if contained and i < len(contained) and contained[i]:
                     entry.contained_ids = contained[i]
-                if payload[0] == M.SHARED and not payload[3]:
+                if payload[0] == M.SHARED:
                     entry.held = True
                     entry.exported = True
             core.set_payload(oid, payload)

@@ -1,0 +1,164 @@
+"""The head's gRPC service: the node registry, the cluster view, cluster-wide task events.
+
+Theory of operation. `HeadState` is plain bookkeeping under one lock: nodes register
+with their static info, then send a heartbeat about twice a second with their available
+resources and metrics; every heartbeat answers with the whole cluster view (all nodes,
+their availability, alive or dead) so each node can schedule with a fresh picture. A
+node whose heartbeats stop for NODE_TIMEOUT seconds is marked DEAD in the view; nodes
+react to that (their leases on it are gone). Task events from every node are merged in
+one `TaskEventLog`, which backs `list_tasks()` and `timeline()` cluster-wide.
+
+Every call must carry the cluster token in the "carme-token" metadata; the interceptor
+refuses a call without it before its request message is parsed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from ._events import TaskEventLog
+from .protos import carme_pb2 as pb
+from .protos import carme_pb2_grpc as pbg
+
+NODE_TIMEOUT = 5.0
+TOKEN_KEY = "carme-token"
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses calls that do not present the cluster token (before the request is read)."""
+
+    def __init__(self, token: bytes) -> None:
+        self._token = token.hex()
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster token")
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        given = dict(details.invocation_metadata or ()).get(TOKEN_KEY, "")
+        if isinstance(given, bytes):
+            given = given.decode("ascii", "replace")
+        if hmac.compare_digest(str(given), self._token):
+            return continuation(details)
+        if details.method.endswith("/PullObject"):
+            return self._deny_stream
+        return self._deny_unary
+
+
+class HeadState:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.version = 0
+        self.events = TaskEventLog()
+
+    def register(self, info: pb.NodeInfo) -> None:
+        with self.lock:
+            self.nodes[info.node_id] = {"info": info, "available": info.resources_json,
+                                        "metrics": "{}", "state": "ALIVE", "last": time.time()}
+            self.version += 1
+
+    def heartbeat(self, hb: pb.Heartbeat) -> bool:
+        with self.lock:
+            n = self.nodes.get(hb.node_id)
+            if n is None:
+                return False
+            if n["state"] == "DEAD":  # a node declared dead stays dead; it must re-register
+                return False
+            n["available"] = hb.available_json
+            n["metrics"] = hb.metrics_json
+            n["last"] = time.time()
+            return True
+
+    def unregister(self, node_id: str) -> None:
+        with self.lock:
+            n = self.nodes.get(node_id)
+            if n is not None and n["state"] != "DEAD":
+                n["state"] = "DEAD"
+                self.version += 1
+
+    def view(self) -> pb.ClusterView:
+        now = time.time()
+        with self.lock:
+            for n in self.nodes.values():
+                if n["state"] == "ALIVE" and now - n["last"] > NODE_TIMEOUT:
+                    n["state"] = "DEAD"
+                    self.version += 1
+            return pb.ClusterView(version=self.version, nodes=[
+                pb.NodeState(info=n["info"], available_json=n["available"],
+                             metrics_json=n["metrics"], state=n["state"], last_heartbeat=n["last"])
+                for n in self.nodes.values()])
+
+
+class HeadServicer(pbg.HeadServicer):
+    def __init__(self, state: HeadState, cluster: dict[str, Any]) -> None:
+        self.state = state
+        self.cluster = cluster
+
+    def RegisterNode(self, request: pb.NodeInfo, context: Any) -> pb.RegisterReply:
+        self.state.register(request)
+        return pb.RegisterReply(cluster_json=json.dumps(self.cluster))
+
+    def SendHeartbeat(self, request: pb.Heartbeat, context: Any) -> pb.ClusterView:
+        if not self.state.heartbeat(request):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id} is not registered (or was declared dead)")
+        return self.state.view()
+
+    def UnregisterNode(self, request: pb.NodeRef, context: Any) -> pb.Empty:
+        self.state.unregister(request.node_id)
+        return pb.Empty()
+
+    def GetClusterView(self, request: pb.Empty, context: Any) -> pb.ClusterView:
+        return self.state.view()
+
+    def ReportEvents(self, request: pb.EventBatch, context: Any) -> pb.Empty:
+        events = json.loads(request.events_json)
+        with self.state.lock:
+            self.state.events.record_many([tuple(e) for e in events])
+        return pb.Empty()
+
+    def GetState(self, request: pb.StateRequest, context: Any) -> pb.StateReply:
+        with self.state.lock:
+            if request.kind == "tasks":
+                rows: Any = self.state.events.rows()
+            elif request.kind == "timeline":
+                rows = self.state.events.timeline()
+            elif request.kind == "summary":
+                rows = self.state.events.summarize()
+            else:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown kind {request.kind!r}")
+        return pb.StateReply(rows_json=json.dumps(rows, default=str))
+
+
+def start_server(host: str, port: int, token: bytes, head: HeadServicer | None,
+                 node: pbg.NodeServicer) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="carme-grpc"),
+                         interceptors=[TokenInterceptor(token)],
+                         options=[("grpc.max_send_message_length", 64 << 20),
+                                  ("grpc.max_receive_message_length", 64 << 20)])
+    if head is not None:
+        pbg.add_HeadServicer_to_server(head, server)
+    pbg.add_NodeServicer_to_server(node, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind the gRPC port {host}:{port}")
+    server.start()
+    return server, bound
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=[
+        ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+
+
+def metadata(token: bytes) -> list[tuple[str, str]]:
+    return [(TOKEN_KEY, token.hex())]
