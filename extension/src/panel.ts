@@ -21,6 +21,7 @@ import {
 export const PANEL_ID = 'carme-side-panel';
 const NONE = '';
 const TIMELINE_WINDOW_MS = 30000;
+const TIMELINE_MIN_WINDOW_MS = 5000;
 const TIMELINE_LANES = 8;
 
 export interface IPanelActions {
@@ -236,7 +237,10 @@ export class CarmePanel extends Widget {
     const W = 300;
     const laneH = 10;
     const end = snap.time_ms;
-    const start = end - TIMELINE_WINDOW_MS;
+    // the window: back to the oldest recent run, between 5 s and 30 s
+    const oldest = Math.min(end, ...snap.events.map(e => e.start_ms ?? end));
+    const windowMs = Math.min(TIMELINE_WINDOW_MS, Math.max(TIMELINE_MIN_WINDOW_MS, (end - oldest) * 1.1));
+    const start = end - windowMs;
     const lanes = new Map<string, number>();
     const rects: SVGElement[] = [];
     const runs = snap.events
@@ -251,8 +255,8 @@ export class CarmePanel extends Widget {
       }
       const t0 = Math.max(start, e.start_ms ?? start);
       const t1 = Math.min(end, e.end_ms ?? end);
-      const x = ((t0 - start) / TIMELINE_WINDOW_MS) * W;
-      const w = Math.max(1.5, ((t1 - t0) / TIMELINE_WINDOW_MS) * W);
+      const x = ((t0 - start) / windowMs) * W;
+      const w = Math.max(1.5, ((t1 - t0) / windowMs) * W);
       const dur = (e.end_ms ?? end) - (e.start_ms ?? end);
       rects.push(
         s('rect', { x: x.toFixed(1), y: lane * (laneH + 2), width: w.toFixed(1), height: laneH,
@@ -265,7 +269,7 @@ export class CarmePanel extends Widget {
     const svg = s('svg', { class: 'clab-live-timeline', 'data-testid': 'carme-timeline',
       'data-events': rects.length, viewBox: `0 0 ${W} ${height}`, preserveAspectRatio: 'none',
       width: '100%', height }, ...rects);
-    return section('Timeline (last 30 s)', 'clab-timeline-section', [
+    return section(`Timeline (last ${Math.round(windowMs / 1000)} s)`, 'clab-timeline-section', [
       svg,
       h('div', { class: 'clab-dim clab-small' },
         rects.length ? `${rects.length} task runs on ${lanes.size} workers` : 'No task ran in the last 30 s.')

@@ -108,6 +108,9 @@ export function draw(events: ITraceEvent[]): SVGElement {
         class: `clab-ev clab-ev-${state === 'failed' ? 'failed' : e.cat === 'actor_task' ? 'actor' : 'finished'}` },
         s('title', {}, `${e.name} · ${seconds((e.dur ?? 0) / 1000)}${state ? ` · ${state}` : ''}`))
     );
+    if (w > 8 * e.name.length) {
+      children.push(s('text', { x: (x + 3).toFixed(1), y: lane * laneH + 13, class: 'clab-ev-label' }, e.name));
+    }
   }
   const height = Math.max(1, laneOf.size) * laneH + 20;
   children.push(s('text', { x: left, y: height - 4, class: 'clab-axis' }, '0'));

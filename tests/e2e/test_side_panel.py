@@ -1,0 +1,306 @@
+"""The carme side panel in a real JupyterLab: Playwright drives Debian's Chromium.
+
+Starts ``jupyter lab`` on 127.0.0.1 with the carme_lab server extension (enabled
+by the repository's jupyter-config file) and the prebuilt panel (built first if
+missing), every Jupyter, carme and Chromium path under the test's tmp dir. Then,
+as a user would: open the panel (it says no cluster runs), start a cluster from
+it, open a notebook whose kernel, started now, inherits the selected address,
+run cells that launch tasks and an actor, and watch the panel's counts and live
+timeline change; open the full timeline; insert the connection code into the
+notebook; restart the server and see the panel reconnect to the same cluster;
+stop the cluster from the panel. Screenshots stay in the tmp dir; the one of the
+live panel is copied to docs/screenshots/side-panel.png (or to
+``$CARME_SCREENSHOT_DIR``).
+
+Skipped, with the reason, where Chromium, Playwright, JupyterLab or (to build
+the panel) npm is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(420)]
+
+ROOT = Path(__file__).resolve().parents[2]
+LABEXT = ROOT / "extension" / "carme_lab" / "labextension"
+SERVER_CONFIG = ROOT / "jupyter-config" / "jupyter_server_config.d" / "carme_lab.json"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LAB_OVERRIDES = {
+    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
+    "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
+}
+N_TASKS = 12
+NOTEBOOK = {
+    "cells": [
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "import os\nprint('kernel joins', os.environ.get('CARME_ADDRESS', 'nothing'))"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": (
+             "import time\nimport carme\n"
+             "carme.init(address=os.environ['CARME_ADDRESS'])\n\n"
+             "@carme.remote\ndef work(i):\n    time.sleep(0.5)\n    return i\n\n"
+             "@carme.remote\nclass Tally:\n    def __init__(self):\n        self.n = 0\n"
+             "    def add(self, k):\n        self.n += k\n        return self.n\n\n"
+             "tally = Tally.options(name='tally').remote()\n"
+             "blob = carme.put(bytes(3_000_000))\n"
+             f"total = sum(carme.get([work.remote(i) for i in range({N_TASKS})]))\n"
+             "print('total', total, 'tally', carme.get(tally.add.remote(total)))")},
+    ],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def _requirements() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} not found (apt-get install -y chromium)"
+    for mod in ("playwright", "jupyterlab"):
+        try:
+            __import__(mod)
+        except ImportError:
+            return f"python package {mod} not installed (pip install '.[lab,test]')"
+    if not (LABEXT / "package.json").exists() and shutil.which("npm") is None:
+        return f"the panel is not built ({LABEXT}) and npm is missing to build it"
+    return None
+
+
+def _ensure_built() -> None:
+    if (LABEXT / "package.json").exists():
+        return
+    out = subprocess.run([str(ROOT / "scripts" / "build-labextension")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, f"building the panel failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Lab:
+    url: str
+    token: str
+    tmp: Path
+    env: dict[str, str]
+    cmd: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = (self.tmp / "lab.log").open("a")
+        self.proc = subprocess.Popen(self.cmd, cwd=self.tmp / "work", stdout=log, stderr=subprocess.STDOUT,
+                                     env=self.env, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/api/status?token={self.token}", timeout=2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"jupyter lab did not start: {self.log()[-3000:]}")
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        """SIGTERM lets the server shut its kernels down; SIGKILL the group if it will not go."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    def log(self) -> str:
+        return (self.tmp / "lab.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def lab(jupyter_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    why = _requirements()
+    if why:
+        pytest.skip(why)
+    _ensure_built()
+    # the panel: found on JUPYTER_PATH (as an installed wheel would put it in share/jupyter)
+    share = tmp_path / "share" / "jupyter"
+    (share / "labextensions").mkdir(parents=True)
+    (share / "labextensions" / "carme-lab").symlink_to(LABEXT, target_is_directory=True)
+    # the server extension: enabled by the same file the wheel installs
+    config = tmp_path / "config"
+    (config / "jupyter_server_config.d").mkdir(parents=True)
+    shutil.copy(SERVER_CONFIG, config / "jupyter_server_config.d" / SERVER_CONFIG.name)
+    settings = tmp_path / "lab-settings"
+    settings.mkdir()
+    (settings / "overrides.json").write_text(json.dumps(LAB_OVERRIDES))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tasks.ipynb").write_text(json.dumps(NOTEBOOK))
+    state = tmp_path / "carme-state"
+    monkeypatch.setenv("CARME_STATE_DIR", str(state))  # this process stops the clusters afterwards
+    env = dict(os.environ, HOME=str(tmp_path), CARME_STATE_DIR=str(state),
+               JUPYTER_CONFIG_DIR=str(config),
+               JUPYTER_PATH=os.pathsep.join([str(share), os.environ.get("JUPYTER_PATH", "")]))
+    env.pop("CARME_ADDRESS", None)
+    token = secrets.token_hex(16)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--allow-root",
+           f"--LabApp.app_settings_dir={settings}", f"--LabApp.user_settings_dir={tmp_path / 'user-settings'}",
+           f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"]
+    server = Lab(f"http://127.0.0.1:{port}", token, tmp_path, env, cmd)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        from carme import cluster
+
+        cluster.stop_all()
+
+
+def _text(page: Any, testid: str) -> str:
+    return str(page.locator(f"[data-testid='{testid}']").first.inner_text())
+
+
+def _count(page: Any, bucket: str) -> int:
+    return int(_text(page, f"carme-count-{bucket}") or 0)
+
+
+def _open_panel(page: Any) -> Any:
+    tab = page.locator(".jp-SideBar [data-id='carme-side-panel']").first
+    tab.wait_for(timeout=60_000)
+    panel = page.locator("#carme-side-panel")
+    if not panel.is_visible():
+        tab.click()
+    panel.wait_for(state="visible", timeout=10_000)
+    return panel
+
+
+def _wait_text(page: Any, testid: str, pattern: str, timeout: float = 30_000) -> str:
+    page.wait_for_function(
+        "([id, pat]) => { const el = document.querySelector(`[data-testid='${id}']`);"
+        " return el !== null && new RegExp(pat).test(el.textContent); }",
+        arg=[testid, pattern], timeout=timeout)
+    return _text(page, testid)
+
+
+def _run_all(page: Any) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+
+def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1500, "height": 1300},
+        )
+        try:
+            page = ctx.new_page()
+            page.goto(f"{lab.url}/lab?token={lab.token}", timeout=60_000)
+            _open_panel(page)
+            _wait_text(page, "carme-status", "No cluster is running")
+            page.screenshot(path=str(shots / "01-no-cluster.png"))
+
+            # start a cluster from the panel: it is selected and shown live
+            page.locator("[data-testid='carme-start']").click()
+            status = _wait_text(page, "carme-status", r"Connected to 127\.0\.0\.1:\d+")
+            address = re.search(r"127\.0\.0\.1:\d+", status).group(0)  # type: ignore[union-attr]
+            assert page.locator(".clab-node").count() == 1
+            assert _count(page, "finished") == 0
+            assert page.locator("[data-testid='carme-cluster-select']").input_value() == address
+            page.screenshot(path=str(shots / "02-started.png"))
+
+            # a notebook opened now starts a kernel that joins the selected cluster
+            page.goto(f"{lab.url}/lab/tree/tasks.ipynb?token={lab.token}", timeout=60_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            _open_panel(page)
+            _wait_text(page, "carme-status", f"Connected to {re.escape(address)}")
+            _run_all(page)
+            # watch the counts move: tasks in flight, then finished, live (not only at the end)
+            in_flight, finished_seen = 0, set()
+            deadline = time.monotonic() + 120
+            while (done := _count(page, "finished")) < N_TASKS:
+                finished_seen.add(done)
+                in_flight = max(in_flight, _count(page, "pending") + _count(page, "running"))
+                assert time.monotonic() < deadline, f"counts stuck: {done} finished"
+                time.sleep(0.1)
+            assert in_flight > 0, "the panel never showed a pending or running task"
+            assert finished_seen - {0}, "the finished count jumped straight to the end: not live"
+            page.wait_for_selector(f"text=kernel joins {address}", timeout=30_000)
+            page.wait_for_selector(f"text=total {sum(range(N_TASKS))} tally", timeout=60_000)
+            timeline = page.locator("[data-testid='carme-timeline']")
+            page.wait_for_function(
+                "() => Number(document.querySelector(\"[data-testid='carme-timeline']\")"
+                ".getAttribute('data-events')) > 0", timeout=15_000)
+            assert int(timeline.get_attribute("data-events") or 0) >= 1
+            actors = page.locator(".clab-actors").inner_text()
+            assert "Tally" in actors and "ALIVE" in actors, actors
+            assert "bytes" in page.locator(".clab-objects").inner_text()
+            assert _count(page, "failed") == 0
+            page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel.png"))
+            page.screenshot(path=str(shots / "03-tasks-ran.png"))
+
+            # the full timeline in the main area
+            page.locator("[data-testid='carme-open-timeline']").click()
+            full = page.locator("[data-testid='carme-full-timeline'] svg")
+            full.wait_for(timeout=30_000)
+            assert int(full.get_attribute("data-events") or 0) >= N_TASKS
+            page.screenshot(path=str(shots / "04-full-timeline.png"))
+
+            # "Insert connection code" puts carme.init(address=...) into the notebook
+            page.locator(".lm-TabBar-tab", has_text="tasks.ipynb").first.click()
+            page.locator(".jp-Notebook .jp-Cell").first.click()
+            page.locator("[data-testid='carme-insert-code']").click()
+            page.wait_for_selector(f"text=carme.init(address=\"{address}\")", timeout=15_000)
+
+            # the server restarts; the cluster outlives it; the panel reconnects to it
+            lab.stop()
+            _wait_text(page, "carme-status", "reconnecting", timeout=30_000)
+            page.screenshot(path=str(shots / "05-server-gone.png"))
+            lab.start()
+            _wait_text(page, "carme-status", f"Connected to {re.escape(address)}", timeout=60_000)
+            assert _count(page, "finished") >= N_TASKS
+
+            # stop it from the panel: it says so plainly
+            page.locator("[data-testid='carme-stop']").click()
+            _wait_text(page, "carme-status", "No cluster is running")
+            page.screenshot(path=str(shots / "06-stopped.png"))
+        finally:
+            ctx.close()
+    from carme import cluster
+
+    assert cluster.list_local() == []
+    shot = shots / "side-panel.png"
+    assert shot.stat().st_size > 5_000
+    target = Path(os.environ.get("CARME_SCREENSHOT_DIR") or ROOT / "docs" / "screenshots")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, target / "side-panel.png")
