@@ -6,6 +6,8 @@ dashboard is switched off to keep them fast (carme accepts and ignores it).
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytestmark = [pytest.mark.processes, pytest.mark.ray]
@@ -91,3 +93,32 @@ def test_empty_get_and_wait(fresh_impl):
     ray.init(num_cpus=1, **FAST)
     assert ray.get([]) == []
     assert ray.wait([]) == ([], [])
+
+
+def _physical_gpus() -> int:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return 0  # no driver: no GPUs
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def test_default_init_detects_real_gpus(fresh_impl):
+    ray = fresh_impl
+    n = _physical_gpus()
+    if not n:
+        pytest.skip("no GPU on this machine")
+    ray.init(**FAST)
+    assert ray.cluster_resources().get("GPU") == n
+
+    @ray.remote(num_gpus=1)
+    def visible():
+        return os.environ.get("CUDA_VISIBLE_DEVICES"), ray.get_gpu_ids()
+
+    devices, ids = ray.get(visible.remote(), timeout=60)
+    assert len(ids) == 1 and devices == str(ids[0])
