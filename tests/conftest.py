@@ -284,6 +284,13 @@ def fresh_impl(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
     _after_shutdown(name, guard, f"test {request.node.nodeid}")
 
 
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl_name(request: pytest.FixtureRequest) -> str:
+    """ "carme" (and "ray" where installed): for tests that run the implementation in a
+    subprocess (a script written as Ray users write them: ``import <impl> as ray``)."""
+    return str(request.param)
+
+
 @pytest.fixture
 def wait_for() -> Any:
     """`wait_for(pred, timeout=10)`: poll `pred()` until truthy and return its value."""

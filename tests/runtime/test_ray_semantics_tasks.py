@@ -273,3 +273,4 @@ def test_retry_exceptions(ray_impl, tmp_path):
         ray.get(flaky.options(retry_exceptions=[KeyError]).remote(str(tmp_path / "c")))
     assert len((tmp_path / "c").read_text()) == 1
     assert ray.get(flaky.options(retry_exceptions=[ValueError]).remote(str(tmp_path / "d"))) == 2
+
