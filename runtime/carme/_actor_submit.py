@@ -101,7 +101,7 @@ class ActorSubmitter:
         if sends and st.conn is not None:
             msgs = []
             for spec in sends:
-                resolved = [self.core.payload_of(r._id) for r in spec.arg_refs]
+                resolved = [(r._id, self.core.payload_of(r._id)) for r in spec.arg_refs]
                 msgs.append((M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
                              resolved, spec.num_returns, spec.streaming, spec.name, spec.attempt))
             try:

@@ -24,18 +24,23 @@ def _resources(text: str | None) -> dict[str, float] | None:
 def cmd_start(args: argparse.Namespace) -> int:
     from . import cluster
     if not args.head:
-        if args.address:
-            print("carme start --address: joining another node to a cluster is not available "
-                  "in this version; start a head with `carme start --head`.", file=sys.stderr)
+        if not args.address:
+            print("carme start: pass --head to start a cluster, or --address HEAD:PORT to join one",
+                  file=sys.stderr)
             return 2
-        print("carme start: pass --head to start a cluster", file=sys.stderr)
-        return 2
+        node = cluster.start_node(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                                  resources=_resources(args.resources), host=args.host,
+                                  object_store_memory=args.object_store_memory)
+        print(f"carme node {node['node_id'][:12]} joined the cluster at {args.address} "
+              f"(listening on {node['address']}, pid {node['pid']}).")
+        return 0
     info = cluster.start_head(num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                               resources=_resources(args.resources), port=args.port,
                               host=args.host, object_store_memory=args.object_store_memory)
     print(f"carme cluster started at {info['address']} (pid {info['pid']}).")
     print(f"  From a driver on this machine:  carme.init(address=\"{info['address']}\")  or  carme.init(address=\"auto\")")
     print(f"  The cluster token is in {info['token_file']} (readable by you only).")
+    print(f"  Join another node to it:  carme start --address {info['address']}")
     print("  Stop it with:  carme stop")
     if args.block:
         try:

@@ -501,7 +501,10 @@ class CoreWorker:
         total = layout_size(data, buffers)
         off = self.request(M.ALLOC, oid, total, self.pid, holder)
         write_layout(self.arena.writable(off, total), data, buffers)
-        return (M.SHARED, off, total, is_error, self.node_id), contained
+        payload = (M.SHARED, off, total, is_error, self.node_id)
+        # sealed at the node before anyone can hear of it, so peers can pull it at once
+        self.request(M.EXPORT, oid, payload, [], 0, type(value).__name__)
+        return payload, contained
 
     def localize(self, oid: bytes, payload: tuple) -> tuple:
         """A payload readable here: an object in another node's store is copied to ours

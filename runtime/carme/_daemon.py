@@ -142,6 +142,7 @@ class NodeDaemon:
         self.peers: dict[str, dict[str, Any]] = {}  # other nodes, from the head's view
         self.view_nodes: list[dict[str, Any]] = []
         self.pulls: dict[bytes, str] = {}
+        self.cached: list[bytes] = []  # copies pulled from other nodes, oldest first
         # workers of a node that others reach over the network listen on TCP too
         self.worker_tcp_host: str | None = self.host if self.cluster_mode else None
         self.tcp_address = ""
@@ -384,6 +385,7 @@ class NodeDaemon:
             "node_id": self.node_id, "store_file": self.store_file, "job_id": self.job_id,
             "resources": self.resources, "session_dir": self.session_dir,
             "namespace": self.namespace, "address": self.address, "tcp": self.tcp_address,
+            "head_grpc": self.link.head_address if self.link else None,
         })
 
     def on_fn_put(self, conn: Connection, key: bytes, blob: bytes) -> None:
@@ -592,7 +594,7 @@ class NodeDaemon:
     def on_alloc(self, conn: Connection, req: int, oid: bytes, size: int, owner_pid: int,
                  holder: str | None = None) -> None:
         try:
-            off = self.arena.allocate(size)
+            off = self.allocate(size)
         except ArenaFull as e:
             self.reply(conn, req, False, ("ObjectStoreFullError", str(e)))
             return
@@ -642,6 +644,8 @@ class NodeDaemon:
         e = self.objects.pop(oid, None)
         if e is None:
             return
+        if "cache" in e.holders and oid in self.cached:
+            self.cached.remove(oid)
         for h in e.holders:
             held = self.holds_by.get(h)
             if held is not None:
@@ -996,12 +1000,22 @@ class NodeDaemon:
         self.hold(oid, holder)
         e.waiters.append((conn, req))
 
+    def allocate(self, size: int) -> int:
+        """Arena space, evicting cached copies of other nodes' objects if need be."""
+        while True:
+            try:
+                return self.arena.allocate(size)
+            except ArenaFull:
+                if not self.cached:
+                    raise
+                self.unhold(self.cached.pop(0), "cache")
+
     def alloc_secondary(self, oid: bytes, total: int) -> int | None:
         e = self.objects.get(oid)
         if e is None:
             return None
         try:
-            off = self.arena.allocate(total)
+            off = self.allocate(total)
         except ArenaFull:
             return None
         e.payload = None
@@ -1023,6 +1037,9 @@ class NodeDaemon:
             self.objects.pop(oid, None)
             return
         e.payload = (M.SHARED, offset, total, is_error, self.node_id)
+        # keep the copy for the next task here that needs it; evicted under pressure
+        self.hold(oid, "cache")
+        self.cached.append(oid)
         waiters, e.waiters = e.waiters, []
         for wconn, wreq in waiters:
             self.reply(wconn, wreq, True, e.payload)

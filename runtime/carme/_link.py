@@ -14,6 +14,7 @@ loop watches: threads never touch the daemon's state, they hand it functions to 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -194,7 +195,7 @@ class ClusterLink:
                     if offset is None:
                         total = chunk.total_size
                         is_error = chunk.is_error
-                        offset = self.call(lambda n=total: self.daemon.alloc_secondary(oid, n))
+                        offset = self.call(functools.partial(self.daemon.alloc_secondary, oid, total))
                         if offset is None:
                             raise RuntimeError("no room in this node's object store")
                         dest = self.arena.writable(offset, total)

@@ -55,7 +55,8 @@ class EmbeddedNode:
 
 
 def default_resources(num_cpus: float | None, num_gpus: float | None,
-                      resources: dict | None, memory: float | None = None) -> dict[str, float]:
+                      resources: dict | None, memory: float | None = None,
+                      head: bool = True) -> dict[str, float]:
     for key in ("CPU", "GPU", "memory"):
         if resources and key in resources:
             raise ValueError(
@@ -70,8 +71,9 @@ def default_resources(num_cpus: float | None, num_gpus: float | None,
         "GPU": float(num_gpus if num_gpus is not None else detect_num_gpus()),
         "memory": float(memory if memory is not None else int(psutil.virtual_memory().available * 0.7)),
         "node:127.0.0.1": 1.0,
-        "node:__internal_head__": 1.0,
     }
+    if head:
+        out["node:__internal_head__"] = 1.0
     for k, v in (resources or {}).items():
         if not isinstance(v, (int, float)) or v < 0:
             raise ValueError(f"resources[{k!r}] must be a non-negative number, not {v!r}")
@@ -92,16 +94,21 @@ def default_store_size() -> int:
 def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None,
                  namespace: str | None, job_id: str, prestart: int = 1,
                  standalone: bool = False, tcp: str | None = None,
-                 log_file: str | None = None) -> tuple[subprocess.Popen, dict, bytes, str, str]:
+                 log_file: str | None = None, cluster: bool = False,
+                 head_address: str | None = None, token: bytes | None = None,
+                 host: str = "127.0.0.1", labels: dict | None = None,
+                 grpc_port: int = 0) -> tuple[subprocess.Popen, dict, bytes, str, str]:
     """Start a node daemon; return (process, its ready message, token, session dir, node id).
 
     Embedded (standalone=False): its stdin stays a pipe from this process, and it exits
     when that pipe closes. Standalone: a session of its own that outlives the caller."""
     session_dir = tempfile.mkdtemp(prefix="carme-")
     os.chmod(session_dir, 0o700)
-    token = secrets.token_bytes(32)
+    token = token or secrets.token_bytes(32)
     node_id = secrets.token_hex(28)
     config = {
+        "cluster": cluster, "head_address": head_address, "host": host, "labels": labels or {},
+        "grpc_port": grpc_port,
         "session_dir": session_dir, "session": os.path.basename(session_dir)[6:],
         "token": token.hex(), "node_id": node_id, "resources": resources,
         "object_store_memory": int(object_store_memory or default_store_size()),

@@ -263,7 +263,7 @@ class ActorClass:
         # the constructor's ObjectRef arguments are resolved here, before creation
         if arg_refs:
             _wait_refs(core, arg_refs)
-        resolved = [core.payload_of(r._id) for r in arg_refs]
+        resolved = [(r._id, core.payload_of(r._id)) for r in arg_refs]
         running = resource_shape(opts, is_actor=True)
         conc = opts.get("max_concurrency")
         if conc is None:

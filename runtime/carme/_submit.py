@@ -108,7 +108,7 @@ class StreamState:
 
 class Lease:
     __slots__ = ("lease_id", "worker_id", "address", "pid", "gpu_ids", "conn", "inflight",
-                 "sent_fns", "queue", "dead", "node_id", "idle_token")
+                 "sent_fns", "queue", "dead", "node_id", "idle_token", "daemon")
 
     def __init__(self, grant: dict, conn: Connection, queue: Any) -> None:
         self.lease_id = grant["lease_id"]
@@ -123,6 +123,7 @@ class Lease:
         self.queue = queue
         self.dead = False
         self.idle_token = 0
+        self.daemon: Connection | None = None  # the node daemon that granted it
 
 
 class SchedQueue:
@@ -239,6 +240,15 @@ class TaskSubmitter:
 
     def request_lease(self, q: SchedQueue) -> None:
         def granted(ok: bool, value: Any) -> None:
+            if ok and "spillback" in value:
+                # another node fits: ask it (it grants there or queues, never bounces)
+                try:
+                    peer = self.core.peer(value["spillback"], value.get("address"))
+                    self.core.request_async(M.LEASE, (q.shape, q.strategy, q.runtime_env, q.desc, True),
+                                            granted, conn=peer)
+                    return
+                except (OSError, ConnectionClosed) as e:
+                    ok, value = False, ("TaskUnschedulableError", f"could not reach node {value['spillback'][:8]}: {e}")
             if not ok:
                 with self.lock:
                     q.requesting = False
@@ -254,10 +264,14 @@ class TaskSubmitter:
             except OSError:
                 with self.lock:
                     q.requesting = False
-                self.core.daemon_send((M.RETURN_LEASE, value["lease_id"], False))
+                if value["node_id"] != self.core.node_id and value["node_id"] in self.core.peers:
+                    self.core.peers[value["node_id"]].send((M.RETURN_LEASE, value["lease_id"], False))
+                else:
+                    self.core.daemon_send((M.RETURN_LEASE, value["lease_id"], False))
                 self.dispatch(q)
                 return
             lease = Lease(value, conn, q)
+            lease.daemon = self.core.peers.get(value["node_id"]) if value["node_id"] != self.core.node_id else None
             with self.lock:
                 q.requesting = False
                 q.leases.append(lease)
@@ -275,7 +289,7 @@ class TaskSubmitter:
         if spec.fn_key not in lease.sent_fns:
             fn_blob = spec.fn_blob
             lease.sent_fns.add(spec.fn_key)
-        resolved = [self.core.payload_of(r._id) for r in spec.arg_refs]
+        resolved = [(r._id, self.core.payload_of(r._id)) for r in spec.arg_refs]
         try:
             lease.conn.send((M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
                              resolved, spec.num_returns, spec.streaming, spec.name, lease.lease_id,
@@ -440,7 +454,10 @@ class TaskSubmitter:
                     lease.queue.leases.remove(lease)
             self.core.close_conn(lease.conn)
             try:
-                self.core.daemon_send((M.RETURN_LEASE, lease.lease_id, True))
+                if lease.daemon is not None:
+                    lease.daemon.send((M.RETURN_LEASE, lease.lease_id, True))
+                else:
+                    self.core.daemon_send((M.RETURN_LEASE, lease.lease_id, True))
             except ConnectionClosed:
                 pass
 
@@ -466,7 +483,10 @@ class TaskSubmitter:
             self.fail(spec, exc.TaskCancelledError(task_id.hex()))
             return True
         if force:
-            self.core.daemon_send((M.KILL_WORKER, lease.worker_id))
+            if lease.daemon is not None:
+                lease.daemon.send((M.KILL_WORKER, lease.worker_id))
+            else:
+                self.core.daemon_send((M.KILL_WORKER, lease.worker_id))
         else:
             try:
                 lease.conn.send((M.CANCEL, task_id, force, recursive))

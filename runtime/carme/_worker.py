@@ -184,16 +184,13 @@ class Executor:
         if loaded:
             core.borrow(loaded)
         a = list(a)
-        for (is_kw, key), payload in zip(ref_pos, resolved, strict=True):
-            value = core.deserialize(b"", payload) if payload[0] == M.INLINE else self._from_store(payload)
+        for (is_kw, key), (oid, payload) in zip(ref_pos, resolved, strict=True):
+            value = core.deserialize(oid, payload)
             if is_kw:
                 kw[key] = value
             else:
                 a[key] = value
         return a, kw
-
-    def _from_store(self, payload: tuple) -> Any:
-        return self.core.deserialize(b"arg", payload)
 
     def function(self, key: bytes, blob: bytes | None) -> Any:
         fn = self.functions.get(key)

@@ -22,7 +22,8 @@ from typing import Any
 
 import psutil
 
-__all__ = ["Client", "connect", "list_local", "resolve", "start_head", "state_dir", "stop", "stop_all"]
+__all__ = ["Client", "connect", "list_local", "resolve", "start_head", "start_node", "state_dir",
+           "stop", "stop_all", "stop_node"]
 
 
 def state_dir() -> str:
@@ -46,7 +47,7 @@ def _alive(pid: int) -> bool:
 def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
                resources: dict[str, float] | None = None, port: int = 0,
                host: str = "127.0.0.1", object_store_memory: int | None = None,
-               namespace: str | None = None) -> dict[str, Any]:
+               namespace: str | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Start a standalone cluster on this machine; return its address and how to reach it."""
     from ._node import default_resources, spawn_daemon
     if not isinstance(port, int) or not 0 <= port < 65536:
@@ -54,14 +55,16 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
     res = default_resources(num_cpus, num_gpus, resources)
     proc, ready, token, session_dir, node_id = spawn_daemon(
         resources=res, object_store_memory=object_store_memory, namespace=namespace,
-        job_id=secrets.token_hex(4), prestart=1, standalone=True, tcp=f"{host}:{port}")
+        job_id=secrets.token_hex(4), prestart=1, standalone=True, tcp=f"{host}:{port}",
+        cluster=True, host=host, labels=labels)
     assert proc.stdout is not None and proc.stdin is not None
     proc.stdout.close()
     proc.stdin.close()
     address = ready["tcp"]
     info = {"address": address, "unix_address": ready["address"], "pid": ready["pid"],
             "session_dir": session_dir, "node_id": node_id, "started": time.time(),
-            "cluster_id": address.rsplit(":", 1)[1], "resources": res}
+            "cluster_id": address.rsplit(":", 1)[1], "resources": res, "is_head": True,
+            "grpc_address": ready["grpc"]}
     path = _cluster_file(info["cluster_id"])
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -69,6 +72,57 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
     # the daemon is not our child to wait for: let it be reaped by init
     proc.returncode = 0
     return {**info, "token_file": path}
+
+
+def start_node(address: str, num_cpus: float | None = None, num_gpus: float | None = None,
+               resources: dict[str, float] | None = None, object_store_memory: int | None = None,
+               host: str = "127.0.0.1", labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """Start another node daemon on this machine and join it to the cluster at `address`."""
+    from . import _messages as M
+    from ._node import default_resources, spawn_daemon
+    from ._protocol import connect
+    address, token = resolve(address)
+    try:
+        conn = connect(address, token)
+        conn.send((M.HELLO, 1, "observer", os.getpid(), {"worker_id": "join-" + secrets.token_hex(6)}))
+        hello = conn.recv()[3]
+        conn.close()
+    except OSError as e:
+        raise ConnectionError(f"could not reach the cluster at {address}: {e}") from e
+    if not hello.get("head_grpc"):
+        raise ConnectionError(f"the carme node at {address} is not a cluster head (it runs without --head)")
+    res = default_resources(num_cpus, num_gpus, resources, head=False)
+    proc, ready, _, session_dir, node_id = spawn_daemon(
+        resources=res, object_store_memory=object_store_memory, namespace=None,
+        job_id=hello["job_id"], prestart=1, standalone=True, tcp=f"{host}:0", cluster=True,
+        head_address=hello["head_grpc"], token=token, host=host, labels=labels)
+    assert proc.stdout is not None and proc.stdin is not None
+    proc.stdout.close()
+    proc.stdin.close()
+    proc.returncode = 0
+    head_port = address.rsplit(":", 1)[1]
+    node_port = ready["tcp"].rsplit(":", 1)[1]
+    info = {"address": ready["tcp"], "pid": ready["pid"], "session_dir": session_dir,
+            "node_id": node_id, "started": time.time(), "is_head": False,
+            "cluster_id": f"{head_port}-node-{node_port}", "head": address, "resources": res}
+    path = _cluster_file(info["cluster_id"])
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({**info, "token": token.hex()}, f)
+    return info
+
+
+def stop_node(info: dict[str, Any], graceful: bool = True, timeout: float = 10.0) -> None:
+    """Stop one node daemon started by start_node (SIGTERM, or SIGKILL when not graceful)."""
+    pid = info["pid"]
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM if graceful else signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    _cleanup(info, _cluster_file(info["cluster_id"]))
 
 
 def list_local() -> list[dict[str, Any]]:
@@ -88,6 +142,8 @@ def list_local() -> list[dict[str, Any]]:
             _cleanup(info, path)
             continue
         info.pop("token", None)
+        if not info.get("is_head", True):
+            continue
         info["alive"] = True
         info["token_file"] = path
         out.append(info)
@@ -147,6 +203,16 @@ def stop(address: str, timeout: float = 10.0) -> bool:
     info = _read(address)
     if info is None:
         return False
+    # the nodes this machine joined to it go first
+    port = info["cluster_id"]
+    d = os.path.join(state_dir(), "clusters")
+    for name in os.listdir(d):
+        if name.startswith(f"{port}-node-") and name.endswith(".json"):
+            try:
+                with open(os.path.join(d, name)) as f:
+                    stop_node(json.load(f))
+            except (OSError, ValueError):
+                pass
     path = _cluster_file(info["cluster_id"])
     pid = info["pid"]
     if _alive(pid):
