@@ -294,12 +294,32 @@ class CoreWorker:
         if self.role == "worker":
             os._exit(1)
 
+    def _fail_requests(self, conn: Connection) -> None:
+        """Another node's daemon went away: its unanswered requests fail with NodeDiedError."""
+        for req in conn.meta.pop("reqs", ()):
+            cb = self._requests.pop(req, None)
+            if cb is None:
+                continue
+            err = ("NodeDiedError", f"the node at {conn.peer} went away")
+            if isinstance(cb, _Waiter):
+                cb.set(False, err)
+            else:
+                try:
+                    cb(False, err)
+                except Exception:
+                    self._report_bug()
+
     def _on_daemon_msgs(self, conn: Connection, msgs: list | None) -> None:
         if msgs is None:
+            if conn is not self.daemon:
+                self._fail_requests(conn)
             return
+        reqs = conn.meta.get("reqs")
         for msg in msgs:
             kind = msg[0]
             if kind == M.REPLY:
+                if reqs:
+                    reqs.discard(msg[1])
                 cb = self._requests.pop(msg[1], None)
                 if cb is None:
                     continue
@@ -344,7 +364,11 @@ class CoreWorker:
         if conn is None or conn is self.daemon:
             self.daemon_send((kind, req, *args))
         else:
-            conn.send((kind, req, *args))
+            conn.meta.setdefault("reqs", set()).add(req)
+            try:
+                conn.send((kind, req, *args))
+            except ConnectionClosed:
+                self._fail_requests(conn)
 
     def peer(self, node_id: str, address: str | None = None) -> Connection:
         """A connection to another node's daemon (for leases there, and its objects)."""

@@ -248,7 +248,13 @@ class TaskSubmitter:
                                             granted, conn=peer)
                     return
                 except (OSError, ConnectionClosed) as e:
-                    ok, value = False, ("TaskUnschedulableError", f"could not reach node {value['spillback'][:8]}: {e}")
+                    ok, value = False, ("NodeDiedError", f"could not reach node {value['spillback'][:8]}: {e}")
+            if not ok and isinstance(value, tuple) and value[0] == "NodeDiedError":
+                # that node is gone; once the cluster view says so, the lease goes elsewhere
+                with self.lock:
+                    q.requesting = False
+                self.core.call_later(0.3, lambda: self.dispatch(q))
+                return
             if not ok:
                 with self.lock:
                     q.requesting = False

@@ -1,0 +1,138 @@
+"""carme-only: a cluster of several node daemons on loopback (carme.testing.Cluster)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.processes
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
+    monkeypatch.setenv("CARME_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("CARME_ADDRESS", raising=False)
+    from carme.testing import Cluster
+    c = Cluster(head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+    try:
+        yield c
+    finally:
+        c.shutdown()
+
+
+def _node_of(carme):
+    @carme.remote
+    def where(delay: float = 0.0) -> str:
+        time.sleep(delay)
+        return carme.get_runtime_context().get_node_id()
+    return where
+
+
+def test_nodes_join_and_tasks_spill_and_spread(cluster) -> None:
+    a = cluster.add_node(num_cpus=2, resources={"a": 2})
+    b = cluster.add_node(num_cpus=2, resources={"b": 1})
+    cluster.connect()
+    import carme
+    assert {n["NodeID"] for n in carme.nodes()} == {cluster.head.node_id, a.node_id, b.node_id}
+    res = carme.cluster_resources()
+    assert res["CPU"] == 5 and res["a"] == 2 and res["b"] == 1
+    where = _node_of(carme)
+    # a custom resource only one node has: the task spills there
+    assert carme.get(where.options(resources={"b": 1}).remote(), timeout=60) == b.node_id
+    # SPREAD puts tasks on every node
+    spread = carme.get([where.options(scheduling_strategy="SPREAD").remote(0.3) for _ in range(6)], timeout=60)
+    assert set(spread) == {cluster.head.node_id, a.node_id, b.node_id}
+    # a resource no node has is still a clear error
+    with pytest.raises(carme.exceptions.TaskUnschedulableError, match="unicorn"):
+        carme.get(where.options(resources={"unicorn": 1}).remote(), timeout=30)
+
+
+def test_node_affinity_hard_and_soft(cluster) -> None:
+    from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+    a = cluster.add_node(num_cpus=1)
+    cluster.connect()
+    import carme
+    where = _node_of(carme)
+    for target in (a.node_id, cluster.head.node_id):
+        got = carme.get([where.options(scheduling_strategy=Affinity(target, soft=False)).remote() for _ in range(3)], timeout=60)
+        assert set(got) == {target}
+    missing = "ff" * 28
+    assert carme.get(where.options(scheduling_strategy=Affinity(missing, soft=True)).remote(), timeout=60)
+    with pytest.raises(carme.exceptions.TaskUnschedulableError):
+        carme.get(where.options(scheduling_strategy=Affinity(missing, soft=False)).remote(), timeout=30)
+
+
+def test_large_array_moves_between_nodes_once(cluster) -> None:
+    np = pytest.importorskip("numpy")
+    a = cluster.add_node(num_cpus=1, resources={"a": 1})
+    cluster.connect()
+    import carme
+
+    @carme.remote(resources={"a": 1})
+    def make() -> object:
+        return np.arange(200 * 1024 * 1024 // 8, dtype=np.int64)  # 200 MB, made on node a
+
+    @carme.remote(resources={"head": 1})
+    def total(x) -> int:
+        return int(x[-1]) + int(x[0])
+
+    ref = make.remote()
+    arr = carme.get(ref, timeout=120)  # the driver (on the head node) pulls it
+    assert arr.nbytes == 200 * 1024 * 1024 and int(arr[-1]) == len(arr) - 1
+    assert not arr.flags.writeable
+    # a task on the head node reads the head's copy: no second transfer
+    t0 = time.monotonic()
+    assert carme.get(total.remote(ref), timeout=120) == len(arr) - 1
+    assert a.node_id != cluster.head.node_id
+    del arr, ref
+    assert time.monotonic() - t0 < 60
+
+
+def test_node_killed_tasks_retry_elsewhere_and_view_updates(cluster, tmp_path: Path) -> None:
+    victim = cluster.add_node(num_cpus=1, resources={"spot": 1})
+    cluster.add_node(num_cpus=1, resources={"spot": 1})
+    cluster.connect()
+    import carme
+    started = tmp_path / "started"
+
+    @carme.remote(resources={"spot": 1}, max_retries=2)
+    def slow(path: str) -> str:
+        with open(path, "a") as f:
+            f.write(carme.get_runtime_context().get_node_id() + "\n")
+        time.sleep(2)
+        return carme.get_runtime_context().get_node_id()
+
+    refs = [slow.remote(str(started)) for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while not (started.exists() and victim.node_id in started.read_text()):
+        assert time.monotonic() < deadline, "no task started on the victim node"
+        time.sleep(0.05)
+    os.kill(victim.pid, signal.SIGKILL)
+    results = carme.get(refs, timeout=120)
+    assert victim.node_id not in results  # retried on the surviving node
+    deadline = time.monotonic() + 10
+    while victim.node_id in cluster.alive_node_ids():
+        assert time.monotonic() < deadline, "the dead node is still in the cluster view after 10 s"
+        time.sleep(0.2)
+    cluster.nodes.remove(victim)
+    from carme import cluster as cl
+    cl.stop_node(victim)  # removes what the killed daemon left (its store, session dir)
+
+
+def test_node_removed_cleanly(cluster) -> None:
+    a = cluster.add_node(num_cpus=1)
+    cluster.connect()
+    import carme
+    assert len(carme.nodes()) == 2
+    cluster.remove_node(a)
+    deadline = time.monotonic() + 10
+    while len([n for n in carme.nodes() if n["Alive"]]) != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    where = _node_of(carme)
+    assert carme.get(where.remote(), timeout=60) == cluster.head.node_id
