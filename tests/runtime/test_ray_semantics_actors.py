@@ -301,3 +301,41 @@ def test_kill_with_restart_and_name_reuse(ray_impl, wait_for):
     d = wait_for(name_free, timeout=30)
     assert ray.get(d.get.remote()) == 8
     ray.kill(d)
+
+
+def test_actor_generator_method_streams(ray_impl):
+    ray = ray_impl
+
+    @ray.remote
+    class Source:
+        def items(self, n):
+            for i in range(n):
+                yield i * i
+
+    s = Source.remote()
+    g = s.items.remote(4)
+    assert isinstance(g, ray.ObjectRefGenerator)
+    assert [ray.get(r) for r in g] == [0, 1, 4, 9]
+    ray.kill(s)
+
+
+def test_cancel_async_actor_task(ray_impl):
+    ray = ray_impl
+
+    @ray.remote
+    class Sleeper:
+        async def nap(self):
+            await asyncio.sleep(60)
+            return "woke"
+
+        async def ping(self):
+            return "pong"
+
+    a = Sleeper.remote()
+    ref = a.nap.remote()
+    assert ray.get(a.ping.remote(), timeout=30) == "pong"  # nap is running by now
+    ray.cancel(ref)
+    with pytest.raises(ray.exceptions.TaskCancelledError):
+        ray.get(ref, timeout=20)
+    assert ray.get(a.ping.remote(), timeout=30) == "pong"  # the actor lives on
+    ray.kill(a)

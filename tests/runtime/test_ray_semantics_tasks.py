@@ -274,3 +274,15 @@ def test_retry_exceptions(ray_impl, tmp_path):
     assert len((tmp_path / "c").read_text()) == 1
     assert ray.get(flaky.options(retry_exceptions=[ValueError]).remote(str(tmp_path / "d"))) == 2
 
+
+
+def test_max_calls_gives_a_fresh_worker(ray_impl):
+    ray = ray_impl
+
+    @ray.remote(max_calls=1)
+    def pid():
+        return os.getpid()
+
+    first = ray.get(pid.remote())
+    second = ray.get(pid.remote())
+    assert first != second
