@@ -186,3 +186,40 @@ def test_placement_group_bad_arguments(ray_impl, submodule):
         pgm.placement_group([{"CPU": 1}], strategy="BOGUS")
     with pytest.raises(ValueError):
         pgm.placement_group([])
+
+
+def test_actor_in_bundle_and_named_group(ray_impl, submodule):
+    ray = ray_impl
+    pgm = submodule(ray, "util.placement_group")
+    strategies = submodule(ray, "util.scheduling_strategies")
+    pg = pgm.placement_group([{"CPU": 1}], name="sem-named-pg")
+    assert pg.wait(timeout_seconds=30)
+    assert pgm.get_placement_group("sem-named-pg").id == pg.id
+
+    @ray.remote(num_cpus=1)
+    class InGroup:
+        def group(self):
+            current = pgm.get_current_placement_group()
+            return current.id.hex() if current else None
+
+    a = InGroup.options(
+        scheduling_strategy=strategies.PlacementGroupSchedulingStrategy(placement_group=pg)
+    ).remote()
+    assert ray.get(a.group.remote(), timeout=30) == pg.id.hex()
+    ray.kill(a)
+    pgm.remove_placement_group(pg)
+
+
+def test_scheduling_strategies(ray_impl, submodule):
+    ray = ray_impl
+    strategies = submodule(ray, "util.scheduling_strategies")
+
+    @ray.remote
+    def node():
+        return ray.get_runtime_context().get_node_id()
+
+    here = ray.get_runtime_context().get_node_id()
+    pinned = strategies.NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    assert ray.get(node.options(scheduling_strategy=pinned).remote(), timeout=30) == here
+    assert ray.get(node.options(scheduling_strategy="SPREAD").remote(), timeout=30) == here
+    assert ray.get(node.options(scheduling_strategy="DEFAULT").remote(), timeout=30) == here
