@@ -113,6 +113,19 @@ class ActorSubmitter:
 
     def resolve(self, st: ActorState) -> None:
         def answered(ok: bool, info: Any) -> None:
+            if ok and info.get("redirect"):
+                # it runs on another node: ask that node's daemon (it waits until it is up)
+                try:
+                    peer = self.core.peer(info["redirect"], info.get("address"))
+                    self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True), answered, conn=peer)
+                    return
+                except (OSError, ConnectionClosed):
+                    ok, info = False, ("NodeDiedError", "the actor's node is unreachable")
+            if not ok and isinstance(info, tuple) and info[0] == "NodeDiedError":
+                with self.lock:
+                    st.status = "unresolved"
+                self.core.call_later(0.3, lambda: self.drain(st))
+                return
             if not ok:
                 from ._core import error_from_reply
                 self.set_dead(st, error_from_reply(info))

@@ -21,6 +21,7 @@ It never sits on the per-task path: drivers push tasks straight to leased worker
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import os
 import selectors
@@ -90,6 +91,7 @@ class ActorRec:
     death: tuple | None = None  # error payload
     waiters: list[tuple[Connection, int]] = field(default_factory=list)
     creator: tuple[Connection, int] | None = None
+    remote_node: str | None = None  # placed on another node: it runs and restarts it there
 
 
 class NodeDaemon:
@@ -142,6 +144,9 @@ class NodeDaemon:
         self.peers: dict[str, dict[str, Any]] = {}  # other nodes, from the head's view
         self.view_nodes: list[dict[str, Any]] = []
         self.pulls: dict[bytes, str] = {}
+        self.peer_conns: dict[str, Connection] = {}
+        self.peer_reqs: dict[int, Any] = {}
+        self.peer_req_ids = itertools.count(1)
         self.cached: list[bytes] = []  # copies pulled from other nodes, oldest first
         # workers of a node that others reach over the network listen on TCP too
         self.worker_tcp_host: str | None = self.host if self.cluster_mode else None
@@ -180,6 +185,7 @@ class NodeDaemon:
             M.PG_INFO: self.on_pg_info, M.PG_WAIT: self.on_pg_wait,
             M.STORE_STATS: self.on_store_stats, M.NAMED_ACTORS: self.on_named_actors,
             M.GET_REMOTE: self.on_get_remote, M.NODE_ADDRESS: self.on_node_address,
+            M.REPLY: self.on_reply,
             M.WORKER_READY: self.on_worker_ready, M.ACTOR_READY: self.on_actor_ready,
             M.ACTOR_FAILED: self.on_actor_failed,
         }
@@ -256,6 +262,13 @@ class NodeDaemon:
         w: WorkerRec | None = conn.meta.get("worker")
         if w is not None:
             self.on_worker_died(w)
+        for nid, pc in list(self.peer_conns.items()):
+            if pc is conn:
+                del self.peer_conns[nid]
+                for req, (rnid, cb) in list(self.peer_reqs.items()):
+                    if rnid == nid:
+                        del self.peer_reqs[req]
+                        cb(False, ("NodeDiedError", f"node {nid[:8]} went away"))
         if conn in self.drivers:
             self.drivers.remove(conn)
         holder = conn.meta.get("holder")
@@ -716,6 +729,10 @@ class NodeDaemon:
         if actor is None or actor.state == "DEAD":
             self.scheduler.release(g.lease_id)
             return
+        if g.node_id != self.node_id:
+            self.scheduler.release(g.lease_id)
+            self.place_remote(actor, g.node_id)
+            return
         actor.lease_id = g.lease_id
 
         def start(w: WorkerRec) -> None:
@@ -731,6 +748,66 @@ class NodeDaemon:
             w.conn.send((M.RUN_ACTOR, actor.actor_id, actor.spec, list(g.gpu_ids), actor.restarts))
 
         self.take_worker(actor.spec["env_key"], start)
+
+    # ------------------------------------------------------------------ actors on other nodes
+    def peer_conn(self, node_id: str) -> Connection:
+        conn = self.peer_conns.get(node_id)
+        if conn is not None and not conn.closed:
+            return conn
+        from ._protocol import connect
+        conn = connect(self.peers[node_id]["address"], self.token)
+        conn.meta["role"] = "peer"
+        conn.meta["holder"] = "node:" + node_id
+        conn.send((M.HELLO, 0, "peer", os.getpid(), {"worker_id": "node:" + self.node_id}))
+        self.peer_conns[node_id] = conn
+        self.sel.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
+        return conn
+
+    def peer_request(self, node_id: str, kind: int, args: tuple, callback: Any) -> None:
+        req = next(self.peer_req_ids)
+        self.peer_reqs[req] = (node_id, callback)
+        try:
+            self.peer_conn(node_id).send((kind, req, *args))
+        except (OSError, ConnectionClosed) as e:
+            self.peer_reqs.pop(req, None)
+            callback(False, ("NodeDiedError", f"node {node_id[:8]} is unreachable: {e}"))
+
+    def on_reply(self, conn: Connection, req: int, ok: bool, value: Any) -> None:
+        entry = self.peer_reqs.pop(req, None)
+        if entry is not None:
+            entry[1](ok, value)
+
+    def place_remote(self, actor: ActorRec, node_id: str) -> None:
+        """The scheduler chose another node: that node's daemon runs (and restarts) it."""
+        from ._scheduler import NodeAffinity
+        actor.remote_node = node_id
+        spec = dict(actor.spec, name=None, get_if_exists=False, display_name=actor.spec.get("name"),
+                    strategy=NodeAffinity(node_id, False), forwarded=True)
+
+        def created(ok: bool, value: Any) -> None:
+            if not ok:
+                actor.no_restart = True
+                self.actor_dead(actor, value if isinstance(value, tuple) else ("ActorDiedError", str(value)))
+                return
+            waiters, actor.waiters = actor.waiters, []
+            for wconn, wreq in waiters:
+                self.reply(wconn, wreq, True, self.actor_info(actor))
+
+        self.peer_request(node_id, M.CREATE_ACTOR, (actor.actor_id, spec), created)
+
+    def on_peer_died(self, node_id: str) -> None:
+        conn = self.peer_conns.pop(node_id, None)
+        if conn is not None:
+            try:
+                self.sel.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            conn.close()
+        for actor in list(self.actors.values()):
+            if actor.remote_node == node_id and actor.state != "DEAD":
+                actor.remote_node = None
+                actor.spec["kill_reason"] = f"the actor's node {node_id[:8]} died"
+                self.on_actor_worker_died(actor)
 
     def on_actor_ready(self, conn: Connection, actor_id: bytes) -> None:
         actor = self.actors.get(actor_id)
@@ -765,6 +842,11 @@ class NodeDaemon:
 
     def actor_info(self, actor: ActorRec) -> dict:
         w = actor.worker
+        if actor.remote_node is not None and actor.state != "DEAD":
+            peer = self.peers.get(actor.remote_node, {})
+            return {"actor_id": actor.actor_id, "state": "REMOTE", "redirect": actor.remote_node,
+                    "address": peer.get("address"), "spec": self.public_spec(actor),
+                    "death": None, "restarts": actor.restarts, "node_id": actor.remote_node}
         return {"actor_id": actor.actor_id, "state": actor.state,
                 "address": w.address if w and actor.state == "ALIVE" else None,
                 "pid": w.pid if w else None, "worker_id": w.worker_id if w else None,
@@ -783,7 +865,7 @@ class NodeDaemon:
         if actor is None:
             self.reply(conn, req, False, ("ValueError", f"unknown actor {actor_id.hex()}"))
             return
-        if wait and actor.state in ("PENDING_CREATION", "RESTARTING"):
+        if wait and actor.state in ("PENDING_CREATION", "RESTARTING") and actor.remote_node is None:
             actor.waiters.append((conn, req))
             return
         self.reply(conn, req, True, self.actor_info(actor))
@@ -806,6 +888,11 @@ class NodeDaemon:
 
     def kill_actor(self, actor: ActorRec, reason: str) -> None:
         actor.spec["kill_reason"] = reason
+        if actor.remote_node is not None:
+            try:
+                self.peer_conn(actor.remote_node).send((M.KILL_ACTOR, actor.actor_id, actor.no_restart))
+            except (OSError, ConnectionClosed, KeyError):
+                pass
         if actor.no_restart:
             # dead at once (its name is free again); the worker's exit is then a formality
             self.actor_dead(actor, ("ActorDiedError", reason))
@@ -961,6 +1048,7 @@ class NodeDaemon:
                 self.scheduler.set_remote_usage(nid, row["available"])
             elif nid in known:
                 self.scheduler.remove_node(nid)
+                self.on_peer_died(nid)
         self.view_nodes = nodes
         self.pump()
 
@@ -1089,7 +1177,10 @@ class NodeDaemon:
     def rows_actors(self) -> list[dict]:
         out = []
         for a in self.actors.values():
-            name_ns = next(((ns, n) for (ns, n), aid in self.names.items() if aid == a.actor_id), (a.spec.get("namespace") or self.namespace, ""))
+            if a.remote_node is not None and a.state != "DEAD":
+                continue  # its node lists it
+            name_ns = next(((ns, n) for (ns, n), aid in self.names.items() if aid == a.actor_id),
+                           (a.spec.get("namespace") or self.namespace, a.spec.get("display_name") or ""))
             out.append({"actor_id": a.actor_id.hex(), "class_name": a.spec["class_name"],
                         "state": a.state, "job_id": self.job_id, "name": name_ns[1],
                         "ray_namespace": name_ns[0], "namespace": name_ns[0],

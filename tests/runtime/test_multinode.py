@@ -136,3 +136,47 @@ def test_node_removed_cleanly(cluster) -> None:
         time.sleep(0.1)
     where = _node_of(carme)
     assert carme.get(where.remote(), timeout=60) == cluster.head.node_id
+
+
+def test_actor_on_a_chosen_node_and_restarted_when_its_node_dies(cluster) -> None:
+    from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+    a = cluster.add_node(num_cpus=1, resources={"gpu_box": 1})
+    b = cluster.add_node(num_cpus=1, resources={"gpu_box": 1})
+    cluster.connect(namespace="mn")
+    import carme
+
+    @carme.remote
+    class Where:
+        def __init__(self):
+            self.calls = 0
+
+        def node(self):
+            self.calls += 1
+            return carme.get_runtime_context().get_node_id(), self.calls
+
+    pinned = Where.options(scheduling_strategy=Affinity(a.node_id, soft=False), name="pinned").remote()
+    assert carme.get(pinned.node.remote(), timeout=60) == (a.node_id, 1)
+    assert carme.get(carme.get_actor("pinned").node.remote(), timeout=60) == (a.node_id, 2)
+    names = {r["name"] for r in carme.util.state.list_actors()}
+    assert "pinned" in names
+    movable = Where.options(resources={"gpu_box": 1}, max_restarts=1).remote()
+    first, _ = carme.get(movable.node.remote(), timeout=60)
+    assert first in (a.node_id, b.node_id)
+    victim = a if first == a.node_id else b
+    os.kill(victim.pid, signal.SIGKILL)
+    # restarted on the surviving node (state is new: calls start over)
+    # (its worker may answer once more while the kill reaches it)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            node, calls = carme.get(movable.node.remote(), timeout=60)
+            if node != victim.node_id:
+                break
+        except carme.exceptions.RayActorError:
+            pass
+        assert time.monotonic() < deadline, "the actor was not restarted on the other node"
+        time.sleep(0.2)
+    assert calls == 1
+    cluster.nodes.remove(victim)
+    from carme import cluster as cl
+    cl.stop_node(victim)
