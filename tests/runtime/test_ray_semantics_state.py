@@ -167,3 +167,30 @@ def test_timeline(ray_impl, wait_for, tmp_path):
     ray.timeline(filename=str(path))
     loaded = json.loads(path.read_text())
     assert isinstance(loaded, list) and loaded
+
+
+def test_list_nodes_objects_placement_groups(ray_impl, submodule, wait_for):
+    ray = ray_impl
+    state = submodule(ray, "util.state")
+    pgm = submodule(ray, "util.placement_group")
+
+    nodes = state.list_nodes()
+    assert len(nodes) == 1
+    assert nodes[0].node_id == ray.get_runtime_context().get_node_id()
+    assert nodes[0].state == "ALIVE"
+
+    ref = ray.put(b"x" * 200_000)
+    wait_for(lambda: [o for o in state.list_objects() if o.object_id == ref.hex()], timeout=30, interval=0.3)
+
+    pg = pgm.placement_group([{"CPU": 1}])
+    assert pg.wait(timeout_seconds=30)
+    rows = wait_for(
+        lambda: [p for p in state.list_placement_groups() if p.placement_group_id == pg.id.hex()],
+        timeout=30,
+        interval=0.3,
+    )
+    assert rows[0].state == "CREATED"
+    pgm.remove_placement_group(pg)
+
+    workers = state.list_workers()
+    assert workers and all(isinstance(w.worker_id, str) for w in workers)
