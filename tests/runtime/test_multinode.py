@@ -180,3 +180,31 @@ def test_actor_on_a_chosen_node_and_restarted_when_its_node_dies(cluster) -> Non
     cluster.nodes.remove(victim)
     from carme import cluster as cl
     cl.stop_node(victim)
+
+
+@pytest.mark.parametrize("strategy", ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+def test_placement_groups_across_nodes(cluster, strategy: str) -> None:
+    from carme.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from carme.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    cluster.add_node(num_cpus=2)
+    cluster.add_node(num_cpus=2)
+    cluster.connect()
+    import carme
+    pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy=strategy)
+    assert pg.wait(30), placement_group_table(pg)
+    placed = placement_group_table(pg)["bundles_to_node_id"]
+    nodes = {placed[i] for i in (0, 1)}
+    if strategy in ("SPREAD", "STRICT_SPREAD"):
+        assert len(nodes) == 2
+    else:
+        assert len(nodes) == 1
+    where = _node_of(carme)
+    for i in (0, 1):
+        strat = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)
+        assert carme.get(where.options(scheduling_strategy=strat).remote(), timeout=60) == placed[i]
+    remove_placement_group(pg)
+    # more bundles than nodes: STRICT_SPREAD cannot be placed
+    if strategy == "STRICT_SPREAD":
+        too_many = placement_group([{"CPU": 0.1}] * 4, strategy=strategy)
+        assert not too_many.wait(2)
+        remove_placement_group(too_many)
