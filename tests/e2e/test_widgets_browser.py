@@ -167,6 +167,10 @@ def test_widgets_render_live_in_jupyterlab(lab: tuple[str, str], tmp_path: Path)
             for title in ("carme cluster", "carme timeline"):
                 assert "live" in _widget(page, title).locator(".carme-badge").inner_text()
             page.screenshot(path=str(shot), full_page=True)
+        except Exception:
+            with contextlib.suppress(Exception):
+                page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            raise
         finally:
             ctx.close()
     assert shot.stat().st_size > 10_000
@@ -177,15 +181,37 @@ def test_widgets_render_live_in_jupyterlab(lab: tuple[str, str], tmp_path: Path)
 
 
 def _run_all(page: Any, tmp_path: Path) -> None:
-    """Run > Run All Cells, from the menu bar."""
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
-    item = page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$"))
-    try:
+    """Run > Run All Cells, from the menu bar; again while no cell has started.
+
+    A run asked for before the kernel's connection is ready is dropped by the
+    frontend (every prompt stays ``[ ]``), so the test asks until one starts.
+    """
+    prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
+    for _ in range(12):
+        _accept_kernel_dialog(page)
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+        item = page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$"))
         item.wait_for(timeout=10_000)
-    except Exception:
-        page.screenshot(path=str(tmp_path / "menu.png"))
-        raise
-    item.click()
+        item.click()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            _accept_kernel_dialog(page)
+            if any(re.search(r"\[(\*|\d+)\]", t) for t in prompts.all_inner_texts()):
+                return
+            time.sleep(0.25)
+    page.screenshot(path=str(tmp_path / "not-started.png"), full_page=True)
+    pytest.fail("Run All Cells started no cell within a minute")
+
+
+def _accept_kernel_dialog(page: Any) -> None:
+    """JupyterLab sometimes asks which kernel to start: take the one it offers (the notebook's)."""
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count() and dialog.first.is_visible():
+        text = dialog.first.inner_text()
+        assert "carme" in text, f"unexpected dialog: {text}"
+        dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
+        page.wait_for_selector(".jp-Dialog", state="detached", timeout=10_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
 
 
 def _hover_a_bar(page: Any, canvas: Any, box: dict[str, float]) -> None:
