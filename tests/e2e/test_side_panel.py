@@ -208,9 +208,36 @@ def _wait_text(page: Any, testid: str, pattern: str, timeout: float = 30_000) ->
     return _text(page, testid)
 
 
+def _dismiss_dialogs(page: Any) -> None:
+    """Close Lab's own dialogs (e.g. "Server Connection Error" while the server was away)."""
+    dialogs = page.locator(".jp-Dialog")
+    for _ in range(5):
+        if dialogs.count() == 0:
+            return
+        buttons = dialogs.first.locator(".jp-Dialog-button")
+        if buttons.count():
+            buttons.last.click()
+        else:
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(200)
+
+
 def _run_all(page: Any) -> None:
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    """Run > Run All Cells on the focused notebook; once more if no cell started within 15 s.
+
+    (A click that lands while Lab is still wiring the new kernel's session is sometimes lost.)
+    """
+    first_prompt = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
+    for _ in range(2):
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
+        page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if re.search(r"\[[*0-9]+\]", first_prompt.inner_text()):
+                return
+            time.sleep(0.2)
+    pytest.fail("Run All Cells did not start the notebook's cells (twice)")
 
 
 def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path) -> None:
@@ -289,11 +316,17 @@ def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path)
             lab.start()
             _wait_text(page, "carme-status", f"Connected to {re.escape(address)}", timeout=60_000)
             assert _count(page, "finished") >= N_TASKS
+            _dismiss_dialogs(page)
 
             # stop it from the panel: it says so plainly
             page.locator("[data-testid='carme-stop']").click()
             _wait_text(page, "carme-status", "No cluster is running")
             page.screenshot(path=str(shots / "06-stopped.png"))
+        except Exception:
+            with contextlib.suppress(Exception):
+                page.screenshot(path=str(shots / "failure.png"))
+            print(f"screenshots in {shots}; server log:\n{lab.log()[-4000:]}")
+            raise
         finally:
             ctx.close()
     from carme import cluster
