@@ -4,7 +4,8 @@ Starts ``jupyter lab`` on 127.0.0.1 with the carme_lab server extension (enabled
 by the repository's jupyter-config file) and the prebuilt panel (built first if
 missing), every Jupyter, carme and Chromium path under the test's tmp dir. Then,
 as a user would: open the panel (it says no cluster runs), start a cluster from
-it, open a notebook whose kernel, started now, inherits the selected address,
+it, open a notebook whose carme kernel, started now, inherits the selected address
+(``%carme status`` names it),
 run cells that launch tasks and an actor, and watch the panel's counts and live
 timeline change; open the full timeline; insert the connection code into the
 notebook; restart the server and see the panel reconnect to the same cluster;
@@ -53,6 +54,8 @@ N_TASKS = 12
 NOTEBOOK = {
     "cells": [
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "%carme status"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
          "source": "import os\nprint('kernel joins', os.environ.get('CARME_ADDRESS', 'nothing'))"},
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
          "source": (
@@ -66,7 +69,7 @@ NOTEBOOK = {
              f"total = sum(carme.get([work.remote(i) for i in range({N_TASKS})]))\n"
              "print('total', total, 'tally', carme.get(tally.add.remote(total)))")},
     ],
-    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "metadata": {"kernelspec": {"name": "carme", "display_name": "carme", "language": "python"}},
     "nbformat": 4, "nbformat_minor": 5,
 }
 
@@ -283,6 +286,9 @@ def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path)
             assert in_flight > 0, "the panel never showed a pending or running task"
             assert finished_seen - {0}, "the finished count jumped straight to the end: not live"
             page.wait_for_selector(f"text=kernel joins {address}", timeout=30_000)
+            # the carme kernel says where it will join: the address the panel shows
+            status_out = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea").inner_text()
+            assert address in status_out, status_out
             page.wait_for_selector(f"text=total {sum(range(N_TASKS))} tally", timeout=60_000)
             timeline = page.locator("[data-testid='carme-timeline']")
             page.wait_for_function(
