@@ -289,7 +289,7 @@ def get_gpu_ids() -> list:
     core = _context.maybe_core()
     if core is None:
         return []
-    ids = getattr(core.current_task, "gpu_ids", None) or []
+    ids = core.task_attr("gpu_ids") or []
     return [int(i) if str(i).isdigit() else i for i in ids]
 
 
@@ -320,25 +320,25 @@ class RuntimeContext:
         return self._core.worker_id  # type: ignore[no-any-return]
 
     def get_task_id(self) -> str | None:
-        t = getattr(self._core.current_task, "task_id", None)
+        t = self._core.task_attr("task_id")
         return t.hex() if t else None
 
     def get_actor_id(self) -> str | None:
-        a = getattr(self._core.current_task, "actor_id", None)
+        a = self._core.task_attr("actor_id")
         return a.hex() if a else None
 
     def get_actor_name(self) -> str | None:
         return None
 
     def get_placement_group_id(self) -> str | None:
-        return getattr(self._core.current_task, "pg_id", None)
+        return self._core.task_attr("pg_id")
 
     def get_assigned_resources(self) -> dict[str, float]:
-        shape = getattr(self._core.current_task, "resources", None) or {}
+        shape = self._core.task_attr("resources") or {}
         return {k: float(v) for k, v in shape.items() if k != "memory" or v}
 
     def get_accelerator_ids(self) -> dict[str, list[str]]:
-        return {"GPU": [str(g) for g in (getattr(self._core.current_task, "gpu_ids", None) or [])]}
+        return {"GPU": [str(g) for g in (self._core.task_attr("gpu_ids") or [])]}
 
     def get_runtime_env_string(self) -> str:
         return json.dumps(getattr(self._core, "job_runtime_env", None) or {})
@@ -352,7 +352,7 @@ class RuntimeContext:
 
     @property
     def was_current_actor_reconstructed(self) -> bool:
-        return bool(getattr(self._core.current_task, "restarts", 0))
+        return bool(self._core.task_attr("restarts") or 0)
 
     @property
     def gcs_address(self) -> str:

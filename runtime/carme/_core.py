@@ -165,6 +165,7 @@ class CoreWorker:
         self.node: Any = None  # the embedded node a driver started
         self.quiet_logs = False
         self.current_task: threading.local = threading.local()
+        self.actor_context: dict[str, Any] = {}  # actor-wide values for any of its threads
         from ._actor_submit import ActorSubmitter
         from ._submit import TaskSubmitter
         self.submitter = TaskSubmitter(self)
@@ -805,8 +806,15 @@ class CoreWorker:
         self.request_async(M.PG_WAIT, (pg_id,), done)
         return ref
 
+    def task_attr(self, name: str) -> Any:
+        """What the running task (or, in an actor, the actor) has for `name`."""
+        value = getattr(self.current_task, name, None)
+        if value is None:
+            value = self.actor_context.get(name)
+        return value
+
     def current_placement_group_id(self) -> str | None:
-        return getattr(self.current_task, "pg_id", None)
+        return self.task_attr("pg_id")  # type: ignore[no-any-return]
 
     def shutdown(self) -> None:
         self.running = False

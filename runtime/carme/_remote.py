@@ -154,6 +154,7 @@ class RemoteFunction:
         retries = opts.get("max_retries", 3)
         spec.retries_left = -1 if retries == -1 else retries
         spec.retry_exceptions = opts.get("retry_exceptions", False)
+        spec.max_calls = opts.get("max_calls") or 0
         spec.shape = resource_shape(opts, is_actor=False)
         spec.strategy = _strategy(core, opts)
         spec.runtime_env = _merge_env(core, opts.get("runtime_env"))

@@ -62,6 +62,7 @@ class TaskSpec:
         self.actor_id: bytes | None = None
         self.seq = 0
         self.max_task_retries: int | None = None
+        self.max_calls = 0
         self.cancelled = False
         self.lease: Lease | None = None
         self.attempt = 0
@@ -300,7 +301,7 @@ class TaskSubmitter:
             lease.conn.send((M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
                              resolved, spec.num_returns, spec.streaming, spec.name, lease.lease_id,
                              lease.gpu_ids, spec.attempt, spec.shape,
-                             getattr(spec.strategy, "pg_id", None)))
+                             getattr(spec.strategy, "pg_id", None), spec.max_calls))
         except ConnectionClosed:
             pass  # the reader sees the close and retries the in-flight tasks
 

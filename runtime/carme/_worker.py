@@ -108,6 +108,7 @@ class Executor:
         self.cfg = cfg
         self.q: queue.SimpleQueue = queue.SimpleQueue()
         self.functions: dict[bytes, Any] = {}
+        self.calls: dict[bytes, int] = {}
         self.cancelled: set[bytes] = set()
         self.running: TaskContext | None = None
         self.cancel_running = False
@@ -202,7 +203,7 @@ class Executor:
 
     def run_task(self, conn: Connection, msg: tuple) -> None:
         (_, task_id, fn_key, fn_blob, args, ref_pos, resolved, num_returns, streaming, name,
-         lease_id, gpu_ids, attempt, shape, pg_id) = msg
+         lease_id, gpu_ids, attempt, shape, pg_id, max_calls) = msg
         self.core.current_task.resources = shape
         self.core.current_task.pg_id = pg_id
         ctx = TaskContext(task_id, conn, name, lease_id, gpu_ids, f"{name} pid={self.pid}")
@@ -212,6 +213,12 @@ class Executor:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
         self.execute(conn, ctx, lambda: self.function(fn_key, fn_blob), args, ref_pos, resolved,
                      num_returns, streaming, main_thread=True)
+        if max_calls:
+            n = self.calls[fn_key] = self.calls.get(fn_key, 0) + 1
+            if n >= max_calls:
+                # max_calls reached: this worker retires (a new one serves the next call)
+                self.core.flush()
+                os._exit(0)
 
     def execute(self, conn: Connection, ctx: TaskContext, get_fn: Any, args: tuple, ref_pos: list,
                 resolved: list, num_returns: Any, streaming: bool, main_thread: bool) -> None:
@@ -317,6 +324,10 @@ class Executor:
         core.current_task.gpu_ids = gpu_ids
         core.current_task.resources = spec.get("running_shape") or {}
         core.current_task.restarts = restarts
+        core.current_task.pg_id = getattr(spec.get("strategy"), "pg_id", None)
+        core.actor_context.update(actor_id=actor_id, gpu_ids=gpu_ids, restarts=restarts,
+                                  resources=core.current_task.resources,
+                                  pg_id=core.current_task.pg_id)
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         ctx = TaskContext(actor_id, spec.get("owner_conn"), f"{self.actor_name}.__init__", None,
