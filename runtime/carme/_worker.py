@@ -277,8 +277,8 @@ class Executor:
             pass
 
     def error_payload(self, e: BaseException, name: str) -> tuple:
-        if isinstance(e, exc.RayTaskError):
-            err: BaseException = e
+        if isinstance(e, (exc.RayTaskError, exc.ObjectStoreFullError, exc.ObjectLostError)):
+            err: BaseException = e  # carme's own errors reach the caller as they are
         else:
             err = exc.RayTaskError.from_exception(e, name, pid=self.pid, ip="127.0.0.1")
         try:

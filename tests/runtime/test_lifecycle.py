@@ -227,3 +227,24 @@ def test_worker_crash_is_retried_then_reported(carme, tmp_path) -> None:
     with pytest.raises(carme.exceptions.WorkerCrashedError):
         carme.get(crash.remote(str(marker)), timeout=30)
     assert marker.read_text() == "xx"  # the first run and one retry
+
+
+def test_object_too_big_for_the_store_fails_cleanly() -> None:
+    np = pytest.importorskip("numpy")
+    import carme
+    carme.init(num_cpus=1, object_store_memory=64 << 20)
+    try:
+        with pytest.raises(carme.exceptions.ObjectStoreFullError, match="object_store_memory"):
+            carme.put(np.zeros(100 << 20, dtype=np.uint8))
+
+        @carme.remote
+        def too_big():
+            return np.zeros(100 << 20, dtype=np.uint8)
+
+        with pytest.raises(carme.exceptions.ObjectStoreFullError):
+            carme.get(too_big.remote(), timeout=60)
+        # what was stored before is intact and the store still works
+        ok = carme.put(np.arange(1 << 20, dtype=np.int64))
+        assert int(carme.get(ok)[-1]) == (1 << 20) - 1
+    finally:
+        carme.shutdown()
