@@ -184,7 +184,11 @@ def test_actor_on_a_chosen_node_and_restarted_when_its_node_dies(cluster) -> Non
 
 @pytest.mark.parametrize("strategy", ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
 def test_placement_groups_across_nodes(cluster, strategy: str) -> None:
-    from carme.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from carme.util.placement_group import (
+        placement_group,
+        placement_group_table,
+        remove_placement_group,
+    )
     from carme.util.scheduling_strategies import PlacementGroupSchedulingStrategy
     cluster.add_node(num_cpus=2)
     cluster.add_node(num_cpus=2)
