@@ -136,7 +136,7 @@ export class CarmePanel extends Widget {
     const sig = JSON.stringify(m.clusters.map(c => [c.id, c.alive, c.origin])) + String(m.selected);
     if (sig !== this._listingSig && document.activeElement !== this._select) {
       this._listingSig = sig;
-      const options = [h('option', { value: NONE }, '— none: each kernel embeds its own —')];
+      const options = [h('option', { value: NONE }, 'none (kernels embed their own)')];
       for (const c of m.clusters) {
         options.push(h('option', { value: c.id }, describe(c)));
       }
@@ -169,7 +169,10 @@ export class CarmePanel extends Widget {
     } else if (m.connection === 'reconnecting') {
       status = 'Lost the connection to the Jupyter server; reconnecting…';
     } else if (m.selected === null) {
-      status = 'No cluster is running here. Start one or connect to one; until then each kernel starts an embedded cluster of its own.';
+      const running = m.clusters.filter(c => c.alive === true).length;
+      status = running === 0
+        ? 'No cluster is running here. Start one or connect to one; until then each kernel starts an embedded cluster of its own.'
+        : `No cluster is selected (${running} running on this machine: pick one above). Until then each kernel starts an embedded cluster of its own.`;
     } else if (snap === null) {
       status = m.error ?? `Waiting for ${m.selected}…`;
     } else {
