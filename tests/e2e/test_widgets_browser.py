@@ -111,6 +111,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
+def _start_session(url: str, token: str) -> None:
+    """Start the notebook's carme kernel through the REST API, so the page attaches to it.
+
+    (Left to the page, JupyterLab sometimes starts two kernels and asks which to keep.)
+    """
+    body = json.dumps({"path": NOTEBOOK.name, "type": "notebook", "name": NOTEBOOK.name,
+                       "kernel": {"name": "carme"}}).encode()
+    req = urllib.request.Request(f"{url}/api/sessions", data=body, method="POST",
+                                 headers={"Authorization": f"token {token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        assert json.load(resp)["kernel"]["name"] == "carme"
+
+
 def _widget(page: Any, title: str) -> Any:
     return page.locator(f".carme-w[data-carme-widget='{title}']").first
 
@@ -126,6 +140,7 @@ def test_widgets_render_live_in_jupyterlab(lab: tuple[str, str], tmp_path: Path)
             viewport={"width": 1400, "height": 3200}, accept_downloads=True,
         )
         try:
+            _start_session(url, token)
             page = ctx.new_page()
             page.goto(f"{url}/lab/tree/{NOTEBOOK.name}?token={token}", timeout=60_000)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
@@ -209,8 +224,12 @@ def _accept_kernel_dialog(page: Any) -> None:
     if dialog.count() and dialog.first.is_visible():
         text = dialog.first.inner_text()
         assert "carme" in text, f"unexpected dialog: {text}"
-        dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click()
-        page.wait_for_selector(".jp-Dialog", state="detached", timeout=10_000)
+        for _ in range(10):
+            if not dialog.count():
+                break
+            with contextlib.suppress(Exception):
+                dialog.locator(".jp-Dialog-button.jp-mod-accept").first.click(timeout=2_000)
+            time.sleep(0.5)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
 
 
