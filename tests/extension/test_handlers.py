@@ -181,3 +181,18 @@ async def test_selection_survives_a_server_restart(tmp_path: Any) -> None:
         assert os.environ["CARME_ADDRESS"] == started["address"]
     finally:
         await second.close()
+
+
+async def test_close_stops_started_clusters_only_when_asked(tmp_path: Any) -> None:
+    from carme_lab._service import LabService
+    from conftest import FakeBackend
+
+    for stop_started, left in ((False, 2), (True, 1)):
+        backend = FakeBackend()
+        backend.local.append({"address": "127.0.0.1:6380", "pid": 1})  # not ours: never stopped
+        service = LabService(backend, state_file=None)
+        info = await service.start({"select": False})
+        assert info["selected"] is False and service.book.selected is None
+        await service.close(stop_started=stop_started)
+        assert len(backend.local) == left
+        assert ("stop", info["address"]) in backend.calls or not stop_started
