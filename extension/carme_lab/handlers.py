@@ -28,13 +28,13 @@ from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.extension.handler import ExtensionHandlerMixin
-from jupyter_server.utils import ensure_async, url_path_join
+from jupyter_server.utils import ensure_async
 from tornado import web
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ._service import LabError, LabService
 
-__all__ = ["AUTH_RESOURCE", "HANDLERS", "handlers_for"]
+__all__ = ["API", "AUTH_RESOURCE", "HANDLERS"]
 
 AUTH_RESOURCE = "carme"
 API = "carme/api"
@@ -154,8 +154,3 @@ HANDLERS: list[tuple[str, type[web.RequestHandler]]] = [
     (r"timeline", TimelineHandler),
     (r"stream", StreamHandler),
 ]
-
-
-def handlers_for(base_url: str = "/") -> list[tuple[str, type[web.RequestHandler]]]:
-    """`HANDLERS` with full URL patterns under `base_url`."""
-    return [(url_path_join(base_url, API, pattern), cls) for pattern, cls in HANDLERS]
