@@ -2,7 +2,7 @@
 
 Starts ``jupyter lab`` on 127.0.0.1 with the carme_lab server extension (enabled
 by the repository's jupyter-config file) and the prebuilt panel (built first if
-missing), every Jupyter, carme and Chromium path under the test's tmp dir. Then,
+missing or older than its sources), every Jupyter, carme and Chromium path under the test's tmp dir. Then,
 as a user would: open the panel (it says no cluster runs), start a cluster from
 it, open a notebook whose carme kernel, started now, inherits the selected address
 (``%carme status`` names it),
@@ -87,9 +87,22 @@ def _requirements() -> str | None:
     return None
 
 
+def _stale() -> bool:
+    """The panel is not built, or a source changed after the last build."""
+    built = LABEXT / "package.json"
+    if not built.exists():
+        return True
+    ext = ROOT / "extension"
+    sources = [*ext.glob("src/*.ts"), *ext.glob("style/*"), ext / "package.json"]
+    return max(p.stat().st_mtime for p in sources) > built.stat().st_mtime
+
+
 def _ensure_built() -> None:
-    if (LABEXT / "package.json").exists():
+    if not _stale():
         return
+    if shutil.which("npm") is None:
+        pytest.fail(f"the panel in {LABEXT} is missing or older than its sources, and npm is "
+                    f"not installed to rebuild it (scripts/build-labextension)")
     out = subprocess.run([str(ROOT / "scripts" / "build-labextension")], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, f"building the panel failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
