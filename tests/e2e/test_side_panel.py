@@ -178,7 +178,7 @@ def lab(jupyter_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     state = tmp_path / "carme-state"
     monkeypatch.setenv("CARME_STATE_DIR", str(state))  # this process stops the clusters afterwards
     env = dict(os.environ, HOME=str(tmp_path), CARME_STATE_DIR=str(state),
-               JUPYTER_CONFIG_DIR=str(config),
+               JUPYTER_CONFIG_DIR=str(config), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
                JUPYTER_PATH=os.pathsep.join([str(share), os.environ.get("JUPYTER_PATH", "")]))
     env.pop("CARME_ADDRESS", None)
     token = secrets.token_hex(16)
