@@ -166,6 +166,7 @@ class CoreWorker:
         self.quiet_logs = False
         self.current_task: threading.local = threading.local()
         self.actor_context: dict[str, Any] = {}  # actor-wide values for any of its threads
+        self._unprotected: set[bytes] = set()
         from ._actor_submit import ActorSubmitter
         from ._submit import TaskSubmitter
         self.submitter = TaskSubmitter(self)
@@ -531,6 +532,16 @@ class CoreWorker:
         self.request(M.EXPORT, oid, payload, [], 0, type(value).__name__)
         return payload, contained
 
+    def protect_views(self) -> None:
+        """Before a task reports back: zero-copy views of its arguments that are still
+        alive (kept in actor state, say) get a hold of this process, taken while the
+        submitter still holds the object."""
+        with self.lock:
+            oids, self._unprotected = self._unprotected, set()
+        keep = [oid for oid in oids if self.refs.count(oid) and oid not in self.objects]
+        if keep:
+            self._borrow_ids(keep)
+
     def localize(self, oid: bytes, payload: tuple) -> tuple:
         """A payload readable here: an object in another node's store is copied to ours
         (once per node) and this process holds that copy while it has references."""
@@ -551,8 +562,10 @@ class CoreWorker:
         if payload[0] == M.INLINE:
             value, loaded = loads(payload[1], payload[2])
         else:
-            if oid not in self.objects and len(oid) > 8:
-                self._borrow_ids([oid])  # our views of it must keep it alive
+            if oid not in self.objects:
+                # a task argument: its submitter keeps it alive while the task runs;
+                # views that outlive the task get a hold of ours (protect_views)
+                self._unprotected.add(oid)
             payload = self.localize(oid, payload)
             src = self.arena.readonly(payload[1], payload[2])
             data, bufs = read_layout(src)

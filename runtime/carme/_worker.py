@@ -271,6 +271,7 @@ class Executor:
             CURRENT.reset(token)
             core.current_task.lease_id = None
         info["end"] = time.time()
+        core.protect_views()
         try:
             conn.send((M.RESULT, task_id, payloads, contained, info))
         except ConnectionClosed:
@@ -432,6 +433,7 @@ class Executor:
                 stream.flush()
             CURRENT.reset(token)
         info["end"] = time.time()
+        self.core.protect_views()
         try:
             conn.send((M.RESULT, task_id, payloads, contained, info))
         except ConnectionClosed:
