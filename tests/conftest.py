@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 Every test that starts carme processes must leave nothing behind. `LeakGuard`
 snapshots the driver's child processes (recursively) and the `/dev/shm` entries
-whose name starts with ``carme`` before the work, and after it waits up to 5 s
-for every new one to disappear. Survivors fail the test by name and are then
-killed by PID so later tests start clean.
+whose name starts with ``carme`` before the work, samples which entries the
+test's processes use while it runs, and afterwards waits up to 5 s for every new
+process and every used new entry to disappear. Survivors fail the test by name
+and are then killed (by PID) or removed so later tests start clean.
 
 - Tests marked ``processes`` get a function-scoped guard automatically
   (`_no_leaks`), unless they use `ray_impl`, whose cluster lives for a whole
@@ -27,8 +28,10 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import threading
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -60,21 +63,11 @@ def _children() -> dict[int, psutil.Process]:
     return procs
 
 
-def _in_use_elsewhere(names: set[str]) -> set[str]:
-    """The subset of `names` that a process outside this test's tree maps or holds open.
-
-    /dev/shm is shared by everything on the machine: a segment that appeared
-    during the test but belongs to another live carme cluster (another test run)
-    is not this test's leak, and must not be removed.
-    """
-    if not names:
-        return set()
-    ours = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
-    prefix = f"{SHM_DIR}/"
+def _shm_used_by(pids: Iterable[int]) -> set[str]:
+    """Names of carme /dev/shm entries that processes `pids` map or hold open."""
+    prefix = f"{SHM_DIR}/{SHM_PREFIX}"
     used: set[str] = set()
-    for pid in psutil.pids():
-        if pid in ours:
-            continue
+    for pid in pids:
         paths: list[str] = []
         with contextlib.suppress(OSError):
             with open(f"/proc/{pid}/maps") as f:
@@ -83,8 +76,48 @@ def _in_use_elsewhere(names: set[str]) -> set[str]:
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 with contextlib.suppress(OSError):
                     paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        used |= {p[len(prefix) :] for p in paths if p.startswith(prefix)} & names
+        used |= {p[len(SHM_DIR) + 1 :] for p in paths if p.startswith(prefix)}
     return used
+
+
+def _our_pids() -> list[int]:
+    return [os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))]
+
+
+def _in_use_elsewhere(names: set[str]) -> set[str]:
+    """The subset of `names` that a process outside this test's tree maps or holds open."""
+    if not names:
+        return set()
+    ours = set(_our_pids())
+    return _shm_used_by(pid for pid in psutil.pids() if pid not in ours) & names
+
+
+class _ShmSampler:
+    """Records, every 100 ms, the carme shm entries this process tree uses.
+
+    /dev/shm is shared by everything on the machine (other test runs, other
+    clusters), so a segment counts as this test's only if one of its processes
+    was seen using it; a new segment nobody here used is reported as a warning,
+    never a failure, and never removed.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="leak-guard-shm-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                self.seen |= _shm_used_by(_our_pids())
+            if self._stop.wait(0.1):
+                return
+
+    def stop(self) -> set[str]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.seen
 
 
 def _describe(p: psutil.Process) -> str:
@@ -101,8 +134,11 @@ class LeakGuard:
     def __init__(self) -> None:
         self.procs = _children()
         self.shm = _shm_entries()
+        self.sampler = _ShmSampler()
 
     def survivors(self, wait_s: float = LEAK_WAIT_S) -> tuple[list[psutil.Process], list[str]]:
+        """New live child processes, and new shm entries this tree used, still there after `wait_s`."""
+        seen = self.sampler.stop()
         deadline = time.monotonic() + wait_s
         while True:
             procs = [
@@ -111,10 +147,17 @@ class LeakGuard:
                 if pid not in self.procs and _alive(p)
             ]
             new = _shm_entries() - self.shm
-            shm = sorted(new - _in_use_elsewhere(new))
+            shm = sorted(new & seen)
             if (not procs and not shm) or time.monotonic() >= deadline:
-                return procs, shm
+                break
             time.sleep(0.05)
+        stray = new - seen - _in_use_elsewhere(new - seen)
+        if stray:
+            warnings.warn(
+                f"new carme shared memory not used by this test, left as is: {sorted(stray)}",
+                stacklevel=2,
+            )
+        return procs, shm
 
     def check(self, what: str, wait_s: float = LEAK_WAIT_S) -> str | None:
         """Return a failure message naming survivors (after killing them), or None."""
