@@ -116,6 +116,19 @@ def test_timeline_model_lanes_spans_and_colors() -> None:
     assert "<svg" in html and "In [3]" in html
 
 
+def test_a_run_reported_twice_shows_once() -> None:
+    twice = [
+        {"name": "f", "ph": "X", "pid": 1, "tid": 1, "ts": 5.0, "dur": 0.0,
+         "args": {"task_id": "t", "attempt": 0, "state": "RUNNING"}},
+        {"name": "f", "ph": "X", "pid": 1, "tid": 1, "ts": 5.0, "dur": 9.0,
+         "args": {"task_id": "t", "attempt": 0, "state": "FINISHED"}},
+        {"name": "f", "ph": "X", "pid": 1, "tid": 1, "ts": 20.0, "dur": 1.0,
+         "args": {"task_id": "t", "attempt": 1, "state": "FINISHED"}},
+    ]
+    spans = _data.timeline_model(twice)["spans"]
+    assert [(s["start_us"], s["dur_us"], s["state"]) for s in spans] == [(5.0, 9.0, "FINISHED"), (20.0, 1.0, "FINISHED")]
+
+
 def test_chrome_trace_round_trips_through_the_model() -> None:
     m = _data.timeline_model(TRACE)
     again = _data.timeline_model(_data.chrome_trace(m))

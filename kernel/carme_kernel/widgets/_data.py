@@ -368,6 +368,7 @@ def timeline_model(
                 thread_names[(ev.get("pid"), ev.get("tid"))] = str(args.get("name") or "")
         elif ph == "X":
             bars.append(ev)
+    bars = _dedupe(bars)
     bars.sort(key=lambda e: _num(e.get("ts")) or 0.0)
     dropped = max(0, len(bars) - limit)
     bars = bars[dropped:]
@@ -421,6 +422,21 @@ def timeline_model(
         "limit": limit,
         "updated_ms": now_ms() if at_ms is None else at_ms,
     }
+
+
+def _dedupe(bars: list[Row]) -> list[Row]:
+    """One bar per (task, attempt, start): the longest (a run reported twice shows once)."""
+    best: dict[tuple[Any, Any, Any], Row] = {}
+    for ev in bars:
+        args = ev.get("args") or {}
+        if not args.get("task_id"):
+            best[(id(ev), None, None)] = ev
+            continue
+        key = (args.get("task_id"), args.get("attempt"), ev.get("ts"))
+        cur = best.get(key)
+        if cur is None or (_num(ev.get("dur")) or 0.0) > (_num(cur.get("dur")) or 0.0):
+            best[key] = ev
+    return list(best.values())
 
 
 def chrome_trace(model: TimelineModel) -> list[dict[str, Any]]:
