@@ -147,6 +147,8 @@ class CoreWorker:
         self._requests: dict[int, Any] = {}
         self._decrefs: list[bytes] = []
         self._peer_decrefs: dict[str, list[bytes]] = {}
+        # holds a worker took for us on values it returned (references inside them)
+        self._blob_decrefs: dict[str | None, list[bytes]] = {}
         self.peers: dict[str, Connection] = {}
         self._events: list[tuple] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -338,8 +340,12 @@ class CoreWorker:
     def daemon_send(self, msg: tuple) -> None:
         with self.lock:
             decrefs, self._decrefs = self._decrefs, []
-        if decrefs:
-            self.daemon.send_many([(M.DECREF, decrefs), msg])
+            blobs = self._blob_decrefs.pop(None, None)
+        if decrefs or blobs:
+            msgs: list[tuple] = [(M.DECREF, decrefs)] if decrefs else []
+            if blobs:
+                msgs.append((M.DECREF, blobs, self.worker_id + ":blob"))
+            self.daemon.send_many([*msgs, msg])
         else:
             self.daemon.send(msg)
 
@@ -397,21 +403,31 @@ class CoreWorker:
             decrefs, self._decrefs = self._decrefs, []
             events, self._events = self._events, []
             peer_decrefs, self._peer_decrefs = self._peer_decrefs, {}
+            blobs, self._blob_decrefs = self._blob_decrefs, {}
+        local_blobs = blobs.pop(None, None)
         for node_id, oids in peer_decrefs.items():
-            conn = self.peers.get(node_id)
-            if conn is not None and not conn.closed:
-                try:
-                    conn.send((M.DECREF, oids))
-                except ConnectionClosed:
-                    pass
+            self._send_peer(node_id, (M.DECREF, oids))
+        for peer_id, oids in blobs.items():
+            if peer_id is not None:
+                self._send_peer(peer_id, (M.DECREF, oids, self.worker_id + ":blob"))
         msgs: list[tuple] = []
         if decrefs:
             msgs.append((M.DECREF, decrefs))
+        if local_blobs:
+            msgs.append((M.DECREF, local_blobs, self.worker_id + ":blob"))
         if events:
             msgs.append((M.EVENTS, events))
         if msgs:
             try:
                 self.daemon.send_many(msgs)
+            except ConnectionClosed:
+                pass
+
+    def _send_peer(self, node_id: str, msg: tuple) -> None:
+        conn = self.peers.get(node_id)
+        if conn is not None and not conn.closed:
+            try:
+                conn.send(msg)
             except ConnectionClosed:
                 pass
 
@@ -427,12 +443,19 @@ class CoreWorker:
             if self.refs.counts.get(oid):
                 return  # re-referenced meanwhile
             del self.objects[oid]
-            release = ([oid] if entry.held else []) + entry.contained_ids
-            if release:
-                self.release_holds(release, entry.home)
+            if entry.held:
+                self.release_holds([oid], entry.home)
+            if entry.contained_ids:
+                self.release_blob_holds(entry.contained_ids, entry.home)
             if entry.copy:
                 self._decrefs.append(oid)
             entry.keep = []
+
+    def release_blob_holds(self, oids: list[bytes], node_id: str | None) -> None:
+        """Queue releases of holds a worker took for us on references inside a value."""
+        key = None if node_id is None or node_id == self.node_id else node_id
+        with self.lock:
+            self._blob_decrefs.setdefault(key, []).extend(oids)
 
     def release_holds(self, oids: list[bytes], node_id: str | None) -> None:
         """Queue releases of our holds at `node_id`'s daemon (None: our node's)."""
@@ -472,8 +495,7 @@ class CoreWorker:
             # (taken by a worker for a return value) go once it has them
             self.request(M.EXPORT, oid, payload, contained, 1, entry.type_name)
             if blob_holds:
-                with self.lock:
-                    self._decrefs.extend(blob_holds)
+                self.release_blob_holds(blob_holds, entry.home)
 
     def seal_exported(self, oid: bytes, entry: LocalObject) -> None:
         """A pending object that was exported got its value: tell the daemon."""
@@ -481,8 +503,7 @@ class CoreWorker:
         entry.contained_ids = []
         self.daemon_send((M.EXPORT, None, oid, entry.payload, contained, 0, entry.type_name))
         if contained:
-            with self.lock:
-                self._decrefs.extend(contained)
+            self.release_blob_holds(contained, entry.home)
 
     def borrow(self, refs: list) -> None:
         """Refs just deserialized: take a daemon hold on those this process did not know."""
@@ -520,7 +541,8 @@ class CoreWorker:
         if contained:
             self.export(contained)
             if hold_contained:
-                self.request(M.INCREF, [r._id for r in contained], holder)
+                self.request(M.INCREF, [r._id for r in contained],
+                             holder + ":blob" if holder else None)
         size = len(data) + sum(b.raw().nbytes for b in buffers)
         if size < INLINE_LIMIT or oid is None:
             return inline_payload(data, buffers, is_error), contained
@@ -553,9 +575,7 @@ class CoreWorker:
             if entry is None:
                 entry = self.objects[oid] = LocalObject(owned=False)
                 entry.payload = payload
-            if entry.copy:
-                self._decrefs.append(oid)  # one copy hold is enough
-            entry.copy = True
+            entry.copy = True  # (a process holds a copy once, however often it asks)
         return local  # type: ignore[no-any-return]
 
     def deserialize(self, oid: bytes, payload: tuple) -> Any:

@@ -42,6 +42,10 @@ from ._store import Arena, ArenaFull, create_store_file, store_path
 _PR_SET_PDEATHSIG = 1
 
 
+def _is_process(holder: str) -> bool:
+    return not (holder.endswith(":blob") or holder.startswith(("obj:", "pull:", "cache")))
+
+
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -274,6 +278,7 @@ class NodeDaemon:
         holder = conn.meta.get("holder")
         if holder:
             self.release_holder(holder)
+            self.release_holder(holder + ":blob")
         # leases held by this client go back; non-detached actors it owns die with it
         for lease_id, (lw, lconn, _req) in list(self.leases.items()):
             if lconn is conn and (lw is None or lw.state != "ACTOR"):
@@ -568,9 +573,13 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ objects
     def hold(self, oid: bytes, holder: str, n: int = 1) -> bool:
+        """A process holds an object at most once (however often it says so); a stored
+        value or a return value in flight (":blob") holds once per reference it carries."""
         e = self.objects.get(oid)
         if e is None:
             return False
+        if holder in e.holders and _is_process(holder):
+            return True
         e.count += n
         e.holders[holder] = e.holders.get(holder, 0) + n
         self.holds_by.setdefault(holder, set()).add(oid)
@@ -815,8 +824,8 @@ class NodeDaemon:
             return
         actor.state = "ALIVE"
         w = actor.worker
-        self.events.record(actor_id.hex(), "FINISHED", time.time(), node_id=self.node_id,
-                           worker_id=w.worker_id if w else None, worker_pid=w.pid if w else None)
+        self.record_event(actor_id.hex(), "FINISHED", time.time(), node_id=self.node_id,
+                          worker_id=w.worker_id if w else None, worker_pid=w.pid if w else None)
         if not actor.spec.get("hold_resources") and actor.lease_id:
             self.scheduler.release(actor.lease_id)
             self.leases.pop(actor.lease_id, None)
@@ -833,8 +842,8 @@ class NodeDaemon:
         if actor is None:
             return
         actor.no_restart = True
-        self.events.record(actor_id.hex(), "FAILED", time.time(), error_type="ActorDiedError",
-                           error_message=str(error[1])[:500])
+        self.record_event(actor_id.hex(), "FAILED", time.time(), error_type="ActorDiedError",
+                          error_message=str(error[1])[:500])
         self.actor_dead(actor, error)
         w = conn.meta.get("worker")
         if w is not None:
@@ -975,6 +984,9 @@ class NodeDaemon:
                     self.reply(wconn, wreq, state == "CREATED", state)
 
     # ------------------------------------------------------------------ events / state
+    def record_event(self, task_id: str, state: str, ts: float, **attrs: Any) -> None:
+        self.on_events(None, [(task_id, state, ts, attrs)])  # type: ignore[arg-type]
+
     def on_events(self, conn: Connection, events: list) -> None:
         self.events.record_many(events)
         if self.link is not None:

@@ -88,17 +88,25 @@ class TaskEventLog:
             if name not in _ATTRS:
                 raise TypeError(f"unknown task event attribute {name!r}; expected one of {sorted(_ATTRS)}")
             rec[name] = value
-        rec["state"] = state
+        # events from different processes arrive out of order: an earlier non-final state
+        # never overrides a final one
+        stale = (rec.get("state") in TERMINAL_STATES and state not in TERMINAL_STATES
+                 and ts <= rec.get("ended", ts))
+        if not stale:
+            rec["state"] = state
         events = rec["events"]
         if len(events) >= self.max_events_per_task:
             del events[self.max_events_per_task // 2]
             rec["dropped"] = rec.get("dropped", 0) + 1
         events.append((state, ts))
+        if len(events) > 1 and events[-2][1] > ts:
+            events.sort(key=lambda e: e[1])
         if state == "SUBMITTED":
             rec.setdefault("created", ts)
         elif state == "RUNNING":
             rec["started"] = ts
-            rec.pop("ended", None)
+            if not stale:
+                rec.pop("ended", None)
         elif state in TERMINAL_STATES:
             rec["ended"] = ts
         rec.setdefault("created", ts)

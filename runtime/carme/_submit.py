@@ -324,7 +324,7 @@ class TaskSubmitter:
         spec = self.tasks.get(task_id)
         if spec is None or spec.stream is None:
             if contained:
-                self.core._decrefs.extend(contained)
+                self.core.release_blob_holds(contained, None)
             return
         from ._objects import ObjectRef
         oid = return_id(task_id, index + 1)
@@ -353,7 +353,7 @@ class TaskSubmitter:
         if failed and info.get("retryable") and not spec.cancelled and self._retry_ok(spec, payloads[0]):
             for c in contained:
                 if c:
-                    core._decrefs.extend(c)
+                    core.release_blob_holds(c, info.get("node_id"))
             self.retry(spec)
             return
         core.record(spec.task_id, "RUNNING", ts=info.get("start"), node_id=info.get("node_id"),
@@ -406,10 +406,10 @@ class TaskSubmitter:
                 home = _home(payload, spec.lease) or info_node
                 if entry is None:
                     # nobody holds the return any more: drop what the worker made for it
-                    drop = ([oid] if payload[0] == M.SHARED else []) + (
-                        contained[i] if contained and i < len(contained) and contained[i] else [])
-                    if drop:
-                        core.release_holds(drop, home)
+                    if payload[0] == M.SHARED:
+                        core.release_holds([oid], home)
+                    if contained and i < len(contained) and contained[i]:
+                        core.release_blob_holds(contained[i], home)
                     continue
                 entry.home = home
                 if contained and i < len(contained) and contained[i]:

@@ -228,6 +228,8 @@ class Executor:
         info: dict[str, Any] = {"start": start, "worker_id": core.worker_id, "pid": self.pid,
                                 "node_id": core.node_id}
         token = CURRENT.set(ctx)
+        core.record(task_id, "RUNNING", ts=start, node_id=core.node_id, worker_id=core.worker_id,
+                    worker_pid=self.pid)
         core.current_task.submitter = conn.meta.get("peer")
         core.current_task.lease_id = ctx.lease_id
         core.current_task.task_id = task_id
@@ -397,6 +399,8 @@ class Executor:
         start = time.time()
         info: dict[str, Any] = {"start": start, "worker_id": self.core.worker_id, "pid": self.pid,
                                 "node_id": self.core.node_id}
+        self.core.record(task_id, "RUNNING", ts=start, node_id=self.core.node_id,
+                         worker_id=self.core.worker_id, worker_pid=self.pid)
         payloads: list = []
         contained: list = []
         n = max(num_returns if isinstance(num_returns, int) else 1, 1)
