@@ -118,6 +118,8 @@ class NotebookSession:
             hooks.set_task_tag_provider(None)
             if self.kernel is not None:
                 hooks.set_log_handler(None)
+                from . import _progress_hook
+                _progress_hook.uninstall()
 
     @staticmethod
     def _hooks() -> Any:
@@ -136,6 +138,8 @@ class NotebookSession:
         hooks.set_task_tag_provider(self.current_tag)
         if self.kernel is not None:
             hooks.set_log_handler(self.router.handle)
+            from . import _progress_hook
+            _progress_hook.install(self.kernel)
 
     # -- cluster ----------------------------------------------------------------
     def connect(self, address: str | None = None) -> Any:

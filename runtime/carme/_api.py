@@ -194,7 +194,12 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout must be None or a non-negative number, not {timeout!r}")
     refs, single = _as_ref_list(object_refs, "get")
-    values = core.get(refs, timeout)
+    hook = getattr(STATE, "get_hook", None)
+    if hook is not None and not single:
+        with hook(refs):
+            values = core.get(refs, timeout)
+    else:
+        values = core.get(refs, timeout)
     return values[0] if single else values
 
 

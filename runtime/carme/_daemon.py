@@ -133,6 +133,8 @@ class NodeDaemon:
         self.names: dict[tuple[str, str], bytes] = {}
         self.pg_waiters: dict[str, list[tuple[Connection, int]]] = {}
         self.events = TaskEventLog()
+        from ._metrics import GpuMonitor
+        self.gpus = GpuMonitor()
         self.envs: dict[str, dict] = {}
         self.worker_count = 0
         self.drivers: list[Connection] = []
@@ -710,7 +712,7 @@ class NodeDaemon:
                     self.reply(conn, req, True, {"actor_id": existing, "existing": True,
                                                  "spec": self.public_spec(self.actors[existing])})
                 else:
-                    self.reply(conn, req, False, ("ValueError", f"The name {name!r} (namespace {key[0]!r}) is already taken by another actor. Use get_if_exists=True to reuse it, or choose another name."))
+                    self.reply(conn, req, False, ("ActorAlreadyExistsError", f"The name {name!r} (namespace {key[0]!r}) is already taken by another actor. Use get_if_exists=True to reuse it, or choose another name."))
                 return
             self.names[key] = actor_id
         try:
@@ -1032,7 +1034,7 @@ class NodeDaemon:
 
     def heartbeat_snapshot(self) -> dict:
         from ._metrics import node_metrics
-        m = node_metrics([w.pid for w in self.workers.values()])
+        m = node_metrics([w.pid for w in self.workers.values()], self.gpus)
         m["object_store"] = {"capacity": self.capacity, "used": self.arena.used_bytes}
         return {"available": self.scheduler.available(self.node_id), "metrics": m,
                 "pending": len(self.pending_leases)}
@@ -1176,7 +1178,7 @@ class NodeDaemon:
             "labels": self.config.get("labels") or {},
             "start_time_ms": int(self.started * 1000),
             "object_store": {"capacity": self.capacity, "used": self.arena.used_bytes},
-            "metrics": node_metrics([w.pid for w in self.workers.values()]),
+            "metrics": node_metrics([w.pid for w in self.workers.values()], self.gpus),
             "is_head_node": self.link is None or self.link.is_head,
         }
 
@@ -1240,8 +1242,15 @@ class NodeDaemon:
         for pid in pids:
             self.kill_pid(pid)
         self.zygote.close()
+
+        def alive(pid: int) -> bool:  # orphaned workers may linger as zombies: those are gone
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                return False
+
         deadline = time.time() + 2
-        while time.time() < deadline and any(psutil.pid_exists(p) for p in pids):
+        while time.time() < deadline and any(alive(p) for p in pids):
             time.sleep(0.01)
 
 

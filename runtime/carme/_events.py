@@ -95,6 +95,8 @@ class TaskEventLog:
         if not stale:
             rec["state"] = state
         events = rec["events"]
+        if (state, ts) in events:
+            return  # the same event reported by two processes
         if len(events) >= self.max_events_per_task:
             del events[self.max_events_per_task // 2]
             rec["dropped"] = rec.get("dropped", 0) + 1

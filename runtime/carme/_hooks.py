@@ -9,6 +9,9 @@
   the default (print with a "(name pid=...)" prefix, as Ray does).
 * `cancel_tagged(match, force=False)`: cancel every unfinished task and actor call
   submitted by this process whose tag matches; returns how many.
+* `set_get_hook(fn)`: `carme.get(refs)` runs inside `with fn(refs):` (the kernel shows a
+  progress bar when a get of many refs takes long).
+* `ref_states(refs)`: "pending", "finished" or "failed" per ref, without fetching values.
 
 Hooks set before `carme.init()` apply once it runs.
 """
@@ -48,3 +51,30 @@ def cancel_tagged(match: Callable[[Any], bool], force: bool = False) -> int:
     if core is None:
         return 0
     return core.submitter.cancel_matching(match, force)  # type: ignore[no-any-return]
+
+
+GetHook = Callable[[list], Any]
+
+
+def set_get_hook(fn: GetHook | None) -> None:
+    STATE.get_hook = fn  # type: ignore[attr-defined]
+
+
+def get_hook() -> GetHook | None:
+    return getattr(STATE, "get_hook", None)
+
+
+def ref_states(refs: list) -> list[str]:
+    core = STATE.core
+    if core is None:
+        raise RuntimeError("carme is not initialized: call carme.init() first")
+    out = []
+    for ref in refs:
+        entry = core.objects.get(ref.binary())
+        if entry is None or entry.payload is None:
+            if entry is not None and not entry.owned and not entry.fetching:
+                core.when_ready(ref.binary(), lambda: None)  # ask its node once
+            out.append("pending")
+        else:
+            out.append("failed" if entry.payload[3] else "finished")
+    return out

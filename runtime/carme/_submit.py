@@ -202,6 +202,9 @@ class TaskSubmitter:
             return
         err = self.dep_error(spec)
         if err is not None:
+            # an argument failed: this task fails with that error, without running
+            self.core.record(spec.task_id, "FAILED", error_type="RayTaskError",
+                             error_message="an argument of this task failed")
             self.finish(spec, [err] * max(spec.num_returns, 1), None)
             return
         with self.lock:
@@ -356,10 +359,14 @@ class TaskSubmitter:
                     core.release_blob_holds(c, info.get("node_id"))
             self.retry(spec)
             return
+        # the worker reports RUNNING when it starts; the same event (same time) from here
+        # makes the row complete at once, and the log keeps one of the two
         core.record(spec.task_id, "RUNNING", ts=info.get("start"), node_id=info.get("node_id"),
                     worker_id=info.get("worker_id"), worker_pid=info.get("pid"))
         core.record(spec.task_id, "FAILED" if failed else "FINISHED", ts=info.get("end"),
-                    error_type=info.get("error_type"), error_message=info.get("error_message"))
+                    node_id=info.get("node_id"), worker_id=info.get("worker_id"),
+                    worker_pid=info.get("pid"), error_type=info.get("error_type"),
+                    error_message=info.get("error_message"))
         self.finish(spec, payloads, contained, info.get("node_id"))
 
     def _retry_ok(self, spec: TaskSpec, payload: tuple) -> bool:

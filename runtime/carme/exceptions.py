@@ -59,6 +59,7 @@ import traceback
 from typing import Any, cast
 
 __all__ = [
+    "ActorAlreadyExistsError",
     "ActorDiedError",
     "ActorPlacementGroupRemoved",
     "ActorUnavailableError",
@@ -348,6 +349,10 @@ class RayActorError(RayError):
     @staticmethod
     def from_task_error(task_error: RayTaskError) -> RayActorError:
         return ActorDiedError(task_error)
+
+
+class ActorAlreadyExistsError(ValueError, RayError):
+    """A named actor was created with a name (and namespace) that a live actor has."""
 
 
 class ActorDiedError(RayActorError):

@@ -71,32 +71,14 @@ class CarmeSource:
 def ref_states(refs: Sequence[Any]) -> tuple[list[bool], list[bool]]:
     """(ready, failed) flags per ref, without fetching values or leaving callbacks behind.
 
-    Uses the driver's own record of each object it owns; refs it does not know
-    are asked with ``carme.wait(..., timeout=0)``.
+    Reads ``carme._hooks.ref_states`` (the driver's own record of its objects).
     """
     carme = sys.modules.get("carme")
     if carme is None or not carme.is_initialized():
         raise NotConnected("carme is not initialized")
-    from carme._context import maybe_core
+    from carme._hooks import ref_states as states_of
 
-    core = maybe_core()
-    probe = getattr(core, "objects", None)
-    ready = [False] * len(refs)
-    failed = [False] * len(refs)
-    unknown: list[int] = []
-    for i, ref in enumerate(refs):
-        entry = probe.get(ref.binary()) if probe is not None else None
-        if entry is None:
-            unknown.append(i)
-            continue
-        payload = entry.payload
-        if payload is not None:
-            ready[i] = True
-            failed[i] = bool(len(payload) > 3 and payload[3])
-    if unknown:
-        uniq = list({refs[i]: None for i in unknown})
-        done, _ = carme.wait(uniq, num_returns=len(uniq), timeout=0)
-        done_set = set(done)
-        for i in unknown:
-            ready[i] = refs[i] in done_set
+    states = states_of(list(refs))
+    ready = [s != "pending" for s in states]
+    failed = [s == "failed" for s in states]
     return ready, failed
