@@ -148,7 +148,8 @@ class ActorSubmitter:
             self.core.register(conn, lambda c, msgs: self.on_msgs(st, c, msgs))
             self.drain(st)
 
-        self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True), answered)
+        self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True), answered,
+                                conn=self.core.control())
 
     def set_dead(self, st: ActorState, err: BaseException) -> None:
         with self.lock:

@@ -252,7 +252,11 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise ValueError(f"carme.kill() only supported for actors; got a {type(actor).__name__}")
     core = auto_init()
-    core.daemon_send((M.KILL_ACTOR, actor._actor_id, no_restart))
+    conn = core.control()
+    if conn is core.daemon:
+        core.daemon_send((M.KILL_ACTOR, actor._actor_id, no_restart))
+    else:
+        conn.send((M.KILL_ACTOR, actor._actor_id, no_restart))
 
 
 def nodes() -> list[dict]:

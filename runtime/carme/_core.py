@@ -349,12 +349,30 @@ class CoreWorker:
         else:
             self.daemon.send(msg)
 
-    def request(self, kind: int, *args: Any, timeout: float | None = None) -> Any:
+    def control(self) -> Connection:
+        """Where actors' names and placement groups live: the head's daemon in a cluster
+        (this node's daemon in the embedded cluster, or on the head node)."""
+        if "head_node" not in self.info:
+            # a worker learns where the head is from its daemon (once the view names it)
+            hello = self.request(M.HELLO, self.role, os.getpid(), {"worker_id": self.worker_id})
+            if hello.get("head_node"):
+                self.info.update(head_node=hello["head_node"], head_address=hello["head_address"])
+        head = self.info.get("head_node")
+        if not head or head == self.node_id:
+            return self.daemon
+        return self.peer(head, self.info.get("head_address"))
+
+    def request(self, kind: int, *args: Any, timeout: float | None = None,
+                conn: Connection | None = None) -> Any:
         req = next(self._req_ids)
         w = _Waiter()
         self._requests[req] = w
         try:
-            self.daemon_send((kind, req, *args))
+            if conn is None or conn is self.daemon:
+                self.daemon_send((kind, req, *args))
+            else:
+                conn.meta.setdefault("reqs", set()).add(req)
+                conn.send((kind, req, *args))
         except ConnectionClosed:
             self._requests.pop(req, None)
             raise exc.LocalRayletDiedError("the carme node daemon is gone") from None
@@ -659,6 +677,9 @@ class CoreWorker:
             if entry is None or entry.payload is not None:
                 return
             entry.payload = payload
+            if not entry.size:
+                entry.size = (payload[2] if payload[0] == M.SHARED
+                              else len(payload[1]) + sum(len(b) for b in payload[2]))
             waiters, entry.waiters = entry.waiters, []
             exported = entry.exported and entry.owned
         if exported:
@@ -802,19 +823,23 @@ class CoreWorker:
     def create_placement_group(self, bundles: list, strategy: str, name: str, lifetime: str | None) -> str:
         import secrets
         pg_id = secrets.token_hex(18)
-        return self.request(M.PG_CREATE, pg_id, bundles, strategy, name)  # type: ignore[no-any-return]
+        return self.request(M.PG_CREATE, pg_id, bundles, strategy, name, conn=self.control())  # type: ignore[no-any-return]
 
     def remove_placement_group(self, pg_id: str) -> None:
-        self.request(M.PG_REMOVE, pg_id)
+        self.request(M.PG_REMOVE, pg_id, conn=self.control())
 
     def placement_group_info(self, pg_id: str | None = None, name: str | None = None) -> Any:
-        return self.request(M.PG_INFO, pg_id, name)
+        return self.request(M.PG_INFO, pg_id, name, conn=self.control())
 
     def wait_placement_group(self, pg_id: str, timeout: float | None) -> bool:
         w = _Waiter()
         req = next(self._req_ids)
         self._requests[req] = w
-        self.daemon_send((M.PG_WAIT, req, pg_id))
+        conn = self.control()
+        if conn is self.daemon:
+            self.daemon_send((M.PG_WAIT, req, pg_id))
+        else:
+            conn.send((M.PG_WAIT, req, pg_id))
         if not w.wait(timeout):
             self._requests.pop(req, None)
             return False
@@ -836,7 +861,7 @@ class CoreWorker:
                     f"placement group {pg_id} was removed before it was ready"))
             self.set_payload(oid, payload)
 
-        self.request_async(M.PG_WAIT, (pg_id,), done)
+        self.request_async(M.PG_WAIT, (pg_id,), done, conn=self.control())
         return ref
 
     def task_attr(self, name: str) -> Any:

@@ -406,6 +406,7 @@ class NodeDaemon:
             "resources": self.resources, "session_dir": self.session_dir,
             "namespace": self.namespace, "address": self.address, "tcp": self.tcp_address,
             "head_grpc": self.link.head_address if self.link else None,
+            **self.head_node(),
         })
 
     def on_fn_put(self, conn: Connection, key: bytes, blob: bytes) -> None:
@@ -1065,6 +1066,15 @@ class NodeDaemon:
                 self.on_peer_died(nid)
         self.view_nodes = nodes
         self.pump()
+
+    def head_node(self) -> dict:
+        """The head node's id and driver address, once the cluster view names it."""
+        if self.link is None or self.link.is_head:
+            return {"head_node": self.node_id, "head_address": self.tcp_address or self.address}
+        for nid, peer in self.peers.items():
+            if peer.get("is_head") and peer.get("state") == "ALIVE":
+                return {"head_node": nid, "head_address": peer["address"]}
+        return {}
 
     def on_node_address(self, conn: Connection, req: int, node_id: str) -> None:
         peer = self.peers.get(node_id)

@@ -282,7 +282,7 @@ class ActorClass:
             "runtime_env": _merge_env(core, opts.get("runtime_env")), "tag": _tag(core),
         }
         try:
-            out = core.request(M.CREATE_ACTOR, actor_id, spec)
+            out = core.request(M.CREATE_ACTOR, actor_id, spec, conn=core.control())
         except ValueError:
             raise
         except Exception as e:
@@ -417,7 +417,8 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     if not isinstance(name, str) or not name:
         raise ValueError(f"get_actor() needs a non-empty actor name, not {name!r}")
     core = _core()
-    info = core.request(M.ACTOR_INFO, None, name, namespace or core.namespace, False)
+    info = core.request(M.ACTOR_INFO, None, name, namespace or core.namespace, False,
+                        conn=core.control())
     s = info["spec"]
     return ActorHandle(info["actor_id"], s["class_name"], s["methods"], s["is_async"],
                        s.get("max_task_retries") or 0)

@@ -13,13 +13,13 @@ import re
 from typing import Any
 
 import pytest
+from carme_lab_fakes import FakeBackend
 from jupyter_server.auth.authorizer import Authorizer
 from jupyter_server.base.handlers import APIHandler
 from tornado.httpclient import HTTPClientError
 from tornado.routing import PathMatches
 
 from carme_lab.handlers import AUTH_RESOURCE, HANDLERS
-from conftest import FakeBackend
 
 METHODS = ("get", "post", "put", "patch", "delete")
 XSRF = "0123456789abcdef0123456789abcdef"

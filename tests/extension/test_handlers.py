@@ -166,8 +166,9 @@ async def test_server_started_with_carme_address(
 
 
 async def test_selection_survives_a_server_restart(tmp_path: Any) -> None:
+    from carme_lab_fakes import FakeBackend
+
     from carme_lab._service import LabService
-    from conftest import FakeBackend
 
     state = str(tmp_path / "carme_lab.json")
     backend = FakeBackend()
@@ -184,8 +185,9 @@ async def test_selection_survives_a_server_restart(tmp_path: Any) -> None:
 
 
 async def test_close_stops_started_clusters_only_when_asked(tmp_path: Any) -> None:
+    from carme_lab_fakes import FakeBackend
+
     from carme_lab._service import LabService
-    from conftest import FakeBackend
 
     for stop_started, left in ((False, 2), (True, 1)):
         backend = FakeBackend()

@@ -212,3 +212,26 @@ def test_placement_groups_across_nodes(cluster, strategy: str) -> None:
         too_many = placement_group([{"CPU": 0.1}] * 4, strategy=strategy)
         assert not too_many.wait(2)
         remove_placement_group(too_many)
+
+
+def test_names_and_placement_groups_are_cluster_wide(cluster) -> None:
+    from carme.util.placement_group import get_placement_group, placement_group
+    cluster.add_node(num_cpus=1, resources={"b": 1})
+    cluster.connect(namespace="wide")
+    import carme
+
+    @carme.remote
+    class Named:
+        def hello(self):
+            return "hi"
+
+    @carme.remote(resources={"b": 1})
+    def make_on_b():
+        # created from a worker on another node: the name and the group are the cluster's
+        Named.options(name="from-b", lifetime="detached", namespace="wide").remote()
+        pg = placement_group([{"CPU": 0.5}], name="pg-from-b")
+        return pg.wait(30)
+
+    assert carme.get(make_on_b.remote(), timeout=60)
+    assert carme.get(carme.get_actor("from-b").hello.remote(), timeout=60) == "hi"
+    assert get_placement_group("pg-from-b").wait(10)
