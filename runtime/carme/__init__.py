@@ -4,7 +4,7 @@
 own that starts in well under a second. Importing carme starts nothing.
 """
 
-from . import exceptions, util
+from . import actor, exceptions, util
 from ._api import (
     available_resources,
     cancel,
@@ -31,6 +31,7 @@ __all__ = [
     "ActorHandle",
     "ObjectRef",
     "ObjectRefGenerator",
+    "actor",
     "available_resources",
     "cancel",
     "cluster_resources",

@@ -1,6 +1,8 @@
-"""Utilities with Ray's ``ray.util`` names: placement groups, scheduling strategies, state."""
+"""Utilities with Ray's ``ray.util`` names: placement groups, scheduling strategies, state,
+ActorPool."""
 
 from carme.util import scheduling_strategies, state
+from carme.util.actor_pool import ActorPool
 from carme.util.placement_group import (
     PlacementGroup,
     get_current_placement_group,
@@ -11,6 +13,7 @@ from carme.util.placement_group import (
 )
 
 __all__ = [
+    "ActorPool",
     "PlacementGroup",
     "get_current_placement_group",
     "get_placement_group",
