@@ -46,3 +46,29 @@ def test_exit_actor_ends_it_for_good(ray_impl, submodule):
     with pytest.raises(ray.exceptions.RayActorError):
         for _ in range(50):  # the exit is not restarted, whatever max_restarts says
             ray.get(q.ping.remote(), timeout=30)
+
+
+def test_queue_between_tasks(ray_impl, submodule):
+    ray = ray_impl
+    qmod = submodule(ray, "util.queue")
+    q = qmod.Queue(maxsize=3)
+
+    @ray.remote
+    def producer(queue, n):
+        for i in range(n):
+            queue.put(i)
+        return n
+
+    assert ray.get(producer.remote(q, 3), timeout=30) == 3
+    assert q.qsize() == 3 and q.full()
+    with pytest.raises(qmod.Full):
+        q.put_nowait(99)
+    assert [q.get(timeout=10) for _ in range(3)] == [0, 1, 2]
+    assert q.empty()
+    with pytest.raises(qmod.Empty):
+        q.get_nowait()
+    with pytest.raises(qmod.Empty):
+        q.get(timeout=0.2)
+    q.put_nowait_batch([5, 6])
+    assert q.get_nowait_batch(2) == [5, 6]
+    q.shutdown()
