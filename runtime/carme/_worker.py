@@ -273,6 +273,7 @@ class Executor:
             CURRENT.reset(token)
             core.current_task.lease_id = None
         info["end"] = time.time()
+        a, kw, result = [], {}, None  # the task's own references to its arguments end here
         core.protect_views()
         try:
             conn.send((M.RESULT, task_id, payloads, contained, info))
@@ -437,6 +438,7 @@ class Executor:
                 stream.flush()
             CURRENT.reset(token)
         info["end"] = time.time()
+        a, kw, result = [], {}, None  # the call's own references to its arguments end here
         self.core.protect_views()
         try:
             conn.send((M.RESULT, task_id, payloads, contained, info))
