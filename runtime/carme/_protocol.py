@@ -94,12 +94,12 @@ class Connection:
         if pos:
             del buf[:pos]
 
-    def feed(self) -> list[tuple]:
-        """Read what is available (the socket is readable) and return complete messages."""
+    def _read(self) -> bool:
+        """One recv into the buffer; False if nothing was there to read."""
         try:
             chunk = self.sock.recv(1 << 20)
         except (BlockingIOError, InterruptedError):
-            return []
+            return False
         except OSError as e:
             self.closed = True
             raise ConnectionClosed(str(e)) from e
@@ -107,6 +107,12 @@ class Connection:
             self.closed = True
             raise ConnectionClosed("peer closed the connection")
         self._buf += chunk
+        return True
+
+    def feed(self) -> list[tuple]:
+        """Read what is available (the socket is readable) and return complete messages."""
+        if not self._read():
+            return []
         out = []
         for frame in self._frames():
             if self.expect_token is not None:
@@ -121,15 +127,7 @@ class Connection:
         while True:
             for frame in self._frames():
                 return frame
-            try:
-                chunk = self.sock.recv(1 << 20)
-            except OSError as e:
-                self.closed = True
-                raise ConnectionClosed(str(e)) from e
-            if not chunk:
-                self.closed = True
-                raise ConnectionClosed("peer closed the connection")
-            self._buf += chunk
+            self._read()
 
     def recv(self) -> tuple:
         return _loads(self.recv_raw())

@@ -101,6 +101,26 @@ def _parent(core: Any) -> str | None:
     return t.hex() if t else None
 
 
+def _submit_with_returns(core: Any, spec: TaskSpec, submit: Any) -> Any:
+    """Make the task's return refs (or its ref generator), hand the task over, return them."""
+    if spec.streaming:
+        spec.return_ids = []
+        spec.stream = StreamState(core, spec.task_id)
+        submit(spec)
+        return ObjectRefGenerator(spec.task_id, spec.stream)
+    spec.return_ids = [return_id(spec.task_id, i + 1) for i in range(spec.num_returns)]
+    refs = []
+    for oid in spec.return_ids:
+        core.new_owned(oid, spec.name)
+        refs.append(ObjectRef(oid, core.worker_id))
+    submit(spec)
+    if spec.num_returns == 1:
+        return refs[0]
+    if spec.num_returns == 0:
+        return None
+    return refs
+
+
 class RemoteFunction:
     def __init__(self, fn: Any, options: dict) -> None:
         if inspect.isclass(fn):
@@ -162,22 +182,7 @@ class RemoteFunction:
                           repr(spec.runtime_env) if spec.runtime_env else "")
         spec.tag = _tag(core)
         spec.parent = _parent(core)
-        if spec.streaming:
-            spec.return_ids = []
-            spec.stream = StreamState(core, tid)
-            core.submitter.submit(spec)
-            return ObjectRefGenerator(tid, spec.stream)
-        spec.return_ids = [return_id(tid, i + 1) for i in range(spec.num_returns)]
-        refs = []
-        for oid in spec.return_ids:
-            core.new_owned(oid, spec.name)
-            refs.append(ObjectRef(oid, core.worker_id))
-        core.submitter.submit(spec)
-        if spec.num_returns == 1:
-            return refs[0]
-        if spec.num_returns == 0:
-            return None
-        return refs
+        return _submit_with_returns(core, spec, core.submitter.submit)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("carme does not support Ray DAGs (.bind) yet; use .remote()")
@@ -383,22 +388,8 @@ class ActorHandle:
         spec.parent = _parent(core)
         self._seq += 1
         spec.seq = self._seq
-        if spec.streaming:
-            spec.return_ids = []
-            spec.stream = StreamState(core, tid)
-            core.actor_submitter.submit(spec, self._class_name, self._max_task_retries)
-            return ObjectRefGenerator(tid, spec.stream)
-        spec.return_ids = [return_id(tid, i + 1) for i in range(spec.num_returns)]
-        refs = []
-        for oid in spec.return_ids:
-            core.new_owned(oid, spec.name)
-            refs.append(ObjectRef(oid, core.worker_id))
-        core.actor_submitter.submit(spec, self._class_name, self._max_task_retries)
-        if spec.num_returns == 1:
-            return refs[0]
-        if spec.num_returns == 0:
-            return None
-        return refs
+        return _submit_with_returns(core, spec, lambda s: core.actor_submitter.submit(
+            s, self._class_name, self._max_task_retries))
 
 
 class _ActorID:
