@@ -286,25 +286,18 @@ class CoreWorker:
         self.running = False
         with self.lock:
             reqs, self._requests = self._requests, {}
-        for cb in reqs.values():
-            err = ("LocalRayletDiedError", "the carme node daemon died")
-            if isinstance(cb, _Waiter):
-                cb.set(False, err)
-            else:
-                try:
-                    cb(False, err)
-                except Exception:
-                    pass
+        self._answer_failed(list(reqs.values()), ("LocalRayletDiedError", "the carme node daemon died"))
         if self.role == "worker":
             os._exit(1)
 
     def _fail_requests(self, conn: Connection) -> None:
         """Another node's daemon went away: its unanswered requests fail with NodeDiedError."""
-        for req in conn.meta.pop("reqs", ()):
-            cb = self._requests.pop(req, None)
-            if cb is None:
-                continue
-            err = ("NodeDiedError", f"the node at {conn.peer} went away")
+        pending = [self._requests.pop(req, None) for req in conn.meta.pop("reqs", ())]
+        self._answer_failed([cb for cb in pending if cb is not None],
+                            ("NodeDiedError", f"the node at {conn.peer} went away"))
+
+    def _answer_failed(self, callbacks: list, err: tuple) -> None:
+        for cb in callbacks:
             if isinstance(cb, _Waiter):
                 cb.set(False, err)
             else:
