@@ -25,8 +25,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,19 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import CHROMIUM, CHROMIUM_ARGS, LAB_OVERRIDES, free_port, stop_server
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEXT = ROOT / "extension" / "carme_lab" / "labextension"
 SERVER_CONFIG = ROOT / "jupyter-config" / "jupyter_server_config.d" / "carme_lab.json"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-LAB_OVERRIDES = {
-    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
-}
 N_TASKS = 12
 NOTEBOOK = {
     "cells": [
@@ -108,12 +100,6 @@ def _ensure_built() -> None:
     assert out.returncode == 0, f"building the panel failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Lab:
     url: str
@@ -139,17 +125,9 @@ class Lab:
                 time.sleep(0.3)
 
     def stop(self) -> None:
-        """SIGTERM lets the server shut its kernels down; SIGKILL the group if it will not go."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        if proc is not None:
+            stop_server(proc)
 
     def log(self) -> str:
         return (self.tmp / "lab.log").read_text(errors="replace")
@@ -182,7 +160,7 @@ def lab(jupyter_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                JUPYTER_PATH=os.pathsep.join([str(share), os.environ.get("JUPYTER_PATH", "")]))
     env.pop("CARME_ADDRESS", None)
     token = secrets.token_hex(16)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--allow-root",
            f"--LabApp.app_settings_dir={settings}", f"--LabApp.user_settings_dir={tmp_path / 'user-settings'}",

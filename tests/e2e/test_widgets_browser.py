@@ -19,8 +19,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_support import CHROMIUM, CHROMIUM_ARGS, LAB_OVERRIDES, free_port, stop_server
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = ROOT / "notebooks" / "widgets.ipynb"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-LAB_OVERRIDES = {
-    "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
-}
 
 
 def _requirements() -> str | None:
@@ -53,12 +45,6 @@ def _requirements() -> str | None:
         except ImportError:
             return f"python package {mod} not installed (pip install '.[lab]' playwright)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -74,7 +60,7 @@ def lab(jupyter_dirs: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
     work.mkdir()
     shutil.copy(NOTEBOOK, work / NOTEBOOK.name)
     token = secrets.token_hex(16)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--allow-root",
            f"--LabApp.app_settings_dir={settings}", f"--LabApp.user_settings_dir={tmp_path / 'user-settings'}",
@@ -95,20 +81,8 @@ def lab(jupyter_dirs: Path, tmp_path: Path) -> Iterator[tuple[str, str]]:
                 time.sleep(0.3)
         yield url, token
     finally:
-        _stop(proc)
+        stop_server(proc)
         log.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM lets the server shut its kernels down; SIGKILL the group if it will not go."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def _start_session(url: str, token: str) -> None:
