@@ -274,24 +274,27 @@ def nodes() -> list[dict]:
     return out
 
 
+def _sum_resources(rows: list[dict], key: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for row in rows:
+        if row.get("state", "ALIVE") != "ALIVE":
+            continue
+        for k, v in row[key].items():
+            if v > 0:
+                out[k] = out.get(k, 0.0) + v
+    return out
+
+
 def cluster_resources() -> dict[str, float]:
-    core = auto_init()
-    total: dict[str, float] = {}
-    for row in core.state_rows("nodes"):
-        for k, v in row["resources_total"].items():
-            total[k] = total.get(k, 0.0) + v
-    total.setdefault("object_store_memory", float(sum(r["object_store"]["capacity"] for r in core.state_rows("nodes"))))
+    rows = auto_init().state_rows("nodes")  # one query: it reads every node's metrics
+    total = _sum_resources(rows, "resources_total")
+    total.setdefault("object_store_memory", float(sum(
+        r["object_store"]["capacity"] for r in rows if r.get("state", "ALIVE") == "ALIVE")))
     return total
 
 
 def available_resources() -> dict[str, float]:
-    core = auto_init()
-    avail: dict[str, float] = {}
-    for row in core.state_rows("nodes"):
-        for k, v in row["resources_available"].items():
-            if v > 0:
-                avail[k] = avail.get(k, 0.0) + v
-    return avail
+    return _sum_resources(auto_init().state_rows("nodes"), "resources_available")
 
 
 def get_gpu_ids() -> list:
