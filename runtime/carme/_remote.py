@@ -131,6 +131,7 @@ class RemoteFunction:
         self._options = validate_task_options(options, where=self._where)
         self._key: bytes | None = None
         self._blob: bytes | None = None
+        self._captured: list = []
         self.__name__ = getattr(fn, "__name__", "function")
         self.__qualname__ = self._name
         self.__doc__ = fn.__doc__
@@ -152,11 +153,15 @@ class RemoteFunction:
         core = _core()
         if self._key is None:
             try:
-                blob = dumps_function(self._function)
+                blob, captured = dumps_function(self._function)
             except Exception as e:  # noqa: BLE001
                 raise TypeError(f"Could not serialize the function {self._name!r}: {type(e).__name__}: {e}. "
                                 "Does it capture something unpicklable (a lock, a socket, a client) from "
                                 "its enclosing scope? Create that inside the function instead.") from e
+            # refs captured in its closure or globals: known to the node, and pinned
+            # while this function lives (as in Ray: for the job, in practice)
+            _pin_captured(core, captured)
+            self._captured = captured
             self._blob = blob
             self._key = hashlib.sha1(blob).digest()
         spec = TaskSpec()
@@ -222,6 +227,7 @@ class ActorClass:
         self._where = f"@carme.remote class {self._name!r}"
         self._options = validate_actor_options(options, where=self._where)
         self._blob: bytes | None = None
+        self._captured: list = []
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -255,9 +261,12 @@ class ActorClass:
         core = _core()
         if self._blob is None:
             try:
-                self._blob = dumps_function(self._cls)
+                blob, captured = dumps_function(self._cls)
             except Exception as e:  # noqa: BLE001
                 raise TypeError(f"Could not serialize the actor class {self._name!r}: {type(e).__name__}: {e}") from e
+            _pin_captured(core, captured)
+            self._captured = captured
+            self._blob = blob
         name = opts.get("name")
         namespace = opts.get("namespace") or core.namespace
         if name and opts.get("get_if_exists"):
@@ -303,6 +312,13 @@ class ActorClass:
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("carme does not support Ray DAGs (.bind) yet; use .remote()")
+
+
+def _pin_captured(core: Any, captured: list) -> None:
+    """ObjectRefs a function or class captures travel inside its pickled definition:
+    export them so the workers that load it can borrow them."""
+    if captured:
+        core.export(captured)
 
 
 def _wait_refs(core: Any, refs: list) -> None:

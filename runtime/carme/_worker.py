@@ -198,7 +198,10 @@ class Executor:
         if fn is None:
             if blob is None:
                 raise exc.RaySystemError("the task's function was not sent to this worker")
-            fn = self.functions[key] = loads(blob)[0]
+            fn, captured = loads(blob)
+            if captured:
+                self.core.borrow(captured)  # refs in its closure or globals
+            self.functions[key] = fn
         return fn
 
     def run_task(self, conn: Connection, msg: tuple) -> None:
@@ -338,7 +341,9 @@ class Executor:
                           gpu_ids, f"{self.actor_name} pid={self.pid}", actor_id)
         token = CURRENT.set(ctx)
         try:
-            cls = loads(spec["class_blob"])[0]
+            cls, captured = loads(spec["class_blob"])
+            if captured:
+                core.borrow(captured)  # refs in its closure or globals
             a, kw = self.build_args(spec["args"], spec["ref_pos"], spec["resolved"])
             self.actor = cls.__new__(cls)
             self.actor.__init__(*a, **kw)
