@@ -68,10 +68,29 @@ def _strategy(core: Any, opts: dict) -> Any:
         opts.get("scheduling_strategy"),
         placement_group=opts.get("placement_group", "default"),
         placement_group_bundle_index=opts.get("placement_group_bundle_index", -1),
-        current_placement_group_id=getattr(core.current_task, "pg_id", None),
-        capture_child_tasks=bool(getattr(core.current_task, "pg_capture", False)),
+        current_placement_group_id=core.task_attr("pg_id"),
+        capture_child_tasks=bool(core.task_attr("pg_capture")),
         label_selector=opts.get("label_selector"),
     )
+
+
+def _pg_capture(core: Any, opts: dict, strategy: Any) -> bool:
+    """Whether the task's own children go into its placement group (Ray's
+    placement_group_capture_child_tasks; a captured child captures its children too)."""
+    from ._scheduler import BundleStrategy
+    from .util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    if not isinstance(strategy, BundleStrategy):
+        return False
+    s = opts.get("scheduling_strategy")
+    if isinstance(s, PlacementGroupSchedulingStrategy):
+        flag = s.placement_group_capture_child_tasks
+    elif opts.get("placement_group") not in (None, "default"):
+        flag = opts.get("placement_group_capture_child_tasks")
+    else:
+        flag = None  # inherited from the caller's group: its capture carries on
+    if flag is None:
+        return bool(core.task_attr("pg_capture"))
+    return bool(flag)
 
 
 def _merge_env(core: Any, env: dict | None) -> dict | None:
@@ -182,6 +201,7 @@ class RemoteFunction:
         spec.max_calls = opts.get("max_calls") or 0
         spec.shape = resource_shape(opts, is_actor=False)
         spec.strategy = _strategy(core, opts)
+        spec.pg_capture = _pg_capture(core, opts, spec.strategy)
         spec.runtime_env = _merge_env(core, opts.get("runtime_env"))
         spec.queue_key = (tuple(sorted(spec.shape.items())), repr(spec.strategy),
                           repr(spec.runtime_env) if spec.runtime_env else "")
@@ -280,6 +300,7 @@ class ActorClass:
             _wait_refs(core, arg_refs)
         resolved = [(r._id, core.payload_of(r._id)) for r in arg_refs]
         running = resource_shape(opts, is_actor=True)
+        strategy = _strategy(core, opts)
         conc = opts.get("max_concurrency")
         if conc is None:
             conc = 1000 if self._is_async else 1
@@ -292,7 +313,8 @@ class ActorClass:
             "max_task_retries": opts.get("max_task_retries", 0),
             "max_concurrency": conc, "is_async": self._is_async, "methods": self._methods,
             "placement_shape": actor_scheduling_shape(opts), "running_shape": running,
-            "hold_resources": bool(running), "strategy": _strategy(core, opts),
+            "hold_resources": bool(running), "strategy": strategy,
+            "pg_capture": _pg_capture(core, opts, strategy),
             "runtime_env": _merge_env(core, opts.get("runtime_env")), "tag": _tag(core),
         }
         try:

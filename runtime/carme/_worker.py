@@ -206,9 +206,10 @@ class Executor:
 
     def run_task(self, conn: Connection, msg: tuple) -> None:
         (_, task_id, fn_key, fn_blob, args, ref_pos, resolved, num_returns, streaming, name,
-         lease_id, gpu_ids, attempt, shape, pg_id, max_calls) = msg
+         lease_id, gpu_ids, attempt, shape, pg_id, max_calls, pg_capture) = msg
         self.core.current_task.resources = shape
         self.core.current_task.pg_id = pg_id
+        self.core.current_task.pg_capture = pg_capture
         ctx = TaskContext(task_id, conn, name, lease_id, gpu_ids, f"{name} pid={self.pid}")
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
@@ -332,9 +333,11 @@ class Executor:
         core.current_task.resources = spec.get("running_shape") or {}
         core.current_task.restarts = restarts
         core.current_task.pg_id = getattr(spec.get("strategy"), "pg_id", None)
+        core.current_task.pg_capture = bool(spec.get("pg_capture"))
         core.actor_context.update(actor_id=actor_id, gpu_ids=gpu_ids, restarts=restarts,
                                   resources=core.current_task.resources,
-                                  pg_id=core.current_task.pg_id)
+                                  pg_id=core.current_task.pg_id,
+                                  pg_capture=core.current_task.pg_capture)
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         ctx = TaskContext(actor_id, spec.get("owner_conn"), f"{self.actor_name}.__init__", None,
