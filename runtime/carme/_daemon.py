@@ -626,11 +626,11 @@ class NodeDaemon:
         # the entry starts pending with one hold: the creator's, or for a task return
         # the submitter's (the worker names it); a return its owner already exported
         # while pending keeps its entry (holds, waiters)
-        e = self.objects.get(oid)
-        if e is None or e.payload is not None or "secondary" in e.__dict__:
+        known = self.objects.get(oid)
+        if known is None or known.payload is not None or "secondary" in known.__dict__:
             self.objects[oid] = ObjEntry(None, owner_pid=owner_pid, size=size)
         else:
-            e.size = size
+            known.size = size
         self.hold(oid, holder or conn.meta["holder"])
         self.reply(conn, req, True, off)
 
