@@ -266,7 +266,7 @@ class Executor:
             info["error_type"] = "TaskCancelledError"
         except BaseException as e:  # noqa: BLE001 - the task's error goes to its caller
             if isinstance(e, SystemExit) and self.actor is not None:
-                os._exit(0)
+                self.terminate()  # exit_actor()
             payloads = [self.error_payload(e, ctx.name)] * max(num_returns if isinstance(num_returns, int) else 1, 1)
             info["retryable"] = True
             info["error_type"] = type(e).__name__
@@ -298,11 +298,21 @@ class Executor:
                      name: str) -> tuple[list, list]:
         if streaming:
             return [], []
-        if num_returns == 1:
+        if num_returns == "dynamic":
+            # each yielded value becomes an object of this worker's; the caller's one
+            # return holds them through the generator of their refs (as in Ray)
+            if not hasattr(result, "__next__"):
+                raise TypeError(f"a num_returns='dynamic' task must be a generator function; "
+                                f"{name!r} returned {type(result).__name__}")
+            from ._objects import DynamicObjectRefGenerator
+            values = [DynamicObjectRefGenerator([self.core.put(v) for v in result])]
+        elif num_returns == 1:
             values = [result]
         elif num_returns == 0:
             return [], []
         else:
+            if inspect.isgenerator(result):
+                result = list(result)  # a generator with num_returns=N: its N yields
             if not isinstance(result, (tuple, list)) or len(result) != num_returns:
                 raise ValueError(
                     f"Task {name!r} declared num_returns={num_returns} but returned "
@@ -369,9 +379,36 @@ class Executor:
             self.pool = ThreadPoolExecutor(conc, thread_name_prefix="carme-actor")
         core.daemon_send((M.ACTOR_READY, actor_id))
 
+    def terminate(self) -> None:
+        """End this actor for good, gracefully (__ray_terminate__, exit_actor(), its last
+        handle gone): its __ray_shutdown__ and atexit handlers run, it is not restarted."""
+        import atexit
+        import traceback
+        hook = getattr(self.actor, "__ray_shutdown__", None)
+        try:
+            if callable(hook):
+                hook()
+        except Exception:  # noqa: BLE001 - a failing hook must not keep the actor alive
+            traceback.print_exc()
+        atexit._run_exitfuncs()
+        for stream in (self.stdout, self.stderr):
+            stream.flush()
+        core = self.core
+        msg = (M.KILL_ACTOR, self.actor_id, True)
+        try:
+            conn = core.control()
+            if conn is core.daemon:
+                core.daemon_send(msg)
+            else:
+                conn.send(msg)
+            core.flush()
+        except Exception:  # noqa: BLE001 - the daemon gone: the exit says enough
+            pass
+        os._exit(0)
+
     def method(self, name: str) -> Any:
         if name == "__ray_terminate__":
-            return lambda: os._exit(0)
+            return self.terminate
         if name == "__carme_ready__":
             return lambda: True
         return getattr(self.actor, name)
@@ -436,6 +473,8 @@ class Executor:
                 payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, name)
         except asyncio.CancelledError:
             payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * n
+        except SystemExit:
+            self.terminate()  # exit_actor() in an async method
         except BaseException as e:  # noqa: BLE001
             payloads = [self.error_payload(e, name)] * n
             info["retryable"] = True
