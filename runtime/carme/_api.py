@@ -336,6 +336,20 @@ class RuntimeContext:
     def get_node_id(self) -> str:
         return self._core.node_id  # type: ignore[no-any-return]
 
+    @property
+    def node_id(self) -> Any:
+        """The node's id as an object with .hex() (Ray's older accessor)."""
+        from ._remote import _ActorID
+        return _ActorID(bytes.fromhex(self._core.node_id))
+
+    def is_canceled(self) -> bool:
+        """Whether carme.cancel() was called on the running task (in a worker only)."""
+        executor = self._core.executor
+        if executor is None:
+            raise RuntimeError("is_canceled() is only available inside a task or actor "
+                               "method (in a worker process), not in the driver.")
+        return executor.is_canceled()  # type: ignore[no-any-return]
+
     def get_worker_id(self) -> str:
         return self._core.worker_id  # type: ignore[no-any-return]
 

@@ -427,6 +427,9 @@ class ActorMethod:
 
 
 class ActorHandle:
+    # ActorHandle[MyActor] in type hints, as in Ray
+    __class_getitem__: Any = classmethod(types.GenericAlias)
+
     def __init__(self, actor_id: bytes, class_name: str, methods: dict, is_async: bool,
                  max_task_retries: int = 0, concurrent: bool = False) -> None:
         self._actor_id = actor_id

@@ -123,6 +123,13 @@ class Executor:
         self.pid = os.getpid()
         self.stdout = TaskStream("stdout", sys.__stdout__)
         self.stderr = TaskStream("stderr", sys.__stderr__)
+        self.cancel_requested: set[bytes] = set()  # carme.cancel() reached these tasks
+        self.set_title = _title_setter()
+        self.set_title("ray::IDLE")
+
+    def is_canceled(self) -> bool:
+        ctx = CURRENT.get()
+        return ctx is not None and ctx.task_id in self.cancel_requested
 
     # ------------------------------------------------------------------ incoming
     def on_daemon_message(self, msg: tuple) -> None:
@@ -148,6 +155,7 @@ class Executor:
                 self.q.put((conn, msg))
 
     def on_cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        self.cancel_requested.add(task_id)
         if recursive:
             self.core.submitter.cancel_children(task_id.hex())
         t = self.async_tasks.get(task_id)
@@ -248,6 +256,7 @@ class Executor:
             a, kw = self.build_args(args, ref_pos, resolved)
             if main_thread:
                 self.running = ctx
+                self.set_title(f"ray::{ctx.name}")
             try:
                 result = fn(*a, **kw)
                 if streaming:
@@ -257,6 +266,7 @@ class Executor:
                 if main_thread:
                     self.running = None
                     self.cancel_running = False
+                    self.set_title(f"ray::{self.actor_name}" if self.actor_id else "ray::IDLE")
             payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, ctx.name)
         except KeyboardInterrupt:
             payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * max(num_returns if isinstance(num_returns, int) else 1, 1)
@@ -276,6 +286,7 @@ class Executor:
                 stream.flush()
             CURRENT.reset(token)
             core.current_task.lease_id = None
+            self.cancel_requested.discard(task_id)
         info["end"] = time.time()
         a, kw, result = [], {}, None  # the task's own references to its arguments end here
         core.protect_views()
@@ -372,6 +383,7 @@ class Executor:
             for stream in (self.stdout, self.stderr):
                 stream.flush()
             CURRENT.reset(token)
+        self.set_title(f"ray::{self.actor_name}")
         conc = spec.get("max_concurrency")
         if spec.get("is_async"):
             self.start_loop(conc or 1000)
@@ -481,6 +493,7 @@ class Executor:
             info["error_type"] = type(e).__name__
         finally:
             self.async_tasks.pop(task_id, None)
+            self.cancel_requested.discard(task_id)
             for stream in (self.stdout, self.stderr):
                 stream.flush()
             CURRENT.reset(token)
@@ -491,6 +504,16 @@ class Executor:
             conn.send((M.RESULT, task_id, payloads, contained, info))
         except ConnectionClosed:
             pass
+
+
+def _title_setter() -> Any:
+    """setproctitle when it is installed (process titles `ray::<task>`, as Ray's workers
+    show in ps/top), else nothing."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return lambda title: None
+    return setproctitle
 
 
 def apply_env(env: dict | None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NoReturn, TypeVar, Union
+from typing import NoReturn, TypeVar
 
 from ._remote import ActorClass, ActorClassInheritanceException, ActorHandle, ActorMethod
 
@@ -12,7 +12,7 @@ __all__ = ["ActorClass", "ActorClassInheritanceException", "ActorHandle", "Actor
 T = TypeVar("T")
 
 # what `.remote()` on an actor class gives, for type hints (Ray's ray.actor.ActorProxy)
-ActorProxy = Union["ActorHandle", type[T]]
+ActorProxy = ActorHandle | type[T]
 
 
 def exit_actor() -> NoReturn:
