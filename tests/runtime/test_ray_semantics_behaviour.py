@@ -34,6 +34,17 @@ def _signal(ray):
     return Signal.remote()
 
 
+def _gated(ray):
+    """A task that returns `x` once the signal is sent."""
+
+    @ray.remote
+    def gated(sig, x):
+        ray.get(sig.wait.remote())
+        return x
+
+    return gated
+
+
 # ---------------------------------------------------------------- bad use fails at once
 def test_wrong_argument_count_raises_type_error_at_remote(ray_impl):
     ray = ray_impl
@@ -209,11 +220,7 @@ def _log_actor(ray, **options):
 def test_concurrent_actor_runs_a_ready_call_before_an_earlier_blocked_one(ray_impl, kind):
     ray = ray_impl
     sig = _signal(ray)
-
-    @ray.remote
-    def gated(sig, x):
-        ray.get(sig.wait.remote())
-        return x
+    gated = _gated(ray)
 
     opts = {"is_async": True} if kind == "async" else {"max_concurrency": 2}
     log = _log_actor(ray, **opts).remote()
@@ -227,11 +234,7 @@ def test_concurrent_actor_runs_a_ready_call_before_an_earlier_blocked_one(ray_im
 def test_sync_actor_keeps_submission_order(ray_impl):
     ray = ray_impl
     sig = _signal(ray)
-
-    @ray.remote
-    def gated(sig, x):
-        ray.get(sig.wait.remote())
-        return x
+    gated = _gated(ray)
 
     log = _log_actor(ray).remote()
     first = log.add.remote(gated.remote(sig, "a"))
@@ -314,3 +317,33 @@ def test_actor_dies_with_the_task_that_created_it(ray_impl, wait_for):
     pid = ray.get(make.remote(), timeout=HANG_GUARD_S)
     wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
              timeout=HANG_GUARD_S)
+
+
+def test_actor_dies_with_the_actor_that_created_it(ray_impl, wait_for):
+    """Its handle was passed out, so only its owner's death ends it."""
+    ray = ray_impl
+
+    @ray.remote
+    class Child:
+        def ping(self):
+            return "pong"
+
+    @ray.remote
+    class Parent:
+        def make(self):
+            self.child = Child.remote()
+            return [self.child]
+
+    parent = Parent.remote()
+    [child] = ray.get(parent.make.remote(), timeout=HANG_GUARD_S)
+    assert ray.get(child.ping.remote(), timeout=HANG_GUARD_S) == "pong"
+    ray.kill(parent)
+
+    def child_gone():
+        try:
+            ray.get(child.ping.remote(), timeout=HANG_GUARD_S)
+        except ray.exceptions.RayActorError:
+            return True
+        return False
+
+    wait_for(child_gone, timeout=HANG_GUARD_S, interval=0.2)
