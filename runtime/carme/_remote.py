@@ -539,7 +539,7 @@ def _collect_with_handle(core: Any, handle: ActorHandle) -> None:
         # from the I/O thread, not from inside whatever the collector interrupted
         core.call_later(0, lambda: ActorHandle(*ident).__ray_terminate__.remote())
 
-    weakref.finalize(handle, collected)
+    weakref.finalize(handle, collected).atexit = False  # at exit the owner's end does it
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:
