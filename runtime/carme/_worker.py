@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -118,7 +119,10 @@ class Executor:
         self.actor_name = ""
         self.pool: ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.sem: asyncio.Semaphore | None = None
+        # an async actor runs at most async_limit calls at once; the rest wait here
+        self.async_limit = 1
+        self.async_running = 0
+        self.async_waiting: deque[tuple[Connection, tuple]] = deque()
         self.async_tasks: dict[bytes, Any] = {}
         self.pid = os.getpid()
         self.stdout = TaskStream("stdout", sys.__stdout__)
@@ -438,7 +442,7 @@ class Executor:
         def run() -> None:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
-            self.sem = asyncio.Semaphore(concurrency)
+            self.async_limit = concurrency
             ready.set()
             self.loop.run_forever()
 
@@ -446,11 +450,38 @@ class Executor:
         ready.wait()
 
     def start_async_call(self, conn: Connection, msg: tuple) -> None:
+        """On the loop: start the call if a slot is free, else queue it.
+
+        A freed slot starts the next call from the end of the loop's ready queue
+        (call_soon), so coroutines already woken (by an asyncio.Event, say) resume
+        first, as in Ray; a semaphore acquired inside the call would let the next
+        call overtake them."""
+        if self.async_running < self.async_limit:
+            self._launch_async(conn, msg)
+        else:
+            self.async_waiting.append((conn, msg))
+
+    def _launch_async(self, conn: Connection, msg: tuple) -> None:
         assert self.loop is not None
-        task = self.loop.create_task(self.async_call(conn, msg))
-        self.async_tasks[msg[1]] = task
+        self.async_running += 1
+        self.async_tasks[msg[1]] = self.loop.create_task(self.async_call(conn, msg))
+
+    def _async_slot_freed(self) -> None:
+        assert self.loop is not None
+        self.async_running -= 1
+        self.loop.call_soon(self._start_waiting_async)
+
+    def _start_waiting_async(self) -> None:
+        while self.async_waiting and self.async_running < self.async_limit:
+            self._launch_async(*self.async_waiting.popleft())
 
     async def async_call(self, conn: Connection, msg: tuple) -> None:
+        try:
+            await self._async_call(conn, msg)
+        finally:
+            self._async_slot_freed()
+
+    async def _async_call(self, conn: Connection, msg: tuple) -> None:
         (_, task_id, method, args, ref_pos, resolved, num_returns, streaming, name, attempt) = msg
         ctx = TaskContext(task_id, conn, name, None, [], f"{self.actor_name} pid={self.pid}", self.actor_id)
         token = CURRENT.set(ctx)
@@ -463,26 +494,27 @@ class Executor:
         contained: list = []
         n = max(num_returns if isinstance(num_returns, int) else 1, 1)
         try:
-            assert self.sem is not None
-            async with self.sem:
-                fn = self.method(method)
-                a, kw = self.build_args(args, ref_pos, resolved)
-                result = fn(*a, **kw)
-                if inspect.isawaitable(result):
-                    result = await result
-                self.core.current_task.submitter = conn.meta.get("peer")
-                if streaming:
-                    if hasattr(result, "__aiter__"):
-                        i = 0
-                        async for value in result:
-                            self.core.current_task.submitter = conn.meta.get("peer")
-                            p, c = self.core.serialize(value, return_id(task_id, i + 1), hold_contained=True)
-                            conn.send((M.ITEM, task_id, i, p, [r._id for r in c]))
-                            i += 1
-                    else:
-                        self.stream_items(conn, ctx, result)
-                    result = None
-                payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, name)
+            if task_id in self.cancelled:  # cancelled while it waited for a slot
+                self.cancelled.discard(task_id)
+                raise asyncio.CancelledError
+            fn = self.method(method)
+            a, kw = self.build_args(args, ref_pos, resolved)
+            result = fn(*a, **kw)
+            if inspect.isawaitable(result):
+                result = await result
+            self.core.current_task.submitter = conn.meta.get("peer")
+            if streaming:
+                if hasattr(result, "__aiter__"):
+                    i = 0
+                    async for value in result:
+                        self.core.current_task.submitter = conn.meta.get("peer")
+                        p, c = self.core.serialize(value, return_id(task_id, i + 1), hold_contained=True)
+                        conn.send((M.ITEM, task_id, i, p, [r._id for r in c]))
+                        i += 1
+                else:
+                    self.stream_items(conn, ctx, result)
+                result = None
+            payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, name)
         except asyncio.CancelledError:
             payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * n
         except SystemExit:
