@@ -76,7 +76,8 @@ class RefTable:
 
 class LocalObject:
     __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
-                 "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy")
+                 "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
+                 "sealing", "orphan")
 
     def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
         self.payload = payload          # None while pending
@@ -93,6 +94,8 @@ class LocalObject:
         self.task_name = ""
         self.home: str | None = None    # the node whose daemon has our hold (None: ours)
         self.copy = False               # we hold a local copy pulled from another node
+        self.sealing = False            # its value is being handed to the daemon
+        self.orphan = False             # no local reference left: let go once sealed
 
 
 class _Waiter:
@@ -345,8 +348,9 @@ class CoreWorker:
     def control(self) -> Connection:
         """Where actors' names and placement groups live: the head's daemon in a cluster
         (this node's daemon in the embedded cluster, or on the head node)."""
-        if "head_node" not in self.info:
-            # a worker learns where the head is from its daemon (once the view names it)
+        if "head_node" not in self.info and threading.current_thread() is not self._io:
+            # a worker learns where the head is from its daemon (once the view names it);
+            # never from the I/O thread, which must stay free to read that very reply
             hello = self.request(M.HELLO, self.role, os.getpid(), {"worker_id": self.worker_id})
             if hello.get("head_node"):
                 self.info.update(head_node=hello["head_node"], head_address=hello["head_address"])
@@ -453,6 +457,12 @@ class CoreWorker:
                 return
             if self.refs.counts.get(oid):
                 return  # re-referenced meanwhile
+            if entry.owned and entry.exported and (entry.payload is None or entry.sealing):
+                # a reference left this process (nested in an argument or a return value)
+                # while the value is still coming: the daemon only learns the value from
+                # us, so keep the entry until it is sealed there (set_payload lets go)
+                entry.orphan = True
+                return
             del self.objects[oid]
             if entry.held:
                 self.release_holds([oid], entry.home)
@@ -675,8 +685,14 @@ class CoreWorker:
                               else len(payload[1]) + sum(len(b) for b in payload[2]))
             waiters, entry.waiters = entry.waiters, []
             exported = entry.exported and entry.owned
+            entry.sealing = exported
         if exported:
             self.seal_exported(oid, entry)
+            with self.lock:
+                entry.sealing = False
+                orphan = entry.orphan
+            if orphan:
+                self._on_ref_zero(oid)
         for cb in waiters:
             try:
                 cb()
@@ -729,24 +745,32 @@ class CoreWorker:
         return [self.deserialize(r._id, self.payload_of(r._id)) for r in refs]  # type: ignore[arg-type]
 
     def wait(self, refs: list, num_returns: int, timeout: float | None) -> tuple[list, list]:
+        """Refs, or ObjectRefGenerators (ready when their next item, or their end, is
+        there), split into (ready, not ready)."""
         cond = threading.Condition()
-        ready_ids: set[bytes] = set()
+        ready_ids: set[Any] = set()
 
-        def mark(oid: bytes) -> Callable[[], None]:
+        def key(r: Any) -> Any:
+            return r._id if hasattr(r, "_id") else ("generator", r._task_id)
+
+        def mark(k: Any) -> Callable[[], None]:
             def cb() -> None:
                 with cond:
-                    ready_ids.add(oid)
+                    ready_ids.add(k)
                     cond.notify_all()
             return cb
 
         for r in refs:
-            if r._id in ready_ids:
+            k = key(r)
+            if k in ready_ids:
                 continue
-            if self.when_ready(r._id, mark(r._id)):
-                ready_ids.add(r._id)
+            now = (self.when_ready(r._id, mark(k)) if hasattr(r, "_id")
+                   else r._state.when_ready(mark(k)))
+            if now:
+                ready_ids.add(k)
         deadline = None if timeout is None else time.monotonic() + timeout
         with cond:
-            while sum(1 for r in refs if r._id in ready_ids) < num_returns:
+            while sum(1 for r in refs if key(r) in ready_ids) < num_returns:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
@@ -755,7 +779,7 @@ class CoreWorker:
         ready: list = []
         not_ready: list = []
         for r in refs:
-            (ready if r._id in snapshot and len(ready) < num_returns else not_ready).append(r)
+            (ready if key(r) in snapshot and len(ready) < num_returns else not_ready).append(r)
         return ready, not_ready
 
     def future_for(self, ref: Any) -> Any:

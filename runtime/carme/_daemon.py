@@ -624,8 +624,13 @@ class NodeDaemon:
             self.reply(conn, req, False, ("ObjectStoreFullError", str(e)))
             return
         # the entry starts pending with one hold: the creator's, or for a task return
-        # the submitter's (the worker names it)
-        self.objects[oid] = ObjEntry(None, owner_pid=owner_pid, size=size)
+        # the submitter's (the worker names it); a return its owner already exported
+        # while pending keeps its entry (holds, waiters)
+        known = self.objects.get(oid)
+        if known is None or known.payload is not None or "secondary" in known.__dict__:
+            self.objects[oid] = ObjEntry(None, owner_pid=owner_pid, size=size)
+        else:
+            known.size = size
         self.hold(oid, holder or conn.meta["holder"])
         self.reply(conn, req, True, off)
 

@@ -24,7 +24,9 @@ import cloudpickle
 from . import _messages as M
 
 INLINE_LIMIT = 100 * 1024  # like Ray's max_direct_call_object_size
-_OOB_MIN = 2048
+# every buffer goes out of band, however small: read back, it is immutable (bytes or the
+# read-only store), so a numpy array from get() is read-only whatever its size, as in Ray
+_OOB_MIN = 0
 _HDR = struct.Struct("<QQ")
 _ENT = struct.Struct("<QQ")
 _ALIGN = 64
@@ -70,8 +72,16 @@ def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list]:
     return data, buffers, contained
 
 
-def dumps_function(fn: Any) -> bytes:
-    return cloudpickle.dumps(fn, 5)
+def dumps_function(fn: Any) -> tuple[bytes, list]:
+    """Pickle a remote function or actor class by value; return (blob, the ObjectRefs it
+    captures in its closure or globals), so the caller can keep those objects alive."""
+    prev = CTX.contained
+    contained: list = []
+    CTX.contained = contained
+    try:
+        return cloudpickle.dumps(fn, 5), contained
+    finally:
+        CTX.contained = prev
 
 
 def loads(data: Any, buffers: list | None = None) -> tuple[Any, list]:
