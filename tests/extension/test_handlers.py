@@ -28,7 +28,7 @@ async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
 async def test_empty_listing_says_nothing_is_selected(jp_fetch: Any) -> None:
     code, data = await call(jp_fetch, "clusters")
     assert code == 200
-    assert data == {"clusters": [], "selected": None}
+    assert data == {"clusters": [], "selected": None, "showing": None}
 
 
 async def test_start_selects_and_exports_the_address(jp_fetch: Any, service: Any) -> None:
@@ -62,7 +62,7 @@ async def test_stop_a_started_cluster_clears_the_selection(jp_fetch: Any) -> Non
     assert data == {"id": started["id"], "stopped": True, "selected": None}
     assert "CARME_ADDRESS" not in os.environ
     _, listing = await call(jp_fetch, "clusters")
-    assert listing == {"clusters": [], "selected": None}
+    assert listing == {"clusters": [], "selected": None, "showing": None}
 
 
 async def test_stop_unknown_and_remote_clusters_is_refused(jp_fetch: Any) -> None:
