@@ -120,6 +120,7 @@ class ClusterEntry:
     resources: dict[str, float] = field(default_factory=dict)
     notebook: str | None = None  # embedded: the notebook of the kernel that runs it
     dashboard: str | None = None  # ray: the dashboard URL (state REST API)
+    owned: bool = False  # started by a carme_lab server (its record says so)
 
     @property
     def engine(self) -> Engine:
@@ -136,10 +137,11 @@ class ClusterEntry:
 
     @property
     def stoppable(self) -> bool:
-        """Can be stopped from here: started here, or a carme cluster of this machine."""
+        """Can be stopped from here: started by a carme_lab server, or a carme cluster of
+        this machine; never a kernel's embedded cluster or a Ray cluster started otherwise."""
         if self.kind == "embedded":
             return False
-        if self.origin == "started":
+        if self.origin == "started" or self.owned:
             return True
         return self.local and self.engine == "carme"
 
@@ -274,7 +276,8 @@ class ClusterBook:
                 address, given.origin if given else "local", pid=info.get("pid"),
                 started=info.get("started"), alive=True,
                 resources=dict(info.get("resources") or {}),
-                notebook=info.get("notebook"), dashboard=info.get("dashboard")))
+                notebook=info.get("notebook"), dashboard=info.get("dashboard"),
+                owned=info.get("owned") is True))
             seen.add(address)
         for address, entry in self._given.items():
             if address not in seen:
