@@ -99,6 +99,11 @@ def start_spec(body: dict[str, Any]) -> StartSpec:
     if unknown:
         raise BodyError(f"unknown field(s) {', '.join(map(repr, unknown))} for a {engine} cluster; "
                         f"expected some of {', '.join(allowed)}")
+    for key in ("num_cpus", "num_gpus"):
+        value = body.get(key)
+        if engine == "ray" and isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+            raise BodyError(f"expected {key!r} as a whole number for a Ray head (`ray start "
+                            f"--{key.replace('_', '-')}` takes integers), got {value!r}")
     select = body.get("select", True)
     if not isinstance(select, bool):
         raise BodyError(f"expected 'select' as true or false, got {select!r}")

@@ -53,6 +53,7 @@ __all__ = ["RayBackend", "ray_token"]
 
 DEFAULT_DASHBOARD_PORT = 8265
 TASK_LIMIT = 1000
+WORKER_PORTS = 64
 STOP_GRACE_S = 15.0
 
 
@@ -74,6 +75,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _free_range(n: int) -> int:
+    """First of `n` consecutive ports free on 127.0.0.1 (Ray's worker ports)."""
+    for _ in range(200):
+        base = _free_port()
+        if base + n >= 65536:
+            continue
+        socks = []
+        try:
+            for port in range(base + 1, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError(f"found no {n} consecutive free ports on 127.0.0.1 for Ray's workers")
 
 
 def _arg(cmdline: list[str], name: str) -> str | None:
@@ -251,16 +273,23 @@ class RayBackend:
                      "--dashboard-agent-grpc-port", "--metrics-export-port",
                      "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"):
             args.append(f"{flag}={_free_port()}")
+        workers = _free_range(WORKER_PORTS)
+        args += [f"--min-worker-port={workers}", f"--max-worker-port={workers + WORKER_PORTS - 1}"]
         if spec.num_cpus is not None:
             args.append(f"--num-cpus={int(spec.num_cpus)}")
         if spec.num_gpus is not None:
             args.append(f"--num-gpus={int(spec.num_gpus)}")
         if spec.resources:
             args.append(f"--resources={json.dumps(spec.resources)}")
+        env = dict(os.environ)
+        # Ray turns --node-ip-address=127.0.0.1 into the machine's address unless it
+        # believes it runs single-node; this keeps the head on loopback.
+        env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        env.pop("RAY_ADDRESS", None)
         log_path = os.path.join(temp_dir, "ray-start.log")
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True, env=env)
         started = psutil.Process(proc.pid).create_time()
         rec: dict[str, Any] = {
             "address": f"ray:127.0.0.1:{port}", "pid": proc.pid, "pid_started": started,

@@ -202,6 +202,7 @@ def test_start_spec_defaults_and_ray_fields() -> None:
     ({"port": 7001}, "'port'"),  # a Ray field on a carme cluster
     ({"engine": "ray", "port": 70000}, "port"),
     ({"engine": "ray", "dashboard_port": 1.5}, "dashboard_port"),
+    ({"engine": "ray", "num_cpus": 1.5}, "whole number"),
 ])
 def test_start_spec_names_the_bad_field(body: dict[str, Any], field: str) -> None:
     with pytest.raises(BodyError) as e:
