@@ -285,6 +285,8 @@ class RayBackend:
         # Ray turns --node-ip-address=127.0.0.1 into the machine's address unless it
         # believes it runs single-node; this keeps the head on loopback.
         env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # on a loaded small machine the raylet registers late; Ray's default gives up early
+        env.setdefault("RAY_raylet_start_wait_time_s", "120")
         env.pop("RAY_ADDRESS", None)
         log_path = os.path.join(temp_dir, "ray-start.log")
         with open(log_path, "ab") as log:
