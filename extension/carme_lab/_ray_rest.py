@@ -40,14 +40,16 @@ from carme_kernel.engines._ray_rows import node_rows, timeline_events
 __all__ = ["CAPABILITIES", "RayRestError", "carme_capabilities", "ray_snapshot", "ray_timeline",
            "state_rows", "to_camel"]
 
-# Flags a snapshot may turn off; carme's runtime has all of them.
+# Flags a snapshot may turn off; carme's runtime has all of them. `live_state` and
+# `per_node_available` mean what the kernel's `carme_kernel.engines.Capabilities` fields
+# of those names mean.
 CAPABILITIES = (
-    "node_metrics",          # CPU, memory and GPU figures per node
-    "resources_in_use",      # resources in use per node
-    "live_task_state",       # task states as they change (not seconds late)
-    "object_types",          # the Python type of stored objects
-    "object_call_sites",     # where an object was made
-    "complete_task_list",    # every task is listed (not a truncated window)
+    "node_metrics",        # CPU, memory and GPU figures per node
+    "per_node_available",  # resources in use (so: available) per node
+    "live_state",          # task states as they change (not seconds late)
+    "object_types",        # the Python type of stored objects
+    "object_call_sites",   # where an object was made
+    "complete_task_list",  # every task is listed (not a truncated window)
 )
 
 
@@ -222,21 +224,21 @@ def ray_snapshot(*, nodes: Any, actors: Any, objects: Any, tasks: Any, task_summ
     call_sites = any(o["call_site"] for o in objs)
     caps = {
         "node_metrics": node_metrics,
-        "resources_in_use": in_use,
-        "live_task_state": False,
+        "per_node_available": in_use,
+        "live_state": False,
         "object_types": False,
         "object_call_sites": call_sites,
         "complete_task_list": not truncated,
     }
     notes = {
-        "live_task_state": "Ray's state API reports task states seconds after they change",
+        "live_state": "Ray's state API reports task states seconds after they change",
         "object_types": "Ray's state API does not say what type an object is",
     }
     if not node_metrics:
         notes["node_metrics"] = ("Ray's node summary (/nodes?view=summary) gave no CPU/memory/GPU "
                                  "figures for some nodes")
     if not in_use:
-        notes["resources_in_use"] = ("Ray's cluster status gave no resource use per node: "
+        notes["per_node_available"] = ("Ray's cluster status gave no resource use per node: "
                                      "resources are shown as free")
     if not call_sites:
         notes["object_call_sites"] = ("Ray records where objects were made only with "

@@ -391,7 +391,7 @@ def test_side_panel_watches_a_kernels_embedded_cluster_and_a_ray_cluster(
             _wait_text(page, "carme-status", rf"Connected to {re.escape(rid)} \(Ray \d", timeout=60_000)
             caps = page.locator("[data-testid='carme-capabilities']")
             assert caps.get_attribute("data-engine") == "ray"
-            assert "live_task_state" in (caps.get_attribute("data-off") or "")
+            assert "live_state" in (caps.get_attribute("data-off") or "")
             assert page.locator(".clab-node").count() == 1
             assert page.locator("[data-testid='carme-stop']").is_disabled(), "not started here"
             page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel-ray.png"))

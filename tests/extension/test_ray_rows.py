@@ -94,7 +94,7 @@ def test_to_camel_is_the_dashboards_conversion() -> None:
     assert to_camel("CPU") == "CPU"
 
 
-def test_nodes_carry_reporter_figures_and_resources_in_use() -> None:
+def test_nodes_carry_reporter_figures_and_per_node_available() -> None:
     snap = snapshot()
     head, dead = snap["nodes"]
     assert head["metrics"]["cpu_percent"] == 37.5 and head["metrics"]["num_cpus"] == 4.0
@@ -136,14 +136,14 @@ def test_capabilities_say_what_ray_cannot_show_and_why() -> None:
     snap = snapshot()
     caps, notes = snap["capabilities"], snap["notes"]
     assert set(caps) == set(CAPABILITIES) == set(carme_capabilities())
-    assert caps["node_metrics"] and caps["resources_in_use"]
-    assert not caps["live_task_state"] and not caps["object_types"]
+    assert caps["node_metrics"] and caps["per_node_available"]
+    assert not caps["live_state"] and not caps["object_types"]
     assert not caps["object_call_sites"] and "RAY_record_ref_creation_sites" in notes["object_call_sites"]
     assert not caps["complete_task_list"] and "4 of 9" in notes["complete_task_list"]
     assert set(notes) == {k for k, v in caps.items() if not v}
 
     bare = snapshot(node_summary=None, cluster_status=None)
-    assert not bare["capabilities"]["node_metrics"] and not bare["capabilities"]["resources_in_use"]
+    assert not bare["capabilities"]["node_metrics"] and not bare["capabilities"]["per_node_available"]
     head = bare["nodes"][0]
     assert head["resources_available"] == head["resources_total"], "unknown use: shown as free"
     assert panel_snapshot(bare, "ray:h:1")["nodes"][0]["cpu_percent"] is None
