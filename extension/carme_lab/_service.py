@@ -52,6 +52,10 @@ __all__ = ["Backend", "CarmeBackend", "EngineBackend", "LabError", "LabService"]
 
 T = TypeVar("T")
 ENV_VAR = "CARME_ADDRESS"
+# Ray 2.60 drivers talk to a token-auth cluster only with RAY_AUTH_MODE=token set, though
+# `ray start` turns token auth on by default: kernels joining a selected Ray cluster get it
+# when this server has a Ray token and the variable is not set already.
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
 
 
 class LabError(Exception):
@@ -200,7 +204,7 @@ class LabService:
         self.start_timeout = start_timeout
         self.log = log or logging.getLogger("carme_lab")
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="carme-lab")
-        self._env_before = os.environ.get(ENV_VAR)
+        self._env_before = {k: os.environ.get(k) for k in (ENV_VAR, RAY_AUTH_MODE)}
         self._subscribers: list[Subscriber] = []
         self._pump_task: asyncio.Task[None] | None = None
         self._load()
@@ -223,6 +227,13 @@ class LabService:
             os.environ[ENV_VAR] = self.book.selected
         else:
             os.environ.pop(ENV_VAR, None)
+        if self._env_before[RAY_AUTH_MODE] is None:
+            from ._ray import ray_token
+
+            if self.book.selected and engine_of(self.book.selected) == "ray" and ray_token():
+                os.environ[RAY_AUTH_MODE] = "token"
+            else:
+                os.environ.pop(RAY_AUTH_MODE, None)
         if self.state_file:
             try:
                 tmp = f"{self.state_file}.tmp"
@@ -427,10 +438,11 @@ class LabService:
         with contextlib.suppress(Exception):
             await self._run("closing state clients", self.backend.close)
         self._pool.shutdown(wait=False)
-        if self._env_before is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = self._env_before
+        for key, value in self._env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _not_stoppable(address: str, kind: str, engine: str, local: bool) -> str:
