@@ -109,6 +109,22 @@ async def test_a_ray_cluster_on_this_machine_is_found_and_watched(
     code, data = await call(jp_fetch, "connect", method="POST", body={"address": rid})
     assert code == 200 and os.environ["CARME_ADDRESS"] == rid
 
+    # an address not found on this machine: its dashboard is taken to be HOST:8265 unless
+    # the user names it (127.0.0.2 stands for another host; the dashboard listens on .1)
+    other = "ray:127.0.0.2:" + ray_cluster.gcs_address.rsplit(":", 1)[1]
+    code, data = await call(jp_fetch, "connect", method="POST", body={"address": other})
+    assert code == 200
+    code, data = await call(jp_fetch, "snapshot")
+    assert code == 503 and "http://127.0.0.2:8265" in data["message"]
+    code, data = await call(jp_fetch, "connect", method="POST",
+                            body={"address": other, "dashboard": ray_cluster.dashboard_url})
+    assert code == 200
+    code, snap = await call(jp_fetch, "snapshot")
+    assert code == 200 and snap["address"] == other and snap["nodes"][0]["resources_total"]["CPU"] == 2.0
+    _, listing = await call(jp_fetch, "clusters")
+    [given] = [c for c in listing["clusters"] if c["id"] == other]
+    assert given["origin"] == "connected" and given["dashboard"] == ray_cluster.dashboard_url
+
 
 async def test_a_wrong_token_is_reported_not_hidden(
     jp_fetch: Any, ray_cluster: RayHead, state_dir: Path, monkeypatch: pytest.MonkeyPatch
