@@ -142,7 +142,7 @@ def _same_process(pid: int, started: float) -> bool:
 class RayBackend:
     """`carme_lab._service.Backend` for ``ray:HOST:PORT`` clusters (see the module docstring)."""
 
-    def __init__(self, http_timeout: float = 8.0, ready_timeout: float = 150.0) -> None:
+    def __init__(self, http_timeout: float = 8.0, ready_timeout: float = 240.0) -> None:
         self.http_timeout = http_timeout
         self.ready_timeout = ready_timeout
         self.dashboards: dict[str, str] = {}  # id -> dashboard URL, from listings and records
