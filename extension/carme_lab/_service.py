@@ -204,7 +204,7 @@ class LabService:
     """What the handlers call; see the module docstring."""
 
     def __init__(self, backend: Backend, *, given: str | None = None, interval: float = 1.0,
-                 call_timeout: float = 10.0, start_timeout: float = 120.0,
+                 call_timeout: float = 10.0, start_timeout: float = 300.0,
                  log: logging.Logger | None = None, state_file: str | None = None) -> None:
         self.backend = backend
         self.book = ClusterBook(given)
