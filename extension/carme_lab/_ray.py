@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from typing import Any
@@ -229,7 +230,7 @@ class RayBackend:
             url = self.dashboards.get(address)
         if url is None:
             host = address[len("ray:"):].rpartition(":")[0]
-            url = f"http://{host}:{DEFAULT_DASHBOARD_PORT}"
+            url = self.dashboards[address] = f"http://{host}:{DEFAULT_DASHBOARD_PORT}"
         return url
 
     def _get(self, address: str, path: str, deadline: float | None = None) -> Any:
@@ -244,8 +245,12 @@ class RayBackend:
         token = ray_token()
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+        host = urllib.parse.urlsplit(url).hostname or ""
+        # a loopback dashboard never goes through a proxy from the environment (http_proxy)
+        loopback = host == "localhost" or host.startswith("127.")
+        opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if loopback else []))
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with opener.open(req, timeout=timeout) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             if e.code in (401, 403):
