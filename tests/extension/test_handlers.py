@@ -7,28 +7,13 @@ import os
 from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPClientError
-
-
-async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
-               params: dict[str, str] | None = None) -> tuple[int, Any]:
-    kwargs: dict[str, Any] = {"method": method, "params": params}
-    if body is not None:
-        kwargs["body"] = json.dumps(body)
-    elif method == "POST":
-        kwargs["body"] = ""
-    try:
-        r = await jp_fetch("carme", "api", *path, **kwargs)
-    except HTTPClientError as e:
-        assert e.response is not None
-        return e.code, json.loads(e.response.body)
-    return r.code, json.loads(r.body)
+from lab_client import call
 
 
 async def test_empty_listing_says_nothing_is_selected(jp_fetch: Any) -> None:
     code, data = await call(jp_fetch, "clusters")
     assert code == 200
-    assert data == {"clusters": [], "selected": None}
+    assert data == {"clusters": [], "selected": None, "showing": None}
 
 
 async def test_start_selects_and_exports_the_address(jp_fetch: Any, service: Any) -> None:
@@ -55,6 +40,61 @@ async def test_start_rejects_bad_numbers(jp_fetch: Any, service: Any) -> None:
     assert service.backend.calls == []
 
 
+@pytest.mark.parametrize(("raw", "field"), [
+    ('{"num_cpu": 1}', "'num_cpu'"),
+    ('{"resources": []}', "'resources'"),
+    ('{"num_cpus": 1e400}', "num_cpus"),
+    ('{"num_gpus": NaN}', "num_gpus"),
+    ('{"resources": {"disk": Infinity}}', "resources.disk"),
+    ('{"resources": {"GPU": 1}}', "num_gpus"),
+    ('{"select": 1}', "select"),
+    ('{"engine": "ray", "port": 1e400}', "port"),
+    ('{"engine": "ray", "num_cpus": 2, "dashboard_port": -1}', "dashboard_port"),
+    ('{"engine": "ray", "ports": 1}', "'ports'"),
+    ('{"engine": "dask"}', "engine"),
+])
+async def test_start_refuses_bad_bodies_and_starts_nothing(
+    jp_fetch: Any, service: Any, raw: str, field: str
+) -> None:
+    code, data = await call(jp_fetch, "clusters", method="POST", raw=raw)
+    assert code == 400, data
+    assert field in data["message"]
+    assert service.backend.calls == []
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing["clusters"] == []
+
+
+async def test_start_a_ray_head_through_the_same_route(jp_fetch: Any, service: Any) -> None:
+    code, data = await call(jp_fetch, "clusters", method="POST",
+                            body={"engine": "ray", "num_cpus": 1, "port": 0})
+    assert code == 201, data
+    assert data["engine"] == "ray" and data["id"].startswith("ray:") and data["stoppable"]
+    assert os.environ["CARME_ADDRESS"] == data["id"]  # kernels join it through CARME_ADDRESS
+
+
+async def test_view_shows_a_cluster_without_changing_what_kernels_join(
+    jp_fetch: Any, service: Any
+) -> None:
+    service.backend.local.append({"address": "embedded:77", "pid": 77, "started": 9.0})
+    service.backend.local.append({"address": "127.0.0.1:6380", "pid": 99, "started": 5.0})
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing["showing"] == "embedded:77" and listing["selected"] is None
+    code, data = await call(jp_fetch, "connect", method="POST", body={"address": "embedded:77"})
+    assert code == 400 and "cannot join" in data["message"]
+    await call(jp_fetch, "connect", method="POST", body={"address": "127.0.0.1:6380"})
+    code, data = await call(jp_fetch, "view", method="POST", body={"cluster": "embedded:77"})
+    assert code == 200 and data == {"showing": "embedded:77", "selected": "127.0.0.1:6380"}
+    assert os.environ["CARME_ADDRESS"] == "127.0.0.1:6380"
+    code, data = await call(jp_fetch, "view", method="POST", body={"cluster": None})
+    assert data["showing"] == "127.0.0.1:6380"
+    for body, status in (({"cluster": "embedded:78"}, 404), ({"cluster": "nonsense"}, 400),
+                         ({}, 400), ({"cluster": None, "x": 1}, 400)):
+        code, data = await call(jp_fetch, "view", method="POST", body=body)
+        assert code == status, (body, data)
+    code, data = await call(jp_fetch, "clusters", "embedded:77", method="DELETE")
+    assert code == 409 and "ends with that kernel" in data["message"]
+
+
 async def test_stop_a_started_cluster_clears_the_selection(jp_fetch: Any) -> None:
     _, started = await call(jp_fetch, "clusters", method="POST", body={})
     code, data = await call(jp_fetch, "clusters", started["id"], method="DELETE")
@@ -62,7 +102,7 @@ async def test_stop_a_started_cluster_clears_the_selection(jp_fetch: Any) -> Non
     assert data == {"id": started["id"], "stopped": True, "selected": None}
     assert "CARME_ADDRESS" not in os.environ
     _, listing = await call(jp_fetch, "clusters")
-    assert listing == {"clusters": [], "selected": None}
+    assert listing == {"clusters": [], "selected": None, "showing": None}
 
 
 async def test_stop_unknown_and_remote_clusters_is_refused(jp_fetch: Any) -> None:
@@ -198,3 +238,67 @@ async def test_close_stops_started_clusters_only_when_asked(tmp_path: Any) -> No
         await service.close(stop_started=stop_started)
         assert len(backend.local) == left
         assert ("stop", info["address"]) in backend.calls or not stop_started
+
+
+async def test_kernels_joining_a_ray_cluster_get_ray_token_auth(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from carme_lab_fakes import FakeBackend
+
+    from carme_lab._service import LabService
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "f" * 64)
+    service = LabService(FakeBackend(), state_file=None)
+    try:
+        await service.connect({"address": "127.0.0.1:6380"})
+        assert "RAY_AUTH_MODE" not in os.environ
+        await service.connect({"address": "ray:127.0.0.1:6379"})
+        assert os.environ["CARME_ADDRESS"] == "ray:127.0.0.1:6379"
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        await service.connect({"address": None})
+        assert "RAY_AUTH_MODE" not in os.environ
+        await service.connect({"address": "ray:127.0.0.1:6379"})
+    finally:
+        await service.close()
+    assert "RAY_AUTH_MODE" not in os.environ and "CARME_ADDRESS" not in os.environ
+    # a mode the user set is theirs: left alone
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    service = LabService(FakeBackend(), state_file=None)
+    try:
+        await service.connect({"address": "ray:127.0.0.1:6379"})
+        assert os.environ["RAY_AUTH_MODE"] == "disabled"
+    finally:
+        await service.close()
+
+
+async def test_listing_and_stream_answer_while_a_start_is_under_way() -> None:
+    import asyncio
+    import threading
+
+    from carme_lab_fakes import FakeBackend
+
+    from carme_lab._service import LabService
+
+    release = threading.Event()
+
+    class SlowStart(FakeBackend):
+        def start(self, spec: Any) -> dict[str, Any]:
+            release.wait(60)  # a Ray head starting on a small machine
+            return super().start(spec)
+
+    backend = SlowStart()
+    backend.local.append({"address": "127.0.0.1:6380", "pid": 99, "started": 5.0})
+    service = LabService(backend, state_file=None, call_timeout=5.0)
+    try:
+        starting = asyncio.ensure_future(service.start({"engine": "ray"}))
+        await asyncio.sleep(0)
+        listing = await service.listing()  # would time out (504) behind the start
+        assert [c["id"] for c in listing["clusters"]] == ["127.0.0.1:6380"]
+        assert not starting.done()
+        release.set()
+        info = await starting
+        assert info["engine"] == "ray" and service.book.selected == info["id"]
+    finally:
+        release.set()
+        await service.close()

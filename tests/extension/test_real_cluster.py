@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 import subprocess
 import sys
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tornado.httpclient import HTTPClientError
+from lab_client import call
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
 
@@ -58,15 +58,12 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     cluster.stop_all()
 
 
-async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
-               params: dict[str, str] | None = None) -> tuple[int, Any]:
-    try:
-        r = await jp_fetch("carme", "api", *path, method=method, params=params,
-                           body=None if method in ("GET", "DELETE") else json.dumps(body or {}))
-    except HTTPClientError as e:
-        assert e.response is not None
-        return e.code, json.loads(e.response.body)
-    return r.code, json.loads(r.body)
+
+
+def carme_rows(listing: dict[str, Any]) -> list[dict[str, Any]]:
+    """The carme clusters of a listing (Ray heads of other tests or users on this machine
+    are listed too, by design)."""
+    return [c for c in listing["clusters"] if c["engine"] == "carme"]
 
 
 async def test_start_run_watch_stop(jp_fetch: Any, state_dir: Path) -> None:
@@ -75,7 +72,7 @@ async def test_start_run_watch_stop(jp_fetch: Any, state_dir: Path) -> None:
     address = started["address"]
     assert os.environ["CARME_ADDRESS"] == address
     _, listing = await call(jp_fetch, "clusters")
-    assert listing["selected"] == address and listing["clusters"][0]["alive"] is True
+    assert listing["selected"] == address and carme_rows(listing)[0]["alive"] is True
 
     code, snap = await call(jp_fetch, "snapshot")
     assert code == 200, snap
@@ -101,6 +98,92 @@ async def test_start_run_watch_stop(jp_fetch: Any, state_dir: Path) -> None:
     assert code == 200 and data["stopped"] is True and data["selected"] is None
     assert "CARME_ADDRESS" not in os.environ
     _, listing = await call(jp_fetch, "clusters")
-    assert listing["clusters"] == []
+    assert carme_rows(listing) == []
     code, data = await call(jp_fetch, "snapshot", params={"cluster": address})
     assert code == 503 and "did not answer" in data["message"]
+
+
+EMBEDDED = textwrap.dedent("""
+    import sys, carme
+    carme.init(num_cpus=1)
+
+    @carme.remote
+    def inc(x):
+        return x + 1
+
+    assert carme.get([inc.remote(i) for i in range(5)]) == [1, 2, 3, 4, 5]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    carme.shutdown()
+    print("done", flush=True)
+""")
+
+
+def start_driver() -> subprocess.Popen[str]:
+    """A driver with an embedded cluster (what a notebook kernel runs), waiting on stdin."""
+    env = {**os.environ, "JPY_SESSION_NAME": "work/demo.ipynb"}
+    env.pop("CARME_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+async def test_a_kernels_embedded_cluster_is_listed_and_shown(
+    jp_fetch: Any, jp_serverapp: Any, state_dir: Path
+) -> None:
+    proc = start_driver()
+    try:
+        _, listing = await call(jp_fetch, "clusters")
+        [entry] = [c for c in listing["clusters"] if c["kind"] == "embedded"]
+        assert entry["notebook"] == "work/demo.ipynb" and entry["alive"] is True
+        assert not entry["stoppable"] and not entry["joinable"] and entry["engine"] == "carme"
+        assert listing["showing"] == entry["id"] and listing["selected"] is None
+        # the driver reports task events in batches: wait for them (bounded by the test's timeout)
+        while True:
+            code, snap = await call(jp_fetch, "snapshot", params={"cluster": entry["id"]})
+            assert code == 200, snap
+            if snap["tasks"]["finished"] == 5:
+                break
+            await asyncio.sleep(0.1)
+        assert snap["nodes"][0]["resources_total"]["CPU"] == 1.0
+        assert snap["engine"] == "carme" and all(snap["capabilities"].values())
+        # the live stream shows it although no cluster is selected
+        service = jp_serverapp.web_app.settings["carme_lab_service"]
+        tick = await service.tick()
+        assert tick["error"] is None and tick["snapshot"]["address"] == entry["id"]
+        code, events = await call(jp_fetch, "timeline", params={"cluster": entry["id"]})
+        assert code == 200 and sum(1 for e in events if e.get("ph") == "X") == 5
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        assert proc.stdout.read().strip() == "done"
+        proc.wait(60)
+        proc.stdout.close()
+    _, listing = await call(jp_fetch, "clusters")
+    assert carme_rows(listing) == [] and listing["showing"] is None
+    assert os.listdir(state_dir / "embedded") == [], "carme.shutdown() removes its note"
+
+
+async def test_a_killed_kernels_note_is_ignored_and_removed(jp_fetch: Any, state_dir: Path) -> None:
+    import psutil
+
+    proc = start_driver()
+    try:
+        _, listing = await call(jp_fetch, "clusters")
+        [entry] = [c for c in listing["clusters"] if c["kind"] == "embedded"]
+        daemon = psutil.Process(entry["pid"])
+    finally:
+        proc.kill()  # no carme.shutdown(): the note stays behind
+        proc.wait(60)
+        assert proc.stdout is not None and proc.stdin is not None
+        proc.stdout.close()
+        proc.stdin.close()
+    daemon.wait(60)  # the embedded daemon ends with its driver
+    assert len(os.listdir(state_dir / "embedded")) == 1
+    _, listing = await call(jp_fetch, "clusters")
+    assert carme_rows(listing) == []
+    assert os.listdir(state_dir / "embedded") == [], "a stale note is removed when read"
+    code, data = await call(jp_fetch, "snapshot", params={"cluster": entry["id"]})
+    assert code == 503 and "has ended" in data["message"]
