@@ -211,8 +211,17 @@ export class KubeRaySection {
       ),
       this._message
     );
+    // poll only while the section is open; it opens itself once when Kubernetes is there
+    this.node.addEventListener('toggle', () => {
+      if ((this.node as HTMLDetailsElement).open) {
+        this.model.start();
+      } else {
+        this.model.stop();
+      }
+    });
     model.changed.connect(this._render, this);
     this._render();
+    void model.refresh();
   }
 
   dispose(): void {
@@ -252,8 +261,13 @@ export class KubeRaySection {
       this._list.replaceChildren();
       return;
     }
+    if (!this._opened) {
+      this._opened = true;
+      (this.node as HTMLDetailsElement).open = true;
+    }
     this._where.textContent = `Namespace ${listing.namespace} · ${listing.source}`;
-    if (document.activeElement !== null && this._list.contains(document.activeElement)) {
+    const active = document.activeElement;
+    if (active instanceof HTMLInputElement && this._list.contains(active)) {
       return; // do not redraw under a replica count being typed
     }
     this._list.replaceChildren(
@@ -309,4 +323,5 @@ export class KubeRaySection {
   private _createBtn = h('button', { class: 'jp-mod-styled jp-mod-accept', 'data-testid': 'carme-kuberay-create' },
     'Create RayCluster');
   private _message = h('div', { class: 'clab-action-error', 'data-testid': 'carme-kuberay-message' });
+  private _opened = false;
 }
