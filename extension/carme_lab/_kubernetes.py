@@ -107,7 +107,10 @@ class RayClusterAPI:
         in_cluster = (path is None and "KUBERNETES_SERVICE_HOST" in os.environ
                       and os.path.exists(os.path.join(SA_DIR, "token")))
         if in_cluster:
-            config.load_incluster_config(client_configuration=conf)
+            from kubernetes.config.incluster_config import InClusterConfigLoader
+
+            InClusterConfigLoader(token_filename=os.path.join(SA_DIR, "token"),
+                                  cert_filename=os.path.join(SA_DIR, "ca.crt")).load_and_set(conf)
             source = "in-cluster service account"
             if not namespace:
                 with contextlib.suppress(OSError), open(os.path.join(SA_DIR, "namespace")) as f:

@@ -21,7 +21,9 @@ test process), the way the real one does:
 
 Every request is recorded in ``requests`` as (verb, namespace, name, query), so a
 test can compare the verbs the panel used with those the Role grants.
-`write_kubeconfig` writes a kubeconfig that points at the server with its token.
+`write_kubeconfig` writes a kubeconfig that points at the server with its token. With
+``tls=(certificate, key)`` it serves HTTPS, as the API server a pod's service account
+reaches (``KUBERNETES_SERVICE_HOST``, the cluster's CA) does.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import ssl
 import threading
 import uuid
 from collections.abc import Callable
@@ -91,7 +94,8 @@ def merge_patch(doc: Any, patch: Any) -> Any:
 
 
 class FakeKubeAPI:
-    def __init__(self, token: str = "s3cret-token", namespace: str = "carme") -> None:
+    def __init__(self, token: str = "s3cret-token", namespace: str = "carme",
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.token = token
         self.namespace = namespace
         self.allowed_verbs: set[str] = set(ALL_VERBS)
@@ -120,8 +124,12 @@ class FakeKubeAPI:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if tls is not None:  # (certificate, key): HTTPS, as a pod's service account sees it
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-kube-api",
                                         daemon=True)
         self._thread.start()
@@ -163,7 +171,8 @@ class FakeKubeAPI:
         query = parse_qs(url.query)
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
-        if h.headers.get("Authorization") != f"Bearer {self.token}":
+        scheme, _, credential = (h.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or credential.strip() != self.token:  # schemes ignore case
             return self._send(h, 401, status(401, "Unauthorized", "Unauthorized"))
         m = PATH.match(url.path)
         if not m:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import yaml
 from carme_lab_fakes import FakeBackend
 from k8s_fake import FakeKubeAPI, json_patch, write_kubeconfig
 
+from carme_lab import _kubernetes
 from carme_lab._kubernetes import RAYCLUSTER_VERBS, KubeRayConfig, KubeRayService
 from carme_lab._service import LabError, LabService
 
@@ -258,3 +260,35 @@ def test_the_namespace_setting_wins_over_the_context(kube: FakeKubeAPI, tmp_path
         assert ("team-b", "nb") in kube.objects
     finally:
         e.close()
+
+
+def test_in_a_pod_the_service_account_is_used_over_https(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a pod sees: KUBERNETES_SERVICE_HOST/PORT, and the account's token, CA and namespace."""
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    out = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(sa / "ca.crt"),
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    fake = FakeKubeAPI(token="pod-token", namespace="team-x", tls=(sa / "ca.crt", tmp_path / "key.pem"))
+    try:
+        (sa / "token").write_text("pod-token")
+        (sa / "namespace").write_text("team-x\n")
+        monkeypatch.setattr(_kubernetes, "SA_DIR", str(sa))
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(fake.port))
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # must not be needed
+        e = Env("")
+        try:
+            out_ = e(e.svc.listing())
+            assert out_["available"] is True, out_["reason"]
+            assert out_["source"] == "in-cluster service account" and out_["namespace"] == "team-x"
+            e(e.svc.create({"name": "nb", "workers": 1, "cpus": 1}))
+            assert ("team-x", "nb") in fake.objects
+        finally:
+            e.close()
+    finally:
+        fake.close()
