@@ -292,3 +292,14 @@ def test_in_a_pod_the_service_account_is_used_over_https(
             e.close()
     finally:
         fake.close()
+
+
+def test_without_the_kubernetes_package_the_feature_is_off_and_says_how_to_fix(
+        kube: FakeKubeAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "kubernetes", None)  # import kubernetes -> ImportError
+    e = Env(kube.kubeconfig)  # type: ignore[attr-defined]
+    try:
+        out = e(e.svc.listing())
+        assert out["available"] is False and "pip install kubernetes" in out["reason"]
+    finally:
+        e.close()
