@@ -39,6 +39,11 @@ from typing import Any
 import psutil
 import pytest
 
+from ray_support import (
+    in_ray_head,
+    ray_cluster,  # noqa: F401  (session Ray head for Ray-engine tests)
+)
+
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "carme"
 LEAK_WAIT_S = 5.0
@@ -59,7 +64,8 @@ def _shm_entries() -> set[str]:
 def _children() -> dict[int, psutil.Process]:
     procs = {}
     for p in psutil.Process().children(recursive=True):
-        procs[p.pid] = p
+        if not in_ray_head(p.pid):  # the session's Ray head is checked when it stops
+            procs[p.pid] = p
     return procs
 
 

@@ -4,11 +4,16 @@ Theory of operation
 -------------------
 `LabService` is the one object the handlers talk to (``settings["carme_lab"]``).
 It holds the `ClusterBook` (what this server knows, pure) and a `Backend` (the
-blocking calls into `carme.cluster`: start, stop, list, connect, snapshot,
-timeline). Every backend call runs on one worker thread, so the tornado loop
-never blocks and the state clients are used by one thread at a time; each call
-has a timeout, so an unreachable address turns into an error message, not a hung
-request.
+blocking calls: start, stop, list, snapshot, timeline). The real backend,
+`EngineBackend`, is the seam between engines: it routes each call by the
+cluster id to `CarmeBackend` (`carme.cluster`; ``HOST:PORT`` and kernels'
+``embedded:PID`` clusters) or to `carme_lab._ray.RayBackend` (``ray:HOST:PORT``,
+over Ray's dashboard REST API, so this server never becomes a Ray driver). Both
+answer in carme's row shape, so one `panel_snapshot` serves both. Every
+backend call runs on one worker thread, so the tornado loop never blocks and
+the state clients are used by one thread at a time; each call has a timeout
+(starting a cluster a longer one), so an unreachable address turns into an
+error message, not a hung request.
 
 Selecting a cluster exports its address as ``CARME_ADDRESS`` in this server's
 environment: jupyter_server starts kernels with a copy of ``os.environ``
@@ -39,10 +44,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from ._clusters import AddressError, ClusterBook, check_address
+from ._bodies import BodyError, StartSpec, start_spec
+from ._clusters import AddressError, ClusterBook, check_address, engine_of, kind_of
 from ._snapshot import panel_snapshot
 
-__all__ = ["Backend", "CarmeBackend", "LabError", "LabService"]
+__all__ = ["Backend", "CarmeBackend", "EngineBackend", "LabError", "LabService"]
 
 T = TypeVar("T")
 ENV_VAR = "CARME_ADDRESS"
@@ -58,11 +64,15 @@ class LabError(Exception):
 
 
 class Backend(Protocol):
-    """Blocking access to clusters (the real one wraps `carme.cluster`)."""
+    """Blocking access to clusters, one engine or several (see the module docstring).
+
+    `list_local` rows carry at least ``address`` (the cluster id) and ``pid``;
+    `snapshot` answers `carme.cluster.Client.snapshot()`'s shape, optionally
+    with ``engine``, ``capabilities`` (flag: bool) and ``notes`` (flag: text).
+    """
 
     def list_local(self) -> list[dict[str, Any]]: ...
-    def start(self, num_cpus: float | None, num_gpus: float | None,
-              resources: dict[str, float] | None) -> dict[str, Any]: ...
+    def start(self, spec: StartSpec) -> dict[str, Any]: ...
     def stop(self, address: str) -> bool: ...
     def snapshot(self, address: str) -> dict[str, Any]: ...
     def timeline(self, address: str) -> list[dict[str, Any]]: ...
@@ -78,13 +88,18 @@ class CarmeBackend:
     def list_local(self) -> list[dict[str, Any]]:
         from carme import cluster
 
-        return cluster.list_local()
+        rows = cluster.list_local()
+        for note in cluster.list_embedded():
+            rows.append({"address": f"embedded:{note['pid']}", "pid": note["pid"],
+                         "started": note["started"], "resources": note["resources"],
+                         "notebook": note.get("notebook"), "driver_pid": note["driver_pid"]})
+        return rows
 
-    def start(self, num_cpus: float | None, num_gpus: float | None,
-              resources: dict[str, float] | None) -> dict[str, Any]:
+    def start(self, spec: StartSpec) -> dict[str, Any]:
         from carme import cluster
 
-        return cluster.start_head(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources)
+        return cluster.start_head(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus,
+                                  resources=spec.resources)
 
     def stop(self, address: str) -> bool:
         from carme import cluster
@@ -97,7 +112,14 @@ class CarmeBackend:
         if client is None:
             from carme import cluster
 
-            client = self._clients[address] = cluster.connect(address)
+            if kind_of(address) == "embedded":
+                note = cluster.read_embedded(int(address.split(":", 1)[1]))
+                if note is None:
+                    raise ConnectionError(f"{address} has ended (its kernel stopped or restarted)")
+                client = cluster.connect(note["address"], bytes.fromhex(note["token"]))
+            else:
+                client = cluster.connect(address)
+            self._clients[address] = client
         return client
 
     def _call(self, address: str, fn: Callable[[Any], T]) -> T:
@@ -124,6 +146,43 @@ class CarmeBackend:
             self._drop(address)
 
 
+class EngineBackend:
+    """The seam: carme's clusters and Ray's behind one `Backend`, routed by id."""
+
+    def __init__(self, carme: Backend | None = None, ray: Backend | None = None) -> None:
+        from ._ray import RayBackend
+
+        self.engines: dict[str, Backend] = {"carme": carme or CarmeBackend(),
+                                            "ray": ray or RayBackend()}
+        self.log = logging.getLogger("carme_lab")
+
+    def list_local(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        for name, engine in self.engines.items():
+            try:
+                rows += engine.list_local()
+            except Exception as e:  # one engine's broken state must not hide the other's
+                self.log.warning("carme_lab: listing local %s clusters failed: %s", name, e)
+        return rows
+
+    def start(self, spec: StartSpec) -> dict[str, Any]:
+        return self.engines[spec.engine].start(spec)
+
+    def stop(self, address: str) -> bool:
+        return self.engines[engine_of(address)].stop(address)
+
+    def snapshot(self, address: str) -> dict[str, Any]:
+        return self.engines[engine_of(address)].snapshot(address)
+
+    def timeline(self, address: str) -> list[dict[str, Any]]:
+        return self.engines[engine_of(address)].timeline(address)
+
+    def close(self) -> None:
+        for engine in self.engines.values():
+            with contextlib.suppress(Exception):
+                engine.close()
+
+
 Subscriber = Callable[[dict[str, Any]], None]
 
 
@@ -131,13 +190,14 @@ class LabService:
     """What the handlers call; see the module docstring."""
 
     def __init__(self, backend: Backend, *, given: str | None = None, interval: float = 1.0,
-                 call_timeout: float = 10.0, log: logging.Logger | None = None,
-                 state_file: str | None = None) -> None:
+                 call_timeout: float = 10.0, start_timeout: float = 120.0,
+                 log: logging.Logger | None = None, state_file: str | None = None) -> None:
         self.backend = backend
         self.book = ClusterBook(given)
         self.state_file = state_file
         self.interval = interval
         self.call_timeout = call_timeout
+        self.start_timeout = start_timeout
         self.log = log or logging.getLogger("carme_lab")
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="carme-lab")
         self._env_before = os.environ.get(ENV_VAR)
@@ -147,13 +207,15 @@ class LabService:
         self._export()
 
     # ------------------------------------------------------------------ plumbing
-    async def _run(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def _run(self, what: str, fn: Callable[..., T], *args: Any,
+                   timeout: float | None = None) -> T:
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        fut = loop.run_in_executor(self._pool, functools.partial(fn, *args))
+        timeout = timeout or self.call_timeout
         try:
-            return await asyncio.wait_for(fut, self.call_timeout)
+            return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            raise LabError(504, f"{what} did not answer within {self.call_timeout:.0f} s") from None
+            raise LabError(504, f"{what} did not answer within {timeout:.0f} s") from None
 
     def _export(self) -> None:
         """Export the selection to kernels started from now on, and save it for a restart."""
@@ -209,25 +271,22 @@ class LabService:
         return self.book.listing(await self._local())
 
     async def start(self, body: dict[str, Any]) -> dict[str, Any]:
-        num_cpus = _opt_number(body, "num_cpus")
-        num_gpus = _opt_number(body, "num_gpus")
-        resources = body.get("resources") or None
-        if resources is not None and (
-            not isinstance(resources, dict)
-            or not all(isinstance(k, str) and _is_number(v) for k, v in resources.items())
-        ):
-            raise LabError(400, f"expected 'resources' as an object of name: number, got {resources!r}")
         try:
-            info = await self._run("starting a cluster", self.backend.start,
-                                   num_cpus, num_gpus, resources)
+            spec = start_spec(body)
+        except BodyError as e:
+            raise LabError(400, str(e)) from None
+        what = f"starting a {spec.engine} cluster"
+        try:
+            info = await self._run(what, self.backend.start, spec, timeout=self.start_timeout)
         except LabError:
             raise
         except (ValueError, TypeError) as e:
-            raise LabError(400, f"could not start a cluster: {e}") from None
+            raise LabError(400, f"could not start a {spec.engine} cluster: {e}") from None
         except Exception as e:
-            raise LabError(500, f"could not start a cluster: {type(e).__name__}: {e}") from None
+            raise LabError(500, f"could not start a {spec.engine} cluster: "
+                                f"{type(e).__name__}: {e}") from None
         entry = self.book.add_started(info)
-        if body.get("select", True):
+        if spec.select:
             self.book.select(entry.address)
             self._export()
         return entry.to_json(self.book.selected)
@@ -241,11 +300,11 @@ class LabService:
         if entry is None:
             raise LabError(404, f"no cluster with id {address!r} is known here; "
                                 f"GET /carme/api/clusters lists them")
-        if not entry.local:
-            raise LabError(409, f"the cluster at {address} was not started on this machine; "
-                                f"stop it where it runs (`carme stop` there)")
+        if not entry.stoppable:
+            raise LabError(409, _not_stoppable(entry.address, entry.kind, entry.engine, entry.local))
         try:
-            stopped = await self._run(f"stopping {address}", self.backend.stop, address)
+            stopped = await self._run(f"stopping {address}", self.backend.stop, address,
+                                      timeout=self.start_timeout)
         except LabError:
             raise
         except Exception as e:
@@ -272,6 +331,28 @@ class LabService:
         self._export()
         return {"selected": self.book.selected, "address": os.environ.get(ENV_VAR)}
 
+    async def view(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Show ``cluster`` in the panel without changing what kernels join (null: follow)."""
+        unknown = sorted(k for k in body if k != "cluster")
+        if "cluster" not in body or unknown:
+            raise LabError(400, "expected a JSON body {\"cluster\": ID} with an id from "
+                                "GET /carme/api/clusters (or {\"cluster\": null} to show the "
+                                "selected one)" + (f"; unknown field(s) {unknown}" if unknown else ""))
+        raw = body["cluster"]
+        if raw is None:
+            self.book.view(None)
+        else:
+            try:
+                address = check_address(raw)
+            except AddressError as e:
+                raise LabError(400, str(e)) from None
+            if self.book.find(address, await self._local()) is None:
+                raise LabError(404, f"no cluster with id {address!r} is known here; "
+                                    f"GET /carme/api/clusters lists them")
+            self.book.view(address)
+        return {"showing": self.book.showing(self.book.entries(await self._local())),
+                "selected": self.book.selected}
+
     async def snapshot(self, cluster: str | None) -> dict[str, Any]:
         address = self._address(cluster)
         try:
@@ -280,7 +361,7 @@ class LabService:
             raise
         except Exception as e:
             raise LabError(503, _unreachable(address, e)) from None
-        return panel_snapshot(raw, address)
+        return panel_snapshot(raw, address, engine=engine_of(address))
 
     async def timeline(self, cluster: str | None) -> list[dict[str, Any]]:
         address = self._address(cluster)
@@ -296,11 +377,12 @@ class LabService:
         """One stream message: the listing and the selected cluster's snapshot (or why not)."""
         listing = await self.listing()
         msg: dict[str, Any] = {"type": "tick", "clusters": listing, "snapshot": None, "error": None}
-        if self.book.selected is None:
+        showing = listing["showing"]
+        if showing is None:
             msg["error"] = "No cluster is running here: start one or connect to one."
             return msg
         try:
-            msg["snapshot"] = await self.snapshot(self.book.selected)
+            msg["snapshot"] = await self.snapshot(showing)
         except LabError as e:
             msg["error"] = e.message
         return msg
@@ -351,19 +433,19 @@ class LabService:
             os.environ[ENV_VAR] = self._env_before
 
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-
-
-def _opt_number(body: dict[str, Any], key: str) -> float | None:
-    v = body.get(key)
-    if v is None or v == "":
-        return None
-    if not _is_number(v):
-        raise LabError(400, f"expected {key!r} as a number >= 0 (or left out), got {v!r}")
-    return float(v)
+def _not_stoppable(address: str, kind: str, engine: str, local: bool) -> str:
+    if kind == "embedded":
+        return (f"{address} is the embedded cluster of a running kernel: it ends with that "
+                f"kernel (restart or shut down the kernel)")
+    if engine == "ray":
+        return (f"the Ray cluster {address} was not started by this server; stop it where it was "
+                f"started (this server never runs `ray stop`, which would end every Ray "
+                f"cluster of this machine)")
+    return (f"the cluster at {address} was not started on this machine; "
+            f"stop it where it runs (`carme stop` there)")
 
 
 def _unreachable(address: str, e: BaseException) -> str:
-    return (f"the cluster at {address} did not answer ({type(e).__name__}: {e}); "
-            f"is it running? `carme status` lists the clusters on this machine")
+    how = ("`ray status --address` checks a Ray cluster" if engine_of(address) == "ray"
+           else "`carme status` lists the clusters on this machine")
+    return f"the cluster at {address} did not answer ({type(e).__name__}: {e}); is it running? {how}"

@@ -129,8 +129,21 @@ def _rows(value: Any) -> Iterable[dict[str, Any]]:
     return [r for r in value or [] if isinstance(r, dict)]
 
 
-def panel_snapshot(raw: dict[str, Any], address: str, now: float | None = None) -> dict[str, Any]:
-    """The JSON of ``GET /carme/api/snapshot`` from `Client.snapshot()`'s dict."""
+def _flags(value: Any) -> dict[str, bool]:
+    return {str(k): v for k, v in _dict(value).items() if isinstance(v, bool)}
+
+
+def _notes(value: Any) -> dict[str, str]:
+    return {str(k): v for k, v in _dict(value).items() if isinstance(v, str)}
+
+
+def panel_snapshot(raw: dict[str, Any], address: str, now: float | None = None,
+                   engine: str = "carme") -> dict[str, Any]:
+    """The JSON of ``GET /carme/api/snapshot`` from `Client.snapshot()`'s dict.
+
+    ``capabilities`` (flag: bool) and ``notes`` (flag: why it is off) pass through
+    from the backend: what this engine cannot show, said rather than hidden.
+    """
     objects = _dict(raw.get("objects"))
     resources = _dict(raw.get("resources"))
     by_state = _dict(raw.get("tasks_by_state"))
@@ -139,6 +152,10 @@ def panel_snapshot(raw: dict[str, Any], address: str, now: float | None = None) 
         t = now if now is not None else time.time()
     return {
         "address": address,
+        "engine": str(raw.get("engine") or engine),
+        "version": raw.get("version") if isinstance(raw.get("version"), str) else None,
+        "capabilities": _flags(raw.get("capabilities")),
+        "notes": _notes(raw.get("notes")),
         "time_ms": t * 1000,
         "nodes": [_node(n) for n in _rows(raw.get("nodes"))],
         "resources": {

@@ -7,7 +7,10 @@ tornado settings. Settings (``--CarmeLabApp.<name>=...`` or a config file):
 
 - ``interval``: seconds between stream messages (default 1).
 - ``call_timeout``: seconds a cluster call may take before the request fails.
-- ``backend_class``: the blocking cluster backend (tests give a fake one).
+- ``start_timeout``: seconds starting or stopping a cluster may take (a Ray head
+  takes seconds to tens of seconds on a small machine).
+- ``backend_class``: the blocking cluster backend (default: carme and Ray
+  behind `EngineBackend`; tests give a fake one).
 - ``state_file``: where the selection is kept across restarts.
 - ``stop_clusters_on_exit``: stop the clusters this server started when it
   stops (default False: clusters outlive the server, and the panel finds them
@@ -39,8 +42,10 @@ class CarmeLabApp(ExtensionApp):
 
     interval = Float(1.0, config=True, help="Seconds between two messages of the live stream.")
     call_timeout = Float(10.0, config=True, help="Seconds a call to a cluster may take.")
+    start_timeout = Float(180.0, config=True,
+                          help="Seconds starting or stopping a cluster may take.")
     backend_class = Type(
-        "carme_lab._service.CarmeBackend", klass=object, config=True,
+        "carme_lab._service.EngineBackend", klass=object, config=True,
         help="Class of the blocking cluster backend (tests substitute a fake).")
     state_file = Unicode(
         config=True,
@@ -60,6 +65,7 @@ class CarmeLabApp(ExtensionApp):
             given=os.environ.get(ENV_VAR) or None,
             interval=self.interval,
             call_timeout=self.call_timeout,
+            start_timeout=self.start_timeout,
             log=self.log,
             state_file=self.state_file or None,
         )

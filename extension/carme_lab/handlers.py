@@ -8,10 +8,12 @@ registered under ``/carme/`` and fails if any answers without a token.
 
 Routes (``<id>`` is a cluster address, URL-encoded)::
 
-    GET    clusters              listing: {"clusters": [...], "selected": addr | null}
-    POST   clusters              start one: {"num_cpus", "num_gpus", "resources", "select"}
-    DELETE clusters/<id>         stop one running on this machine
-    POST   connect               {"address": "HOST:PORT" | null}: remember and select
+    GET    clusters              listing: {"clusters": [...], "selected": id | null, "showing": id | null}
+    POST   clusters              start one: {"engine": "carme" | "ray", "num_cpus", "num_gpus",
+                                 "resources", "select", and for Ray "port", "dashboard_port"}
+    DELETE clusters/<id>         stop one this server started (or a carme one of this machine)
+    POST   connect               {"address": "HOST:PORT" | "ray:HOST:PORT" | null}: remember, select
+    POST   view                  {"cluster": id | null}: show it in the panel (kernels unaffected)
     GET    snapshot?cluster=<id> the panel's snapshot (default: the selected cluster)
     GET    timeline?cluster=<id> Chrome trace JSON (an array of events)
     WS     stream                one "tick" message about every second
@@ -95,6 +97,13 @@ class ConnectHandler(_Base):
         await self.answer(lambda: self.service.connect(self.body()))
 
 
+class ViewHandler(_Base):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        await self.answer(lambda: self.service.view(self.body()))
+
+
 class SnapshotHandler(_Base):
     @web.authenticated
     @authorized
@@ -150,6 +159,7 @@ HANDLERS: list[tuple[str, type[web.RequestHandler]]] = [
     (r"clusters", ClustersHandler),
     (r"clusters/(?P<cluster_id>[^/]+)", ClusterHandler),
     (r"connect", ConnectHandler),
+    (r"view", ViewHandler),
     (r"snapshot", SnapshotHandler),
     (r"timeline", TimelineHandler),
     (r"stream", StreamHandler),

@@ -74,10 +74,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
 
     app.commands.addCommand(CommandIDs.openTimeline, {
       label: 'Open carme timeline',
-      caption: 'The selected cluster\'s task timeline in the main area',
+      caption: 'The task timeline of the cluster the panel shows, in the main area',
       execute: async () => {
         if (timeline === null || timeline.isDisposed) {
-          timeline = new MainAreaWidget({ content: new TimelineView(() => model.selected) });
+          timeline = new MainAreaWidget({ content: new TimelineView(() => model.showing) });
           timeline.id = 'carme-timeline-main';
           timeline.title.label = 'carme timeline';
           timeline.title.icon = carmeIcon;

@@ -17,22 +17,35 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { RequestError, openStream, requestAPI } from './request';
 
 export type Origin = 'started' | 'local' | 'connected' | 'env';
+export type Engine = 'carme' | 'ray';
+/** `embedded`: a running kernel's own cluster (watched only, never joined or stopped). */
+export type Kind = 'cluster' | 'embedded';
 
 export interface IClusterInfo {
   id: string;
   address: string;
+  engine: Engine;
+  kind: Kind;
   origin: Origin;
   pid: number | null;
   started: number | null;
   alive: boolean | null;
   local: boolean;
+  stoppable: boolean;
+  joinable: boolean;
+  notebook: string | null;
+  dashboard: string | null;
   resources: Record<string, number>;
   selected: boolean;
+  showing: boolean;
 }
 
 export interface IClusterListing {
   clusters: IClusterInfo[];
+  /** What kernels started from now on join (`CARME_ADDRESS`), or null: embedded. */
   selected: string | null;
+  /** What the panel shows: the watched one, else the selected, else a kernel's newest. */
+  showing: string | null;
 }
 
 export interface IGpuInfo {
@@ -92,8 +105,24 @@ export interface ITaskEvent {
   end_ms: number | null;
 }
 
+/** Names of the capability flags (`carme_lab/_ray_rest.py` CAPABILITIES). */
+export const CAPABILITY_LABELS: Record<string, string> = {
+  node_metrics: 'CPU, memory and GPU per node',
+  resources_in_use: 'resources in use per node',
+  live_task_state: 'live task states',
+  object_types: 'object types',
+  object_call_sites: 'where objects were made',
+  complete_task_list: 'every task in the timeline'
+};
+
 export interface ISnapshot {
   address: string;
+  engine: Engine;
+  version: string | null;
+  /** flag -> available; what is false is not shown for this engine. */
+  capabilities: Record<string, boolean>;
+  /** flag -> why it is off. */
+  notes: Record<string, string>;
   time_ms: number;
   nodes: INodeInfo[];
   resources: { total: Record<string, number>; available: Record<string, number> };
@@ -118,9 +147,13 @@ export interface ITickMessage {
 }
 
 export interface IStartOptions {
+  engine?: Engine;
   num_cpus?: number;
   num_gpus?: number;
   resources?: Record<string, number>;
+  /** Ray only: the GCS and dashboard ports (left out: free ones). */
+  port?: number;
+  dashboard_port?: number;
 }
 
 /** Per node: the last samples of CPU, memory and each GPU's utilization (0..100). */
@@ -157,6 +190,16 @@ export class ClusterModel {
 
   get selectedCluster(): IClusterInfo | null {
     return this.clusters.find(c => c.selected) ?? null;
+  }
+
+  /** The id of the cluster the panel shows (see `IClusterListing.showing`). */
+  get showing(): string | null {
+    return this._listing?.showing ?? null;
+  }
+
+  get showingCluster(): IClusterInfo | null {
+    const id = this.showing;
+    return id === null ? null : this.clusters.find(c => c.id === id) ?? null;
   }
 
   get snapshot(): ISnapshot | null {
@@ -213,7 +256,8 @@ export class ClusterModel {
   }
 
   async startCluster(options: IStartOptions): Promise<IClusterInfo | null> {
-    return this._action('Starting a cluster…', async () => {
+    const what = options.engine === 'ray' ? 'Starting a Ray head (this takes a while)…' : 'Starting a cluster…';
+    return this._action(what, async () => {
       const info = await requestAPI<IClusterInfo>('clusters', {
         method: 'POST',
         body: JSON.stringify(options)
@@ -238,6 +282,17 @@ export class ClusterModel {
     const what = address ? `Connecting to ${address}…` : 'Selecting no cluster…';
     const done = await this._action(what, async () => {
       await requestAPI('connect', { method: 'POST', body: JSON.stringify({ address }) });
+      this._snapshot = null;
+      await this.refresh();
+      return true;
+    });
+    return done === true;
+  }
+
+  /** Show `id` in the panel without changing what kernels join; `null` follows the selection. */
+  async view(id: string | null): Promise<boolean> {
+    const done = await this._action(id ? `Showing ${id}…` : 'Showing the selected cluster…', async () => {
+      await requestAPI('view', { method: 'POST', body: JSON.stringify({ cluster: id }) });
       this._snapshot = null;
       await this.refresh();
       return true;
@@ -401,6 +456,10 @@ function push<T>(list: T[], value: T): void {
 export function connectionCode(address: string | null): string {
   if (address === null) {
     return 'import carme\ncarme.init()  # no cluster selected in the carme panel: an embedded one';
+  }
+  if (address.startsWith('ray:')) {
+    const gcs = address.slice('ray:'.length);
+    return `import ray\nray.init(address=${JSON.stringify(gcs)})  # in the carme kernel: %carme connect ${address}`;
   }
   return `import carme\ncarme.init(address=${JSON.stringify(address)})`;
 }

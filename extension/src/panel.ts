@@ -11,10 +11,12 @@ import { Widget } from '@lumino/widgets';
 import { bar, bytes, h, s, seconds, shortId, sparkline } from './dom';
 import { KubeRayModel, KubeRaySection } from './kubernetes';
 import {
+  CAPABILITY_LABELS,
   ClusterModel,
   IClusterInfo,
   INodeInfo,
   ISnapshot,
+  IStartOptions,
   TASK_BUCKETS,
   percent
 } from './model';
@@ -56,12 +58,19 @@ export class CarmePanel extends Widget {
   private _build(): void {
     const m = this.model;
     this._select.addEventListener('change', () => {
-      void m.connect(this._select.value === NONE ? null : this._select.value);
+      const id = this._select.value;
+      const c = m.clusters.find(x => x.id === id);
+      if (c !== undefined && !c.joinable) {
+        void m.view(id); // a kernel's embedded cluster: watch it, kernels are unaffected
+      } else {
+        void m.connect(id === NONE ? null : id);
+      }
     });
+    this._engine.addEventListener('change', () => this._renderEngine());
     this._startBtn.addEventListener('click', () => void this._start());
     this._stopBtn.addEventListener('click', () => {
-      const c = m.selectedCluster;
-      if (c !== null) {
+      const c = m.showingCluster;
+      if (c !== null && c.stoppable) {
         void m.stopCluster(c.id);
       }
     });
@@ -89,9 +98,11 @@ export class CarmePanel extends Widget {
           'details',
           { class: 'clab-start-options' },
           h('summary', {}, 'Start options'),
+          h('label', {}, 'Engine ', this._engine),
           h('label', {}, 'CPUs ', this._cpus),
           h('label', {}, 'GPUs ', this._gpus),
-          h('label', {}, 'Resources ', this._resources)
+          h('label', {}, 'Resources ', this._resources),
+          this._rayOptions
         ),
         h('div', { class: 'clab-row' }, this._address, this._connectBtn)
       ),
@@ -103,8 +114,22 @@ export class CarmePanel extends Widget {
     );
   }
 
+  private _renderEngine(): void {
+    const ray = this._engine.value === 'ray';
+    this._rayOptions.hidden = !ray;
+    this._startBtn.textContent = ray ? 'Start Ray head' : 'Start';
+  }
+
   private async _start(): Promise<void> {
-    const opts: { num_cpus?: number; num_gpus?: number; resources?: Record<string, number> } = {};
+    const opts: IStartOptions = {};
+    if (this._engine.value === 'ray') {
+      opts.engine = 'ray';
+      for (const [key, input] of [['port', this._gcsPort], ['dashboard_port', this._dashPort]] as const) {
+        if (input.value.trim() !== '') {
+          opts[key] = Number(input.value);
+        }
+      }
+    }
     if (this._cpus.value.trim() !== '') {
       opts.num_cpus = Number(this._cpus.value);
     }
@@ -134,24 +159,46 @@ export class CarmePanel extends Widget {
     }
   }
 
+  private _capabilities(snap: ISnapshot): HTMLElement {
+    const off = Object.entries(snap.capabilities).filter(([, on]) => !on);
+    const engine = snap.engine === 'ray' ? `Ray${snap.version ? ` ${snap.version}` : ''}` : 'carme';
+    const dashboard = this.model.showingCluster?.dashboard;
+    const items = off.map(([flag]) =>
+      h('li', { 'data-flag': flag }, h('b', {}, CAPABILITY_LABELS[flag] ?? flag), ': ', snap.notes[flag] ?? 'not available'));
+    return h(
+      'section',
+      { class: 'clab-section clab-engine', 'data-testid': 'carme-capabilities', 'data-engine': snap.engine,
+        'data-off': off.map(([flag]) => flag).join(' ') },
+      h('div', { class: 'clab-dim clab-small' }, `Engine: ${engine}`,
+        dashboard ? h('span', {}, ' · ', h('a', { href: dashboard, target: '_blank', rel: 'noopener' }, 'Ray dashboard')) : null),
+      items.length
+        ? h('details', { class: 'clab-caps' }, h('summary', {}, `Not shown on this engine (${items.length})`),
+          h('ul', {}, ...items))
+        : null
+    );
+  }
+
   private _renderControls(): void {
     const m = this.model;
-    const sig = JSON.stringify(m.clusters.map(c => [c.id, c.alive, c.origin])) + String(m.selected);
+    const sig = JSON.stringify(m.clusters.map(c => [c.id, c.alive, c.origin, c.notebook])) +
+      String(m.selected) + String(m.showing);
     if (sig !== this._listingSig && document.activeElement !== this._select) {
       this._listingSig = sig;
       const options = [h('option', { value: NONE }, 'none (kernels embed their own)')];
       for (const c of m.clusters) {
-        options.push(h('option', { value: c.id }, describe(c)));
+        options.push(h('option', { value: c.id, 'data-engine': c.engine, 'data-kind': c.kind }, describe(c)));
       }
       this._select.replaceChildren(...options);
-      this._select.value = m.selected ?? NONE;
+      this._select.value = m.showing ?? NONE;
     }
-    const sel = m.selectedCluster;
+    const shown = m.showingCluster;
     const busy = m.busy !== null;
     this._startBtn.disabled = busy;
     this._connectBtn.disabled = busy;
-    this._stopBtn.disabled = busy || sel === null || !sel.local;
-    this._stopBtn.title = sel === null ? 'No cluster selected' : sel.local ? `Stop ${sel.address}` :
+    this._stopBtn.disabled = busy || shown === null || !shown.stoppable;
+    this._stopBtn.title = shown === null ? 'No cluster selected' : shown.stoppable ? `Stop ${shown.address}` :
+      shown.kind === 'embedded' ? 'A kernel\'s own cluster: it ends with its kernel' :
+      shown.engine === 'ray' ? 'Not started here: stop it where it was started (never `ray stop` from here)' :
       'This cluster does not run on this machine: stop it where it runs';
     this._conn.textContent = { open: '● live', connecting: '○ connecting…', reconnecting: '○ reconnecting…' }[
       m.connection
@@ -171,23 +218,35 @@ export class CarmePanel extends Widget {
       status = 'Connecting to the Jupyter server…';
     } else if (m.connection === 'reconnecting') {
       status = 'Lost the connection to the Jupyter server; reconnecting…';
-    } else if (m.selected === null) {
+    } else if (m.showing === null) {
       const running = m.clusters.filter(c => c.alive === true).length;
       status = running === 0
         ? 'No cluster is running here. Start one or connect to one; until then each kernel starts an embedded cluster of its own.'
         : `No cluster is selected (${running} running on this machine: pick one above). Until then each kernel starts an embedded cluster of its own.`;
     } else if (snap === null) {
-      status = m.error ?? `Waiting for ${m.selected}…`;
+      status = m.error ?? `Waiting for ${m.showing}…`;
     } else {
-      status = `Connected to ${snap.address}. Kernels started from now on join it (running kernels keep theirs).`;
+      const shown = m.showingCluster;
+      const kernels = m.selected === null ? 'kernels started from now on start their own' :
+        `kernels started from now on join ${m.selected}`;
+      if (shown?.kind === 'embedded') {
+        status = `Watching the embedded cluster of ${shown.notebook ?? 'a running kernel'} (${snap.address}); ` +
+          `it ends with its kernel, and ${kernels}.`;
+      } else if (snap.address !== m.selected) {
+        status = `Watching ${snap.address}; ${kernels}.`;
+      } else {
+        const engine = snap.engine === 'ray' ? ` (Ray${snap.version ? ` ${snap.version}` : ''})` : '';
+        status = `Connected to ${snap.address}${engine}. Kernels started from now on join it (running kernels keep theirs).`;
+      }
     }
     this._status.textContent = status;
-    this._status.dataset.state = snap !== null ? 'live' : m.selected === null ? 'none' : 'waiting';
+    this._status.dataset.state = snap !== null ? 'live' : m.showing === null ? 'none' : 'waiting';
     if (snap === null) {
       this._body.replaceChildren();
       return;
     }
     this._body.replaceChildren(
+      this._capabilities(snap),
       this._nodes(snap),
       this._tasks(snap),
       this._timeline(snap),
@@ -320,7 +379,15 @@ export class CarmePanel extends Widget {
   private _cpus = h('input', { type: 'number', min: '0', step: '1', placeholder: 'all', class: 'clab-num' });
   private _gpus = h('input', { type: 'number', min: '0', step: '1', placeholder: 'auto', class: 'clab-num' });
   private _resources = h('input', { type: 'text', placeholder: '{"disk": 2}', class: 'clab-res' });
-  private _address = h('input', { type: 'text', placeholder: 'HOST:PORT', class: 'clab-address',
+  private _engine = h('select', { class: 'clab-engine-select', 'data-testid': 'carme-engine' },
+    h('option', { value: 'carme' }, 'carme'), h('option', { value: 'ray' }, 'Ray (ray start --head)'));
+  private _gcsPort = h('input', { type: 'number', min: '1', max: '65535', step: '1', placeholder: 'free',
+    class: 'clab-num', 'data-testid': 'carme-ray-port' });
+  private _dashPort = h('input', { type: 'number', min: '1', max: '65535', step: '1', placeholder: 'free',
+    class: 'clab-num', 'data-testid': 'carme-ray-dashboard-port' });
+  private _rayOptions = h('div', { class: 'clab-ray-options', hidden: '' },
+    h('label', {}, 'GCS port ', this._gcsPort), h('label', {}, 'Dashboard port ', this._dashPort));
+  private _address = h('input', { type: 'text', placeholder: 'HOST:PORT or ray:HOST:PORT', class: 'clab-address',
     'data-testid': 'carme-address' });
   private _connectBtn = h('button', { class: 'jp-mod-styled', 'data-testid': 'carme-connect' }, 'Connect');
   private _conn = h('span', { class: 'clab-conn' });
@@ -334,7 +401,10 @@ export class CarmePanel extends Widget {
 
 function describe(c: IClusterInfo): string {
   const state = c.alive === false ? ' (not running)' : '';
-  return `${c.address} · ${c.origin}${state}`;
+  if (c.kind === 'embedded') {
+    return `kernel: ${c.notebook ?? `pid ${c.pid ?? '?'}`} · embedded carme${state}`;
+  }
+  return `${c.address} · ${c.engine === 'ray' ? 'Ray' : 'carme'} · ${c.origin}${state}`;
 }
 
 function section(title: string, cls: string, children: Node[]): HTMLElement {

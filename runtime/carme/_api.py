@@ -96,6 +96,10 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             core.log_handler = lambda tag, stream, text: None
         _apply(core)
         STATE.core = core
+        from ._discovery import advertise  # so watchers on this machine find it (carme_lab)
+        core.discovery_note = advertise(  # type: ignore[attr-defined]
+            address=node.address, token=node.token, pid=node.process.pid,
+            session_dir=node.session_dir, node_id=node.node_id, resources=res)
         # objects made before init (none) and refs from a previous session are stale
         ctx = CarmeContext(address_info={"address": node.address, "node_id": node.node_id,
                                          "session_dir": node.session_dir},
@@ -160,6 +164,8 @@ def shutdown(_exiting_interpreter: bool = False) -> None:
         STATE.core = None
         STATE.runtime_context = None
         node = getattr(core, "node", None)
+        from ._discovery import withdraw
+        withdraw(getattr(core, "discovery_note", None))
         try:
             core.shutdown()
         finally:

@@ -22,8 +22,10 @@ from typing import Any
 
 import psutil
 
-__all__ = ["Client", "connect", "list_local", "resolve", "start_head", "start_node", "state_dir",
-           "stop", "stop_all", "stop_node"]
+from ._discovery import list_embedded, read_embedded  # embedded clusters of running drivers
+
+__all__ = ["Client", "connect", "list_embedded", "list_local", "read_embedded", "resolve", "start_head",
+           "start_node", "state_dir", "stop", "stop_all", "stop_node"]
 
 
 def state_dir() -> str:

@@ -38,12 +38,14 @@ class FakeBackend:
     def list_local(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.local]
 
-    def start(self, num_cpus: Any, num_gpus: Any, resources: Any) -> dict[str, Any]:
+    def start(self, spec: Any) -> dict[str, Any]:
         self._port += 1
-        info = {"address": f"127.0.0.1:{self._port}", "pid": 4242, "started": 1.0,
+        prefix = "ray:" if spec.engine == "ray" else ""
+        info = {"address": f"{prefix}127.0.0.1:{self._port}", "pid": 4242, "started": 1.0,
                 "cluster_id": str(self._port),
-                "resources": {"CPU": num_cpus or 1, "GPU": num_gpus or 0, **(resources or {})}}
-        self.calls.append(("start", (num_cpus, num_gpus, resources)))
+                "resources": {"CPU": spec.num_cpus or 1, "GPU": spec.num_gpus or 0,
+                              **(spec.resources or {})}}
+        self.calls.append(("start", (spec.num_cpus, spec.num_gpus, spec.resources)))
         self.local.append(info)
         return info
 

@@ -28,7 +28,7 @@ async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
 async def test_empty_listing_says_nothing_is_selected(jp_fetch: Any) -> None:
     code, data = await call(jp_fetch, "clusters")
     assert code == 200
-    assert data == {"clusters": [], "selected": None}
+    assert data == {"clusters": [], "selected": None, "showing": None}
 
 
 async def test_start_selects_and_exports_the_address(jp_fetch: Any, service: Any) -> None:
@@ -55,6 +55,65 @@ async def test_start_rejects_bad_numbers(jp_fetch: Any, service: Any) -> None:
     assert service.backend.calls == []
 
 
+@pytest.mark.parametrize(("raw", "field"), [
+    ('{"num_cpu": 1}', "'num_cpu'"),
+    ('{"resources": []}', "'resources'"),
+    ('{"num_cpus": 1e400}', "num_cpus"),
+    ('{"num_gpus": NaN}', "num_gpus"),
+    ('{"resources": {"disk": Infinity}}', "resources.disk"),
+    ('{"resources": {"GPU": 1}}', "num_gpus"),
+    ('{"select": 1}', "select"),
+    ('{"engine": "ray", "port": 1e400}', "port"),
+    ('{"engine": "ray", "num_cpus": 2, "dashboard_port": -1}', "dashboard_port"),
+    ('{"engine": "ray", "ports": 1}', "'ports'"),
+    ('{"engine": "dask"}', "engine"),
+])
+async def test_start_refuses_bad_bodies_and_starts_nothing(
+    jp_fetch: Any, service: Any, raw: str, field: str
+) -> None:
+    try:
+        await jp_fetch("carme", "api", "clusters", method="POST", body=raw)
+        raise AssertionError(f"{raw} was accepted")
+    except HTTPClientError as e:
+        assert e.response is not None
+        assert e.code == 400, e.response.body
+        assert field in json.loads(e.response.body)["message"]
+    assert service.backend.calls == []
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing["clusters"] == []
+
+
+async def test_start_a_ray_head_through_the_same_route(jp_fetch: Any, service: Any) -> None:
+    code, data = await call(jp_fetch, "clusters", method="POST",
+                            body={"engine": "ray", "num_cpus": 1, "port": 0})
+    assert code == 201, data
+    assert data["engine"] == "ray" and data["id"].startswith("ray:") and data["stoppable"]
+    assert os.environ["CARME_ADDRESS"] == data["id"]  # kernels join it through CARME_ADDRESS
+
+
+async def test_view_shows_a_cluster_without_changing_what_kernels_join(
+    jp_fetch: Any, service: Any
+) -> None:
+    service.backend.local.append({"address": "embedded:77", "pid": 77, "started": 9.0})
+    service.backend.local.append({"address": "127.0.0.1:6380", "pid": 99, "started": 5.0})
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing["showing"] == "embedded:77" and listing["selected"] is None
+    code, data = await call(jp_fetch, "connect", method="POST", body={"address": "embedded:77"})
+    assert code == 400 and "cannot join" in data["message"]
+    await call(jp_fetch, "connect", method="POST", body={"address": "127.0.0.1:6380"})
+    code, data = await call(jp_fetch, "view", method="POST", body={"cluster": "embedded:77"})
+    assert code == 200 and data == {"showing": "embedded:77", "selected": "127.0.0.1:6380"}
+    assert os.environ["CARME_ADDRESS"] == "127.0.0.1:6380"
+    code, data = await call(jp_fetch, "view", method="POST", body={"cluster": None})
+    assert data["showing"] == "127.0.0.1:6380"
+    for body, status in (({"cluster": "embedded:78"}, 404), ({"cluster": "nonsense"}, 400),
+                         ({}, 400), ({"cluster": None, "x": 1}, 400)):
+        code, data = await call(jp_fetch, "view", method="POST", body=body)
+        assert code == status, (body, data)
+    code, data = await call(jp_fetch, "clusters", "embedded:77", method="DELETE")
+    assert code == 409 and "ends with that kernel" in data["message"]
+
+
 async def test_stop_a_started_cluster_clears_the_selection(jp_fetch: Any) -> None:
     _, started = await call(jp_fetch, "clusters", method="POST", body={})
     code, data = await call(jp_fetch, "clusters", started["id"], method="DELETE")
@@ -62,7 +121,7 @@ async def test_stop_a_started_cluster_clears_the_selection(jp_fetch: Any) -> Non
     assert data == {"id": started["id"], "stopped": True, "selected": None}
     assert "CARME_ADDRESS" not in os.environ
     _, listing = await call(jp_fetch, "clusters")
-    assert listing == {"clusters": [], "selected": None}
+    assert listing == {"clusters": [], "selected": None, "showing": None}
 
 
 async def test_stop_unknown_and_remote_clusters_is_refused(jp_fetch: Any) -> None:

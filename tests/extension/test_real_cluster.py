@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -104,3 +105,89 @@ async def test_start_run_watch_stop(jp_fetch: Any, state_dir: Path) -> None:
     assert listing["clusters"] == []
     code, data = await call(jp_fetch, "snapshot", params={"cluster": address})
     assert code == 503 and "did not answer" in data["message"]
+
+
+EMBEDDED = textwrap.dedent("""
+    import sys, carme
+    carme.init(num_cpus=1)
+
+    @carme.remote
+    def inc(x):
+        return x + 1
+
+    assert carme.get([inc.remote(i) for i in range(5)]) == [1, 2, 3, 4, 5]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    carme.shutdown()
+    print("done", flush=True)
+""")
+
+
+def start_driver() -> subprocess.Popen[str]:
+    """A driver with an embedded cluster (what a notebook kernel runs), waiting on stdin."""
+    env = {**os.environ, "JPY_SESSION_NAME": "work/demo.ipynb"}
+    env.pop("CARME_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-c", EMBEDDED], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+async def test_a_kernels_embedded_cluster_is_listed_and_shown(
+    jp_fetch: Any, jp_serverapp: Any, state_dir: Path
+) -> None:
+    proc = start_driver()
+    try:
+        _, listing = await call(jp_fetch, "clusters")
+        [entry] = [c for c in listing["clusters"] if c["kind"] == "embedded"]
+        assert entry["notebook"] == "work/demo.ipynb" and entry["alive"] is True
+        assert not entry["stoppable"] and not entry["joinable"] and entry["engine"] == "carme"
+        assert listing["showing"] == entry["id"] and listing["selected"] is None
+        # the driver reports task events in batches: wait for them (bounded by the test's timeout)
+        while True:
+            code, snap = await call(jp_fetch, "snapshot", params={"cluster": entry["id"]})
+            assert code == 200, snap
+            if snap["tasks"]["finished"] == 5:
+                break
+            await asyncio.sleep(0.1)
+        assert snap["nodes"][0]["resources_total"]["CPU"] == 1.0
+        assert snap["engine"] == "carme" and all(snap["capabilities"].values())
+        # the live stream shows it although no cluster is selected
+        service = jp_serverapp.web_app.settings["carme_lab_service"]
+        tick = await service.tick()
+        assert tick["error"] is None and tick["snapshot"]["address"] == entry["id"]
+        code, events = await call(jp_fetch, "timeline", params={"cluster": entry["id"]})
+        assert code == 200 and sum(1 for e in events if e.get("ph") == "X") == 5
+    finally:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        assert proc.stdout.read().strip() == "done"
+        proc.wait(60)
+        proc.stdout.close()
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing["clusters"] == [] and listing["showing"] is None
+    assert os.listdir(state_dir / "embedded") == [], "carme.shutdown() removes its note"
+
+
+async def test_a_killed_kernels_note_is_ignored_and_removed(jp_fetch: Any, state_dir: Path) -> None:
+    import psutil
+
+    proc = start_driver()
+    try:
+        _, listing = await call(jp_fetch, "clusters")
+        [entry] = [c for c in listing["clusters"] if c["kind"] == "embedded"]
+        daemon = psutil.Process(entry["pid"])
+    finally:
+        proc.kill()  # no carme.shutdown(): the note stays behind
+        proc.wait(60)
+        assert proc.stdout is not None and proc.stdin is not None
+        proc.stdout.close()
+        proc.stdin.close()
+    daemon.wait(60)  # the embedded daemon ends with its driver
+    assert len(os.listdir(state_dir / "embedded")) == 1
+    _, listing = await call(jp_fetch, "clusters")
+    assert listing["clusters"] == []
+    assert os.listdir(state_dir / "embedded") == [], "a stale note is removed when read"
+    code, data = await call(jp_fetch, "snapshot", params={"cluster": entry["id"]})
+    assert code == 503 and "has ended" in data["message"]
