@@ -4,6 +4,7 @@ template, and the cross-references between files (see kube_schemas.py for how)."
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import kube_schemas as ks
 import pytest
 
 from carme_lab import _kubernetes, _raycluster
+from ray_support import requires_ray
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -258,3 +260,40 @@ def test_the_rayjob_script_runs_on_carme() -> None:
                          text=True, timeout=100)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "3.1"
+
+
+def test_the_rayservice_config_and_serve_app_fit_ray_serve() -> None:
+    """Checked with Ray Serve's own schema where Ray is installed (the ray extra)."""
+    pytest.importorskip("ray.serve")
+    import yaml
+    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
+
+    config = yaml.safe_load(by_kind("RayService")["spec"]["serveConfigV2"])
+    parsed = ServeDeploySchema.model_validate(config)  # Serve's models allow unknown keys:
+    for app in config["applications"]:                  # check those by hand
+        assert set(app) <= set(ServeApplicationSchema.model_fields), app
+        for dep in app.get("deployments", []):
+            assert set(dep) <= set(DeploymentSchema.model_fields), dep
+    [app] = parsed.applications
+    module, _, attr = app.import_path.partition(":")
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        serve_app = __import__(module)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    from ray.serve import Application
+
+    assert isinstance(getattr(serve_app, attr), Application)
+    assert [d.name for d in app.deployments] == [serve_app.SumOfSquares.name]
+    assert serve_app.sum_of_squares(10) == 285
+
+
+@requires_ray
+@pytest.mark.processes
+def test_the_rayjob_entrypoint_runs_on_a_ray_cluster(ray_cluster: Any, tmp_path: Path) -> None:
+    """As a RayJob's submitter runs it: `python pi.py` with RAY_ADDRESS set to the cluster."""
+    env = dict(os.environ, **ray_cluster.env(), RAY_ADDRESS=ray_cluster.gcs_address)
+    out = subprocess.run([sys.executable, str(EXAMPLES / "pi.py")], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert re.search(r"^pi is about 3\.1\d*$", out.stdout, re.M), out.stdout

@@ -1,7 +1,8 @@
 """Estimate pi with Ray tasks: the script the RayJob example submits (rayjob.yaml).
 
-Plain Ray core code; it also runs on carme's own runtime (``import carme as ray``),
-which is how the tests run it without a Ray cluster.
+Plain Ray core code. The tests run it as a RayJob's submitter would (``python pi.py``
+with ``RAY_ADDRESS`` set) against a local Ray head, and ``main`` on carme's own runtime
+(``import carme as ray``).
 """
 
 from __future__ import annotations
