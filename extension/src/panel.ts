@@ -186,7 +186,8 @@ export class CarmePanel extends Widget {
       this._listingSig = sig;
       const options = [h('option', { value: NONE }, 'none (kernels embed their own)')];
       for (const c of m.clusters) {
-        options.push(h('option', { value: c.id, 'data-engine': c.engine, 'data-kind': c.kind }, describe(c)));
+        options.push(h('option', { value: c.id, 'data-engine': c.engine, 'data-kind': c.kind,
+          title: c.notebook ?? c.dashboard ?? c.address }, describe(c)));
       }
       this._select.replaceChildren(...options);
       this._select.value = m.showing ?? NONE;
@@ -230,7 +231,7 @@ export class CarmePanel extends Widget {
       const kernels = m.selected === null ? 'kernels started from now on start their own' :
         `kernels started from now on join ${m.selected}`;
       if (shown?.kind === 'embedded') {
-        status = `Watching the embedded cluster of ${shown.notebook ?? 'a running kernel'} (${snap.address}); ` +
+        status = `Watching the embedded cluster of ${notebookName(shown) ?? 'a running kernel'} (${snap.address}); ` +
           `it ends with its kernel, and ${kernels}.`;
       } else if (snap.address !== m.selected) {
         status = `Watching ${snap.address}; ${kernels}.`;
@@ -402,9 +403,14 @@ export class CarmePanel extends Widget {
 function describe(c: IClusterInfo): string {
   const state = c.alive === false ? ' (not running)' : '';
   if (c.kind === 'embedded') {
-    return `kernel: ${c.notebook ?? `pid ${c.pid ?? '?'}`} · embedded carme${state}`;
+    return `kernel: ${notebookName(c) ?? `pid ${c.pid ?? '?'}`} · embedded carme${state}`;
   }
   return `${c.address} · ${c.engine === 'ray' ? 'Ray' : 'carme'} · ${c.origin}${state}`;
+}
+
+/** The file name of the notebook whose kernel runs an embedded cluster, or null. */
+function notebookName(c: IClusterInfo): string | null {
+  return c.notebook === null ? null : c.notebook.split('/').pop() || c.notebook;
 }
 
 function section(title: string, cls: string, children: Node[]): HTMLElement {

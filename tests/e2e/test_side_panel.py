@@ -9,7 +9,9 @@ it, open a notebook whose carme kernel, started now, inherits the selected addre
 run cells that launch tasks and an actor, and watch the panel's counts and live
 timeline change; open the full timeline; insert the connection code into the
 notebook; restart the server and see the panel reconnect to the same cluster;
-stop the cluster from the panel. Screenshots stay in the tmp dir; the one of the
+stop the cluster from the panel. A second test watches a kernel's embedded
+cluster with nothing selected, then picks a Ray head of this machine in the
+selector (engine and capability flags shown). Screenshots stay in the tmp dir; the one of the
 live panel is copied to ``$CARME_SCREENSHOT_DIR`` when that is set (e.g.
 docs/screenshots, to refresh the picture there).
 
@@ -37,12 +39,16 @@ from typing import Any
 import pytest
 from e2e_support import CHROMIUM, CHROMIUM_ARGS, LAB_OVERRIDES, free_port, stop_server
 
+from ray_support import RayHead, requires_ray
+
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[2]
 LABEXT = ROOT / "extension" / "carme_lab" / "labextension"
 SERVER_CONFIG = ROOT / "jupyter-config" / "jupyter_server_config.d" / "carme_lab.json"
 N_TASKS = 12
+# nothing shown; Ray heads of other programs of this user on this machine are listed, not shown
+NO_CLUSTER = r"No cluster is (running here|selected \(\d+ running)"
 NOTEBOOK = {
     "cells": [
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
@@ -63,6 +69,15 @@ NOTEBOOK = {
     ],
     "metadata": {"kernelspec": {"name": "carme", "display_name": "carme", "language": "python"}},
     "nbformat": 4, "nbformat_minor": 5,
+}
+# a kernel with no cluster selected: it runs its tasks in an embedded cluster of its own
+EMBEDDED_NOTEBOOK = {
+    "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+               "source": (
+                   "import carme\ncarme.init(ignore_reinit_error=True)\n\n"
+                   "@carme.remote\ndef work(i):\n    return i\n\n"
+                   f"print('sum', sum(carme.get([work.remote(i) for i in range({N_TASKS})])))")}],
+    "metadata": NOTEBOOK["metadata"], "nbformat": 4, "nbformat_minor": 5,
 }
 
 
@@ -172,6 +187,7 @@ def lab(jupyter_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     work = tmp_path / "work"
     work.mkdir()
     (work / "tasks.ipynb").write_text(json.dumps(NOTEBOOK))
+    (work / "embedded.ipynb").write_text(json.dumps(EMBEDDED_NOTEBOOK))
     state = tmp_path / "carme-state"
     monkeypatch.setenv("CARME_STATE_DIR", str(state))  # this process stops the clusters afterwards
     server = make_lab(tmp_path)
@@ -243,21 +259,25 @@ def _run_all(page: Any) -> None:
     pytest.fail("Run All Cells did not start the notebook's cells (twice)")
 
 
+def _browser(pw: Any, tmp_path: Path) -> Any:
+    return pw.chromium.launch_persistent_context(
+        str(tmp_path / "chromium"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+        viewport={"width": 1500, "height": 1300},
+    )
+
+
 def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1500, "height": 1300},
-        )
+        ctx = _browser(pw, tmp_path)
         try:
             page = ctx.new_page()
             page.goto(f"{lab.url}/lab?token={lab.token}", timeout=60_000)
             _open_panel(page)
-            _wait_text(page, "carme-status", "No cluster is running")
+            _wait_text(page, "carme-status", NO_CLUSTER)
             page.screenshot(path=str(shots / "01-no-cluster.png"))
 
             # start a cluster from the panel: it is selected and shown live
@@ -326,7 +346,7 @@ def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path)
 
             # stop it from the panel: it says so plainly
             page.locator("[data-testid='carme-stop']").click()
-            _wait_text(page, "carme-status", "No cluster is running")
+            _wait_text(page, "carme-status", NO_CLUSTER)
             page.screenshot(path=str(shots / "06-stopped.png"))
         except Exception:
             with contextlib.suppress(Exception):
@@ -344,3 +364,60 @@ def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path)
         target = Path(os.environ["CARME_SCREENSHOT_DIR"])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, target / "side-panel.png")
+
+
+@requires_ray
+def test_side_panel_watches_a_kernels_embedded_cluster_and_a_ray_cluster(
+    ray_cluster: RayHead, lab: Lab, tmp_path: Path
+) -> None:
+    """No cluster selected: the panel shows the kernel's own cluster; then a Ray head of
+    this machine, picked in the selector, with its engine and what Ray cannot show."""
+    from playwright.sync_api import sync_playwright
+
+    rid = f"ray:{ray_cluster.gcs_address}"
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as pw:
+        ctx = _browser(pw, tmp_path)
+        try:
+            page = ctx.new_page()
+            page.goto(f"{lab.url}/lab/tree/embedded.ipynb?token={lab.token}", timeout=60_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+            _open_panel(page)
+            _wait_text(page, "carme-status", "No cluster is selected")  # the Ray head is listed
+            _run_all(page)
+            page.wait_for_selector(f"text=sum {sum(range(N_TASKS))}", timeout=60_000)
+            _wait_text(page, "carme-status", r"Watching the embedded cluster of \S*embedded\.ipynb",
+                       timeout=30_000)
+            page.wait_for_function(
+                f"() => Number(document.querySelector(\"[data-testid='carme-count-finished']\")"
+                f"?.textContent) >= {N_TASKS}", timeout=30_000)
+            assert page.locator("[data-testid='carme-stop']").is_disabled()
+            page.screenshot(path=str(shots / "01-embedded.png"))
+
+            # pick the Ray head: selected for new kernels, shown with Ray's gaps named
+            page.locator("[data-testid='carme-cluster-select']").select_option(value=rid)
+            _wait_text(page, "carme-status", rf"Connected to {re.escape(rid)} \(Ray \d", timeout=60_000)
+            caps = page.locator("[data-testid='carme-capabilities']")
+            assert caps.get_attribute("data-engine") == "ray"
+            assert "live_task_state" in (caps.get_attribute("data-off") or "")
+            assert page.locator(".clab-node").count() == 1
+            assert page.locator("[data-testid='carme-stop']").is_disabled(), "not started here"
+            page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel-ray.png"))
+
+            # selecting none shows the kernel's cluster again
+            page.locator("[data-testid='carme-cluster-select']").select_option(value="")
+            _wait_text(page, "carme-status", "Watching the embedded cluster", timeout=30_000)
+            page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel-embedded.png"))
+        except Exception:
+            with contextlib.suppress(Exception):
+                page.screenshot(path=str(shots / "failure.png"))
+            print(f"screenshots in {shots}; server log:\n{lab.log()[-4000:]}")
+            raise
+        finally:
+            ctx.close()
+    if os.environ.get("CARME_SCREENSHOT_DIR"):
+        target = Path(os.environ["CARME_SCREENSHOT_DIR"])
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("side-panel-ray.png", "side-panel-embedded.png"):
+            shutil.copy(shots / name, target / name)

@@ -20,7 +20,7 @@ from typing import Any
 
 import psutil
 import pytest
-from tornado.httpclient import HTTPClientError
+from lab_client import call
 
 from ray_support import RayHead, requires_ray
 
@@ -63,16 +63,6 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     yield d
 
 
-async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
-               params: dict[str, str] | None = None) -> tuple[int, Any]:
-    try:
-        r = await jp_fetch("carme", "api", *path, method=method, params=params,
-                           body=None if method in ("GET", "DELETE") else json.dumps(body or {}),
-                           request_timeout=400)
-    except HTTPClientError as e:
-        assert e.response is not None
-        return e.code, json.loads(e.response.body)
-    return r.code, json.loads(r.body)
 
 
 async def test_a_ray_cluster_on_this_machine_is_found_and_watched(

@@ -1,0 +1,29 @@
+"""`call`: one REST call to the carme_lab API through pytest-jupyter's `jp_fetch`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from tornado.httpclient import HTTPClientError
+
+
+async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
+               params: dict[str, str] | None = None, timeout: float = 400,
+               raw: str | None = None) -> tuple[int, Any]:
+    """(status, decoded JSON body) of ``/carme/api/<path>``; error answers are returned too.
+
+    `body` is sent as JSON; `raw` as given (for bodies JSON cannot make, e.g. ``1e400``)."""
+    kwargs: dict[str, Any] = {"method": method, "params": params, "request_timeout": timeout}
+    if raw is not None:
+        kwargs["body"] = raw
+    elif body is not None:
+        kwargs["body"] = json.dumps(body)
+    elif method in ("POST", "PUT", "PATCH"):
+        kwargs["body"] = ""
+    try:
+        r = await jp_fetch("carme", "api", *path, **kwargs)
+    except HTTPClientError as e:
+        assert e.response is not None
+        return e.code, json.loads(e.response.body)
+    return r.code, json.loads(r.body)
