@@ -14,7 +14,7 @@ import pytest
 import yaml
 from carme_lab_fakes import FakeBackend
 from k8s_fake import FakeKubeAPI, write_kubeconfig
-from tornado.httpclient import HTTPClientError
+from lab_client import call as lab_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 import kube_schemas  # noqa: E402
@@ -41,21 +41,9 @@ def jp_server_config(kube: FakeKubeAPI) -> dict[str, Any]:
     }
 
 
-async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
-               raw: str | None = None) -> tuple[int, Any]:
-    kwargs: dict[str, Any] = {"method": method}
-    if raw is not None:
-        kwargs["body"] = raw
-    elif body is not None:
-        kwargs["body"] = json.dumps(body)
-    elif method in ("POST", "PATCH"):
-        kwargs["body"] = ""
-    try:
-        r = await jp_fetch("carme", "api", "kubernetes", *path, **kwargs)
-    except HTTPClientError as e:
-        assert e.response is not None
-        return e.code, json.loads(e.response.body)
-    return r.code, json.loads(r.body)
+async def call(jp_fetch: Any, *path: str, **kwargs: Any) -> tuple[int, Any]:
+    """`lab_client.call` under /carme/api/kubernetes/."""
+    return await lab_call(jp_fetch, "kubernetes", *path, **kwargs)
 
 
 async def test_list_create_scale_select_delete(jp_fetch: Any, kube: FakeKubeAPI) -> None:
