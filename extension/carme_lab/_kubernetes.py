@@ -109,8 +109,11 @@ class RayClusterAPI:
         if in_cluster:
             from kubernetes.config.incluster_config import InClusterConfigLoader
 
-            InClusterConfigLoader(token_filename=os.path.join(SA_DIR, "token"),
-                                  cert_filename=os.path.join(SA_DIR, "ca.crt")).load_and_set(conf)
+            try:
+                InClusterConfigLoader(token_filename=os.path.join(SA_DIR, "token"),
+                                      cert_filename=os.path.join(SA_DIR, "ca.crt")).load_and_set(conf)
+            except Exception as e:
+                raise KubernetesUnavailable(f"the pod's service account cannot be used: {e}") from None
             source = "in-cluster service account"
             if not namespace:
                 with contextlib.suppress(OSError), open(os.path.join(SA_DIR, "namespace")) as f:

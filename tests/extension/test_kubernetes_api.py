@@ -303,3 +303,19 @@ def test_without_the_kubernetes_package_the_feature_is_off_and_says_how_to_fix(
         assert out["available"] is False and "pip install kubernetes" in out["reason"]
     finally:
         e.close()
+
+
+def test_a_broken_pod_environment_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text("t")
+    monkeypatch.setattr(_kubernetes, "SA_DIR", str(sa))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    e = Env("")
+    try:
+        out = e(e.svc.listing())
+        assert out["available"] is False
+        assert "the pod's service account cannot be used" in out["reason"], out["reason"]
+    finally:
+        e.close()
