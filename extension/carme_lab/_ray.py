@@ -214,14 +214,20 @@ class RayBackend:
             url = f"http://{host}:{DEFAULT_DASHBOARD_PORT}"
         return url
 
-    def _get(self, address: str, path: str) -> Any:
+    def _get(self, address: str, path: str, deadline: float | None = None) -> Any:
+        """GET `path` of the cluster's dashboard as JSON, within `deadline` (monotonic) if given."""
+        timeout = self.http_timeout
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise ConnectionError(f"no time left to ask {address}'s dashboard for {path}")
         url = self.dashboard(address) + path
         req = urllib.request.Request(url, headers={"Accept": "application/json"})
         token = ray_token()
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.http_timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
             if e.code in (401, 403):
@@ -234,24 +240,27 @@ class RayBackend:
         except (urllib.error.URLError, OSError, ValueError) as e:
             raise ConnectionError(f"Ray's dashboard at {url} did not answer: {e}") from None
 
-    def _optional(self, address: str, path: str) -> Any:
+    def _optional(self, address: str, path: str, deadline: float) -> Any:
         try:
-            return self._get(address, path)
+            return self._get(address, path, deadline)
         except (ConnectionError, PermissionError):
             return None
 
     def snapshot(self, address: str) -> dict[str, Any]:
-        nodes = self._get(address, "/api/v0/nodes?limit=1000&detail=1")
-        tasks = self._get(address, f"/api/v0/tasks?limit={TASK_LIMIT}&detail=1&exclude_driver=1")
-        version = self._optional(address, "/api/version")
+        """All the REST answers one snapshot needs, within `http_timeout` in total (the
+        optional ones are left out, and flagged, when time runs out)."""
+        deadline = time.monotonic() + self.http_timeout
+        nodes = self._get(address, "/api/v0/nodes?limit=1000&detail=1", deadline)
+        tasks = self._get(address, f"/api/v0/tasks?limit={TASK_LIMIT}&detail=1&exclude_driver=1",
+                          deadline)
+        actors = self._get(address, "/api/v0/actors?limit=1000&detail=1", deadline)
+        objects = self._get(address, "/api/v0/objects?limit=1000&detail=1", deadline)
+        version = self._optional(address, "/api/version", deadline)
         return ray_snapshot(
-            nodes=nodes,
-            actors=self._get(address, "/api/v0/actors?limit=1000&detail=1"),
-            objects=self._get(address, "/api/v0/objects?limit=1000&detail=1"),
-            tasks=tasks,
-            task_summary=self._optional(address, "/api/v0/tasks/summarize"),
-            node_summary=self._optional(address, "/nodes?view=summary"),
-            cluster_status=self._optional(address, "/api/cluster_status"),
+            nodes=nodes, actors=actors, objects=objects, tasks=tasks,
+            task_summary=self._optional(address, "/api/v0/tasks/summarize", deadline),
+            node_summary=self._optional(address, "/nodes?view=summary", deadline),
+            cluster_status=self._optional(address, "/api/cluster_status", deadline),
             now=time.time(),
             version=version.get("ray_version") if isinstance(version, dict) else None,
         )
@@ -285,6 +294,8 @@ class RayBackend:
         # Ray turns --node-ip-address=127.0.0.1 into the machine's address unless it
         # believes it runs single-node; this keeps the head on loopback.
         env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # on a loaded small machine the raylet registers late; Ray's default gives up early
+        env.setdefault("RAY_raylet_start_wait_time_s", "120")
         env.pop("RAY_ADDRESS", None)
         log_path = os.path.join(temp_dir, "ray-start.log")
         with open(log_path, "ab") as log:

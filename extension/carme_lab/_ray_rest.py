@@ -14,12 +14,18 @@ these answers (plain dicts) and hands them here:
 - ``/api/cluster_status``: resources in use per node (``usageByNode``, whose
   resource names the dashboard turned into camelCase: `to_camel`).
 
-`ray_snapshot` builds the dict `carme.cluster.Client.snapshot()` returns, so
+Per-node rows and timeline spans come from the kernel's converter,
+`carme_kernel.engines._ray_rows` (`node_rows`, `timeline_events`: one place turns
+Ray rows into carme rows for the widgets and for this server); this module adds
+what only the server needs: resources in use per node, task counts over the
+whole cluster, one row per object, the envelope checks. `ray_snapshot` builds
+the dict `carme.cluster.Client.snapshot()` returns, so
 `carme_lab._snapshot.panel_snapshot` draws both engines alike, plus
 ``capabilities`` (flag -> bool) and ``notes`` (flag -> why it is off): what Ray
 cannot show is said, not hidden. `ray_timeline` makes Chrome trace spans from
 task rows (one per attempt, start to end), not from ``ray.timeline()``, which
-sleeps a second per call. Every reader tolerates missing or odd fields: a
+sleeps a second per call. Importing the converter imports neither IPython nor
+Ray. Every reader tolerates missing or odd fields: a
 newer or older Ray that reports less still draws.
 """
 
@@ -29,19 +35,21 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from carme_kernel.engines._ray_rows import node_rows, timeline_events
+
 __all__ = ["CAPABILITIES", "RayRestError", "carme_capabilities", "ray_snapshot", "ray_timeline",
            "state_rows", "to_camel"]
 
-MB = 1024 * 1024
-
-# Flags a snapshot may turn off; carme's runtime has all of them.
+# Flags a snapshot may turn off; carme's runtime has all of them. `live_state` and
+# `per_node_available` mean what the kernel's `carme_kernel.engines.Capabilities` fields
+# of those names mean.
 CAPABILITIES = (
-    "node_metrics",          # CPU, memory and GPU figures per node
-    "resources_in_use",      # resources in use per node
-    "live_task_state",       # task states as they change (not seconds late)
-    "object_types",          # the Python type of stored objects
-    "object_call_sites",     # where an object was made
-    "complete_task_list",    # every task is listed (not a truncated window)
+    "node_metrics",        # CPU, memory and GPU figures per node
+    "per_node_available",  # resources in use (so: available) per node
+    "live_state",          # task states as they change (not seconds late)
+    "object_types",        # the Python type of stored objects
+    "object_call_sites",   # where an object was made
+    "complete_task_list",  # every task is listed (not a truncated window)
 )
 
 
@@ -93,50 +101,14 @@ def to_camel(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _summary_by_node(summary: Any) -> dict[str, dict[str, Any]]:
-    rows = _rows(_dict(_dict(summary).get("data")).get("summary"))
-    out = {}
-    for row in rows:
-        node_id = _dict(row.get("raylet")).get("nodeId")
-        if isinstance(node_id, str):
-            out[node_id] = row
-    return out
+def _summaries(summary: Any) -> list[dict[str, Any]]:
+    return _rows(_dict(_dict(summary).get("data")).get("summary"))
 
 
 def _usage_by_node(status: Any) -> dict[str, dict[str, Any]]:
     data = _dict(_dict(status).get("data"))
     report = _dict(_dict(data.get("clusterStatus")).get("loadMetricsReport"))
     return {str(k): _dict(v) for k, v in _dict(report.get("usageByNode")).items()}
-
-
-def _gpu(g: dict[str, Any]) -> dict[str, Any]:
-    used, total = _num(g.get("memoryUsed")), _num(g.get("memoryTotal"))
-    return {
-        "index": g.get("index"),
-        "name": g.get("name"),
-        "utilization_gpu": _num(g.get("utilizationGpu")),
-        "memory_used": None if used is None else used * MB,
-        "memory_total": None if total is None else total * MB,
-        "temperature": _num(g.get("temperatureC")),
-    }
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _metrics(s: dict[str, Any]) -> dict[str, Any]:
-    mem = _list(s.get("mem"))
-    cpus = _list(s.get("cpus"))
-    total = _num(mem[0]) if len(mem) > 1 else None
-    avail = _num(mem[1]) if len(mem) > 1 else None
-    return {
-        "cpu_percent": _num(s.get("cpu")),
-        "num_cpus": _num(cpus[1]) if len(cpus) > 1 else None,
-        "memory_used": None if total is None or avail is None else total - avail,
-        "memory_total": total,
-        "gpus": [_gpu(g) for g in _rows(s.get("gpus"))],
-    }
 
 
 def _available(total: dict[str, float], usage: dict[str, Any]) -> dict[str, float] | None:
@@ -155,26 +127,18 @@ def _resources(value: Any) -> dict[str, float]:
     return {str(k): n for k, v in _dict(value).items() if (n := _num(v)) is not None}
 
 
-def _node(row: dict[str, Any], s: dict[str, Any] | None, usage: dict[str, Any]) -> dict[str, Any]:
+def _node(row: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
+    """A converted node row (`node_rows`) with what is free per resource filled in."""
     total = _resources(row.get("resources_total"))
     available = _available(total, usage)
-    raylet = _dict((s or {}).get("raylet"))
-    used = _num(raylet.get("objectStoreUsedMemory"))
-    free = _num(raylet.get("objectStoreAvailableMemory"))
+    store = _dict(row.get("object_store"))
     return {
-        "node_id": str(row.get("node_id") or ""),
-        "node_name": row.get("node_name") or row.get("node_ip"),
-        "node_ip": row.get("node_ip"),
-        "address": row.get("node_ip"),
-        "is_head_node": bool(row.get("is_head_node")),
+        **row,
         "state": str(row.get("state") or "ALIVE"),
         "resources_total": total,
         "resources_available": available if available is not None else dict(total),
-        "object_store": {
-            "used": used,
-            "capacity": None if used is None or free is None else used + free,
-        },
-        "metrics": _metrics(s) if s is not None else {},
+        "object_store": {"used": _num(store.get("used")), "capacity": _num(store.get("capacity"))},
+        "metrics": _dict(row.get("metrics")),
     }
 
 
@@ -225,15 +189,13 @@ def ray_snapshot(*, nodes: Any, actors: Any, objects: Any, tasks: Any, task_summ
     raises `RayRestError`); `task_summary`, `node_summary` and `cluster_status` may be
     None (not fetched or failed): the figures they give are then flagged as missing.
     """
-    node_rows, _ = state_rows(nodes, "the nodes")
+    ray_nodes, _ = state_rows(nodes, "the nodes")
     actor_rows, _ = state_rows(actors, "the actors")
     object_rows, object_env = state_rows(objects, "the objects")
     task_rows, task_env = state_rows(tasks, "the tasks")
-    summaries = _summary_by_node(node_summary)
     usage = _usage_by_node(cluster_status)
-
-    out_nodes = [_node(n, summaries.get(str(n.get("node_id"))), usage.get(str(n.get("node_id")), {}))
-                 for n in node_rows]
+    out_nodes = [_node(n, usage.get(str(n.get("node_id")), {}))
+                 for n in node_rows(ray_nodes, _summaries(node_summary))]
     alive = [n for n in out_nodes if n["state"] == "ALIVE"]
     total: dict[str, float] = {}
     avail: dict[str, float] = {}
@@ -262,21 +224,21 @@ def ray_snapshot(*, nodes: Any, actors: Any, objects: Any, tasks: Any, task_summ
     call_sites = any(o["call_site"] for o in objs)
     caps = {
         "node_metrics": node_metrics,
-        "resources_in_use": in_use,
-        "live_task_state": False,
+        "per_node_available": in_use,
+        "live_state": False,
         "object_types": False,
         "object_call_sites": call_sites,
         "complete_task_list": not truncated,
     }
     notes = {
-        "live_task_state": "Ray's state API reports task states seconds after they change",
+        "live_state": "Ray's state API reports task states seconds after they change",
         "object_types": "Ray's state API does not say what type an object is",
     }
     if not node_metrics:
         notes["node_metrics"] = ("Ray's node summary (/nodes?view=summary) gave no CPU/memory/GPU "
                                  "figures for some nodes")
     if not in_use:
-        notes["resources_in_use"] = ("Ray's cluster status gave no resource use per node: "
+        notes["per_node_available"] = ("Ray's cluster status gave no resource use per node: "
                                      "resources are shown as free")
     if not call_sites:
         notes["object_call_sites"] = ("Ray records where objects were made only with "
@@ -310,39 +272,4 @@ def ray_snapshot(*, nodes: Any, actors: Any, objects: Any, tasks: Any, task_summ
 
 def ray_timeline(task_rows: Iterable[dict[str, Any]], now_ms: float) -> list[dict[str, Any]]:
     """Chrome trace events (carme's layout: a process per node, a thread per worker)."""
-    pids: dict[str, int] = {}
-    tids: dict[tuple[int, str], int] = {}
-    meta: list[dict[str, Any]] = []
-    out: list[dict[str, Any]] = []
-    for t in task_rows:
-        start = _num(t.get("start_time_ms"))
-        if start is None or start <= 0:
-            continue
-        end = _num(t.get("end_time_ms"))
-        if end is None or end <= 0:
-            end = now_ms
-        node = str(t.get("node_id") or "unknown")
-        worker = str(t.get("worker_id") or t.get("worker_pid") or "unknown")
-        pid = pids.get(node)
-        if pid is None:
-            pid = pids[node] = len(pids) + 1
-            meta.append({"name": "process_name", "ph": "M", "pid": pid,
-                         "args": {"name": f"Node {node[:8]}"}})
-            meta.append({"name": "process_sort_index", "ph": "M", "pid": pid,
-                         "args": {"sort_index": pid}})
-        tid = tids.get((pid, worker))
-        if tid is None:
-            tid = tids[(pid, worker)] = len(tids) + 1
-            meta.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
-                         "args": {"name": f"Worker {worker[:8]}"}})
-        state = t.get("state")
-        args: dict[str, Any] = {"task_id": t.get("task_id"), "attempt": t.get("attempt_number"),
-                                "state": state, "node_id": node, "worker_id": worker}
-        if state == "FAILED":
-            args["error"] = f"{t.get('error_type') or ''}: {t.get('error_message') or ''}"
-        is_actor = t.get("type") in ("ACTOR_TASK", "ACTOR_CREATION_TASK")
-        out.append({"name": t.get("name") or t.get("func_or_class_name") or "task",
-                    "cat": "actor_task" if is_actor else "task", "ph": "X", "pid": pid, "tid": tid,
-                    "ts": round(start * 1e3, 3), "dur": round(max(0.0, end - start) * 1e3, 3),
-                    "args": args})
-    return meta + out
+    return timeline_events(task_rows, now_ms)

@@ -9,11 +9,13 @@ blocking calls: start, stop, list, snapshot, timeline). The real backend,
 cluster id to `CarmeBackend` (`carme.cluster`; ``HOST:PORT`` and kernels'
 ``embedded:PID`` clusters) or to `carme_lab._ray.RayBackend` (``ray:HOST:PORT``,
 over Ray's dashboard REST API, so this server never becomes a Ray driver). Both
-answer in carme's row shape, so one `panel_snapshot` serves both. Every
-backend call runs on one worker thread, so the tornado loop never blocks and
-the state clients are used by one thread at a time; each call has a timeout
-(starting a cluster a longer one), so an unreachable address turns into an
-error message, not a hung request.
+answer in carme's row shape, so one `panel_snapshot` serves both. Backend
+calls run on worker threads, so the tornado loop never blocks: reads (list,
+snapshot, timeline) on one thread, so the state clients are used by one thread
+at a time; starts and stops on another, so a Ray head that takes a minute to
+start does not stall the live stream. Each call has a timeout (starting and
+stopping a longer one), so an unreachable address turns into an error message,
+not a hung request.
 
 Selecting a cluster exports its address as ``CARME_ADDRESS`` in this server's
 environment: jupyter_server starts kernels with a copy of ``os.environ``
@@ -52,6 +54,10 @@ __all__ = ["Backend", "CarmeBackend", "EngineBackend", "LabError", "LabService"]
 
 T = TypeVar("T")
 ENV_VAR = "CARME_ADDRESS"
+# Ray 2.60 drivers talk to a token-auth cluster only with RAY_AUTH_MODE=token set, though
+# `ray start` turns token auth on by default: kernels joining a selected Ray cluster get it
+# when this server has a Ray token and the variable is not set already.
+RAY_AUTH_MODE = "RAY_AUTH_MODE"
 
 
 class LabError(Exception):
@@ -200,7 +206,10 @@ class LabService:
         self.start_timeout = start_timeout
         self.log = log or logging.getLogger("carme_lab")
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="carme-lab")
-        self._env_before = os.environ.get(ENV_VAR)
+        # starting and stopping take seconds to minutes (a Ray head): a thread of their own,
+        # so the listing and the live stream keep answering meanwhile
+        self._slow_pool = ThreadPoolExecutor(1, thread_name_prefix="carme-lab-start")
+        self._env_before = {k: os.environ.get(k) for k in (ENV_VAR, RAY_AUTH_MODE)}
         self._subscribers: list[Subscriber] = []
         self._pump_task: asyncio.Task[None] | None = None
         self._load()
@@ -209,8 +218,10 @@ class LabService:
     # ------------------------------------------------------------------ plumbing
     async def _run(self, what: str, fn: Callable[..., T], *args: Any,
                    timeout: float | None = None) -> T:
+        """`fn(*args)` on a worker thread; `timeout` given: a start or stop (its own thread)."""
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, functools.partial(fn, *args))
+        pool = self._pool if timeout is None else self._slow_pool
+        fut = loop.run_in_executor(pool, functools.partial(fn, *args))
         timeout = timeout or self.call_timeout
         try:
             return await asyncio.wait_for(fut, timeout)
@@ -223,6 +234,13 @@ class LabService:
             os.environ[ENV_VAR] = self.book.selected
         else:
             os.environ.pop(ENV_VAR, None)
+        if self._env_before[RAY_AUTH_MODE] is None:
+            from ._ray import ray_token
+
+            if self.book.selected and engine_of(self.book.selected) == "ray" and ray_token():
+                os.environ[RAY_AUTH_MODE] = "token"
+            else:
+                os.environ.pop(RAY_AUTH_MODE, None)
         if self.state_file:
             try:
                 tmp = f"{self.state_file}.tmp"
@@ -423,14 +441,17 @@ class LabService:
             for entry in self.book.entries([]):
                 if entry.origin == "started":
                     with contextlib.suppress(Exception):
-                        await self._run(f"stopping {entry.address}", self.backend.stop, entry.address)
+                        await self._run(f"stopping {entry.address}", self.backend.stop, entry.address,
+                                        timeout=self.start_timeout)
         with contextlib.suppress(Exception):
             await self._run("closing state clients", self.backend.close)
         self._pool.shutdown(wait=False)
-        if self._env_before is None:
-            os.environ.pop(ENV_VAR, None)
-        else:
-            os.environ[ENV_VAR] = self._env_before
+        self._slow_pool.shutdown(wait=False)
+        for key, value in self._env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _not_stoppable(address: str, kind: str, engine: str, local: bool) -> str:

@@ -108,8 +108,8 @@ export interface ITaskEvent {
 /** Names of the capability flags (`carme_lab/_ray_rest.py` CAPABILITIES). */
 export const CAPABILITY_LABELS: Record<string, string> = {
   node_metrics: 'CPU, memory and GPU per node',
-  resources_in_use: 'resources in use per node',
-  live_task_state: 'live task states',
+  per_node_available: 'resources in use per node',
+  live_state: 'live task states',
   object_types: 'object types',
   object_call_sites: 'where objects were made',
   complete_task_list: 'every task in the timeline'

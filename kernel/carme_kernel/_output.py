@@ -6,7 +6,8 @@ Every task and actor call submitted from the kernel carries a *tag* naming the
 cell execution that launched it (see ``_session``): ``{"run": <unique id>,
 "msg_id": <id of the execute_request>, "execution_count": n, "cell_id": ...}``.
 carme hands each line that remote work prints back to the driver together with
-that tag, on a background thread (``carme._hooks.set_log_handler``).
+that tag, on a background thread (the engine's output sink: carme's
+``carme.notebook.set_log_handler``, or Ray's log dispatcher via ``engines._ray``).
 
 :class:`OutputRouter` keeps, for the most recent cell executions, the parent
 header of the execute_request, and turns ``(tag, stream, text)`` into a call

@@ -10,9 +10,10 @@ if the get is still waiting after ``delay_s`` (2 s) and covers at least
 it in that cell through ``show``. Leaving the context cancels the timer, and
 gives a shown bar its last update and stops its polling.
 
-Wiring: the runtime calls the hook from ``carme.get`` when one is set with
-``carme._hooks.set_get_hook(fn)``; :func:`install` sets it for a kernel
-(if this carme has no such hook yet, it returns False and nothing is shown).
+Wiring: the runtime calls the hook from ``carme.get`` when one is set through
+the engine's ``set_get_hook(fn)`` (``carme.notebook``); :func:`install` sets it
+for a kernel. An engine without such a hook (Ray) returns False and nothing is
+shown automatically (``progress(refs)`` still works by hand).
 """
 
 from __future__ import annotations
@@ -100,20 +101,10 @@ def kernel_parent(kernel: Any) -> Callable[[], Any]:
     return parent
 
 
-def install(kernel: Any, delay_s: float = DELAY_S) -> bool:
-    """Show a progress bar for long gets in this kernel; False if carme has no get hook."""
-    from carme import _hooks
-
-    setter = getattr(_hooks, "set_get_hook", None)
-    if setter is None or kernel is None:
+def install(kernel: Any, backend: Any, delay_s: float = DELAY_S) -> bool:
+    """Show a progress bar for long gets in this kernel; False if the engine has no get hook."""
+    if kernel is None:
         return False
-    setter(GetProgress(kernel_show(kernel), delay_s, parent=kernel_parent(kernel)))
-    return True
-
-
-def uninstall() -> None:
-    from carme import _hooks
-
-    setter = getattr(_hooks, "set_get_hook", None)
-    if setter is not None:
-        setter(None)
+    return bool(
+        backend.set_get_hook(GetProgress(kernel_show(kernel), delay_s, parent=kernel_parent(kernel)))
+    )

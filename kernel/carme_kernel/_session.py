@@ -3,23 +3,28 @@
 Theory of operation
 -------------------
 * **Joining.** Nothing connects at kernel start. :meth:`NotebookSession.connect`
-  runs on first use (a magic, or a view) and calls ``carme.init`` with the
-  address from ``%carme connect``, else ``CARME_ADDRESS``, else none (an
-  embedded local cluster). ``%carme connect`` also exports ``CARME_ADDRESS`` so
-  a ``carme.init()`` the user writes in a cell joins the same cluster.
+  runs on first use (a magic, or a view) with the address from ``%carme
+  connect``, else ``CARME_ADDRESS``, else none (an embedded local carme
+  cluster). The address picks the engine (``engines.parse_target``: ``ray``,
+  ``ray:HOST:PORT``, ``ray://HOST:PORT`` are Ray; anything else is carme), and
+  the session talks to it only through its :class:`~carme_kernel.engines.NotebookBackend`.
+  ``%carme connect`` also exports ``CARME_ADDRESS`` so a ``carme.init()`` the
+  user writes in a cell joins the same cluster. A ``ray.init()`` written in a
+  cell is adopted through Ray's post-init hooks (``engines._ray.watch_ray_init``).
 * **Cell tags.** IPython's ``pre_run_cell``/``post_run_cell`` events bracket every
   cell. On ``pre_run_cell`` the session makes a tag ``{"run", "msg_id",
   "execution_count", "cell_id"}`` and remembers the execute_request's parent
   header in the :class:`~carme_kernel._output.OutputRouter`. carme asks
-  :meth:`current_tag` on every submission (``carme._hooks``), so each task and
+  :meth:`current_tag` on every submission (``carme.notebook``), so each task and
   actor call records its cell; between cells the last cell's tag is used
-  (work started by a thread of that cell).
+  (work started by a thread of that cell). On Ray the backend records when each
+  cell started and matches tasks to cells by creation time (``engines._ray_rows``).
 * **Output.** In a kernel, remote output comes back through the router as
   ``stream`` messages parented to the launching cell. In a terminal IPython
   carme's default printing is kept.
 * **Interrupt.** A KeyboardInterrupt that ends a cell cancels every unfinished
   task and actor call tagged with that cell (``post_run_cell``; ``%%remote``
-  also cancels before re-raising).
+  also cancels before re-raising); a second interrupt of the same cell forces.
 * **Output history.** A displayed result that holds ObjectRefs is kept out of
   ``Out``/``_N`` (``_``, ``__``, ``___`` still rotate), so re-running a cell does
   not pin one more object per run.
@@ -35,36 +40,35 @@ Theory of operation
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import sys
 import uuid
 from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
+from . import engines
 from ._output import OutputRouter, Parent
+from .engines import NotebookBackend, backend_for, parse_target
 
 __all__ = ["NotebookSession", "holds_refs"]
 
 
-def _is_ref(value: Any) -> bool:
-    carme = sys.modules.get("carme")
-    kinds = tuple(
-        k
-        for k in (getattr(carme, "ObjectRef", None), getattr(carme, "ObjectRefGenerator", None))
-        if isinstance(k, type)
-    )
-    return bool(kinds) and isinstance(value, kinds)
+def holds_refs(value: Any, is_ref: Callable[[Any], bool] | None = None) -> bool:
+    """True if ``value`` is an ObjectRef or a list/tuple/set/dict that holds one directly.
 
-
-def holds_refs(value: Any) -> bool:
-    """True if ``value`` is an ObjectRef or a list/tuple/set/dict that holds one directly."""
-    if _is_ref(value):
+    ``is_ref`` defaults to the active engine's test (``engines.active()``).
+    """
+    if is_ref is None:
+        is_ref = engines.active().is_remote_object
+    if is_ref(value):
         return True
     if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_is_ref(v) for v in value)
+        return any(is_ref(v) for v in value)
     if isinstance(value, dict):
-        return any(_is_ref(v) for v in value.values()) or any(_is_ref(k) for k in value)
+        return any(is_ref(v) for v in value.values()) or any(is_ref(k) for k in value)
     return False
 
 
@@ -77,6 +81,10 @@ def _definitions(ns: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
+def _ray_installed() -> bool:
+    return importlib.util.find_spec("ray") is not None
+
+
 class NotebookSession:
     """Cluster connection, cell tagging, output routing and cleanup for one shell."""
 
@@ -85,6 +93,7 @@ class NotebookSession:
         self.kernel = kernel
         self.address: str | None = None  # set by %carme connect
         self.connected_to: str | None = None
+        self.backend: NotebookBackend = backend_for(parse_target(None))
         self.router = OutputRouter(self._send_stream, self._fallback)
         self.namespaces: dict[str, Any] = {}  # --actor name -> actor handle
         self._current: dict[str, Any] | None = None
@@ -92,6 +101,7 @@ class NotebookSession:
         self._registered = False
         self._orig_update_user_ns: Callable[[Any], None] | None = None
         self._defs: dict[str, int] | None = None
+        self._cancelled_runs: set[str] = set()
 
     # -- registration ----------------------------------------------------------
     def register(self) -> None:
@@ -103,7 +113,12 @@ class NotebookSession:
         self._orig_update_user_ns = dh.update_user_ns
         dh.update_user_ns = self._update_user_ns
         self._registered = True
+        engines.set_active(self.backend)
         self.install_hooks()
+        if _ray_installed():
+            from .engines._ray import watch_ray_init
+
+            watch_ray_init(self._adopt_ray)
 
     def unregister(self) -> None:
         if not self._registered:
@@ -113,81 +128,107 @@ class NotebookSession:
         if self._orig_update_user_ns is not None:
             self.shell.displayhook.update_user_ns = self._orig_update_user_ns
         self._registered = False
-        hooks = self._hooks()
-        if hooks is not None:
-            hooks.set_task_tag_provider(None)
-            if self.kernel is not None:
-                hooks.set_log_handler(None)
-                from . import _progress_hook
-                _progress_hook.uninstall()
+        self._remove_hooks(self.backend)
+        if _ray_installed():
+            from .engines._ray import watch_ray_init
 
-    @staticmethod
-    def _hooks() -> Any:
-        """carme's driver hooks (``carme._hooks``), or None without carme."""
-        try:
-            from carme import _hooks
-        except ImportError:
-            return None
-        return _hooks
+            watch_ray_init(None)
+        engines.set_active(None)
+
+    def _remove_hooks(self, backend: NotebookBackend) -> None:
+        backend.set_tag_provider(None)
+        if self.kernel is not None:
+            backend.set_output_sink(None)
+            backend.set_get_hook(None)
 
     def install_hooks(self) -> None:
-        """Point carme's tag provider (and, in a kernel, its log handler) at this session."""
-        hooks = self._hooks()
-        if hooks is None:
-            return
-        hooks.set_task_tag_provider(self.current_tag)
+        """Point the engine's tag provider (and, in a kernel, its output sink) at this session."""
+        backend = self.backend
+        backend.set_tag_provider(self.current_tag)
         if self.kernel is not None:
-            hooks.set_log_handler(self.router.handle)
+            backend.set_output_sink(self.router.handle)
             from . import _progress_hook
-            _progress_hook.install(self.kernel)
+
+            _progress_hook.install(self.kernel, backend)
+
+    def _use(self, backend: NotebookBackend) -> None:
+        """Make ``backend`` this session's engine (hooks moved over)."""
+        if backend is self.backend:
+            return
+        self._remove_hooks(self.backend)
+        self.backend = backend
+        engines.set_active(backend)
+        self.install_hooks()
+
+    def _adopt_ray(self) -> None:
+        """Ray's post-init hook: a ray.init() (ours or a cell's) just connected."""
+        if self.backend.engine != "ray":
+            from .engines._ray import RayBackend
+
+            self.disconnect()  # leave a carme cluster first: one engine at a time
+            self._use(RayBackend())
+            for tag in (self._last, self._current):
+                if tag is not None:
+                    self.backend.cell_started(tag)
+        self.backend.attach()
+        if self.connected_to is None:
+            self.connected_to = "Ray session started by ray.init() in a cell"
 
     # -- cluster ----------------------------------------------------------------
-    def connect(self, address: str | None = None) -> Any:
-        """Join the cluster if not joined yet; return the ``carme`` module."""
-        import carme
+    def api(self) -> ModuleType:
+        """The Ray-compatible API module of the current engine (carme or ray)."""
+        return self.backend.api()
 
-        if address is not None and carme.is_initialized():
+    def connect(self, address: str | None = None) -> ModuleType:
+        """Join the cluster if not joined yet; return the engine's API module.
+
+        ``address`` (from ``%carme connect``), else the remembered one, else
+        ``CARME_ADDRESS``, picks the engine (``engines.parse_target``).
+        """
+        if address is not None and self.backend.is_connected():
             self.disconnect()
+        if self.backend.is_connected():
+            if self.connected_to is None:
+                self.connected_to = "cluster joined by init() in a cell"
+            return self.backend.attach()
+        text = address or self.address or os.environ.get("CARME_ADDRESS") or None
+        target = parse_target(text)
+        if target.engine != self.backend.engine or (
+            target.engine == "ray" and getattr(self.backend, "client", False) != target.client
+        ):
+            self._use(backend_for(target))
         self.install_hooks()
-        if not carme.is_initialized():
-            target = address or self.address or os.environ.get("CARME_ADDRESS") or None
-            if target:
-                carme.init(address=target)
-            else:
-                carme.init()
-            self.connected_to = target or "embedded local cluster"
-            if address is not None:  # remembered only once it worked
-                self.address = address
-                os.environ["CARME_ADDRESS"] = address
-        elif self.connected_to is None:
-            self.connected_to = "cluster joined by carme.init() in a cell"
-        return carme
+        api = self.backend.connect(target.address)
+        self.connected_to = self.backend.describe() if text else (
+            "embedded local cluster" if target.engine == "carme" else self.backend.describe()
+        )
+        if address is not None:  # remembered only once it worked
+            self.address = address
+            os.environ["CARME_ADDRESS"] = address
+        return api
 
     def disconnect(self) -> None:
-        import carme
-
         self.namespaces.clear()
-        if carme.is_initialized():
-            carme.shutdown()
+        if self.backend.is_connected():
+            self.backend.disconnect()
         self.connected_to = None
 
     def close(self) -> None:
         """Cancel this kernel's work, end its namespaces, leave the cluster."""
-        carme = sys.modules.get("carme")
-        if carme is None or not carme.is_initialized():
+        backend = self.backend
+        if not backend.is_connected():
             return
-        hooks = self._hooks()
+        api = backend.api()
         try:
-            if hooks is not None:
-                hooks.cancel_tagged(lambda tag: bool(tag), force=True)
+            backend.cancel_tagged(lambda tag: bool(tag), force=True)
             for handle in list(self.namespaces.values()):
                 try:
-                    carme.kill(handle)
+                    api.kill(handle)
                 except Exception:
                     pass
         finally:
             self.namespaces.clear()
-            carme.shutdown()
+            backend.disconnect()
             self.connected_to = None
 
     # -- cells ------------------------------------------------------------------
@@ -216,6 +257,7 @@ class NotebookSession:
         if parent is not None:
             self.router.register(run, dict(parent["header"]))
         self._current = tag
+        self.backend.cell_started(tag)
 
     def _execution_count(self, info: Any) -> int:
         # IPython releases differ in whether execution_count is already advanced
@@ -248,40 +290,46 @@ class NotebookSession:
         carme pickles a ``@carme.remote`` function (with the notebook helpers it
         uses, by value) on its first call and reuses that; a helper redefined in
         a later cell would go unnoticed. When the notebook's functions or classes
-        changed, the cached pickles are dropped so the next call ships the
+        changed, the engine drops those cached pickles so the next call ships the
         current definitions (unchanged ones pickle to the same bytes, which
-        workers already have).
+        workers already have). Ray cannot (capability ``refresh_redefined``).
         """
         defs = _definitions(self.shell.user_ns)
         changed = self._defs is not None and defs != self._defs
         self._defs = defs
-        if not changed or "carme" not in sys.modules:
-            return
-        hooks = self._hooks()
-        invalidate = getattr(hooks, "invalidate_exports", None)
-        if invalidate is not None:
-            invalidate()
-            return
-        for value in list(self.shell.user_ns.values()):
-            kind = type(value)
-            if kind.__module__.startswith("carme.") and kind.__name__ in (
-                "RemoteFunction",
-                "ActorClass",
-            ):
-                for attr in ("_key", "_blob"):
-                    if hasattr(value, attr):
-                        setattr(value, attr, None)
+        if changed and self.backend.is_connected():
+            self.backend.invalidate_exports(list(self.shell.user_ns.values()))
 
     def cancel_cell(self, tag: Mapping[str, Any] | None = None) -> int:
-        """Cancel unfinished work launched by the cell ``tag`` (default: the running cell)."""
+        """Cancel unfinished work launched by the cell ``tag`` (default: the running cell).
+
+        The first interrupt of a cell execution cancels gently (a running task gets
+        KeyboardInterrupt); a second one forces (workers running its tasks are
+        killed). Where the engine cannot interrupt a running call (a sync actor
+        method on Ray), one line says so.
+        """
         if tag is None:
             tag = self._current
-        hooks = self._hooks()
-        carme = sys.modules.get("carme")
-        if tag is None or hooks is None or carme is None or not carme.is_initialized():
+        backend = self.backend
+        if tag is None or not backend.is_connected():
             return 0
         run = tag.get("run")
-        return int(hooks.cancel_tagged(lambda t: t is not None and t.get("run") == run))
+
+        def match(t: Any) -> bool:
+            return isinstance(t, Mapping) and t.get("run") == run
+
+        force = run in self._cancelled_runs
+        if isinstance(run, str):
+            self._cancelled_runs.add(run)
+        count = int(backend.cancel_tagged(match, force=force))
+        stuck = backend.uninterruptible(match)
+        if stuck:
+            print(
+                f"carme: {stuck} running actor call(s) of this cell cannot be interrupted on "
+                f"{backend.engine} (a sync actor method runs to the end); kill the actor to stop it",
+                file=sys.stderr,
+            )
+        return count
 
     # -- output -----------------------------------------------------------------
     def _send_stream(self, parent: Parent, stream: str, text: str) -> None:

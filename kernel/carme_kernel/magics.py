@@ -20,6 +20,8 @@ tables (``views``).
 
 from __future__ import annotations
 
+import importlib
+import json
 import pickle
 import shlex
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from ._cell import CellCode, prepare
 from ._exec import CellResult, Namespace, RemoteCellError, run_task
 from ._session import NotebookSession
 from ._spec import RemoteSpec, build_spec, check_fits, parse_bytes, parse_names, resolve_node
+from .engines import NotConnected, parse_target
 
 __all__ = ["CarmeMagics", "NamespaceLostError", "RemoteTimeoutError"]
 
@@ -76,8 +79,9 @@ class CarmeMagics(Magics):
     def __init__(self, shell: Any, session: NotebookSession) -> None:
         super().__init__(shell)
         self.session = session
-        self._task_fn: Any = None
-        self._ns_cls: Any = None
+        # remote function / actor class per engine (carme's and Ray's differ)
+        self._task_fns: dict[str, Any] = {}
+        self._ns_classes: dict[str, Any] = {}
 
     @property
     def ip(self) -> Any:
@@ -208,7 +212,7 @@ class CarmeMagics(Magics):
             opts = spec.task_options()
             opts.setdefault("name", f"%%remote {self.session.cell_label()}")
             if node_id:
-                opts["scheduling_strategy"] = self._affinity(node_id)
+                opts["scheduling_strategy"] = self._affinity(carme, node_id)
             submit = self._task(carme).options(**opts).remote
         ref = self._submit(submit, code, pushed, list(spec.pull), spec.is_async)
         if spec.is_async:
@@ -243,28 +247,30 @@ class CarmeMagics(Magics):
             shipped[name] = value
         return shipped
 
-    def _task(self, carme: Any) -> Any:
-        if self._task_fn is None:
-            self._task_fn = carme.remote(run_task)
-        return self._task_fn
+    def _task(self, api: Any) -> Any:
+        fn = self._task_fns.get(api.__name__)
+        if fn is None:
+            fn = self._task_fns[api.__name__] = api.remote(run_task)
+        return fn
 
     @staticmethod
-    def _affinity(node_id: str) -> Any:
-        from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    def _affinity(api: Any, node_id: str) -> Any:
+        """The engine's NodeAffinitySchedulingStrategy (same module path in carme and Ray)."""
+        strategies = importlib.import_module(f"{api.__name__}.util.scheduling_strategies")
+        return strategies.NodeAffinitySchedulingStrategy(node_id, soft=False)
 
-        return NodeAffinitySchedulingStrategy(node_id, soft=False)
-
-    def _namespace(self, carme: Any, spec: RemoteSpec, node_id: str | None) -> Any:
+    def _namespace(self, api: Any, spec: RemoteSpec, node_id: str | None) -> Any:
         assert spec.actor is not None
         handle = self.session.namespaces.get(spec.actor)
         if handle is not None:
             return handle
-        if self._ns_cls is None:
-            self._ns_cls = carme.remote(Namespace)
+        cls = self._ns_classes.get(api.__name__)
+        if cls is None:
+            cls = self._ns_classes[api.__name__] = api.remote(Namespace)
         opts = spec.resource_options()
         if node_id:
-            opts["scheduling_strategy"] = self._affinity(node_id)
-        handle = self._ns_cls.options(
+            opts["scheduling_strategy"] = self._affinity(api, node_id)
+        handle = cls.options(
             name=_NAMESPACE_PREFIX + spec.actor, get_if_exists=True, **opts
         ).remote()
         self.session.namespaces[spec.actor] = handle
@@ -290,8 +296,8 @@ class CarmeMagics(Magics):
             ) from None
 
     def _wait(self, carme: Any, refs: list[Any], spec: RemoteSpec) -> list[Any]:
-        from carme.exceptions import GetTimeoutError, RayActorError
-
+        GetTimeoutError = carme.exceptions.GetTimeoutError  # noqa: N806
+        RayActorError = carme.exceptions.RayActorError  # noqa: N806
         try:
             return list(carme.get(refs, timeout=spec.timeout))
         except KeyboardInterrupt:
@@ -356,7 +362,7 @@ class CarmeMagics(Magics):
         for node_id in alive:
             opts = spec.task_options()
             opts.setdefault("name", f"%%remote --all-nodes {self.session.cell_label()}")
-            opts["scheduling_strategy"] = self._affinity(node_id)
+            opts["scheduling_strategy"] = self._affinity(carme, node_id)
             refs[node_id] = self._submit(fn.options(**opts).remote, code, pushed, [], spec.is_async)
         if spec.is_async:
             self.ip.user_ns[spec.out] = refs
@@ -378,7 +384,10 @@ class CarmeMagics(Magics):
         %carme objects             objects in the store
         %carme actors              actors
         %carme timeline [FILE]     recent task spans; with FILE, write Chrome trace JSON (Perfetto)
-        %carme connect ADDRESS     join the cluster at ADDRESS (host:port) from now on
+        %carme connect ADDRESS     join the cluster at ADDRESS from now on: HOST:PORT (a carme
+                                   head), ray (Ray: RAY_ADDRESS, else a local Ray),
+                                   ray:HOST:PORT (a Ray cluster's GCS), ray://HOST:PORT
+                                   (Ray Client)
         %carme disconnect          leave the cluster (ends this kernel's work on it)
         %carme drop NAME           end the %%remote --actor namespace NAME
         """
@@ -402,19 +411,24 @@ class CarmeMagics(Magics):
 
     def _carme_status(self, rest: list[str]) -> views.View:
         self._no_args("status", rest)
-        import carme
-
+        backend = self.session.backend
         info: dict[str, Any] = {}
-        if not carme.is_initialized():
+        if not backend.is_connected():
             target = self.session.address or _env_address()
             info["connected"] = "not yet (joins on first use)"
-            info["will join"] = target or "an embedded local cluster"
+            info["will join"] = target or "an embedded local carme cluster"
             return views.status_view(info)
-        info["connected to"] = self.session.connected_to or "cluster joined by carme.init()"
-        nodes = [n for n in carme.nodes() if n.get("Alive", True)]
+        api = backend.api()
+        info["engine"] = backend.engine
+        info["connected to"] = self.session.connected_to or backend.describe()
+        info["versions"] = ", ".join(f"{k} {v}" for k, v in backend.versions().items())
+        nodes = [n for n in api.nodes() if n.get("Alive", True)]
         info["nodes"] = len(nodes)
-        info["resources"] = views.resources_text(carme.cluster_resources())
-        info["available"] = views.resources_text(carme.available_resources())
+        info["resources"] = views.resources_text(api.cluster_resources())
+        info["available"] = views.resources_text(api.available_resources())
+        gaps = backend.capabilities.gaps()
+        if gaps:
+            info["not available"] = "; ".join(gaps)
         if self.session.namespaces:
             info["namespaces"] = ", ".join(sorted(self.session.namespaces))
         return views.status_view(info)
@@ -443,32 +457,40 @@ class CarmeMagics(Magics):
     def _carme_objects(self, rest: list[str]) -> Any:
         self._no_args("objects", rest)
         self.session.connect()
-        from carme.util.state import list_objects
-
-        return self._live("objects", lambda: views.objects_view(_rows(list_objects())))
+        backend = self.session.backend
+        return self._live("objects", lambda: views.objects_view(backend.state_rows("objects")))
 
     def _carme_actors(self, rest: list[str]) -> views.View:
         self._no_args("actors", rest)
         self.session.connect()
-        from carme.util.state import list_actors
-
-        return views.actors_view(_rows(list_actors()))
+        return views.actors_view(self.session.backend.state_rows("actors"))
 
     def _carme_timeline(self, rest: list[str]) -> Any:
         if len(rest) > 1:
             raise UsageError("%carme timeline takes at most one argument, the file to write")
-        carme = self.session.connect()
+        self.session.connect()
+        backend = self.session.backend
         if rest:
-            carme.timeline(filename=rest[0])
+            with open(rest[0], "w") as f:
+                json.dump(backend.timeline_events(), f)
             print(f"wrote the timeline to {rest[0]}; open it in https://ui.perfetto.dev")
             return None
-        return self._live("timeline", lambda: views.timeline_view(carme.timeline()))
+        return self._live("timeline", lambda: views.timeline_view(backend.timeline_events()))
 
     def _carme_connect(self, rest: list[str]) -> views.View:
         if len(rest) != 1:
-            raise UsageError("%carme connect expects one ADDRESS, such as 127.0.0.1:6380")
+            raise UsageError(
+                "%carme connect expects one ADDRESS: HOST:PORT of a carme head (e.g. "
+                "127.0.0.1:6380), ray, ray:HOST:PORT or ray://HOST:PORT"
+            )
+        try:
+            parse_target(rest[0])
+        except ValueError as exc:
+            raise UsageError(f"%carme connect {rest[0]}: {exc}") from None
         try:
             self.session.connect(rest[0])
+        except NotConnected as exc:
+            raise UsageError(f"%carme connect {rest[0]}: {exc}") from None
         except Exception as exc:
             raise UsageError(
                 f"%carme connect {rest[0]}: could not join the cluster there "
@@ -502,20 +524,6 @@ def _env_address() -> str | None:
     import os
 
     return os.environ.get("CARME_ADDRESS") or None
-
-
-def _rows(items: Any) -> list[dict[str, Any]]:
-    rows = []
-    for item in items:
-        if isinstance(item, dict):
-            rows.append(item)
-        elif hasattr(item, "__dataclass_fields__"):
-            import dataclasses
-
-            rows.append(dataclasses.asdict(item))
-        else:
-            rows.append(dict(getattr(item, "__dict__", {})))
-    return rows
 
 
 def _unpicklable(values: dict[str, Any]) -> str | None:

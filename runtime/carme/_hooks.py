@@ -12,6 +12,8 @@
 * `set_get_hook(fn)`: `carme.get(refs)` runs inside `with fn(refs):` (the kernel shows a
   progress bar when a get of many refs takes long).
 * `ref_states(refs)`: "pending", "finished" or "failed" per ref, without fetching values.
+* `invalidate_exports(values)`: drop the cached pickles of remote functions and classes.
+* `state_rows(kind)` / `timeline_events()`: the state API as plain dicts, the timeline.
 
 Hooks set before `carme.init()` apply once it runs.
 """
@@ -78,3 +80,44 @@ def ref_states(refs: list) -> list[str]:
         else:
             out.append("failed" if entry.payload[3] else "finished")
     return out
+
+
+def invalidate_exports(values: Any) -> int:
+    """Drop the cached pickle of every ``@carme.remote`` function and class in ``values``.
+
+    The next call ships the function's current code (and the notebook helpers it uses,
+    by value). Returns how many were reset; other values are ignored.
+    """
+    from ._remote import ActorClass, RemoteFunction
+
+    count = 0
+    for value in values:
+        if isinstance(value, RemoteFunction):
+            value._key = None
+            value._blob = None
+            count += 1
+        elif isinstance(value, ActorClass):
+            value._blob = None
+            count += 1
+    return count
+
+
+def state_rows(kind: str, limit: int = 100_000) -> list[dict]:
+    """``carme.util.state.list_<kind>(detail=True)`` as plain dicts (kind: nodes, workers,
+    tasks, actors, objects, placement_groups, jobs)."""
+    from .util import state
+
+    lister = getattr(state, f"list_{kind}", None)
+    if lister is None:
+        raise ValueError(
+            f"unknown state kind {kind!r}; expected one of nodes, workers, tasks, actors, "
+            "objects, placement_groups, jobs"
+        )
+    return [dict(r) for r in lister(detail=True, limit=limit)]
+
+
+def timeline_events() -> list[dict]:
+    """The task timeline as Chrome trace events (``carme.timeline()``)."""
+    from ._api import timeline
+
+    return list(timeline() or [])

@@ -259,102 +259,106 @@ def _run_all(page: Any) -> None:
     pytest.fail("Run All Cells did not start the notebook's cells (twice)")
 
 
-def _browser(pw: Any, tmp_path: Path) -> Any:
-    return pw.chromium.launch_persistent_context(
-        str(tmp_path / "chromium"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-        viewport={"width": 1500, "height": 1300},
-    )
-
-
-def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _browser_page(lab: Lab, shots: Path) -> Iterator[Any]:
+    """A Chromium page (fresh profile under the test's tmp dir); on failure a screenshot and
+    the server log's end."""
     from playwright.sync_api import sync_playwright
 
-    shots = tmp_path / "screenshots"
     shots.mkdir()
     with sync_playwright() as pw:
-        ctx = _browser(pw, tmp_path)
+        ctx = pw.chromium.launch_persistent_context(
+            str(lab.tmp / "chromium"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1500, "height": 1300},
+        )
+        page = ctx.new_page()
         try:
-            page = ctx.new_page()
-            page.goto(f"{lab.url}/lab?token={lab.token}", timeout=60_000)
-            _open_panel(page)
-            _wait_text(page, "carme-status", NO_CLUSTER)
-            page.screenshot(path=str(shots / "01-no-cluster.png"))
-
-            # start a cluster from the panel: it is selected and shown live
-            page.locator("[data-testid='carme-start']").click()
-            status = _wait_text(page, "carme-status", r"Connected to 127\.0\.0\.1:\d+")
-            address = re.search(r"127\.0\.0\.1:\d+", status).group(0)  # type: ignore[union-attr]
-            assert page.locator(".clab-node").count() == 1
-            assert _count(page, "finished") == 0
-            assert page.locator("[data-testid='carme-cluster-select']").input_value() == address
-            page.screenshot(path=str(shots / "02-started.png"))
-
-            # a notebook opened now starts a kernel that joins the selected cluster
-            page.goto(f"{lab.url}/lab/tree/tasks.ipynb?token={lab.token}", timeout=60_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-            _open_panel(page)
-            _wait_text(page, "carme-status", f"Connected to {re.escape(address)}")
-            _run_all(page)
-            # watch the counts move: tasks in flight, then finished, live (not only at the end)
-            in_flight, finished_seen = 0, set()
-            deadline = time.monotonic() + 120
-            while (done := _count(page, "finished")) < N_TASKS:
-                finished_seen.add(done)
-                in_flight = max(in_flight, _count(page, "pending") + _count(page, "running"))
-                assert time.monotonic() < deadline, f"counts stuck: {done} finished"
-                time.sleep(0.1)
-            assert in_flight > 0, "the panel never showed a pending or running task"
-            assert finished_seen - {0}, "the finished count jumped straight to the end: not live"
-            page.wait_for_selector(f"text=kernel joins {address}", timeout=30_000)
-            # the carme kernel says where it will join: the address the panel shows
-            status_out = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea").inner_text()
-            assert address in status_out, status_out
-            page.wait_for_selector(f"text=total {sum(range(N_TASKS))} tally", timeout=60_000)
-            timeline = page.locator("[data-testid='carme-timeline']")
-            page.wait_for_function(
-                "() => Number(document.querySelector(\"[data-testid='carme-timeline']\")"
-                ".getAttribute('data-events')) > 0", timeout=15_000)
-            assert int(timeline.get_attribute("data-events") or 0) >= 1
-            actors = page.locator(".clab-actors").inner_text()
-            assert "Tally" in actors and "ALIVE" in actors, actors
-            assert "bytes" in page.locator(".clab-objects").inner_text()
-            assert _count(page, "failed") == 0
-            page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel.png"))
-            page.screenshot(path=str(shots / "03-tasks-ran.png"))
-
-            # the full timeline in the main area
-            page.locator("[data-testid='carme-open-timeline']").click()
-            full = page.locator("[data-testid='carme-full-timeline'] svg")
-            full.wait_for(timeout=30_000)
-            assert int(full.get_attribute("data-events") or 0) >= N_TASKS
-            page.screenshot(path=str(shots / "04-full-timeline.png"))
-
-            # "Insert connection code" puts carme.init(address=...) into the notebook
-            page.locator(".lm-TabBar-tab", has_text="tasks.ipynb").first.click()
-            page.locator(".jp-Notebook .jp-Cell").first.click()
-            page.locator("[data-testid='carme-insert-code']").click()
-            page.wait_for_selector(f"text=carme.init(address=\"{address}\")", timeout=15_000)
-
-            # the server restarts; the cluster outlives it; the panel reconnects to it
-            lab.stop()
-            _wait_text(page, "carme-status", "reconnecting", timeout=30_000)
-            page.screenshot(path=str(shots / "05-server-gone.png"))
-            lab.start()
-            _wait_text(page, "carme-status", f"Connected to {re.escape(address)}", timeout=60_000)
-            assert _count(page, "finished") >= N_TASKS
-            _dismiss_dialogs(page)
-
-            # stop it from the panel: it says so plainly
-            page.locator("[data-testid='carme-stop']").click()
-            _wait_text(page, "carme-status", NO_CLUSTER)
-            page.screenshot(path=str(shots / "06-stopped.png"))
-        except Exception:
+            yield page
+        except BaseException:
             with contextlib.suppress(Exception):
                 page.screenshot(path=str(shots / "failure.png"))
             print(f"screenshots in {shots}; server log:\n{lab.log()[-4000:]}")
             raise
         finally:
             ctx.close()
+
+
+def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path) -> None:
+    shots = tmp_path / "screenshots"
+    with _browser_page(lab, shots) as page:
+        page.goto(f"{lab.url}/lab?token={lab.token}", timeout=60_000)
+        _open_panel(page)
+        _wait_text(page, "carme-status", NO_CLUSTER)
+        page.screenshot(path=str(shots / "01-no-cluster.png"))
+
+        # start a cluster from the panel: it is selected and shown live
+        page.locator("[data-testid='carme-start']").click()
+        status = _wait_text(page, "carme-status", r"Connected to 127\.0\.0\.1:\d+")
+        address = re.search(r"127\.0\.0\.1:\d+", status).group(0)  # type: ignore[union-attr]
+        assert page.locator(".clab-node").count() == 1
+        assert _count(page, "finished") == 0
+        assert page.locator("[data-testid='carme-cluster-select']").input_value() == address
+        page.screenshot(path=str(shots / "02-started.png"))
+
+        # a notebook opened now starts a kernel that joins the selected cluster
+        page.goto(f"{lab.url}/lab/tree/tasks.ipynb?token={lab.token}", timeout=60_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+        _open_panel(page)
+        _wait_text(page, "carme-status", f"Connected to {re.escape(address)}")
+        _run_all(page)
+        # watch the counts move: tasks in flight, then finished, live (not only at the end)
+        in_flight, finished_seen = 0, set()
+        deadline = time.monotonic() + 120
+        while (done := _count(page, "finished")) < N_TASKS:
+            finished_seen.add(done)
+            in_flight = max(in_flight, _count(page, "pending") + _count(page, "running"))
+            assert time.monotonic() < deadline, f"counts stuck: {done} finished"
+            time.sleep(0.1)
+        assert in_flight > 0, "the panel never showed a pending or running task"
+        assert finished_seen - {0}, "the finished count jumped straight to the end: not live"
+        page.wait_for_selector(f"text=kernel joins {address}", timeout=30_000)
+        # the carme kernel says where it will join: the address the panel shows
+        status_out = page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-OutputArea").inner_text()
+        assert address in status_out, status_out
+        page.wait_for_selector(f"text=total {sum(range(N_TASKS))} tally", timeout=60_000)
+        timeline = page.locator("[data-testid='carme-timeline']")
+        page.wait_for_function(
+            "() => Number(document.querySelector(\"[data-testid='carme-timeline']\")"
+            ".getAttribute('data-events')) > 0", timeout=15_000)
+        assert int(timeline.get_attribute("data-events") or 0) >= 1
+        actors = page.locator(".clab-actors").inner_text()
+        assert "Tally" in actors and "ALIVE" in actors, actors
+        assert "bytes" in page.locator(".clab-objects").inner_text()
+        assert _count(page, "failed") == 0
+        page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel.png"))
+        page.screenshot(path=str(shots / "03-tasks-ran.png"))
+
+        # the full timeline in the main area
+        page.locator("[data-testid='carme-open-timeline']").click()
+        full = page.locator("[data-testid='carme-full-timeline'] svg")
+        full.wait_for(timeout=30_000)
+        assert int(full.get_attribute("data-events") or 0) >= N_TASKS
+        page.screenshot(path=str(shots / "04-full-timeline.png"))
+
+        # "Insert connection code" puts carme.init(address=...) into the notebook
+        page.locator(".lm-TabBar-tab", has_text="tasks.ipynb").first.click()
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.locator("[data-testid='carme-insert-code']").click()
+        page.wait_for_selector(f"text=carme.init(address=\"{address}\")", timeout=15_000)
+
+        # the server restarts; the cluster outlives it; the panel reconnects to it
+        lab.stop()
+        _wait_text(page, "carme-status", "reconnecting", timeout=30_000)
+        page.screenshot(path=str(shots / "05-server-gone.png"))
+        lab.start()
+        _wait_text(page, "carme-status", f"Connected to {re.escape(address)}", timeout=60_000)
+        assert _count(page, "finished") >= N_TASKS
+        _dismiss_dialogs(page)
+
+        # stop it from the panel: it says so plainly
+        page.locator("[data-testid='carme-stop']").click()
+        _wait_text(page, "carme-status", NO_CLUSTER)
+        page.screenshot(path=str(shots / "06-stopped.png"))
     from carme import cluster
 
     assert cluster.list_local() == []
@@ -372,50 +376,37 @@ def test_side_panel_watches_a_kernels_embedded_cluster_and_a_ray_cluster(
 ) -> None:
     """No cluster selected: the panel shows the kernel's own cluster; then a Ray head of
     this machine, picked in the selector, with its engine and what Ray cannot show."""
-    from playwright.sync_api import sync_playwright
-
     rid = f"ray:{ray_cluster.gcs_address}"
     shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as pw:
-        ctx = _browser(pw, tmp_path)
-        try:
-            page = ctx.new_page()
-            page.goto(f"{lab.url}/lab/tree/embedded.ipynb?token={lab.token}", timeout=60_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
-            _open_panel(page)
-            _wait_text(page, "carme-status", "No cluster is selected")  # the Ray head is listed
-            _run_all(page)
-            page.wait_for_selector(f"text=sum {sum(range(N_TASKS))}", timeout=60_000)
-            _wait_text(page, "carme-status", r"Watching the embedded cluster of \S*embedded\.ipynb",
-                       timeout=30_000)
-            page.wait_for_function(
-                f"() => Number(document.querySelector(\"[data-testid='carme-count-finished']\")"
-                f"?.textContent) >= {N_TASKS}", timeout=30_000)
-            assert page.locator("[data-testid='carme-stop']").is_disabled()
-            page.screenshot(path=str(shots / "01-embedded.png"))
+    with _browser_page(lab, shots) as page:
+        page.goto(f"{lab.url}/lab/tree/embedded.ipynb?token={lab.token}", timeout=60_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+        _open_panel(page)
+        _wait_text(page, "carme-status", "No cluster is selected")  # the Ray head is listed
+        _run_all(page)
+        page.wait_for_selector(f"text=sum {sum(range(N_TASKS))}", timeout=60_000)
+        _wait_text(page, "carme-status", r"Watching the embedded cluster of \S*embedded\.ipynb",
+                   timeout=30_000)
+        page.wait_for_function(
+            f"() => Number(document.querySelector(\"[data-testid='carme-count-finished']\")"
+            f"?.textContent) >= {N_TASKS}", timeout=30_000)
+        assert page.locator("[data-testid='carme-stop']").is_disabled()
+        page.screenshot(path=str(shots / "01-embedded.png"))
 
-            # pick the Ray head: selected for new kernels, shown with Ray's gaps named
-            page.locator("[data-testid='carme-cluster-select']").select_option(value=rid)
-            _wait_text(page, "carme-status", rf"Connected to {re.escape(rid)} \(Ray \d", timeout=60_000)
-            caps = page.locator("[data-testid='carme-capabilities']")
-            assert caps.get_attribute("data-engine") == "ray"
-            assert "live_task_state" in (caps.get_attribute("data-off") or "")
-            assert page.locator(".clab-node").count() == 1
-            assert page.locator("[data-testid='carme-stop']").is_disabled(), "not started here"
-            page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel-ray.png"))
+        # pick the Ray head: selected for new kernels, shown with Ray's gaps named
+        page.locator("[data-testid='carme-cluster-select']").select_option(value=rid)
+        _wait_text(page, "carme-status", rf"Connected to {re.escape(rid)} \(Ray \d", timeout=60_000)
+        caps = page.locator("[data-testid='carme-capabilities']")
+        assert caps.get_attribute("data-engine") == "ray"
+        assert "live_state" in (caps.get_attribute("data-off") or "")
+        assert page.locator(".clab-node").count() == 1
+        assert page.locator("[data-testid='carme-stop']").is_disabled(), "not started here"
+        page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel-ray.png"))
 
-            # selecting none shows the kernel's cluster again
-            page.locator("[data-testid='carme-cluster-select']").select_option(value="")
-            _wait_text(page, "carme-status", "Watching the embedded cluster", timeout=30_000)
-            page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel-embedded.png"))
-        except Exception:
-            with contextlib.suppress(Exception):
-                page.screenshot(path=str(shots / "failure.png"))
-            print(f"screenshots in {shots}; server log:\n{lab.log()[-4000:]}")
-            raise
-        finally:
-            ctx.close()
+        # selecting none shows the kernel's cluster again
+        page.locator("[data-testid='carme-cluster-select']").select_option(value="")
+        _wait_text(page, "carme-status", "Watching the embedded cluster", timeout=30_000)
+        page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel-embedded.png"))
     if os.environ.get("CARME_SCREENSHOT_DIR"):
         target = Path(os.environ["CARME_SCREENSHOT_DIR"])
         target.mkdir(parents=True, exist_ok=True)

@@ -238,3 +238,67 @@ async def test_close_stops_started_clusters_only_when_asked(tmp_path: Any) -> No
         await service.close(stop_started=stop_started)
         assert len(backend.local) == left
         assert ("stop", info["address"]) in backend.calls or not stop_started
+
+
+async def test_kernels_joining_a_ray_cluster_get_ray_token_auth(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from carme_lab_fakes import FakeBackend
+
+    from carme_lab._service import LabService
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "f" * 64)
+    service = LabService(FakeBackend(), state_file=None)
+    try:
+        await service.connect({"address": "127.0.0.1:6380"})
+        assert "RAY_AUTH_MODE" not in os.environ
+        await service.connect({"address": "ray:127.0.0.1:6379"})
+        assert os.environ["CARME_ADDRESS"] == "ray:127.0.0.1:6379"
+        assert os.environ["RAY_AUTH_MODE"] == "token"
+        await service.connect({"address": None})
+        assert "RAY_AUTH_MODE" not in os.environ
+        await service.connect({"address": "ray:127.0.0.1:6379"})
+    finally:
+        await service.close()
+    assert "RAY_AUTH_MODE" not in os.environ and "CARME_ADDRESS" not in os.environ
+    # a mode the user set is theirs: left alone
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    service = LabService(FakeBackend(), state_file=None)
+    try:
+        await service.connect({"address": "ray:127.0.0.1:6379"})
+        assert os.environ["RAY_AUTH_MODE"] == "disabled"
+    finally:
+        await service.close()
+
+
+async def test_listing_and_stream_answer_while_a_start_is_under_way() -> None:
+    import asyncio
+    import threading
+
+    from carme_lab_fakes import FakeBackend
+
+    from carme_lab._service import LabService
+
+    release = threading.Event()
+
+    class SlowStart(FakeBackend):
+        def start(self, spec: Any) -> dict[str, Any]:
+            release.wait(60)  # a Ray head starting on a small machine
+            return super().start(spec)
+
+    backend = SlowStart()
+    backend.local.append({"address": "127.0.0.1:6380", "pid": 99, "started": 5.0})
+    service = LabService(backend, state_file=None, call_timeout=5.0)
+    try:
+        starting = asyncio.ensure_future(service.start({"engine": "ray"}))
+        await asyncio.sleep(0)
+        listing = await service.listing()  # would time out (504) behind the start
+        assert [c["id"] for c in listing["clusters"]] == ["127.0.0.1:6380"]
+        assert not starting.done()
+        release.set()
+        info = await starting
+        assert info["engine"] == "ray" and service.book.selected == info["id"]
+    finally:
+        release.set()
+        await service.close()

@@ -96,8 +96,8 @@ async def test_a_ray_cluster_on_this_machine_is_found_and_watched(
     assert node["object_store"]["capacity"]
     assert any(a["class_name"] == "Counter" for a in snap["actors"])
     assert {e["name"] for e in snap["events"]} >= {"square", "Counter.add"}
-    assert snap["capabilities"]["node_metrics"] and not snap["capabilities"]["live_task_state"]
-    assert "seconds" in snap["notes"]["live_task_state"]
+    assert snap["capabilities"]["node_metrics"] and not snap["capabilities"]["live_state"]
+    assert "seconds" in snap["notes"]["live_state"]
 
     code, events = await call(jp_fetch, "timeline", params={"cluster": rid})
     assert code == 200

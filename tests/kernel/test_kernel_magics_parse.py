@@ -106,16 +106,11 @@ def test_cell_tags_follow_cells(ip: InteractiveShell) -> None:
 def test_object_refs_do_not_enter_out(
     ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sys
-    import types
-
-    fake = types.ModuleType("carme")
-
     class ObjectRef:
         pass
 
-    fake.ObjectRef = ObjectRef  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "carme", fake)
+    session = ip._carme_session  # type: ignore[attr-defined]
+    monkeypatch.setattr(session.backend, "is_remote_object", lambda v: isinstance(v, ObjectRef))
     ip.user_ns["ObjectRef"] = ObjectRef
     ip.run_cell("ObjectRef()", store_history=True)
     n = ip.execution_count - 1

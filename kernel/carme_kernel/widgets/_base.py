@@ -31,7 +31,8 @@ from typing import Any
 import anywidget
 import traitlets
 
-from ._source import CarmeSource, NotConnected, Source
+from . import _html
+from ._source import BackendSource, NotConnected, Source
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_INTERVAL_S = 1.0
@@ -91,6 +92,7 @@ class LiveWidget(anywidget.AnyWidget):  # type: ignore[misc]
     status = traitlets.Unicode("paused").tag(sync=True)
     error = traitlets.Unicode("").tag(sync=True)
     interval = traitlets.Float(DEFAULT_INTERVAL_S).tag(sync=True)
+    notes = traitlets.List(traitlets.Unicode()).tag(sync=True)  # engine + its degradations
 
     def __init__(
         self, source: Source | None = None, interval: float = DEFAULT_INTERVAL_S, **kwargs: Any
@@ -98,7 +100,7 @@ class LiveWidget(anywidget.AnyWidget):  # type: ignore[misc]
         if not interval > 0:
             raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
         super().__init__(interval=float(interval), **kwargs)
-        self._source: Source = source if source is not None else CarmeSource()
+        self._source: Source = source if source is not None else BackendSource()
         self._lock = threading.Lock()
         self._views = 0
         self._seen_views = False
@@ -133,6 +135,8 @@ class LiveWidget(anywidget.AnyWidget):  # type: ignore[misc]
                 return False
             self.model = model
             self.error = ""
+            notes = getattr(self._source, "notes", None)
+            self.notes = list(notes()) if callable(notes) else []
             if self.status in ("not connected", "paused") or not self.status:
                 self.status = "live" if self._poller.running else "paused"
             return True
@@ -194,7 +198,7 @@ class LiveWidget(anywidget.AnyWidget):  # type: ignore[misc]
         if isinstance(bundle, tuple):  # (data, metadata)
             raw, meta = bundle
         data = dict(raw or {})
-        data["text/html"] = self.render_html()
+        data["text/html"] = self.render_html() + _html.notes_html(self.notes)
         if not self._closed:
             self.start()
         return (data, meta) if meta is not None else data

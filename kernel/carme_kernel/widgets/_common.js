@@ -105,14 +105,17 @@ function mount(model, el, title, draw, tools = []) {
   const refresh = h("button", { class: "carme-btn", title: "refresh now" }, "↻");
   refresh.addEventListener("click", () => send(model, { type: "refresh" }));
   const head = h("div", { class: "carme-head" }, h("span", { class: "carme-title" }, title), badge, ...tools, refresh, err);
+  const notes = h("div", { class: "carme-muted carme-notes" });
   const body = h("div", { class: "carme-body" });
-  const root = h("div", { class: "carme-w", "data-carme-widget": title }, style, head, body);
+  const root = h("div", { class: "carme-w", "data-carme-widget": title }, style, head, notes, body);
   el.append(root);
   const update = () => {
     const status = model.get("status") || "";
     badge.textContent = status;
     badge.className = `carme-badge ${status.replace(" ", "-")}`;
     err.textContent = model.get("error") || "";
+    const n = /** @type {string[]} */ (model.get("notes") || []);
+    notes.textContent = n.join(" · ");
     const m = model.get("model");
     if (m && Object.keys(m).length) {
       draw(/** @type {M} */ (m), body);
@@ -120,11 +123,11 @@ function mount(model, el, title, draw, tools = []) {
       body.replaceChildren(h("span", { class: "carme-muted" }, status === "not connected" ? "not connected" : "no data yet"));
     }
   };
-  for (const ev of ["change:model", "change:status", "change:error"]) model.on(ev, update);
+  for (const ev of ["change:model", "change:status", "change:error", "change:notes"]) model.on(ev, update);
   update();
   send(model, { type: "views", delta: 1 });
   return () => {
-    for (const ev of ["change:model", "change:status", "change:error"]) model.off(ev, update);
+    for (const ev of ["change:model", "change:status", "change:error", "change:notes"]) model.off(ev, update);
     send(model, { type: "views", delta: -1 });
   };
 }

@@ -82,6 +82,13 @@ def box(title: str, status: str, inner: str) -> str:
     return f"<div class='carme-static' style='{_BOX}'><b>{esc(title)}</b>{badge}{inner}</div>"
 
 
+def notes_html(notes: list[str]) -> str:
+    """The engine and its degradations, under a widget (nothing for a full engine)."""
+    if not notes:
+        return ""
+    return f"<p class='carme-notes' style='color:#888'>{esc(' · '.join(notes))}</p>"
+
+
 def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k.lower()} {v}" for k, v in counts.items()) or "–"
 

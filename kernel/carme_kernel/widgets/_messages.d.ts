@@ -168,6 +168,8 @@ export interface Traits<M> {
   status: Status;
   error: string;
   interval: number;
+  /** the engine and its degradations (capability flags); empty on carme's runtime */
+  notes: string[];
   live?: boolean;
 }
 

@@ -1,22 +1,23 @@
-"""Where the widgets read the cluster: carme's state API, behind a small interface.
+"""Where the widgets read the cluster: the notebook seam's backend, behind a small interface.
 
-:class:`CarmeSource` reads the connected driver's state API and never starts a
-cluster: when carme is not initialized (never was, or shut down) every read
-raises :class:`NotConnected`, which the widgets show as "not connected".
-Tests hand the widgets a fake source with the same methods.
+:class:`BackendSource` reads the state rows and timeline of a
+:class:`~carme_kernel.engines.NotebookBackend` (by default the active one, looked
+up on every read, so a notebook that switches engines keeps its widgets) and
+never starts a cluster: when the engine is not initialized every read raises
+:class:`NotConnected`, which the widgets show as "not connected". ``notes()``
+names the engine and its degradations (capability flags), which the widgets
+show under their title. Tests hand the widgets a fake source with the same
+methods.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-LIMIT = 100_000
+from ..engines import NotConnected, NotebookBackend, active
 
-
-class NotConnected(RuntimeError):
-    """carme is not initialized in this process (or the cluster went away)."""
+__all__ = ["BackendSource", "CarmeSource", "NotConnected", "Source", "ref_states"]
 
 
 class Source(Protocol):
@@ -27,58 +28,58 @@ class Source(Protocol):
     def timeline(self) -> list[dict[str, Any]]: ...
 
 
-def _carme() -> Any:
-    import carme
+class BackendSource:
+    """The state of a notebook backend (default: the active one)."""
 
-    if not carme.is_initialized():
-        raise NotConnected("carme is not initialized: run carme.init() (or a %%remote cell) first")
-    return carme
+    def __init__(self, backend: NotebookBackend | None = None) -> None:
+        self._backend = backend
 
+    @property
+    def backend(self) -> NotebookBackend:
+        return self._backend if self._backend is not None else active()
 
-class CarmeSource:
-    """The state API of the carme driver in this process."""
-
-    def _list(self, name: str) -> list[dict[str, Any]]:
-        _carme()
-        from carme.util import state
-
-        try:
-            rows = getattr(state, f"list_{name}")(detail=True, limit=LIMIT)
-        except (ConnectionError, OSError, EOFError) as exc:
-            raise NotConnected(f"the cluster stopped answering: {exc}") from exc
-        except Exception as exc:
-            if type(exc).__name__ in ("LocalRayletDiedError", "RaySystemError", "GetTimeoutError"):
-                raise NotConnected(f"the cluster stopped answering: {exc}") from exc
-            raise
-        return [dict(r) for r in rows]
+    def _rows(self, kind: str) -> list[dict[str, Any]]:
+        backend = self.backend
+        if not backend.is_connected():
+            raise NotConnected(
+                f"{backend.engine} is not initialized: run a %%remote cell or %carme connect first"
+            )
+        return backend.state_rows(kind)
 
     def nodes(self) -> list[dict[str, Any]]:
-        return self._list("nodes")
+        return self._rows("nodes")
 
     def workers(self) -> list[dict[str, Any]]:
-        return self._list("workers")
+        return self._rows("workers")
 
     def tasks(self) -> list[dict[str, Any]]:
-        return self._list("tasks")
+        return self._rows("tasks")
 
     def objects(self) -> list[dict[str, Any]]:
-        return self._list("objects")
+        return self._rows("objects")
 
     def timeline(self) -> list[dict[str, Any]]:
-        return list(_carme().timeline() or [])
+        backend = self.backend
+        if not backend.is_connected():
+            raise NotConnected(f"{backend.engine} is not initialized")
+        return backend.timeline_events()
+
+    def notes(self) -> list[str]:
+        """The engine's name and what it cannot show (empty for carme's runtime)."""
+        backend = self.backend
+        gaps = backend.capabilities.gaps()
+        return [f"engine: {backend.engine}", *gaps] if gaps else []
+
+
+CarmeSource = BackendSource  # the name older code used
 
 
 def ref_states(refs: Sequence[Any]) -> tuple[list[bool], list[bool]]:
-    """(ready, failed) flags per ref, without fetching values or leaving callbacks behind.
-
-    Reads ``carme._hooks.ref_states`` (the driver's own record of its objects).
-    """
-    carme = sys.modules.get("carme")
-    if carme is None or not carme.is_initialized():
-        raise NotConnected("carme is not initialized")
-    from carme._hooks import ref_states as states_of
-
-    states = states_of(list(refs))
+    """(ready, failed) flags per ref, from the active engine, without fetching values."""
+    backend = active()
+    if not backend.is_connected():
+        raise NotConnected(f"{backend.engine} is not initialized")
+    states = backend.ref_states(list(refs))
     ready = [s != "pending" for s in states]
     failed = [s == "failed" for s in states]
     return ready, failed

@@ -1,0 +1,73 @@
+"""What a notebook layer may use of carme's runtime: one small, stable surface.
+
+The carme kernel (``carme_kernel``) and anything like it reach carme's driver
+only through these names; the modules behind them are private and change.
+
+Hooks into this process's driver (set before or after ``carme.init()``; they
+apply once it runs, and survive ``shutdown()``/``init()``):
+
+* :func:`set_task_tag_provider` ``(fn)`` — ``fn()`` is called on every submission
+  from this process (task, actor creation, actor call); the JSON-able dict it
+  returns is the task's *tag*: ``cell`` in state rows and in the timeline, and it
+  comes back with the task's output lines. ``None`` removes it.
+* :func:`set_log_handler` ``(fn)`` — ``fn(tag, stream, text)`` receives what remote
+  work launched from this process prints, from a background thread, as it
+  arrives. ``None`` restores the default (print with a ``(name pid=...)`` prefix).
+* :func:`set_get_hook` ``(fn)`` / :func:`get_hook` — ``carme.get(refs)`` runs inside
+  ``with fn(refs):`` (a kernel shows a progress bar for long gets).
+
+Questions and actions on the driver:
+
+* :func:`cancel_tagged` ``(match, force=False)`` — cancel every unfinished task and
+  actor call submitted by this process whose tag satisfies ``match(tag)``.
+* :func:`ref_states` ``(refs)`` — ``"pending"``, ``"finished"`` or ``"failed"`` per
+  ref, without fetching values.
+* :func:`invalidate_exports` ``(values)`` — the ``@carme.remote`` functions and
+  classes among ``values`` ship their current code on their next call (after a
+  notebook redefined a helper they use).
+* :func:`state_rows` ``(kind)`` — ``carme.util.state.list_<kind>(detail=True)`` as
+  plain dicts; :func:`timeline_events` — the timeline as Chrome trace events.
+* :func:`is_remote_object` ``(value)`` — True for an ``ObjectRef`` or
+  ``ObjectRefGenerator`` (a notebook keeps those out of its output history).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._hooks import (
+    GetHook,
+    LogHandler,
+    TagProvider,
+    cancel_tagged,
+    get_hook,
+    invalidate_exports,
+    ref_states,
+    set_get_hook,
+    set_log_handler,
+    set_task_tag_provider,
+    state_rows,
+    timeline_events,
+)
+from ._objects import ObjectRef, ObjectRefGenerator
+
+__all__ = [
+    "GetHook",
+    "LogHandler",
+    "TagProvider",
+    "cancel_tagged",
+    "get_hook",
+    "invalidate_exports",
+    "is_remote_object",
+    "ref_states",
+    "set_get_hook",
+    "set_log_handler",
+    "set_task_tag_provider",
+    "state_rows",
+    "timeline_events",
+]
+
+
+def is_remote_object(value: Any) -> bool:
+    """True if ``value`` is a carme ``ObjectRef`` or ``ObjectRefGenerator``."""
+    return isinstance(value, (ObjectRef, ObjectRefGenerator))
