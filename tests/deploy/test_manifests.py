@@ -15,6 +15,7 @@ from typing import Any
 import kube_schemas as ks
 import pytest
 
+from carme_kernel.engines import parse_target
 from carme_lab import _kubernetes, _raycluster
 from ray_support import requires_ray
 
@@ -160,6 +161,11 @@ def test_notebook_kernels_join_the_rayclusters_head_service() -> None:
     env = {e["name"]: e for e in by_kind("Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CARME_ADDRESS"]["value"] == f"ray:{rc['metadata']['name']}-head-svc:{gcs}"
     assert gcs == _raycluster.GCS_PORT == 6379
+    # the kernel reads it as a Ray GCS address (a normal Ray driver, not Ray Client)
+    target = parse_target(env["CARME_ADDRESS"]["value"])
+    assert (target.engine, target.address, target.client) == ("ray", f"{rc['metadata']['name']}-head-svc:{gcs}", False)
+    panel = parse_target(_raycluster.head_address(rc["metadata"]["name"], "carme"))
+    assert (panel.engine, panel.address) == ("ray", f"{rc['metadata']['name']}-head-svc.carme.svc:{gcs}")
     # Ray's token: the RayCluster's Secret is the one the notebook reads
     secret = rc["spec"]["authOptions"]["secretName"]
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": "auth_token"}

@@ -13,7 +13,6 @@ tests where Chromium, Playwright or JupyterLab is missing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import sys
@@ -23,8 +22,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_support import CHROMIUM, CHROMIUM_ARGS
-from test_side_panel import Lab, _open_panel, make_lab
+from test_side_panel import Lab, _browser_page, _open_panel, make_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "extension"))
@@ -70,72 +68,57 @@ def _cluster(page: Any, name: str) -> Any:
 
 def test_kuberay_section_creates_scales_selects_and_deletes(lab: Lab, kube: FakeKubeAPI,
                                                             tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
     shots = tmp_path / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as pw:
-        ctx = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 1300})
-        page = ctx.new_page()
-        try:
-            page.goto(f"{lab.url}/lab?token={lab.token}", timeout=60_000)
-            _open_panel(page)
-            section = page.locator("[data-testid='carme-kuberay']")
-            _wait(page, "() => document.querySelector(\"[data-testid='carme-kuberay']\").open")
-            _cluster(page, "carme-ray").wait_for(timeout=30_000)
-            shipped = _cluster(page, "carme-ray").inner_text()
-            assert "ready" in shipped and HEAD in shipped and "1/1 workers up" in shipped, shipped
-            assert "Namespace carme" in section.inner_text()
-            assert page.locator("[data-testid='carme-kuberay-delete-carme-ray']").is_disabled()
+    with _browser_page(lab, shots) as page:
+        page.goto(f"{lab.url}/lab?token={lab.token}", timeout=60_000)
+        _open_panel(page)
+        section = page.locator("[data-testid='carme-kuberay']")
+        _wait(page, "() => document.querySelector(\"[data-testid='carme-kuberay']\").open")
+        _cluster(page, "carme-ray").wait_for(timeout=30_000)
+        shipped = _cluster(page, "carme-ray").inner_text()
+        assert "ready" in shipped and HEAD in shipped and "1/1 workers up" in shipped, shipped
+        assert "Namespace carme" in section.inner_text()
+        assert page.locator("[data-testid='carme-kuberay-delete-carme-ray']").is_disabled()
 
-            # create one from the form: 2 workers of 1 CPU
-            form = section.locator(".clab-kuberay-create")
-            form.locator("input[type='text']").fill("nb")
-            numbers = form.locator("input[type='number']")
-            numbers.nth(0).fill("2")
-            numbers.nth(1).fill("1")
-            numbers.nth(2).fill("0")
-            page.locator("[data-testid='carme-kuberay-create']").click()
-            _cluster(page, "nb").wait_for(timeout=30_000)
-            stored = kube.objects[("carme", "nb")]
-            group = stored["spec"]["workerGroupSpecs"][0]
-            assert group["replicas"] == 2
-            assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "1"
-            assert stored["metadata"]["labels"]["app.kubernetes.io/created-by"] == "carme-lab"
-            page.locator("#carme-side-panel").screenshot(path=str(shots / "kuberay-created.png"))
+        # create one from the form: 2 workers of 1 CPU
+        form = section.locator(".clab-kuberay-create")
+        form.locator("input[type='text']").fill("nb")
+        numbers = form.locator("input[type='number']")
+        numbers.nth(0).fill("2")
+        numbers.nth(1).fill("1")
+        numbers.nth(2).fill("0")
+        page.locator("[data-testid='carme-kuberay-create']").click()
+        _cluster(page, "nb").wait_for(timeout=30_000)
+        stored = kube.objects[("carme", "nb")]
+        group = stored["spec"]["workerGroupSpecs"][0]
+        assert group["replicas"] == 2
+        assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "1"
+        assert stored["metadata"]["labels"]["app.kubernetes.io/created-by"] == "carme-lab"
+        page.locator("#carme-side-panel").screenshot(path=str(shots / "kuberay-created.png"))
 
-            # scale its worker group to 3
-            row = _cluster(page, "nb")
-            row.locator(".clab-kuberay-group input").fill("3")
-            row.locator(".clab-kuberay-group button", has_text="Scale").click()
-            # the listing after the patch: maxReplicas widened from 2 to 3
-            _wait(page, "() => { const r = document.querySelector(\".clab-kuberay-cluster[data-name='nb'] "
-                        ".clab-kuberay-group\"); return r !== null && r.textContent.includes('0–3'); }")
-            assert kube.objects[("carme", "nb")]["spec"]["workerGroupSpecs"][0]["replicas"] == 3
+        # scale its worker group to 3
+        row = _cluster(page, "nb")
+        row.locator(".clab-kuberay-group input").fill("3")
+        row.locator(".clab-kuberay-group button", has_text="Scale").click()
+        # the listing after the patch: maxReplicas widened from 2 to 3
+        _wait(page, "() => { const r = document.querySelector(\".clab-kuberay-cluster[data-name='nb'] "
+                    ".clab-kuberay-group\"); return r !== null && r.textContent.includes('0–3'); }")
+        assert kube.objects[("carme", "nb")]["spec"]["workerGroupSpecs"][0]["replicas"] == 3
 
-            # select the shipped cluster for new kernels: the main list selects its address
-            page.locator("[data-testid='carme-kuberay-select-carme-ray']").click()
-            _wait(page, "(a) => document.querySelector(\"[data-testid='carme-cluster-select']\").value === a",
-                  arg=HEAD)
-            _wait(page, "() => document.querySelector(\"[data-testid='carme-kuberay-select-carme-ray']\")"
-                        ".textContent === 'Selected'")
+        # select the shipped cluster for new kernels: the main list selects its address
+        page.locator("[data-testid='carme-kuberay-select-carme-ray']").click()
+        _wait(page, "(a) => document.querySelector(\"[data-testid='carme-cluster-select']\").value === a",
+              arg=HEAD)
+        _wait(page, "() => document.querySelector(\"[data-testid='carme-kuberay-select-carme-ray']\")"
+                    ".textContent === 'Selected'")
 
-            # delete the one the panel created
-            page.locator("[data-testid='carme-kuberay-delete-nb']").click()
-            _cluster(page, "nb").wait_for(state="detached", timeout=30_000)
-            assert ("carme", "nb") not in kube.objects and ("carme", "carme-ray") in kube.objects
-            assert {v for v, *_ in kube.requests} == {"list", "get", "create", "patch", "delete"}
-            page.locator("#carme-side-panel").screenshot(path=str(shots / "kuberay-panel.png"))
-            if os.environ.get("CARME_SCREENSHOT_DIR"):
-                dest = Path(os.environ["CARME_SCREENSHOT_DIR"])
-                dest.mkdir(parents=True, exist_ok=True)
-                shutil.copy(shots / "kuberay-panel.png", dest / "kuberay-panel.png")
-        except Exception:
-            with contextlib.suppress(Exception):
-                page.screenshot(path=str(shots / "failure.png"))
-            print(f"screenshots in {shots}; server log:\n{lab.log()[-4000:]}")
-            raise
-        finally:
-            ctx.close()
+        # delete the one the panel created
+        page.locator("[data-testid='carme-kuberay-delete-nb']").click()
+        _cluster(page, "nb").wait_for(state="detached", timeout=30_000)
+        assert ("carme", "nb") not in kube.objects and ("carme", "carme-ray") in kube.objects
+        assert {v for v, *_ in kube.requests} == {"list", "get", "create", "patch", "delete"}
+        page.locator("#carme-side-panel").screenshot(path=str(shots / "kuberay-panel.png"))
+        if os.environ.get("CARME_SCREENSHOT_DIR"):
+            dest = Path(os.environ["CARME_SCREENSHOT_DIR"])
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy(shots / "kuberay-panel.png", dest / "kuberay-panel.png")
