@@ -95,17 +95,28 @@ class RayClusterAPI:
 
     @classmethod
     def from_config(cls, cfg: KubeRayConfig) -> RayClusterAPI:
-        """Load credentials (see the module docstring); raise KubernetesUnavailable if none."""
+        """Load credentials (see the module docstring); raise KubernetesUnavailable if none.
+
+        The cheap checks come first: importing the client takes seconds of CPU (while
+        holding the GIL, so the server's event loop waits too), and a server without
+        credentials never pays that."""
+        namespace = cfg.namespace
+        path = cfg.kubeconfig or None
+        in_cluster = (path is None and "KUBERNETES_SERVICE_HOST" in os.environ
+                      and os.path.exists(os.path.join(SA_DIR, "token")))
+        if not in_cluster:
+            path = path or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or os.path.expanduser(
+                "~/.kube/config")
+            if not os.path.exists(path):
+                raise KubernetesUnavailable(
+                    f"no Kubernetes credentials: not in a pod, and no kubeconfig at {path} "
+                    f"(set $KUBECONFIG or --KubeRayConfig.kubeconfig)")
         try:
             from kubernetes import client, config
         except ImportError:
             raise KubernetesUnavailable(
                 "the Python package 'kubernetes' is not installed (pip install kubernetes)") from None
         conf = client.Configuration()
-        namespace = cfg.namespace
-        path = cfg.kubeconfig or None
-        in_cluster = (path is None and "KUBERNETES_SERVICE_HOST" in os.environ
-                      and os.path.exists(os.path.join(SA_DIR, "token")))
         if in_cluster:
             from kubernetes.config.incluster_config import InClusterConfigLoader
 
@@ -119,12 +130,7 @@ class RayClusterAPI:
                 with contextlib.suppress(OSError), open(os.path.join(SA_DIR, "namespace")) as f:
                     namespace = f.read().strip()
         else:
-            path = path or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or os.path.expanduser(
-                "~/.kube/config")
-            if not os.path.exists(path):
-                raise KubernetesUnavailable(
-                    f"no Kubernetes credentials: not in a pod, and no kubeconfig at {path} "
-                    f"(set $KUBECONFIG or --KubeRayConfig.kubeconfig)")
+            assert path is not None
             try:
                 config.load_kube_config(config_file=path, context=cfg.context or None,
                                         client_configuration=conf)
