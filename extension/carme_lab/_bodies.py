@@ -13,15 +13,20 @@ Two engines, two sets of fields::
 
 ``port`` is the Ray head's GCS port and ``dashboard_port`` its dashboard (state
 REST API) port; left out or 0, a free port of 127.0.0.1 is chosen.
+
+`connect_body(body)` checks ``POST /carme/api/connect``: ``address`` (an id, or
+null for none), ``select``, and for a Ray cluster ``dashboard``, the URL of its
+dashboard when it is not ``http://HOST:8265``.
 """
 
 from __future__ import annotations
 
 import math
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["BodyError", "ENGINES", "StartSpec", "start_spec"]
+__all__ = ["BodyError", "ENGINES", "StartSpec", "check_dashboard", "connect_body", "start_spec"]
 
 Engine = Literal["carme", "ray"]
 ENGINES: tuple[Engine, ...] = ("carme", "ray")
@@ -107,12 +112,53 @@ def start_spec(body: dict[str, Any]) -> StartSpec:
     select = body.get("select", True)
     if not isinstance(select, bool):
         raise BodyError(f"expected 'select' as true or false, got {select!r}")
+    port, dashboard_port = _port("port", body.get("port")), _port("dashboard_port", body.get("dashboard_port"))
+    if port and port == dashboard_port:
+        raise BodyError(f"'port' and 'dashboard_port' must differ, both are {port}")
     return StartSpec(
         engine=engine,
         num_cpus=_number("num_cpus", body.get("num_cpus")),
         num_gpus=_number("num_gpus", body.get("num_gpus")),
         resources=_resources(body.get("resources")),
         select=select,
-        port=_port("port", body.get("port")),
-        dashboard_port=_port("dashboard_port", body.get("dashboard_port")),
+        port=port,
+        dashboard_port=dashboard_port,
     )
+
+
+def check_dashboard(value: object) -> str:
+    """``http(s)://HOST[:PORT]`` normalized (no path), or BodyError."""
+    url = urllib.parse.urlsplit(value) if isinstance(value, str) else None
+    try:
+        port_ok = url is not None and (url.port is None or 0 < url.port < 65536)
+    except ValueError:
+        port_ok = False
+    if (url is None or url.scheme not in ("http", "https") or not url.hostname or not port_ok
+            or url.path not in ("", "/") or url.query or url.fragment or url.username):
+        raise BodyError(f"expected 'dashboard' as the URL of a Ray dashboard, "
+                        f"http://HOST:PORT (e.g. http://10.0.0.5:8265), got {value!r}")
+    return f"{url.scheme}://{url.netloc}"
+
+
+def connect_body(body: dict[str, Any]) -> tuple[object, bool, str | None]:
+    """(address or None, select, dashboard or None) of a ``POST /carme/api/connect`` body.
+
+    The address itself is checked by the cluster book (`check_joinable`)."""
+    unknown = sorted(k for k in body if k not in ("address", "select", "dashboard"))
+    if unknown or "address" not in body:
+        raise BodyError("expected a JSON body {\"address\": \"HOST:PORT\" or \"ray:HOST:PORT\"} "
+                        "(or {\"address\": null} to select no cluster), optionally with "
+                        "\"select\" and, for Ray, \"dashboard\""
+                        + (f"; unknown field(s) {', '.join(map(repr, unknown))}" if unknown else ""))
+    address = body["address"]
+    if address == "":
+        address = None
+    select = body.get("select", True)
+    if not isinstance(select, bool):
+        raise BodyError(f"expected 'select' as true or false, got {select!r}")
+    dashboard = body.get("dashboard")
+    if dashboard is not None:
+        if not (isinstance(address, str) and address.strip().startswith("ray:")):
+            raise BodyError("'dashboard' goes with a Ray cluster's address (ray:HOST:PORT)")
+        dashboard = check_dashboard(dashboard)
+    return address, select, dashboard

@@ -190,12 +190,19 @@ class ClusterBook:
         self._started[address] = entry
         return entry
 
-    def remember(self, address: object) -> str:
-        """Remember an address given by a user; return it normalized."""
+    def remember(self, address: object, dashboard: str | None = None) -> str:
+        """Remember an address given by a user (and a Ray cluster's dashboard URL); return
+        the address normalized."""
         text = check_joinable(address)
         if text not in self._started and text not in self._given:
             self._given[text] = ClusterEntry(text, "connected")
+        if dashboard is not None and text in self._given:
+            self._given[text].dashboard = dashboard
         return text
+
+    def dashboards(self) -> dict[str, str]:
+        """Dashboard URLs users gave, by address."""
+        return {a: e.dashboard for a, e in self._given.items() if e.dashboard}
 
     def select(self, address: str | None) -> None:
         """Select `address` for kernels (None: none); the panel then shows it."""
@@ -221,6 +228,7 @@ class ClusterBook:
         return {
             "selected": self.selected,
             "connected": [a for a, e in self._given.items() if e.origin == "connected"],
+            "dashboards": self.dashboards(),
         }
 
     def restore(self, state: object, local_rows: list[dict[str, Any]]) -> None:
@@ -232,9 +240,12 @@ class ClusterBook:
         """
         if not isinstance(state, dict):
             return
+        dashboards = state.get("dashboards")
+        dashboards = dashboards if isinstance(dashboards, dict) else {}
         for address in state.get("connected") or []:
+            url = dashboards.get(address) if isinstance(address, str) else None
             try:
-                self.remember(address)
+                self.remember(address, url if isinstance(url, str) else None)
             except AddressError:
                 continue
         selected = state.get("selected")

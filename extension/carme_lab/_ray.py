@@ -77,11 +77,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _free_range(n: int) -> int:
-    """First of `n` consecutive ports free on 127.0.0.1 (Ray's worker ports)."""
+def _free_ports(n: int, taken: set[int]) -> list[int]:
+    """`n` distinct free ports of 127.0.0.1, none in `taken` (Ray refuses a port twice)."""
+    out: list[int] = []
+    while len(out) < n:
+        port = _free_port()
+        if port not in taken and port not in out:
+            out.append(port)
+    return out
+
+
+def _free_range(n: int, taken: set[int]) -> int:
+    """First of `n` consecutive ports free on 127.0.0.1 and not in `taken` (worker ports)."""
     for _ in range(200):
         base = _free_port()
-        if base + n >= 65536:
+        if base + n >= 65536 or taken & set(range(base, base + n)):
             continue
         socks = []
         try:
@@ -132,7 +142,7 @@ def _same_process(pid: int, started: float) -> bool:
 class RayBackend:
     """`carme_lab._service.Backend` for ``ray:HOST:PORT`` clusters (see the module docstring)."""
 
-    def __init__(self, http_timeout: float = 8.0, ready_timeout: float = 150.0) -> None:
+    def __init__(self, http_timeout: float = 8.0, ready_timeout: float = 240.0) -> None:
         self.http_timeout = http_timeout
         self.ready_timeout = ready_timeout
         self.dashboards: dict[str, str] = {}  # id -> dashboard URL, from listings and records
@@ -204,6 +214,10 @@ class RayBackend:
                 self.dashboards[address] = row["dashboard"]
         return sorted(rows.values(), key=lambda r: -(r.get("started") or 0))
 
+    def given(self, address: str, dashboard: str | None) -> None:
+        if dashboard:
+            self.dashboards[address] = dashboard
+
     def dashboard(self, address: str) -> str:
         url = self.dashboards.get(address)
         if url is None:
@@ -271,18 +285,20 @@ class RayBackend:
         return ray_timeline(rows, time.time() * 1000)
 
     def start(self, spec: StartSpec) -> dict[str, Any]:
-        port = spec.port or _free_port()
-        dash = spec.dashboard_port or _free_port()
+        flags = ("--ray-client-server-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")
+        asked = {p for p in (spec.port, spec.dashboard_port) if p}
+        free = _free_ports(2 + len(flags), asked)
+        port = spec.port or free[0]
+        dash = spec.dashboard_port or free[1]
         temp_dir = tempfile.mkdtemp(prefix="carme-ray-")
         args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
                 "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--port={port}",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                 f"--temp-dir={temp_dir}"]
-        for flag in ("--ray-client-server-port", "--dashboard-agent-listen-port",
-                     "--dashboard-agent-grpc-port", "--metrics-export-port",
-                     "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"):
-            args.append(f"{flag}={_free_port()}")
-        workers = _free_range(WORKER_PORTS)
+        args += [f"{flag}={p}" for flag, p in zip(flags, free[2:], strict=True)]
+        workers = _free_range(WORKER_PORTS, asked | set(free))
         args += [f"--min-worker-port={workers}", f"--max-worker-port={workers + WORKER_PORTS - 1}"]
         if spec.num_cpus is not None:
             args.append(f"--num-cpus={int(spec.num_cpus)}")

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from ._bodies import BodyError, StartSpec, start_spec
+from ._bodies import BodyError, StartSpec, connect_body, start_spec
 from ._clusters import AddressError, ClusterBook, check_address, engine_of, kind_of
 from ._snapshot import panel_snapshot
 
@@ -82,6 +82,8 @@ class Backend(Protocol):
     def stop(self, address: str) -> bool: ...
     def snapshot(self, address: str) -> dict[str, Any]: ...
     def timeline(self, address: str) -> list[dict[str, Any]]: ...
+    def given(self, address: str, dashboard: str | None) -> None:
+        """What a user told about a cluster: a Ray cluster's dashboard URL (fast, no I/O)."""
     def close(self) -> None: ...
 
 
@@ -112,6 +114,9 @@ class CarmeBackend:
 
         self._drop(address)
         return bool(cluster.stop(address))
+
+    def given(self, address: str, dashboard: str | None) -> None:
+        pass  # a carme address is all carme needs
 
     def _client(self, address: str) -> Any:
         client = self._clients.get(address)
@@ -183,6 +188,9 @@ class EngineBackend:
     def timeline(self, address: str) -> list[dict[str, Any]]:
         return self.engines[engine_of(address)].timeline(address)
 
+    def given(self, address: str, dashboard: str | None) -> None:
+        self.engines[engine_of(address)].given(address, dashboard)
+
     def close(self) -> None:
         for engine in self.engines.values():
             with contextlib.suppress(Exception):
@@ -196,7 +204,7 @@ class LabService:
     """What the handlers call; see the module docstring."""
 
     def __init__(self, backend: Backend, *, given: str | None = None, interval: float = 1.0,
-                 call_timeout: float = 10.0, start_timeout: float = 120.0,
+                 call_timeout: float = 10.0, start_timeout: float = 300.0,
                  log: logging.Logger | None = None, state_file: str | None = None) -> None:
         self.backend = backend
         self.book = ClusterBook(given)
@@ -263,6 +271,8 @@ class LabService:
             self.log.warning("carme_lab: ignoring the saved selection in %s: %s", self.state_file, e)
             return
         self.book.restore(state, local)
+        for address, url in self.book.dashboards().items():
+            self.backend.given(address, url)
 
     async def _local(self) -> list[dict[str, Any]]:
         try:
@@ -333,18 +343,17 @@ class LabService:
 
     async def connect(self, body: dict[str, Any]) -> dict[str, Any]:
         """Remember `address` and select it (``address: null`` selects none: embedded)."""
-        if "address" not in body:
-            raise LabError(400, "expected a JSON body {\"address\": \"HOST:PORT\"} "
-                                "(or {\"address\": null} to select no cluster)")
-        raw = body["address"]
-        if raw is None or raw == "":
+        try:
+            raw, select, dashboard = connect_body(body)
+            address = None if raw is None else self.book.remember(raw, dashboard)
+        except (BodyError, AddressError) as e:
+            raise LabError(400, str(e)) from None
+        if address is None:
             self.book.select(None)
         else:
-            try:
-                address = self.book.remember(raw)
-            except AddressError as e:
-                raise LabError(400, str(e)) from None
-            if body.get("select", True):
+            if dashboard is not None:
+                self.backend.given(address, dashboard)  # a dict entry: no I/O
+            if select:
                 self.book.select(address)
         self._export()
         return {"selected": self.book.selected, "address": os.environ.get(ENV_VAR)}

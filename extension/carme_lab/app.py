@@ -42,7 +42,7 @@ class CarmeLabApp(ExtensionApp):
 
     interval = Float(1.0, config=True, help="Seconds between two messages of the live stream.")
     call_timeout = Float(10.0, config=True, help="Seconds a call to a cluster may take.")
-    start_timeout = Float(180.0, config=True,
+    start_timeout = Float(300.0, config=True,
                           help="Seconds starting or stopping a cluster may take.")
     backend_class = Type(
         "carme_lab._service.EngineBackend", klass=object, config=True,

@@ -67,6 +67,9 @@ class FakeBackend:
         self._check(address)
         return [{"name": "f", "ph": "X", "ts": 1, "dur": 2, "pid": 1, "tid": 1}]
 
+    def given(self, address: str, dashboard: str | None) -> None:
+        self.calls.append(("given", (address, dashboard)))
+
     def close(self) -> None:
         self.calls.append(("close", None))
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from carme_lab._bodies import BodyError, StartSpec, start_spec
+from carme_lab._bodies import BodyError, StartSpec, connect_body, start_spec
 from carme_lab._clusters import (
     AddressError,
     ClusterBook,
@@ -87,7 +87,7 @@ def test_restore_keeps_running_and_given_selections_only() -> None:
     saved.remember("10.0.0.1:5")
     saved.select("127.0.0.1:3")
     state = saved.to_state()
-    assert state == {"selected": "127.0.0.1:3", "connected": ["10.0.0.1:5"]}
+    assert state == {"selected": "127.0.0.1:3", "connected": ["10.0.0.1:5"], "dashboards": {}}
 
     running = ClusterBook()
     running.restore(state, [{"address": "127.0.0.1:3", "pid": 3}])
@@ -203,8 +203,40 @@ def test_start_spec_defaults_and_ray_fields() -> None:
     ({"engine": "ray", "port": 70000}, "port"),
     ({"engine": "ray", "dashboard_port": 1.5}, "dashboard_port"),
     ({"engine": "ray", "num_cpus": 1.5}, "whole number"),
+    ({"engine": "ray", "port": 7001, "dashboard_port": 7001}, "must differ"),
 ])
 def test_start_spec_names_the_bad_field(body: dict[str, Any], field: str) -> None:
     with pytest.raises(BodyError) as e:
         start_spec(body)
     assert field in str(e.value)
+
+
+def test_connect_body_takes_a_ray_dashboard() -> None:
+    assert connect_body({"address": "ray:h:1", "dashboard": "http://h:8266/"}) == (
+        "ray:h:1", True, "http://h:8266")
+    assert connect_body({"address": None}) == (None, True, None)
+    assert connect_body({"address": "", "select": False}) == (None, False, None)
+    book = ClusterBook()
+    book.remember("ray:h:1", "http://h:8266")
+    assert book.listing([])["clusters"][0]["dashboard"] == "http://h:8266"
+    state = book.to_state()
+    assert state["dashboards"] == {"ray:h:1": "http://h:8266"}
+    again = ClusterBook()
+    again.restore(state, [])
+    assert again.dashboards() == {"ray:h:1": "http://h:8266"}
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({}, "JSON body"),
+    ({"address": "h:1", "port": 1}, "'port'"),
+    ({"address": "h:1", "select": "no"}, "select"),
+    ({"address": "h:1", "dashboard": "http://h:8265"}, "goes with a Ray"),
+    ({"address": "ray:h:1", "dashboard": "ftp://h:1"}, "dashboard"),
+    ({"address": "ray:h:1", "dashboard": "http://h:99999"}, "dashboard"),
+    ({"address": "ray:h:1", "dashboard": "http://h:1/api"}, "dashboard"),
+    ({"address": "ray:h:1", "dashboard": "http://u:p@h:1"}, "dashboard"),
+    ({"address": "ray:h:1", "dashboard": 8265}, "dashboard"),
+])
+def test_connect_body_names_what_is_wrong(body: dict[str, Any], says: str) -> None:
+    with pytest.raises(BodyError, match=says):
+        connect_body(body)
