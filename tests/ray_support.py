@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 START_TIMEOUT_S = 120.0
+START_ATTEMPTS = 3
 STOP_TIMEOUT_S = 15.0
 WORKER_PORTS = 24
 OBJECT_STORE_BYTES = 300 * 1024 * 1024
@@ -249,8 +250,25 @@ def _log_tail(path: Path, n: int = 4000) -> str:
     return ""
 
 
-def start_ray_head(num_cpus: int = 2, timeout: float = START_TIMEOUT_S) -> RayHead:
-    """Start a Ray head on 127.0.0.1 (see the module docstring); the caller must ``stop()`` it."""
+def start_ray_head(
+    num_cpus: int = 2, timeout: float = START_TIMEOUT_S, attempts: int = START_ATTEMPTS
+) -> RayHead:
+    """Start a Ray head on 127.0.0.1 (see the module docstring); the caller must ``stop()`` it.
+
+    ``ray start`` gives its raylet a fixed 30 s to register with the GCS; on a loaded
+    2-core machine that sometimes fails, so a failed start (everything it started
+    stopped first) is retried with fresh ports, up to ``attempts`` times.
+    """
+    errors: list[str] = []
+    for _ in range(attempts):
+        try:
+            return _start_once(num_cpus, timeout)
+        except RayHeadError as exc:
+            errors.append(str(exc))
+    raise RayHeadError(f"Ray head failed to start {attempts} times; last:\n{errors[-1]}")
+
+
+def _start_once(num_cpus: int, timeout: float) -> RayHead:
     # Short path: Ray puts Unix sockets under the temp dir (108-byte limit).
     temp_dir = Path(tempfile.mkdtemp(prefix="cray"))
     token = secrets.token_hex(32)

@@ -40,10 +40,12 @@ Theory of operation
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -54,6 +56,8 @@ from ._output import OutputRouter, Parent
 from .engines import NotebookBackend, backend_for, parse_target
 
 __all__ = ["NotebookSession", "holds_refs"]
+
+SAME_INTERRUPT_S = 0.5
 
 
 def holds_refs(value: Any, is_ref: Callable[[Any], bool] | None = None) -> bool:
@@ -81,6 +85,17 @@ def _definitions(ns: Mapping[str, Any]) -> dict[str, int]:
     }
 
 
+def _export_ray_address(target: engines.Target, replace: bool = False) -> None:
+    """Let plain Ray code in cells (``ray.init()``, or Ray's auto-init on first
+    ``.remote()``) join the cluster the kernel was pointed at (``RAY_ADDRESS``)."""
+    if target.engine != "ray" or not target.address:
+        return
+    if replace:
+        os.environ["RAY_ADDRESS"] = target.address
+    else:
+        os.environ.setdefault("RAY_ADDRESS", target.address)
+
+
 def _ray_installed() -> bool:
     return importlib.util.find_spec("ray") is not None
 
@@ -101,7 +116,7 @@ class NotebookSession:
         self._registered = False
         self._orig_update_user_ns: Callable[[Any], None] | None = None
         self._defs: dict[str, int] | None = None
-        self._cancelled_runs: set[str] = set()
+        self._cancelled_runs: dict[str, tuple[float, bool]] = {}  # run -> (first cancel, forced)
 
     # -- registration ----------------------------------------------------------
     def register(self) -> None:
@@ -115,6 +130,8 @@ class NotebookSession:
         self._registered = True
         engines.set_active(self.backend)
         self.install_hooks()
+        with contextlib.suppress(ValueError):  # a bad CARME_ADDRESS is reported on connect
+            _export_ray_address(parse_target(os.environ.get("CARME_ADDRESS")))
         if _ray_installed():
             from .engines._ray import watch_ray_init
 
@@ -205,6 +222,7 @@ class NotebookSession:
         if address is not None:  # remembered only once it worked
             self.address = address
             os.environ["CARME_ADDRESS"] = address
+            _export_ray_address(target, replace=True)
         return api
 
     def disconnect(self) -> None:
@@ -318,9 +336,15 @@ class NotebookSession:
         def match(t: Any) -> bool:
             return isinstance(t, Mapping) and t.get("run") == run
 
-        force = run in self._cancelled_runs
+        # One interrupt can reach here twice (%%remote cancels, then post_run_cell):
+        # calls closer than SAME_INTERRUPT_S count once.
+        now = time.monotonic()
+        last = self._cancelled_runs.get(run) if isinstance(run, str) else None
+        force = last is not None and now - last[0] >= SAME_INTERRUPT_S
         if isinstance(run, str):
-            self._cancelled_runs.add(run)
+            self._cancelled_runs[run] = (now if last is None or force else last[0], force)
+        if last is not None and not force:
+            return 0
         count = int(backend.cancel_tagged(match, force=force))
         stuck = backend.uninterruptible(match)
         if stuck:

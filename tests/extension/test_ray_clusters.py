@@ -66,6 +66,51 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
 
 
 
+@pytest.fixture
+def ray_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A Ray auth token of this test only, where Ray's tools (and the server) look for it."""
+    path = tmp_path / "ray_auth_token"
+    token = secrets.token_hex(32)
+    path.write_text(token)
+    path.chmod(0o600)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    return token
+
+
+async def test_start_and_stop_a_ray_head_from_the_server(
+    jp_fetch: Any, state_dir: Path, ray_token: str
+) -> None:
+    """Needs no other Ray head (one Ray start is enough for a 2-core machine)."""
+    code, info = await call(jp_fetch, "clusters", method="POST",
+                            body={"engine": "ray", "num_cpus": 1, "resources": {"panel": 2}})
+    assert code == 201, info
+    rid = info["id"]
+    assert rid.startswith("ray:127.0.0.1:")
+    assert info["origin"] == "started" and info["stoppable"] and info["selected"]
+    assert os.environ["CARME_ADDRESS"] == rid
+    [record] = os.listdir(state_dir / "ray")
+    ray_start = json.loads((state_dir / "ray" / record).read_text())["pid"]
+    tree = [psutil.Process(ray_start), *psutil.Process(ray_start).children(recursive=True)]
+    assert len(tree) > 3
+
+    code, snap = await call(jp_fetch, "snapshot")
+    assert code == 200, snap
+    assert snap["address"] == rid and snap["resources"]["total"]["panel"] == 2.0
+    assert snap["resources"]["total"]["CPU"] == 1.0
+    _, listing = await call(jp_fetch, "clusters")
+    assert [c["id"] for c in listing["clusters"]].count(rid) == 1
+
+    code, data = await call(jp_fetch, "clusters", rid, method="DELETE")
+    assert code == 200 and data == {"id": rid, "stopped": True, "selected": None}
+    assert "CARME_ADDRESS" not in os.environ
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert os.listdir(state_dir / "ray") == []
+    _, listing = await call(jp_fetch, "clusters")
+    assert rid not in [c["id"] for c in listing["clusters"]]
+
+
 async def test_a_ray_cluster_on_this_machine_is_found_and_watched(
     jp_fetch: Any, ray_cluster: RayHead, state_dir: Path
 ) -> None:
@@ -133,48 +178,3 @@ async def test_a_wrong_token_is_reported_not_hidden(
     monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)
     code, data = await call(jp_fetch, "snapshot", params={"cluster": f"ray:{ray_cluster.gcs_address}"})
     assert code == 503 and "auth token was refused" in data["message"]
-
-
-@pytest.fixture
-def ray_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A Ray auth token of this test only, where Ray's tools (and the server) look for it."""
-    path = tmp_path / "ray_auth_token"
-    token = secrets.token_hex(32)
-    path.write_text(token)
-    path.chmod(0o600)
-    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    return token
-
-
-async def test_start_and_stop_a_ray_head_from_the_server(
-    jp_fetch: Any, state_dir: Path, ray_token: str
-) -> None:
-    """Needs no other Ray head (one Ray start is enough for a 2-core machine)."""
-    code, info = await call(jp_fetch, "clusters", method="POST",
-                            body={"engine": "ray", "num_cpus": 1, "resources": {"panel": 2}})
-    assert code == 201, info
-    rid = info["id"]
-    assert rid.startswith("ray:127.0.0.1:")
-    assert info["origin"] == "started" and info["stoppable"] and info["selected"]
-    assert os.environ["CARME_ADDRESS"] == rid
-    [record] = os.listdir(state_dir / "ray")
-    ray_start = json.loads((state_dir / "ray" / record).read_text())["pid"]
-    tree = [psutil.Process(ray_start), *psutil.Process(ray_start).children(recursive=True)]
-    assert len(tree) > 3
-
-    code, snap = await call(jp_fetch, "snapshot")
-    assert code == 200, snap
-    assert snap["address"] == rid and snap["resources"]["total"]["panel"] == 2.0
-    assert snap["resources"]["total"]["CPU"] == 1.0
-    _, listing = await call(jp_fetch, "clusters")
-    assert [c["id"] for c in listing["clusters"]].count(rid) == 1
-
-    code, data = await call(jp_fetch, "clusters", rid, method="DELETE")
-    assert code == 200 and data == {"id": rid, "stopped": True, "selected": None}
-    assert "CARME_ADDRESS" not in os.environ
-    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert os.listdir(state_dir / "ray") == []
-    _, listing = await call(jp_fetch, "clusters")
-    assert rid not in [c["id"] for c in listing["clusters"]]

@@ -154,3 +154,15 @@ def python3_kernel(jupyter_dirs: Path) -> Iterator[KernelHarness]:
     """A plain IPython kernel (``%load_ext carme_kernel`` adds the magics)."""
     with running_kernel("python3", jupyter_dirs) as k:
         yield k
+
+
+@pytest.fixture(scope="module")
+def ray_kernel(jupyter_dirs: Path, ray_cluster: Any) -> Iterator[KernelHarness]:
+    """A carme kernel whose engine is the test Ray cluster (``CARME_ADDRESS=ray:HOST:PORT``).
+
+    One per test module (a Ray driver takes seconds to connect); tests share it.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CARME_ADDRESS", f"ray:{ray_cluster.gcs_address}")
+        with running_kernel("carme", jupyter_dirs) as k:
+            yield k

@@ -20,8 +20,8 @@ Theory of operation
 * **Cancel.** ``ray.cancel`` needs an ObjectRef: a task's first return object id
   is its task id plus the return index, so the unfinished top-level tasks of a
   cell (from task state) are cancelled through refs rebuilt from their ids,
-  recursively. Task state lags, so the cancel repeats twice in the background
-  for tasks that show up late. Ray cannot interrupt a running sync actor call:
+  recursively. Task state lags, so the cancel repeats in the background
+  (every 2 s, up to 30 s) for tasks that show up late. Ray cannot interrupt a running sync actor call:
   :meth:`uninterruptible` counts those so the cell can say so.
 * **State.** ``ray.util.state`` (with this cluster's address) for rows, the
   dashboard's node summary (with Ray's auth token) for CPU/memory/GPU/store
@@ -54,6 +54,8 @@ __all__ = ["RayBackend", "version_mismatch_hint", "watch_ray_init"]
 LIMIT = 10_000
 HANDLER_NAME = "carme_kernel"
 POLL_S = 0.5
+CANCEL_RETRIES = 15
+CANCEL_RETRY_S = 2.0
 TERMINAL = frozenset({"FINISHED", "FAILED", "CANCELLED"})
 
 DRIVER_CAPS = Capabilities(
@@ -303,12 +305,18 @@ class RayBackend:
         count = self._cancel_once(match, force)
 
         def again() -> None:
-            for _ in range(2):
-                time.sleep(1.5)
+            # Task state lags (seconds, more under load): tasks the cell launched
+            # just before the interrupt show up late; cancel them as they appear,
+            # until what was cancelled is all that was open.
+            done = count
+            for _ in range(CANCEL_RETRIES):
+                time.sleep(CANCEL_RETRY_S)
                 if not self.is_connected():
                     return
                 with contextlib.suppress(Exception):
-                    self._cancel_once(match, force)
+                    done += self._cancel_once(match, force)
+                    if done and not self._open_tasks(match):
+                        return
 
         threading.Thread(target=again, name="carme-ray-cancel", daemon=True).start()
         return count
