@@ -248,6 +248,9 @@ def _run_all(page: Any) -> None:
     """
     first_prompt = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
     for _ in range(2):
+        # on a loaded machine Lab sometimes asks "Select Kernel" for the kernel it has just
+        # started; its default button keeps that kernel
+        _dismiss_dialogs(page)
         page.locator(".jp-Notebook .jp-Cell").first.click()
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
