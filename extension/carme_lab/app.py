@@ -27,6 +27,8 @@ from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Type, Unicode, default
 
+from ._k8s_handlers import K8S_HANDLERS
+from ._kubernetes import KubeRayConfig, KubeRayService
 from ._service import ENV_VAR, Backend, LabService
 from .handlers import API, HANDLERS
 
@@ -36,6 +38,7 @@ __all__ = ["CarmeLabApp"]
 class CarmeLabApp(ExtensionApp):
     name = "carme_lab"
     load_other_extensions = True
+    classes = [KubeRayConfig]  # --KubeRayConfig.<name>: the RayClusters section (_kubernetes.py)
 
     interval = Float(1.0, config=True, help="Seconds between two messages of the live stream.")
     call_timeout = Float(10.0, config=True, help="Seconds a call to a cluster may take.")
@@ -67,13 +70,18 @@ class CarmeLabApp(ExtensionApp):
             state_file=self.state_file or None,
         )
         self.settings["carme_lab_service"] = service
+        self.settings["carme_kuberay_service"] = KubeRayService(
+            KubeRayConfig(config=self.config), service, log=self.log)
         self.log.info("carme_lab: serving /%s/ (kernels join: %s)", API,
                       service.book.selected or "an embedded cluster each")
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend((f"{API}/{pattern}", cls) for pattern, cls in HANDLERS)
+        self.handlers.extend((f"{API}/{pattern}", cls) for pattern, cls in HANDLERS + K8S_HANDLERS)
 
     async def stop_extension(self) -> None:
         service: Any = self.settings.get("carme_lab_service")
         if service is not None:
             await service.close(stop_started=self.stop_clusters_on_exit)
+        kuberay: Any = self.settings.get("carme_kuberay_service")
+        if kuberay is not None:
+            await kuberay.close()

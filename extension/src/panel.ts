@@ -9,6 +9,7 @@
 import { Widget } from '@lumino/widgets';
 
 import { bar, bytes, h, s, seconds, shortId, sparkline } from './dom';
+import { KubeRayModel, KubeRaySection } from './kubernetes';
 import {
   CAPABILITY_LABELS,
   ClusterModel,
@@ -49,6 +50,7 @@ export class CarmePanel extends Widget {
       return;
     }
     this.model.changed.disconnect(this._render, this);
+    this._kuberay.dispose();
     super.dispose();
   }
 
@@ -107,6 +109,7 @@ export class CarmePanel extends Widget {
       this._status,
       this._actionError,
       this._body,
+      this._kuberay.node,
       h('div', { class: 'clab-row clab-footer' }, insert, open)
     );
   }
@@ -393,6 +396,8 @@ export class CarmePanel extends Widget {
   private _actionError = h('div', { class: 'clab-action-error', 'data-testid': 'carme-action-error' });
   private _body = h('div', { class: 'clab-body' });
   private _listingSig = '';
+  // RayClusters on Kubernetes (kubernetes.ts); selecting one refreshes the cluster list
+  private _kuberay = new KubeRaySection(new KubeRayModel(() => void this.model.refresh()));
 }
 
 function describe(c: IClusterInfo): string {

@@ -148,8 +148,10 @@ class Lab:
         return (self.tmp / "lab.log").read_text(errors="replace")
 
 
-@pytest.fixture
-def lab(jupyter_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+def make_lab(tmp_path: Path, args: tuple[str, ...] = ()) -> Lab:
+    """A `Lab` (not started) with the panel built and every path under `tmp_path`; skips
+    the test where Chromium, Playwright or JupyterLab is missing. `args` go to jupyter lab;
+    notebooks go into ``tmp_path / "work"``, carme's state into ``tmp_path / "carme-state"``."""
     why = _requirements()
     if why:
         pytest.skip(why)
@@ -166,12 +168,8 @@ def lab(jupyter_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     settings.mkdir()
     (settings / "overrides.json").write_text(json.dumps(LAB_OVERRIDES))
     work = tmp_path / "work"
-    work.mkdir()
-    (work / "tasks.ipynb").write_text(json.dumps(NOTEBOOK))
-    (work / "embedded.ipynb").write_text(json.dumps(EMBEDDED_NOTEBOOK))
-    state = tmp_path / "carme-state"
-    monkeypatch.setenv("CARME_STATE_DIR", str(state))  # this process stops the clusters afterwards
-    env = dict(os.environ, HOME=str(tmp_path), CARME_STATE_DIR=str(state),
+    work.mkdir(exist_ok=True)
+    env = dict(os.environ, HOME=str(tmp_path), CARME_STATE_DIR=str(tmp_path / "carme-state"),
                JUPYTER_CONFIG_DIR=str(config), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
                JUPYTER_PATH=os.pathsep.join([str(share), os.environ.get("JUPYTER_PATH", "")]))
     env.pop("CARME_ADDRESS", None)
@@ -180,8 +178,19 @@ def lab(jupyter_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}", "--allow-root",
            f"--LabApp.app_settings_dir={settings}", f"--LabApp.user_settings_dir={tmp_path / 'user-settings'}",
-           f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"]
-    server = Lab(f"http://127.0.0.1:{port}", token, tmp_path, env, cmd)
+           f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", *args]
+    return Lab(f"http://127.0.0.1:{port}", token, tmp_path, env, cmd)
+
+
+@pytest.fixture
+def lab(jupyter_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tasks.ipynb").write_text(json.dumps(NOTEBOOK))
+    (work / "embedded.ipynb").write_text(json.dumps(EMBEDDED_NOTEBOOK))
+    state = tmp_path / "carme-state"
+    monkeypatch.setenv("CARME_STATE_DIR", str(state))  # this process stops the clusters afterwards
+    server = make_lab(tmp_path)
     server.start()
     try:
         yield server
@@ -239,6 +248,9 @@ def _run_all(page: Any) -> None:
     """
     first_prompt = page.locator(".jp-Notebook .jp-Cell .jp-InputPrompt").first
     for _ in range(2):
+        # on a loaded machine Lab sometimes asks "Select Kernel" for the kernel it has just
+        # started; its default button keeps that kernel
+        _dismiss_dialogs(page)
         page.locator(".jp-Notebook .jp-Cell").first.click()
         page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).first.click()
         page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()

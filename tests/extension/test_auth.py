@@ -19,6 +19,7 @@ from jupyter_server.base.handlers import APIHandler
 from tornado.httpclient import HTTPClientError
 from tornado.routing import PathMatches
 
+from carme_lab._k8s_handlers import K8S_HANDLERS
 from carme_lab.handlers import AUTH_RESOURCE, HANDLERS
 
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -80,7 +81,7 @@ async def probe(serverapp: Any, client: Any, headers: dict[str, str]) -> list[st
 
 def test_every_registered_route_is_a_known_handler(jp_serverapp: Any) -> None:
     routes = carme_routes(jp_serverapp)
-    assert {cls for _, cls in routes} == {cls for _, cls in HANDLERS}
+    assert {cls for _, cls in routes} == {cls for _, cls in HANDLERS + K8S_HANDLERS}
     assert all(implemented(cls) for _, cls in routes)
 
 
