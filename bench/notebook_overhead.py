@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+SETTLE_S = 3.0
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -89,12 +90,18 @@ def main() -> None:
         results: dict[str, dict[str, list[float]]] = {w: {"plain": [], "hooked": []} for w in workloads}
         for r in range(args.rounds):
             for mode in ("plain", "hooked") if r % 2 == 0 else ("hooked", "plain"):
+                time.sleep(SETTLE_S)  # the previous mode's output has reached the driver
                 if mode == "hooked":
                     backend.attach()
                     backend.cell_started({"run": f"round-{r}", "execution_count": r + 1})
                 for name, fn in workloads.items():
                     results[name][mode].append(_rate(n, fn))
                 if mode == "hooked":
+                    # let the routing finish the printing workload's lines first, so
+                    # its state polling is charged to "printing", not the next round
+                    deadline = time.monotonic() + 60
+                    while backend._resolver and backend._resolver.pending() and time.monotonic() < deadline:
+                        time.sleep(0.2)
                     backend._detach()
                     dispatcher.add_handler("ray_print_logs", _ray_printer(worker))
         report = {
