@@ -6,6 +6,11 @@ Python's environment. Jupyter and IPython write only under a temporary
 directory, where the carme kernelspec is installed for the run (`jupyter_dirs`
 in tests/conftest.py), and the leak guard there checks that no process or
 shared-memory segment survives.
+
+Notebooks whose name starts with ``ray-`` use Ray as the engine: they run
+against the session's Ray head (``ray_cluster``, tests/ray_support.py), which
+the kernel joins through ``CARME_ADDRESS=ray:HOST:PORT``, and are skipped where
+Ray is not installed.
 """
 
 from __future__ import annotations
@@ -17,17 +22,33 @@ import pytest
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 FOUND = sorted(NOTEBOOKS.glob("*.ipynb"))
 CELL_TIMEOUT_S = 180
+RAY_CELL_TIMEOUT_S = 420  # Tune and Train start several actors on a 2-CPU head
 
-pytestmark = [pytest.mark.processes, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(1200)]
 
 
 @pytest.mark.parametrize(
     "path",
     [pytest.param(p, id=p.name) for p in FOUND] or [pytest.param(None, id="no-notebooks")],
 )
-def test_notebook_runs_without_error(path: Path | None, jupyter_dirs: Path, tmp_path: Path) -> None:
+def test_notebook_runs_without_error(
+    path: Path | None,
+    jupyter_dirs: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     if path is None:
         pytest.fail(f"no notebooks found in {NOTEBOOKS}: expected at least quickstart.ipynb")
+    timeout = CELL_TIMEOUT_S
+    if path.name.startswith("ray-"):
+        from ray_support import ray_available
+
+        if not ray_available():
+            pytest.skip("Ray is not installed: install the ray extra to run Ray notebooks")
+        head = request.getfixturevalue("ray_cluster")
+        monkeypatch.setenv("CARME_ADDRESS", f"ray:{head.gcs_address}")
+        timeout = RAY_CELL_TIMEOUT_S
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     from nbclient import NotebookClient
@@ -41,7 +62,7 @@ def test_notebook_runs_without_error(path: Path | None, jupyter_dirs: Path, tmp_
     client = NotebookClient(
         nb,
         kernel_name=kernel,
-        timeout=CELL_TIMEOUT_S,
+        timeout=timeout,
         resources={"metadata": {"path": str(tmp_path)}},
     )
     try:

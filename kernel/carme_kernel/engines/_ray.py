@@ -52,8 +52,9 @@ from ._ray_rows import CellWindows, assign_cells, node_rows, timeline_events
 __all__ = ["RayBackend", "version_mismatch_hint", "watch_ray_init"]
 
 LIMIT = 10_000
+JOB_TASKS_LIMIT = 2_000  # the routing poll reads this job's newest tasks only
 HANDLER_NAME = "carme_kernel"
-POLL_S = 0.5
+POLL_S = 1.0
 CANCEL_RETRIES = 15
 CANCEL_RETRY_S = 2.0
 TERMINAL = frozenset({"FINISHED", "FAILED", "CANCELLED"})
@@ -211,7 +212,9 @@ class RayBackend:
         with contextlib.suppress(Exception):
             self._dispatcher().remove_handler(HANDLER_NAME)
         if self._resolver is not None:
-            self._deliver(self._resolver.flush())
+            with self._lock:
+                left = self._resolver.flush()
+            self._deliver(left)
 
     def versions(self) -> dict[str, str]:
         return {"ray": _ray_version(), "python": platform.python_version()}
@@ -289,7 +292,7 @@ class RayBackend:
             address=self._gcs or None,
             filters=[("job_id", "=", self._job_id)],
             detail=True,
-            limit=LIMIT,
+            limit=JOB_TASKS_LIMIT,
             raise_on_missing_output=False,
         )
         return assign_cells([_plain(r) for r in rows], self.windows, self._job_id)

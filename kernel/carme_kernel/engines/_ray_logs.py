@@ -133,7 +133,7 @@ class LogResolver:
                 out.append(Resolved(tag, b.stream, b.text))
                 q.popleft()
             if not q:
-                del self._queues[pid]
+                self._queues.pop(pid, None)
         return out
 
     def flush(self) -> list[Resolved]:
