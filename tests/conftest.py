@@ -28,6 +28,9 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import secrets
+import shutil
+import tempfile
 import threading
 import time
 import warnings
@@ -43,6 +46,31 @@ from ray_support import (
     in_ray_head,
     ray_cluster,  # noqa: F401  (session Ray head for Ray-engine tests)
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give Ray (2.59+ turns token auth on by default) a token file of this run.
+
+    Without it a local ``ray.init()`` of the differential suite writes
+    ``~/.ray/auth_token`` into the user's home; the Ray head fixture exports its own
+    token path while it runs.
+    """
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="carme-tests-ray-"))
+    token = tmp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    config._carme_ray_token_dir = tmp  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    tmp = getattr(config, "_carme_ray_token_dir", None)
+    if tmp is not None:
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        shutil.rmtree(tmp, ignore_errors=True)
+
 
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "carme"
