@@ -169,6 +169,7 @@ class CoreWorker:
         self.current_task: threading.local = threading.local()
         self.actor_context: dict[str, Any] = {}  # actor-wide values for any of its threads
         self._unprotected: set[bytes] = set()
+        self.daemon_lost = False
         from ._actor_submit import ActorSubmitter
         from ._submit import TaskSubmitter
         self.submitter = TaskSubmitter(self)
@@ -283,12 +284,19 @@ class CoreWorker:
         traceback.print_exc()
 
     def _on_daemon_lost(self, e: Exception) -> None:
-        self.running = False
-        with self.lock:
-            reqs, self._requests = self._requests, {}
-        self._answer_failed(list(reqs.values()), ("LocalRayletDiedError", "the carme node daemon died"))
+        """Our node daemon is gone. A worker ends; a driver fails every request and every
+        object still pending with LocalRayletDiedError (nothing could produce them now)
+        and keeps its I/O loop serving its other connections."""
         if self.role == "worker":
             os._exit(1)
+        self.daemon_lost = True
+        with self.lock:
+            reqs, self._requests = self._requests, {}
+            pending = [oid for oid, entry in self.objects.items() if entry.payload is None]
+        self._answer_failed(list(reqs.values()), exc.LocalRayletDiedError())
+        lost = _error_payload(exc.LocalRayletDiedError())
+        for oid in pending:
+            self.set_payload(oid, lost)
 
     def _fail_requests(self, conn: Connection) -> None:
         """Another node's daemon went away: its unanswered requests fail with NodeDiedError."""
@@ -296,7 +304,7 @@ class CoreWorker:
         self._answer_failed([cb for cb in pending if cb is not None],
                             ("NodeDiedError", f"the node at {conn.peer} went away"))
 
-    def _answer_failed(self, callbacks: list, err: tuple) -> None:
+    def _answer_failed(self, callbacks: list, err: Any) -> None:
         for cb in callbacks:
             if isinstance(cb, _Waiter):
                 cb.set(False, err)
@@ -331,6 +339,8 @@ class CoreWorker:
 
     # ------------------------------------------------------------------ daemon requests
     def daemon_send(self, msg: tuple) -> None:
+        if self.daemon_lost:
+            raise exc.LocalRayletDiedError()
         with self.lock:
             decrefs, self._decrefs = self._decrefs, []
             blobs = self._blob_decrefs.pop(None, None)
@@ -366,9 +376,9 @@ class CoreWorker:
             else:
                 conn.meta.setdefault("reqs", set()).add(req)
                 conn.send((kind, req, *args))
-        except ConnectionClosed:
+        except (ConnectionClosed, exc.LocalRayletDiedError):
             self._requests.pop(req, None)
-            raise exc.LocalRayletDiedError("the carme node daemon is gone") from None
+            raise exc.LocalRayletDiedError() from None
         if not w.wait(timeout):
             self._requests.pop(req, None)
             raise exc.GetTimeoutError(f"no answer from the node daemon within {timeout} s")
@@ -381,7 +391,11 @@ class CoreWorker:
         req = next(self._req_ids)
         self._requests[req] = callback
         if conn is None or conn is self.daemon:
-            self.daemon_send((kind, req, *args))
+            try:
+                self.daemon_send((kind, req, *args))
+            except (ConnectionClosed, exc.LocalRayletDiedError):
+                if self._requests.pop(req, None) is not None:
+                    callback(False, exc.LocalRayletDiedError())
         else:
             conn.meta.setdefault("reqs", set()).add(req)
             try:
@@ -674,7 +688,7 @@ class CoreWorker:
                 entry.size = (payload[2] if payload[0] == M.SHARED
                               else len(payload[1]) + sum(len(b) for b in payload[2]))
             waiters, entry.waiters = entry.waiters, []
-            exported = entry.exported and entry.owned
+            exported = entry.exported and entry.owned and not self.daemon_lost
         if exported:
             self.seal_exported(oid, entry)
         for cb in waiters:
