@@ -19,6 +19,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._protocol import Connection, ConnectionClosed, connect
 from ._submit import TaskSpec
+from ._task_tags import TaskTags
 
 
 class ActorState:
@@ -42,7 +43,7 @@ class ActorSubmitter:
         self.core = core
         self.lock = core.lock
         self.actors: dict[bytes, ActorState] = {}
-        self.tags: dict[bytes, Any] = {}
+        self.tags = TaskTags()
         self.ready: set[bytes] = set()
 
     def state(self, actor_id: bytes, class_name: str = "", max_task_retries: int = 0) -> ActorState:
@@ -168,7 +169,6 @@ class ActorSubmitter:
                 _, task_id, payloads, contained, info = msg
                 with self.lock:
                     spec = st.inflight.pop(task_id, None)
-                    self.tags.pop(task_id, None) if False else None
                 if spec is not None:
                     sub.handle_result(spec, payloads, contained, info)
             elif kind == M.ITEM:

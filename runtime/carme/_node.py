@@ -115,7 +115,8 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
                  log_file: str | None = None, cluster: bool = False,
                  head_address: str | None = None, token: bytes | None = None,
                  host: str = "127.0.0.1", labels: dict | None = None,
-                 grpc_port: int = 0) -> tuple[subprocess.Popen, dict, bytes, str, str]:
+                 grpc_port: int = 0, options: dict | None = None,
+                 ) -> tuple[subprocess.Popen, dict, bytes, str, str]:
     """Start a node daemon; return (process, its ready message, token, session dir, node id).
 
     Embedded (standalone=False): its stdin stays a pipe from this process, and it exits
@@ -132,6 +133,8 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
         "object_store_memory": int(object_store_memory or default_store_size()),
         "namespace": namespace, "job_id": job_id, "prestart_workers": prestart,
         "standalone": standalone, "tcp": tcp,
+        # limits (auth_timeout, max_unauthenticated, stall_timeout, max_backlog, max_frame)
+        **(options or {}),
     }
     try:
         return _spawn(config, session_dir, token, node_id, standalone, log_file)

@@ -21,6 +21,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._ids import return_id
 from ._protocol import Connection, ConnectionClosed, connect
+from ._task_tags import TaskTags
 
 PIPELINE = 32
 SHORT_TASK = 0.002
@@ -149,7 +150,7 @@ class TaskSubmitter:
         self.lock = core.lock
         self.queues: dict[Any, SchedQueue] = {}
         self.tasks: dict[bytes, TaskSpec] = {}
-        self.tags: dict[bytes, Any] = {}
+        self.tags = TaskTags()
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec: TaskSpec) -> None:
@@ -395,6 +396,8 @@ class TaskSubmitter:
         spec.done = True
         with self.lock:
             self.tasks.pop(spec.task_id, None)
+            self.tags.finished(spec.task_id)
+            self.core.actor_submitter.tags.finished(spec.task_id)
         if spec.stream is not None:
             if payloads and payloads[0][3]:
                 # an error before or during generation: it is the next item
