@@ -6,8 +6,8 @@ the control socketpair of every worker it forked, the pipes carrying the workers
 file-descriptor output, and its stdin. In the embedded cluster stdin is a pipe from the
 driver: end-of-file there (or the driver's process going away, seen as a new parent)
 means the driver is gone, and the daemon kills its workers, unlinks its shared memory
-and socket directory, and exits. It runs in a session of its own, so a kill of the
-driver's process group (a forced Jupyter kernel restart) does not take it down before
+and socket directory, and exits. It runs in a process group of its own, so a kill of
+the driver's process group (a forced Jupyter kernel restart) does not take it down before
 it has cleaned up; its zygote removes the same files if the daemon itself is killed.
 
 Every message is decoded at the boundary into its typed form (`_messages.decode`):
@@ -55,7 +55,8 @@ from ._store import Arena, ArenaFull, create_store_file, store_path
 _PR_SET_PDEATHSIG = 1
 AUTH_TIMEOUT = 5.0          # seconds a new connection has to present the token
 MAX_UNAUTHENTICATED = 64    # connections waiting to authenticate at one time
-STALL_TIMEOUT = 60.0        # seconds a peer may leave our output unread before it is dropped
+STALL_TIMEOUT = 300.0       # seconds a peer may leave our output unread before it is dropped
+LOG_BACKLOG = 8 << 20       # a driver with this much unread output gets no more worker output
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
@@ -475,6 +476,10 @@ class NodeDaemon:
         text = data.decode("utf-8", "replace")
         label = {"actor": w.actor_id.hex() if w.actor_id else None, "pid": w.pid}
         for d in list(self.drivers):
+            if d.backlog > LOG_BACKLOG:
+                # a driver that does not read loses output rather than its connection
+                d.meta["dropped_output"] = d.meta.get("dropped_output", 0) + len(data)
+                continue
             self.send(d, (M.LOG, None, stream, text, label))
 
     def on_worker_ready(self, conn: Connection, msg: M.WorkerReady) -> None:
@@ -530,15 +535,12 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ hello / functions
     def on_hello(self, conn: Connection, msg: M.Hello) -> None:
-        if conn.meta.get("role") == "worker":
-            holder = conn.meta["holder"]  # a worker's control connection keeps its identity
-        else:
+        if conn.meta.get("role") != "worker":  # a worker's control connection keeps its identity
             conn.meta["role"] = msg.role
             conn.meta["pid"] = msg.pid
-            holder = conn.meta["holder"] = msg.info.get("worker_id") or f"conn-{id(conn)}"
+            conn.meta["holder"] = msg.info.get("worker_id") or f"conn-{id(conn)}"
             if msg.role == "driver" and conn not in self.drivers:
                 self.drivers.append(conn)
-        del holder
         self.reply(conn, msg.req, True, {
             "node_id": self.node_id, "store_file": self.store_file, "job_id": self.job_id,
             "resources": self.resources, "session_dir": self.session_dir,
@@ -1295,6 +1297,15 @@ class NodeDaemon:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver's Ctrl-C is not ours
+    # A process group of our own: Jupyter restarts a kernel by killing the kernel's whole
+    # process group, and the embedded daemon must outlive that kill to notice its driver
+    # is gone and clean up. Not a session of our own: the kernel's CPU scheduler groups
+    # processes by session (autogroup), and a driver and its workers in different groups
+    # answer each other markedly slower. In a background group, writing to a terminal
+    # with `tostop` set would stop us: SIGTTOU is ignored (our children inherit that).
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    if os.getpgid(0) != os.getpid():
+        os.setpgid(0, 0)
     config = json.loads(sys.stdin.readline())
     # No parent-death signal for the embedded daemon: the kernel sends it when the
     # *thread* that started us ends (carme.init() from a thread that then returns), not

@@ -30,6 +30,11 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
+from ._events import _ATTRS as _EVENT_ATTRS
+from ._events import STATES as EVENT_STATES
+
+_EVENT_STATES = frozenset(EVENT_STATES)
+
 REPLY = 0
 HELLO = 1
 LEASE = 2
@@ -135,28 +140,39 @@ def check_payload(kind: str, payload: Any) -> None:
 
 
 def check_event(ev: Any) -> tuple[str, str, float, dict]:
-    """A task event (task_id hex, state, timestamp, attrs) as recorded by `TaskEventLog`."""
-    from ._events import _ATTRS, STATES
-    if not isinstance(ev, (tuple, list)) or len(ev) not in (3, 4):
+    """A task event (task_id hex, state, timestamp, attrs) as recorded by `TaskEventLog`.
+    (On the daemon's hot path: the common case is a handful of type checks.)"""
+    n = len(ev) if type(ev) in (tuple, list) else 0
+    if n == 4:
+        task_id, state, ts, attrs = ev
+        if attrs is None:
+            attrs = {}
+    elif n == 3:
+        task_id, state, ts = ev
+        attrs = {}
+    else:
         raise BadMessage(f"a task event must be (task_id, state, timestamp[, attrs]), not {_short(ev)}")
-    task_id, state, ts = ev[0], ev[1], ev[2]
-    attrs = ev[3] if len(ev) == 4 and ev[3] is not None else {}
-    if not isinstance(task_id, str) or not task_id:
+    if type(task_id) is not str or not task_id:
         raise BadMessage(f"a task event's task_id must be a non-empty string, not {_short(task_id)}")
-    if state not in STATES:
-        raise BadMessage(f"a task event's state must be one of {', '.join(STATES)}, not {_short(state)}")
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-        raise BadMessage(f"a task event's timestamp must be a finite number of seconds, not {_short(ts)}")
-    if not isinstance(attrs, dict):
+    if state not in _EVENT_STATES:
+        raise BadMessage(f"a task event's state must be one of {', '.join(EVENT_STATES)}, not {_short(state)}")
+    if type(ts) is not float:
+        if type(ts) is not int:
+            raise BadMessage(f"a task event's timestamp must be a number of seconds, not {_short(ts)}")
+        ts = float(ts)
+    if ts - ts != 0.0:  # inf or nan
+        raise BadMessage(f"a task event's timestamp must be a finite number of seconds, not {ts!r}")
+    if type(attrs) is not dict:
         raise BadMessage(f"a task event's attributes must be a dict, not {_short(attrs)}")
-    unknown = set(attrs) - _ATTRS
-    if unknown:
-        raise BadMessage(f"a task event has unknown attributes {sorted(map(str, unknown))}; "
-                         f"expected some of {', '.join(sorted(_ATTRS))}")
-    attempt = attrs.get("attempt")
-    if attempt is not None and (type(attempt) is not int or attempt < 0):
-        raise BadMessage(f"a task event's attempt must be a non-negative integer, not {_short(attempt)}")
-    return task_id, state, float(ts), attrs
+    if attrs:
+        if not attrs.keys() <= _EVENT_ATTRS:
+            unknown = sorted(map(str, set(attrs) - _EVENT_ATTRS))
+            raise BadMessage(f"a task event has unknown attributes {unknown}; "
+                             f"expected some of {', '.join(sorted(_EVENT_ATTRS))}")
+        attempt = attrs.get("attempt")
+        if attempt is not None and (type(attempt) is not int or attempt < 0):
+            raise BadMessage(f"a task event's attempt must be a non-negative integer, not {_short(attempt)}")
+    return task_id, state, ts, attrs
 
 
 def check_events(events: Any) -> list[tuple[str, str, float, dict]]:

@@ -148,12 +148,11 @@ def _spawn(config: dict, session_dir: str, token: bytes, node_id: str, standalon
            log_file: str | None) -> tuple[subprocess.Popen, dict, bytes, str, str]:
     from ._store import store_path
     stderr = open(log_file or os.path.join(session_dir, "daemon.log"), "ab") if standalone else None
-    # A session of its own in every case: Jupyter restarts a kernel by killing the
-    # kernel's whole process group, and the embedded daemon must outlive that kill to
-    # notice its driver is gone (end of stdin) and clean up.
+    # Standalone: a session of its own. Embedded: the daemon moves itself into a process
+    # group of its own (see `_daemon.main`), staying in the driver's session.
     proc = subprocess.Popen([sys.executable, "-m", "carme._daemon"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=stderr, close_fds=True,
-                            start_new_session=True)
+                            start_new_session=standalone)
     if stderr is not None:
         stderr.close()
     assert proc.stdin is not None and proc.stdout is not None
