@@ -57,6 +57,10 @@ class ActorSubmitter:
         core = self.core
         assert spec.actor_id is not None
         st = self.state(spec.actor_id, class_name, max_task_retries)
+        if st.status == "unresolved":
+            # learn where the head is here, on the caller's thread: the I/O thread that
+            # resolves the actor later cannot wait for a reply it must read itself
+            core.control()
         spec.retries_left = spec.max_task_retries if spec.max_task_retries is not None else st.max_task_retries
         with self.lock:
             self.tags[spec.task_id] = (spec.tag, spec.name)

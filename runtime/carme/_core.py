@@ -76,7 +76,8 @@ class RefTable:
 
 class LocalObject:
     __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
-                 "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy")
+                 "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
+                 "sealing", "orphan")
 
     def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
         self.payload = payload          # None while pending
@@ -93,6 +94,8 @@ class LocalObject:
         self.task_name = ""
         self.home: str | None = None    # the node whose daemon has our hold (None: ours)
         self.copy = False               # we hold a local copy pulled from another node
+        self.sealing = False            # its value is being handed to the daemon
+        self.orphan = False             # no local reference left: let go once sealed
 
 
 class _Waiter:
@@ -355,8 +358,9 @@ class CoreWorker:
     def control(self) -> Connection:
         """Where actors' names and placement groups live: the head's daemon in a cluster
         (this node's daemon in the embedded cluster, or on the head node)."""
-        if "head_node" not in self.info:
-            # a worker learns where the head is from its daemon (once the view names it)
+        if "head_node" not in self.info and threading.current_thread() is not self._io:
+            # a worker learns where the head is from its daemon (once the view names it);
+            # never from the I/O thread, which must stay free to read that very reply
             hello = self.request(M.HELLO, self.role, os.getpid(), {"worker_id": self.worker_id})
             if hello.get("head_node"):
                 self.info.update(head_node=hello["head_node"], head_address=hello["head_address"])
@@ -467,6 +471,12 @@ class CoreWorker:
                 return
             if self.refs.counts.get(oid):
                 return  # re-referenced meanwhile
+            if entry.owned and entry.exported and (entry.payload is None or entry.sealing):
+                # a reference left this process (nested in an argument or a return value)
+                # while the value is still coming: the daemon only learns the value from
+                # us, so keep the entry until it is sealed there (set_payload lets go)
+                entry.orphan = True
+                return
             del self.objects[oid]
             if entry.held:
                 self.release_holds([oid], entry.home)
@@ -689,8 +699,14 @@ class CoreWorker:
                               else len(payload[1]) + sum(len(b) for b in payload[2]))
             waiters, entry.waiters = entry.waiters, []
             exported = entry.exported and entry.owned and not self.daemon_lost
+            entry.sealing = exported
         if exported:
             self.seal_exported(oid, entry)
+            with self.lock:
+                entry.sealing = False
+                orphan = entry.orphan
+            if orphan:
+                self._on_ref_zero(oid)
         for cb in waiters:
             try:
                 cb()

@@ -715,14 +715,12 @@ class NodeDaemon:
     # ------------------------------------------------------------------ objects
     def on_alloc(self, conn: Connection, msg: M.Alloc) -> None:
         # the entry starts pending with one hold: the creator's, or for a task return
-        # the submitter's (the worker names it)
+        # the submitter's (the worker names it); a return its owner already exported
+        # while pending keeps its entry (holds, waiters)
         try:
             off = self.table.alloc(msg.oid, msg.size, msg.owner_pid, msg.holder or conn.meta["holder"])
         except ArenaFull as e:
             self.fail(conn, msg.req, exc.ObjectStoreFullError(str(e)))
-            return
-        except ValueError as e:
-            self.fail(conn, msg.req, e)
             return
         self.reply(conn, msg.req, True, off)
 

@@ -55,7 +55,8 @@ class ObjEntry:
     created: float = field(default_factory=time.time)
     size: int = 0
     type_name: str = ""
-    secondary: int | None = None  # arena block reserved for a pull in progress
+    secondary: int | None = None  # arena block reserved for a value being written or pulled
+    stale: list[int] = field(default_factory=list)  # blocks of earlier attempts, freed with the entry
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
 
 
@@ -158,12 +159,20 @@ class ObjectTable:
                 self.unhold(self.cached.pop(0), "cache")
 
     def alloc(self, oid: bytes, size: int, owner_pid: int, holder: str) -> int:
-        """A pending entry with one hold (the creator's, or for a task return the
-        submitter's) and its block in the store. Raises ArenaFull."""
-        if oid in self.objects:
-            raise ValueError(f"object {oid.hex()} already exists on this node")
+        """A block in the store for an object's value, and a hold of `holder` (the
+        creator's, or for a task return the submitter's). A new object starts pending; a
+        task return its owner already exported while pending keeps its entry (holds,
+        waiters); a block an earlier attempt took and never sealed stays reserved until
+        the entry goes (its writer may still be at it). Raises ArenaFull."""
         off = self.allocate(size)
-        e = self.objects[oid] = ObjEntry(None, owner_pid=owner_pid, size=size)
+        e = self.objects.get(oid)
+        if e is None:
+            e = self.objects[oid] = ObjEntry(None, owner_pid=owner_pid, size=size)
+        else:
+            if e.secondary is not None:
+                e.stale.append(e.secondary)
+            if e.payload is None:
+                e.size = size
         e.secondary = off  # until sealed, the block belongs to the entry
         e.log.append(f"allocated {size} bytes at {off} for {holder}")
         self.hold(oid, holder)
@@ -174,8 +183,8 @@ class ObjectTable:
         """A process tells the node about an object (and maybe its value). Checks that a
         local shared-memory payload names a block this node handed out for it."""
         e = self.objects.get(oid)
-        if (payload is not None and payload[0] == M.SHARED and self.is_local(payload)
-                and (e is None or e.payload is None)):
+        local_shared = payload is not None and payload[0] == M.SHARED and self.is_local(payload)
+        if payload is not None and local_shared and (e is None or e.payload is None or e.secondary is not None):
             block = e.secondary if e is not None else None
             if block != payload[1] or not self.arena.owns(payload[1], payload[2]):
                 raise M.BadMessage(
@@ -200,6 +209,11 @@ class ObjectTable:
             e.log.append("sealed")
             waiters, e.waiters = e.waiters, []
             out += [Answer(c, r, True, payload) for c, r in waiters]
+        elif local_shared and e.secondary is not None:
+            # a second value for a sealed object (a retried task): the first one stays
+            self.arena.free(e.secondary)
+            e.secondary = None
+            e.log.append("duplicate value dropped")
         if e.count <= 0 and payload is not None:
             out += self.free(oid)
         return out
@@ -237,8 +251,8 @@ class ObjectTable:
                     del self.holds_by[h]
         if e.payload is not None and e.payload[0] == M.SHARED and self.is_local(e.payload):
             self.arena.free(e.payload[1])
-        elif e.payload is None and e.secondary is not None:
-            self.arena.free(e.secondary)
+        for block in ([e.secondary] if e.secondary is not None else []) + e.stale:
+            self.arena.free(block)
         e.log.append("freed")
         self.freed[oid] = list(e.log)
         while len(self.freed) > FREED_KEPT:

@@ -104,10 +104,17 @@ class ObjectRefGenerator:
 
     async def __anext__(self) -> ObjectRef:
         loop = asyncio.get_running_loop()
+        # StopIteration cannot cross a Future: the executor hands back None at the end
+        ref = await loop.run_in_executor(None, self._next_or_none)
+        if ref is None:
+            raise StopAsyncIteration
+        return ref
+
+    def _next_or_none(self) -> ObjectRef | None:
         try:
-            return await loop.run_in_executor(None, self._state.next, None)
+            return self._state.next(timeout=None)  # type: ignore[no-any-return]
         except StopIteration:
-            raise StopAsyncIteration from None
+            return None
 
     def completed(self) -> ObjectRef:
         return self._state.completed_ref

@@ -68,10 +68,29 @@ def _strategy(core: Any, opts: dict) -> Any:
         opts.get("scheduling_strategy"),
         placement_group=opts.get("placement_group", "default"),
         placement_group_bundle_index=opts.get("placement_group_bundle_index", -1),
-        current_placement_group_id=getattr(core.current_task, "pg_id", None),
-        capture_child_tasks=bool(getattr(core.current_task, "pg_capture", False)),
+        current_placement_group_id=core.task_attr("pg_id"),
+        capture_child_tasks=bool(core.task_attr("pg_capture")),
         label_selector=opts.get("label_selector"),
     )
+
+
+def _pg_capture(core: Any, opts: dict, strategy: Any) -> bool:
+    """Whether the task's own children go into its placement group (Ray's
+    placement_group_capture_child_tasks; a captured child captures its children too)."""
+    from ._scheduler import BundleStrategy
+    from .util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    if not isinstance(strategy, BundleStrategy):
+        return False
+    s = opts.get("scheduling_strategy")
+    if isinstance(s, PlacementGroupSchedulingStrategy):
+        flag = s.placement_group_capture_child_tasks
+    elif opts.get("placement_group") not in (None, "default"):
+        flag = opts.get("placement_group_capture_child_tasks")
+    else:
+        flag = None  # inherited from the caller's group: its capture carries on
+    if flag is None:
+        return bool(core.task_attr("pg_capture"))
+    return bool(flag)
 
 
 def _merge_env(core: Any, env: dict | None) -> dict | None:
@@ -131,6 +150,7 @@ class RemoteFunction:
         self._options = validate_task_options(options, where=self._where)
         self._key: bytes | None = None
         self._blob: bytes | None = None
+        self._captured: list = []
         self.__name__ = getattr(fn, "__name__", "function")
         self.__qualname__ = self._name
         self.__doc__ = fn.__doc__
@@ -152,11 +172,15 @@ class RemoteFunction:
         core = _core()
         if self._key is None:
             try:
-                blob = dumps_function(self._function)
+                blob, captured = dumps_function(self._function)
             except Exception as e:  # noqa: BLE001
                 raise TypeError(f"Could not serialize the function {self._name!r}: {type(e).__name__}: {e}. "
                                 "Does it capture something unpicklable (a lock, a socket, a client) from "
                                 "its enclosing scope? Create that inside the function instead.") from e
+            # refs captured in its closure or globals: known to the node, and pinned
+            # while this function lives (as in Ray: for the job, in practice)
+            _pin_captured(core, captured)
+            self._captured = captured
             self._blob = blob
             self._key = hashlib.sha1(blob).digest()
         spec = TaskSpec()
@@ -177,6 +201,7 @@ class RemoteFunction:
         spec.max_calls = opts.get("max_calls") or 0
         spec.shape = resource_shape(opts, is_actor=False)
         spec.strategy = _strategy(core, opts)
+        spec.pg_capture = _pg_capture(core, opts, spec.strategy)
         spec.runtime_env = _merge_env(core, opts.get("runtime_env"))
         spec.queue_key = (tuple(sorted(spec.shape.items())), repr(spec.strategy),
                           repr(spec.runtime_env) if spec.runtime_env else "")
@@ -222,6 +247,7 @@ class ActorClass:
         self._where = f"@carme.remote class {self._name!r}"
         self._options = validate_actor_options(options, where=self._where)
         self._blob: bytes | None = None
+        self._captured: list = []
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -255,9 +281,12 @@ class ActorClass:
         core = _core()
         if self._blob is None:
             try:
-                self._blob = dumps_function(self._cls)
+                blob, captured = dumps_function(self._cls)
             except Exception as e:  # noqa: BLE001
                 raise TypeError(f"Could not serialize the actor class {self._name!r}: {type(e).__name__}: {e}") from e
+            _pin_captured(core, captured)
+            self._captured = captured
+            self._blob = blob
         name = opts.get("name")
         namespace = opts.get("namespace") or core.namespace
         if name and opts.get("get_if_exists"):
@@ -271,6 +300,7 @@ class ActorClass:
             _wait_refs(core, arg_refs)
         resolved = [(r._id, core.payload_of(r._id)) for r in arg_refs]
         running = resource_shape(opts, is_actor=True)
+        strategy = _strategy(core, opts)
         conc = opts.get("max_concurrency")
         if conc is None:
             conc = 1000 if self._is_async else 1
@@ -283,7 +313,8 @@ class ActorClass:
             "max_task_retries": opts.get("max_task_retries", 0),
             "max_concurrency": conc, "is_async": self._is_async, "methods": self._methods,
             "placement_shape": actor_scheduling_shape(opts), "running_shape": running,
-            "hold_resources": bool(running), "strategy": _strategy(core, opts),
+            "hold_resources": bool(running), "strategy": strategy,
+            "pg_capture": _pg_capture(core, opts, strategy),
             "runtime_env": _merge_env(core, opts.get("runtime_env")), "tag": _tag(core),
         }
         try:
@@ -303,6 +334,13 @@ class ActorClass:
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("carme does not support Ray DAGs (.bind) yet; use .remote()")
+
+
+def _pin_captured(core: Any, captured: list) -> None:
+    """ObjectRefs a function or class captures travel inside its pickled definition:
+    export them so the workers that load it can borrow them."""
+    if captured:
+        core.export(captured)
 
 
 def _wait_refs(core: Any, refs: list) -> None:

@@ -70,8 +70,16 @@ def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list]:
     return data, buffers, contained
 
 
-def dumps_function(fn: Any) -> bytes:
-    return cloudpickle.dumps(fn, 5)
+def dumps_function(fn: Any) -> tuple[bytes, list]:
+    """Pickle a remote function or actor class by value; return (blob, the ObjectRefs it
+    captures in its closure or globals), so the caller can keep those objects alive."""
+    prev = CTX.contained
+    contained: list = []
+    CTX.contained = contained
+    try:
+        return cloudpickle.dumps(fn, 5), contained
+    finally:
+        CTX.contained = prev
 
 
 def loads(data: Any, buffers: list | None = None) -> tuple[Any, list]:

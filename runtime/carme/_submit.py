@@ -70,6 +70,7 @@ class TaskSpec:
         self.done = False
         self.stream: StreamState | None = None
         self.keep: list = []
+        self.pg_capture = False  # its children go into its placement group
 
 
 class StreamState:
@@ -305,7 +306,8 @@ class TaskSubmitter:
             lease.conn.send((M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
                              resolved, spec.num_returns, spec.streaming, spec.name, lease.lease_id,
                              lease.gpu_ids, spec.attempt, spec.shape,
-                             getattr(spec.strategy, "pg_id", None), spec.max_calls))
+                             getattr(spec.strategy, "pg_id", None), spec.max_calls,
+                             spec.pg_capture))
         except ConnectionClosed:
             pass  # the reader sees the close and retries the in-flight tasks
 

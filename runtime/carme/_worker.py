@@ -198,14 +198,18 @@ class Executor:
         if fn is None:
             if blob is None:
                 raise exc.RaySystemError("the task's function was not sent to this worker")
-            fn = self.functions[key] = loads(blob)[0]
+            fn, captured = loads(blob)
+            if captured:
+                self.core.borrow(captured)  # refs in its closure or globals
+            self.functions[key] = fn
         return fn
 
     def run_task(self, conn: Connection, msg: tuple) -> None:
         (_, task_id, fn_key, fn_blob, args, ref_pos, resolved, num_returns, streaming, name,
-         lease_id, gpu_ids, attempt, shape, pg_id, max_calls) = msg
+         lease_id, gpu_ids, attempt, shape, pg_id, max_calls, pg_capture) = msg
         self.core.current_task.resources = shape
         self.core.current_task.pg_id = pg_id
+        self.core.current_task.pg_capture = pg_capture
         ctx = TaskContext(task_id, conn, name, lease_id, gpu_ids, f"{name} pid={self.pid}")
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
@@ -329,16 +333,20 @@ class Executor:
         core.current_task.resources = spec.get("running_shape") or {}
         core.current_task.restarts = restarts
         core.current_task.pg_id = getattr(spec.get("strategy"), "pg_id", None)
+        core.current_task.pg_capture = bool(spec.get("pg_capture"))
         core.actor_context.update(actor_id=actor_id, gpu_ids=gpu_ids, restarts=restarts,
                                   resources=core.current_task.resources,
-                                  pg_id=core.current_task.pg_id)
+                                  pg_id=core.current_task.pg_id,
+                                  pg_capture=core.current_task.pg_capture)
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         ctx = TaskContext(actor_id, spec.get("owner_conn"), f"{self.actor_name}.__init__", None,
                           gpu_ids, f"{self.actor_name} pid={self.pid}", actor_id)
         token = CURRENT.set(ctx)
         try:
-            cls = loads(spec["class_blob"])[0]
+            cls, captured = loads(spec["class_blob"])
+            if captured:
+                core.borrow(captured)  # refs in its closure or globals
             a, kw = self.build_args(spec["args"], spec["ref_pos"], spec["resolved"])
             self.actor = cls.__new__(cls)
             self.actor.__init__(*a, **kw)

@@ -238,3 +238,24 @@ def test_task_tags_are_bounded_by_the_tasks_in_flight():
     assert len(tags.live) == 0 and len(tags) == 10
     assert tags.get((999).to_bytes(16, "big")) == ("cell", "f")  # late output still routed
     assert tags.get((0).to_bytes(16, "big")) is None
+
+
+def test_a_return_exported_while_pending_keeps_its_holds_and_waiters_when_allocated():
+    t = _table()
+    t.export(A, None, [], 1, "", "owner", 1)  # the owner passed the pending ref on
+    t.get("reader", 1, A)
+    off = t.alloc(A, 500, 2, "owner")  # the worker writes the value
+    (answer,) = t.export(A, (M.SHARED, off, 500, False, NODE), [], 0, "bytes", "worker", 2)
+    assert answer.client == "reader" and answer.ok
+    assert t.get_entry(A).holders == {"owner": 1}  # type: ignore[union-attr]
+
+
+def test_a_retried_task_s_second_value_is_dropped_and_every_block_returns():
+    t = _table()
+    first = t.alloc(A, 500, 2, "owner")
+    t.export(A, (M.SHARED, first, 500, False, NODE), [], 0, "", "w1", 2)
+    second = t.alloc(A, 500, 3, "owner")  # a retry writes it again
+    t.export(A, (M.SHARED, second, 500, False, NODE), [], 0, "", "w2", 3)
+    assert t.get_entry(A).payload[1] == first  # type: ignore[union-attr]
+    t.release_holder("owner")
+    assert t.arena.used_bytes == 0
