@@ -47,6 +47,7 @@ from typing import Any
 from . import _messages as M
 from . import exceptions as exc
 from ._events import TaskEventLog
+from ._node_actors import ActorDirectory, ActorRec
 from ._node_objects import Answer, ObjectTable
 from ._protocol import AuthenticationError, Connection, ConnectionClosed, listen
 from ._scheduler import ClusterScheduler, Grant, Infeasible, LeaseRequest
@@ -82,22 +83,6 @@ class WorkerRec:
     started: float = field(default_factory=time.time)
 
 
-@dataclass
-class ActorRec:
-    actor_id: bytes
-    spec: dict
-    owner: Connection | None
-    state: str = "PENDING_CREATION"  # ALIVE, RESTARTING, DEAD
-    worker: WorkerRec | None = None
-    lease_id: str | None = None
-    restarts: int = 0
-    no_restart: bool = False
-    death: tuple | None = None  # (error class name, message)
-    waiters: list[tuple[Connection, int]] = field(default_factory=list)
-    creator: tuple[Connection, int] | None = None
-    remote_node: str | None = None  # placed on another node: it runs and restarts it there
-
-
 def _as_error(value: Any) -> BaseException:
     """A failure value as an exception instance (peers may still send (name, message))."""
     if isinstance(value, BaseException):
@@ -112,11 +97,6 @@ def _as_error(value: Any) -> BaseException:
         if value[0] == "ValueError":
             return ValueError(value[1])
     return exc.RaySystemError(str(value))
-
-
-def _death(err: BaseException) -> tuple:
-    """The (class name, message) form of an actor's death that callers rebuild."""
-    return (type(err).__name__, str(err.args[0]) if err.args else str(err))
 
 
 class NodeDaemon:
@@ -146,8 +126,8 @@ class NodeDaemon:
         self.idle: dict[str, list[WorkerRec]] = {}
         self.leases: dict[str, tuple[WorkerRec | None, Connection, int]] = {}
         self.pending_leases: dict[str, tuple[Connection, int, str, dict]] = {}
-        self.actors: dict[bytes, ActorRec] = {}
-        self.names: dict[tuple[str, str], bytes] = {}
+        self.directory = ActorDirectory(self.namespace)
+        self.actors = self.directory.actors  # (the same dict: records by actor id)
         self.pg_waiters: dict[str, list[tuple[Connection, int]]] = {}
         self.events = TaskEventLog()
         from ._metrics import GpuMonitor
@@ -430,10 +410,9 @@ class NodeDaemon:
             if pconn is conn:
                 self.scheduler.cancel(req_id)
                 del self.pending_leases[req_id]
-        for actor in list(self.actors.values()):
-            if actor.owner is conn and actor.spec.get("lifetime") != "detached" and actor.state != "DEAD":
-                actor.no_restart = True
-                self.kill_actor(actor, "the actor's owner exited")
+        for actor in self.directory.owned_by(conn):
+            actor.no_restart = True
+            self.kill_actor(actor, "the actor's owner exited")
 
     # ------------------------------------------------------------------ workers
     def spawn_worker(self, env_key: str) -> WorkerRec:
@@ -754,28 +733,20 @@ class NodeDaemon:
     # ------------------------------------------------------------------ actors
     def on_create_actor(self, conn: Connection, msg: M.CreateActor) -> None:
         req, actor_id, spec = msg.req, msg.actor_id, dict(msg.spec)
-        if actor_id in self.actors:
-            self.fail(conn, req, ValueError(f"actor {actor_id.hex()} already exists on this node"))
-            return
-        name = spec.get("name")
-        if name:
-            key = (spec.get("namespace") or self.namespace, name)
-            existing = self.names.get(key)
-            if existing is not None and self.actors[existing].state != "DEAD":
-                if spec.get("get_if_exists"):
-                    self.reply(conn, req, True, {"actor_id": existing, "existing": True,
-                                                 "spec": self.public_spec(self.actors[existing])})
-                else:
-                    self.fail(conn, req, exc.ActorAlreadyExistsError(f"The name {name!r} (namespace {key[0]!r}) is already taken by another actor. Use get_if_exists=True to reuse it, or choose another name."))
-                return
-            self.names[key] = actor_id
         try:
             spec["env_key"] = self.env_key_for(spec.get("runtime_env"))
         except OSError as e:
             self.fail(conn, req, exc.RuntimeEnvSetupError(str(e)))
             return
-        actor = ActorRec(actor_id, spec, conn)
-        self.actors[actor_id] = actor
+        try:
+            actor, existing = self.directory.create(actor_id, spec, conn)
+        except ValueError as e:  # ActorAlreadyExistsError is one
+            self.fail(conn, req, e)
+            return
+        if existing:
+            self.reply(conn, req, True, {"actor_id": actor.actor_id, "existing": True,
+                                         "spec": self.public_spec(actor)})
+            return
         self.reply(conn, req, True, {"actor_id": actor_id, "existing": False})
         self.schedule_actor(actor)
 
@@ -926,11 +897,12 @@ class NodeDaemon:
     def on_actor_info(self, conn: Connection, msg: M.ActorInfo) -> None:
         req, actor_id, name, namespace, wait = msg.req, msg.actor_id, msg.name, msg.namespace, msg.wait
         if actor_id is None:
-            actor_id = self.names.get((namespace or self.namespace, name or ""))
-            if actor_id is None or self.actors[actor_id].state == "DEAD":
-                self.fail(conn, req, ValueError(f"Failed to look up actor with name {name!r} in namespace {namespace or self.namespace!r}: no live actor has that name. Create it with .options(name=...) first."))
+            try:
+                actor_id = self.directory.lookup(name or "", namespace).actor_id
+            except ValueError as e:
+                self.fail(conn, req, e)
                 return
-        actor = self.actors.get(actor_id)
+        actor = self.directory.get(actor_id)
         if actor is None:
             self.fail(conn, req, ValueError(f"unknown actor {actor_id.hex()}"))
             return
@@ -940,14 +912,7 @@ class NodeDaemon:
         self.reply(conn, req, True, self.actor_info(actor))
 
     def on_named_actors(self, conn: Connection, msg: M.NamedActors) -> None:
-        req, all_namespaces, namespace = msg.req, msg.all_namespaces, msg.namespace
-        out: list[Any] = []
-        for (ns, name), aid in self.names.items():
-            if self.actors[aid].state == "DEAD":
-                continue
-            if all_namespaces or ns == (namespace or self.namespace):
-                out.append({"name": name, "namespace": ns} if all_namespaces else name)
-        self.reply(conn, req, True, out)
+        self.reply(conn, msg.req, True, self.directory.named(msg.all_namespaces, msg.namespace))
 
     def on_kill_actor(self, conn: Connection, msg: M.KillActor) -> None:
         actor = self.actors.get(msg.actor_id)
@@ -970,32 +935,23 @@ class NodeDaemon:
             self.kill_pid(actor.worker.pid)
 
     def on_actor_worker_died(self, actor: ActorRec) -> None:
-        actor.worker = None
-        if actor.lease_id:
-            self.leases.pop(actor.lease_id, None)
-            self.scheduler.release(actor.lease_id)
-            actor.lease_id = None
-        max_restarts = actor.spec.get("max_restarts", 0)
-        reason = actor.spec.get("kill_reason") or "the actor's worker process died unexpectedly"
-        if actor.state == "DEAD":
-            return
-        if not actor.no_restart and (max_restarts == -1 or actor.restarts < max_restarts):
-            actor.restarts += 1
-            actor.state = "RESTARTING"
-            actor.spec.pop("kill_reason", None)
+        self.release_actor_lease(actor)
+        reason = self.directory.death_reason(actor)
+        decision = self.directory.worker_died(actor)
+        if decision == "restart":
             self.schedule_actor(actor)
-        else:
+        elif decision == "dead":
             self.actor_dead(actor, exc.ActorDiedError(reason))
 
-    def actor_dead(self, actor: ActorRec, error: BaseException) -> None:
-        actor.state = "DEAD"
-        actor.death = _death(error)
+    def release_actor_lease(self, actor: ActorRec) -> None:
         if actor.lease_id:
             self.leases.pop(actor.lease_id, None)
             self.scheduler.release(actor.lease_id)
             actor.lease_id = None
-        waiters, actor.waiters = actor.waiters, []
-        for wconn, wreq in waiters:
+
+    def actor_dead(self, actor: ActorRec, error: BaseException) -> None:
+        self.release_actor_lease(actor)
+        for wconn, wreq in self.directory.dead(actor, error):
             self.reply(wconn, wreq, True, self.actor_info(actor))
 
     # ------------------------------------------------------------------ placement groups
@@ -1238,8 +1194,7 @@ class NodeDaemon:
         for a in self.actors.values():
             if a.remote_node is not None and a.state != "DEAD":
                 continue  # its node lists it
-            name_ns = next(((ns, n) for (ns, n), aid in self.names.items() if aid == a.actor_id),
-                           (a.spec.get("namespace") or self.namespace, a.spec.get("display_name") or ""))
+            name_ns = self.directory.name_of(a)
             out.append({"actor_id": a.actor_id.hex(), "class_name": a.spec["class_name"],
                         "state": a.state, "job_id": self.job_id, "name": name_ns[1],
                         "ray_namespace": name_ns[0], "namespace": name_ns[0],
