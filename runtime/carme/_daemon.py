@@ -30,7 +30,6 @@ It never sits on the per-task path: drivers push tasks straight to leased worker
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import json
 import os
@@ -41,7 +40,6 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import _messages as M
@@ -49,38 +47,15 @@ from . import exceptions as exc
 from ._events import TaskEventLog
 from ._node_actors import ActorDirectory, ActorRec
 from ._node_objects import Answer, ObjectTable
+from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import AuthenticationError, Connection, ConnectionClosed, listen
 from ._scheduler import ClusterScheduler, Grant, Infeasible, LeaseRequest
 from ._store import Arena, ArenaFull, create_store_file, store_path
 
-_PR_SET_PDEATHSIG = 1
 AUTH_TIMEOUT = 5.0          # seconds a new connection has to present the token
 MAX_UNAUTHENTICATED = 64    # connections waiting to authenticate at one time
 STALL_TIMEOUT = 300.0       # seconds a peer may leave our output unread before it is dropped
 LOG_BACKLOG = 8 << 20       # a driver with this much unread output gets no more worker output
-
-
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass
-class WorkerRec:
-    worker_id: str
-    pid: int
-    conn: Connection
-    env_key: str
-    address: str = ""
-    state: str = "STARTING"  # STARTING, IDLE, LEASED, ACTOR, DEAD
-    lease_id: str | None = None
-    actor_id: bytes | None = None
-    waiting: list[Any] = field(default_factory=list)  # grants to fulfil once ready
-    out_fds: tuple[int, int] = (-1, -1)
-    started: float = field(default_factory=time.time)
 
 
 def _as_error(value: Any) -> BaseException:
@@ -121,9 +96,8 @@ class NodeDaemon:
         self.arena = Arena(self.capacity)
         self.table = ObjectTable(self.arena, self.node_id)
         self.functions: dict[bytes, bytes] = {}
-        self.workers: dict[str, WorkerRec] = {}
-        self.by_pid: dict[int, WorkerRec] = {}
-        self.idle: dict[str, list[WorkerRec]] = {}
+        self.pool = WorkerPool(max_idle=max(2, int(self.resources.get("CPU", 1)) + 1))
+        self.workers = self.pool.workers  # (the same dict: records by worker id)
         self.leases: dict[str, tuple[WorkerRec | None, Connection, int]] = {}
         self.pending_leases: dict[str, tuple[Connection, int, str, dict]] = {}
         self.directory = ActorDirectory(self.namespace)
@@ -437,8 +411,7 @@ class NodeDaemon:
         conn.meta["worker"] = w
         conn.meta["role"] = "worker"
         conn.meta["holder"] = worker_id
-        self.workers[worker_id] = w
-        self.by_pid[pid] = w
+        self.pool.add(w)
         self.sel.register(out_r, selectors.EVENT_READ, ("out", (w, "stdout", out_r)))
         self.sel.register(err_r, selectors.EVENT_READ, ("out", (w, "stderr", err_r)))
         return w
@@ -465,33 +438,22 @@ class NodeDaemon:
         w: WorkerRec | None = conn.meta.get("worker")
         if w is None:
             return  # only a worker's own control connection says so
-        w.address = msg.address
-        w.state = "IDLE"
-        waiting, w.waiting = w.waiting, []
-        if waiting:
-            for item in waiting:
-                item(w)
-        else:
-            self.idle.setdefault(w.env_key, []).append(w)
+        for then in self.pool.ready(w, msg.address):
+            then(w)
 
     def take_worker(self, env_key: str, then: Any) -> None:
-        pool = self.idle.get(env_key)
-        while pool:
-            w = pool.pop()
-            if w.state == "IDLE":
-                then(w)
-                return
+        w = self.pool.take(env_key)
+        if w is not None:
+            then(w)
+            return
         w = self.spawn_worker(env_key)
-        w.waiting.append(then)
+        self.pool.wait_for(w, then)
 
     def on_worker_died(self, w: WorkerRec) -> None:
-        if w.state == "DEAD":
-            return
-        prev = w.state
-        w.state = "DEAD"
-        self.workers.pop(w.worker_id, None)
-        self.by_pid.pop(w.pid, None)
+        prev = self.pool.remove(w)
         self.on_disconnect(w.conn)
+        if prev == "DEAD":
+            return
         if w.lease_id is not None and w.lease_id in self.leases:
             self.leases.pop(w.lease_id, None)
             self.scheduler.release(w.lease_id)
@@ -635,17 +597,8 @@ class NodeDaemon:
             self.fail(pending[0], pending[1], exc.TaskUnschedulableError(d.message))
 
     def return_to_pool(self, w: WorkerRec) -> None:
-        if w.state == "DEAD":
-            return
-        w.state = "IDLE"
-        w.lease_id = None
-        pool = self.idle.setdefault(w.env_key, [])
-        if len(pool) >= max(2, int(self.resources.get("CPU", 1)) + 1):
-            w.state = "DEAD"
-            self.workers.pop(w.worker_id, None)
-            self.send(w.conn, (M.EXIT,))
-            return
-        pool.append(w)
+        if not self.pool.give_back(w):
+            self.send(w.conn, (M.EXIT,))  # enough idle workers: this one retires
 
     def release_lease(self, lease_id: str, kill: bool) -> None:
         entry = self.leases.pop(lease_id, None)
@@ -1232,7 +1185,7 @@ class NodeDaemon:
         except FileNotFoundError:
             pass
         shutil.rmtree(self.session_dir, ignore_errors=True)
-        pids = list(self.by_pid)
+        pids = self.pool.pids()
         for pid in pids:
             self.kill_pid(pid)
         self.zygote.close()

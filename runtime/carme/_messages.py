@@ -2,7 +2,7 @@
 
 On the wire a message is a tuple whose first item is its kind (the constants below).
 Everything the node daemon receives is decoded at the boundary by `decode` into one small
-frozen class per kind (`Lease`, `Alloc`, `Export`, ...), whose fields are checked against
+class per kind (`Lease`, `Alloc`, `Export`, ...), whose fields are checked against
 their declared types: a message of the wrong length, a field of the wrong type, a
 non-finite number or a malformed object payload or task event is refused there with a
 `BadMessage` that says which field was wrong and what came — nothing of it is stored.
@@ -26,14 +26,20 @@ which `carme._core.error_from_reply` understands too.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, ClassVar
 
-from ._events import _ATTRS as _EVENT_ATTRS
-from ._events import STATES as EVENT_STATES
+# Task-event constants, from `_events` on first use (this module is imported by every
+# carme process; the event log only by the daemon and the head).
+EVENT_STATES: tuple[str, ...] = ()
+_EVENT_STATES: frozenset[str] = frozenset()
+_EVENT_ATTRS: frozenset[str] = frozenset()
 
-_EVENT_STATES = frozenset(EVENT_STATES)
+
+def _load_event_constants() -> None:
+    global EVENT_STATES, _EVENT_STATES, _EVENT_ATTRS
+    from ._events import _ATTRS, STATES
+    EVENT_STATES, _EVENT_STATES, _EVENT_ATTRS = STATES, frozenset(STATES), _ATTRS
 
 REPLY = 0
 HELLO = 1
@@ -152,6 +158,8 @@ def check_event(ev: Any) -> tuple[str, str, float, dict]:
         attrs = {}
     else:
         raise BadMessage(f"a task event must be (task_id, state, timestamp[, attrs]), not {_short(ev)}")
+    if not _EVENT_STATES:
+        _load_event_constants()
     if type(task_id) is not str or not task_id:
         raise BadMessage(f"a task event's task_id must be a non-empty string, not {_short(task_id)}")
     if state not in _EVENT_STATES:
@@ -187,38 +195,64 @@ _ANY = (object,)
 
 
 class Msg:
-    """Base of the typed daemon-bound messages; `fields` is (name, types, optional, required)."""
+    """Base of the typed daemon-bound messages. Plain classes with an `__init__` made
+    from the field list (not dataclasses: generating ~30 of those at import costs tens
+    of milliseconds in every carme process)."""
 
     wire_kind: ClassVar[int]
+    # (name, types, optional, required) per field, in wire order
     fields: ClassVar[tuple[tuple[str, tuple[type, ...], bool, bool], ...]]
     n_required: ClassVar[int]
+    _names: ClassVar[tuple[str, ...]]
+    _defaults: ClassVar[dict[str, Any]]
+
+    def __init__(self, *args: Any) -> None:
+        d = self.__dict__
+        n = len(args)
+        for i, name in enumerate(self._names):
+            d[name] = args[i] if i < n else self._defaults[name]
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={self.__dict__[n]!r}" for n in self._names)
+        return f"{type(self).__name__}({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.__dict__ == self.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
 
     def validate(self) -> None:
         """Checks beyond the field types (overridden where a message has them)."""
 
 
 def message(msg_kind: int, /, **types: Any) -> Any:
-    """Register a frozen dataclass as the typed form of `kind`. `types` maps a field to a
-    type or a tuple of types; a field with a default is optional at the end of the
-    tuple; `None` among the types allows None."""
+    """Register a class (fields as annotations, defaults as class attributes) as the typed
+    form of `msg_kind`. `types` maps a field to a type or a tuple of types, `None` among
+    them allowing None; a field left out of `types` is not checked here (`validate` may)."""
 
-    def deco(cls: type) -> type:
-        cls = dataclasses.dataclass(frozen=True, slots=True)(cls)
+    def deco(cls: type[Msg]) -> type[Msg]:
         spec = []
+        names = []
+        defaults: dict[str, Any] = {}
         n_required = 0
-        for f in dataclasses.fields(cls):
-            t = types.get(f.name)
+        for name in cls.__dict__.get("__annotations__", {}):
+            t = types.get(name)
             ts = t if isinstance(t, tuple) else (t,)
             optional = None in ts or type(None) in ts
             ts = tuple(x for x in ts if x is not None and x is not type(None)) or _ANY
             if t is None:
-                ts, optional = _ANY, True  # not checked here (validate() may)
-            required = f.default is dataclasses.MISSING
+                ts, optional = _ANY, True
+            required = name not in cls.__dict__
+            if not required:
+                defaults[name] = cls.__dict__[name]
             n_required += required
-            spec.append((f.name, ts, optional, required))
-        cls.wire_kind = msg_kind  # type: ignore[attr-defined]
-        cls.fields = tuple(spec)  # type: ignore[attr-defined]
-        cls.n_required = n_required  # type: ignore[attr-defined]
+            names.append(name)
+            spec.append((name, ts, optional, required))
+        cls.wire_kind = msg_kind
+        cls.fields = tuple(spec)
+        cls.n_required = n_required
+        cls._names = tuple(names)
+        cls._defaults = defaults
         _BY_KIND[msg_kind] = cls
         return cls
 
@@ -438,7 +472,7 @@ class Events(Msg):
 
     def validate(self) -> None:
         checked = check_events(self.events)
-        object.__setattr__(self, "events", checked)
+        self.events = checked
 
 
 @message(STATE, req=int, kind=str)

@@ -25,6 +25,7 @@ import sys
 from typing import Any
 
 _PID = struct.Struct(">i")
+_PR_SET_PDEATHSIG = 1
 
 
 class Zygote:
@@ -129,8 +130,17 @@ def _serve(sock: socket.socket) -> None:
         sock.send(_PID.pack(pid))
 
 
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux for `sig` when our parent *thread* ends (the zygote is single-threaded)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_worker(cfg: dict, fds: list[int]) -> None:
-    from ._daemon import set_parent_death_signal
     from ._worker import worker_main
     set_parent_death_signal(signal.SIGKILL)
     ctrl_fd, out_w, err_w = fds
