@@ -30,6 +30,7 @@ It never sits on the per-task path: drivers push tasks straight to leased worker
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -46,10 +47,11 @@ from . import _messages as M
 from . import exceptions as exc
 from ._events import TaskEventLog
 from ._node_actors import ActorDirectory, ActorRec
+from ._node_leases import ActorGrant, ActorInfeasible, LeaseTable, NeedWorker, Refuse, Spill
 from ._node_objects import Answer, ObjectTable
 from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import AuthenticationError, Connection, ConnectionClosed, listen
-from ._scheduler import ClusterScheduler, Grant, Infeasible, LeaseRequest
+from ._scheduler import ClusterScheduler, Grant, LeaseRequest
 from ._store import Arena, ArenaFull, create_store_file, store_path
 
 AUTH_TIMEOUT = 5.0          # seconds a new connection has to present the token
@@ -98,8 +100,9 @@ class NodeDaemon:
         self.functions: dict[bytes, bytes] = {}
         self.pool = WorkerPool(max_idle=max(2, int(self.resources.get("CPU", 1)) + 1))
         self.workers = self.pool.workers  # (the same dict: records by worker id)
-        self.leases: dict[str, tuple[WorkerRec | None, Connection, int]] = {}
-        self.pending_leases: dict[str, tuple[Connection, int, str, dict]] = {}
+        self.lease_table = LeaseTable(self.scheduler, self.node_id)
+        self.leases = self.lease_table.leases  # (the same dicts)
+        self.pending_leases = self.lease_table.pending
         self.directory = ActorDirectory(self.namespace)
         self.actors = self.directory.actors  # (the same dict: records by actor id)
         self.pg_waiters: dict[str, list[tuple[Connection, int]]] = {}
@@ -124,7 +127,6 @@ class NodeDaemon:
         self.peer_conns: dict[str, Connection] = {}
         self.peer_reqs: dict[int, Any] = {}
         self.peer_req_ids = itertools.count(1)
-        self.blocked: set[str] = set()
         # connections that have not presented the token yet -> when they connected
         self.unauthenticated: dict[Connection, float] = {}
         # connections with output waiting for the peer -> when it last made progress
@@ -377,13 +379,8 @@ class NodeDaemon:
             self.answer(self.table.release_holder(holder))
             self.answer(self.table.release_holder(holder + ":blob"))
         # leases held by this client go back; non-detached actors it owns die with it
-        for lease_id, (lw, lconn, _req) in list(self.leases.items()):
-            if lconn is conn and (lw is None or lw.state != "ACTOR"):
-                self.release_lease(lease_id, kill=False)
-        for req_id, (pconn, *_rest) in list(self.pending_leases.items()):
-            if pconn is conn:
-                self.scheduler.cancel(req_id)
-                del self.pending_leases[req_id]
+        for lease_id in self.lease_table.client_gone(conn, keep=lambda w: w.state == "ACTOR"):
+            self.release_lease(lease_id, kill=False)
         for actor in self.directory.owned_by(conn):
             actor.no_restart = True
             self.kill_actor(actor, "the actor's owner exited")
@@ -543,69 +540,49 @@ class NodeDaemon:
             self.fail(conn, req, exc.RuntimeEnvSetupError(f"could not set up runtime_env: {e}"))
             return
         request_id = f"lease-{os.urandom(8).hex()}"
-        self.pending_leases[request_id] = (conn, req, env_key, {})
-        self.scheduler.submit(LeaseRequest(request_id, shape, strategy, self.node_id, desc))
+        self.lease_table.request(request_id, conn, req, env_key,
+                                 LeaseRequest(request_id, shape, strategy, self.node_id, desc))
         self.pump()
 
     def pump(self) -> None:
-        for decision in self.scheduler.poll():
-            if isinstance(decision, Infeasible):
-                self.on_infeasible(decision)
-                continue
-            assert isinstance(decision, Grant)
-            rid = decision.request_id
-            if rid.startswith("actor-"):
-                self.on_actor_grant(decision)
-                continue
-            pending = self.pending_leases.pop(rid, None)
-            if pending is None:
-                self.scheduler.release(decision.lease_id)
-                continue
-            conn, req, env_key, _ = pending
-            if decision.node_id != self.node_id:
+        """Carry out what the scheduler decided (through the lease table)."""
+        for eff in self.lease_table.poll():
+            if isinstance(eff, NeedWorker):
+                self.take_worker(eff.env_key, functools.partial(self.fulfil, eff))
+            elif isinstance(eff, Spill):
                 # another node fits: send the requester there (spillback)
-                self.scheduler.release(decision.lease_id)
-                peer = self.peers.get(decision.node_id, {})
-                self.reply(conn, req, True, {"spillback": decision.node_id,
-                                             "address": peer.get("address")})
-                continue
-            self.leases[decision.lease_id] = (None, conn, req)
-
-            def fulfil(w: WorkerRec, g: Grant = decision, conn: Connection = conn, req: int = req) -> None:
-                if g.lease_id not in self.leases:  # requester went away meanwhile
-                    self.return_to_pool(w)
-                    return
-                w.state = "LEASED"
-                w.lease_id = g.lease_id
-                self.leases[g.lease_id] = (w, conn, req)
-                self.reply(conn, req, True, {
-                    "lease_id": g.lease_id, "worker_id": w.worker_id, "address": w.address,
-                    "pid": w.pid, "gpu_ids": list(g.gpu_ids), "node_id": g.node_id})
-
-            self.take_worker(env_key, fulfil)
+                peer = self.peers.get(eff.node_id, {})
+                self.reply(eff.client, eff.req, True, {"spillback": eff.node_id,
+                                                       "address": peer.get("address")})
+            elif isinstance(eff, Refuse):
+                self.fail(eff.client, eff.req, eff.error)
+            elif isinstance(eff, ActorGrant):
+                self.on_actor_grant(eff.grant)
+            elif isinstance(eff, ActorInfeasible):
+                actor = self.actors.get(eff.actor_id)
+                if actor is not None:
+                    self.actor_dead(actor, exc.ActorUnschedulableError(eff.message))
         self.check_pg_waiters()
 
-    def on_infeasible(self, d: Infeasible) -> None:
-        self.scheduler.cancel(d.request_id)
-        if d.request_id.startswith("actor-"):
-            actor = self.actors.get(bytes.fromhex(d.request_id[6:]))
-            if actor is not None:
-                self.actor_dead(actor, exc.ActorUnschedulableError(d.message))
+    def fulfil(self, need: NeedWorker, w: WorkerRec) -> None:
+        g = need.grant
+        if not self.lease_table.bind(g.lease_id, w, need.client, need.req):
+            self.return_to_pool(w)  # the requester went away meanwhile
             return
-        pending = self.pending_leases.pop(d.request_id, None)
-        if pending is not None:
-            self.fail(pending[0], pending[1], exc.TaskUnschedulableError(d.message))
+        w.state = "LEASED"
+        w.lease_id = g.lease_id
+        self.reply(need.client, need.req, True, {
+            "lease_id": g.lease_id, "worker_id": w.worker_id, "address": w.address,
+            "pid": w.pid, "gpu_ids": list(g.gpu_ids), "node_id": g.node_id})
 
     def return_to_pool(self, w: WorkerRec) -> None:
         if not self.pool.give_back(w):
             self.send(w.conn, (M.EXIT,))  # enough idle workers: this one retires
 
     def release_lease(self, lease_id: str, kill: bool) -> None:
-        entry = self.leases.pop(lease_id, None)
-        if entry is None:
+        existed, w = self.lease_table.release(lease_id)
+        if not existed:
             return
-        w = entry[0]
-        self.scheduler.release(lease_id)
         if w is not None:
             if kill:
                 self.kill_pid(w.pid)
@@ -614,18 +591,14 @@ class NodeDaemon:
         self.pump()
 
     def on_return_lease(self, conn: Connection, msg: M.ReturnLease) -> None:
-        entry = self.leases.get(msg.lease_id)
-        if entry is not None and entry[1] is not conn:
+        holder = self.lease_table.holder(msg.lease_id)
+        if holder is not None and holder is not conn:
             return  # only the holder of a lease gives it back
-        self.blocked.discard(msg.lease_id)
         self.release_lease(msg.lease_id, kill=not msg.worker_ok)
 
     def on_blocked(self, conn: Connection, msg: M.Blocked) -> None:
         # A worker waits in get(): lend its CPU out so nested tasks cannot deadlock.
-        lease_id = msg.lease_id
-        if lease_id in self.leases and lease_id not in self.blocked:
-            self.blocked.add(lease_id)
-            self.scheduler.release(lease_id)
+        if self.lease_table.block(msg.lease_id):
             self.pump()
 
     def on_unblocked(self, conn: Connection, msg: M.Unblocked) -> None:
