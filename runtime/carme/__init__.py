@@ -21,7 +21,7 @@ from ._api import (
     timeline,
     wait,
 )
-from ._objects import ObjectRef, ObjectRefGenerator
+from ._objects import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from ._remote import ActorClass, ActorHandle, get_actor, method, remote
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "DynamicObjectRefGenerator",
     "ObjectRef",
     "ObjectRefGenerator",
     "actor",

@@ -24,7 +24,7 @@ from ._task_tags import TaskTags
 
 class ActorState:
     __slots__ = ("actor_id", "conn", "status", "queue", "inflight", "death", "class_name",
-                 "max_task_retries", "pid")
+                 "max_task_retries", "pid", "ordered")
 
     def __init__(self, actor_id: bytes, class_name: str, max_task_retries: int) -> None:
         self.actor_id = actor_id
@@ -36,6 +36,9 @@ class ActorState:
         self.class_name = class_name
         self.max_task_retries = max_task_retries
         self.pid: int | None = None
+        # a sync actor runs calls in submission order, so each waits for the one before;
+        # an async or threaded one gets every call as soon as its arguments are ready
+        self.ordered = True
 
 
 class ActorSubmitter:
@@ -53,10 +56,12 @@ class ActorSubmitter:
                 st = self.actors[actor_id] = ActorState(actor_id, class_name, max_task_retries)
             return st
 
-    def submit(self, spec: TaskSpec, class_name: str, max_task_retries: int) -> None:
+    def submit(self, spec: TaskSpec, class_name: str, max_task_retries: int,
+               ordered: bool = True) -> None:
         core = self.core
         assert spec.actor_id is not None
         st = self.state(spec.actor_id, class_name, max_task_retries)
+        st.ordered = ordered
         if st.status == "unresolved":
             # learn where the head is here, on the caller's thread: the I/O thread that
             # resolves the actor later cannot wait for a reply it must read itself
@@ -85,8 +90,7 @@ class ActorSubmitter:
                 while st.queue:
                     fails.append((st.queue.popleft(), st.death or exc.ActorDiedError("the actor is dead")))
             elif st.status == "connected":
-                while st.queue and st.queue[0].task_id in self.ready:
-                    spec = st.queue.popleft()
+                for spec in self._sendable(st):
                     self.ready.discard(spec.task_id)
                     if spec.cancelled:
                         fails.append((spec, exc.TaskCancelledError(spec.task_id.hex())))
@@ -108,13 +112,26 @@ class ActorSubmitter:
             for spec in sends:
                 resolved = [(r._id, self.core.payload_of(r._id)) for r in spec.arg_refs]
                 msgs.append((M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
-                             resolved, spec.num_returns, spec.streaming, spec.name, spec.attempt))
+                             resolved, spec.wire_returns, spec.streaming, spec.name, spec.attempt))
             try:
                 st.conn.send_many(msgs)
             except ConnectionClosed:
                 pass
         if resolve:
             self.resolve(st)
+
+    def _sendable(self, st: ActorState) -> list[TaskSpec]:
+        """Take the calls that can go now off the queue (under the lock): the ready ones
+        at its head, or for an unordered actor every ready one."""
+        out = []
+        if st.ordered:
+            while st.queue and st.queue[0].task_id in self.ready:
+                out.append(st.queue.popleft())
+        else:
+            out = [s for s in st.queue if s.task_id in self.ready]
+            if out:
+                st.queue = deque(s for s in st.queue if s.task_id not in self.ready)
+        return out
 
     def resolve(self, st: ActorState) -> None:
         def answered(ok: bool, info: Any) -> None:

@@ -231,9 +231,17 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
     """Split refs into (ready, not ready) once num_returns are ready or timeout passes."""
     timeout = _check_timeout(timeout, "wait")
     core = auto_init()
-    if isinstance(object_refs, ObjectRef):
-        raise TypeError("wait() expected a list of ObjectRefs, got a single ObjectRef")
-    refs, _ = _as_ref_list(object_refs, "wait")
+    if isinstance(object_refs, (ObjectRef, ObjectRefGenerator)):
+        raise TypeError("wait() expected a list of ObjectRefs or ObjectRefGenerators, got a "
+                        f"single {type(object_refs).__name__}; pass [it]")
+    if not isinstance(object_refs, (list, tuple)):
+        raise TypeError("wait() expected a list of ObjectRefs or ObjectRefGenerators, not "
+                        f"{type(object_refs).__name__}")
+    for i, r in enumerate(object_refs):
+        if not isinstance(r, (ObjectRef, ObjectRefGenerator)):
+            raise TypeError(f"wait() expected a list of ObjectRefs or ObjectRefGenerators, but "
+                            f"item {i} is a {type(r).__name__}")
+    refs = list(object_refs)
     if not refs:
         return [], []
     if len(set(refs)) != len(refs):
@@ -346,6 +354,20 @@ class RuntimeContext:
 
     def get_node_id(self) -> str:
         return self._core.node_id  # type: ignore[no-any-return]
+
+    @property
+    def node_id(self) -> Any:
+        """The node's id as an object with .hex() (Ray's older accessor)."""
+        from ._remote import _ActorID
+        return _ActorID(bytes.fromhex(self._core.node_id))
+
+    def is_canceled(self) -> bool:
+        """Whether carme.cancel() was called on the running task (in a worker only)."""
+        executor = self._core.executor
+        if executor is None:
+            raise RuntimeError("is_canceled() is only available inside a task or actor "
+                               "method (in a worker process), not in the driver.")
+        return executor.is_canceled()  # type: ignore[no-any-return]
 
     def get_worker_id(self) -> str:
         return self._core.worker_id  # type: ignore[no-any-return]

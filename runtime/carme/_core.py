@@ -759,24 +759,32 @@ class CoreWorker:
         return [self.deserialize(r._id, self.payload_of(r._id)) for r in refs]  # type: ignore[arg-type]
 
     def wait(self, refs: list, num_returns: int, timeout: float | None) -> tuple[list, list]:
+        """Refs, or ObjectRefGenerators (ready when their next item, or their end, is
+        there), split into (ready, not ready)."""
         cond = threading.Condition()
-        ready_ids: set[bytes] = set()
+        ready_ids: set[Any] = set()
 
-        def mark(oid: bytes) -> Callable[[], None]:
+        def key(r: Any) -> Any:
+            return r._id if hasattr(r, "_id") else ("generator", r._task_id)
+
+        def mark(k: Any) -> Callable[[], None]:
             def cb() -> None:
                 with cond:
-                    ready_ids.add(oid)
+                    ready_ids.add(k)
                     cond.notify_all()
             return cb
 
         for r in refs:
-            if r._id in ready_ids:
+            k = key(r)
+            if k in ready_ids:
                 continue
-            if self.when_ready(r._id, mark(r._id)):
-                ready_ids.add(r._id)
+            now = (self.when_ready(r._id, mark(k)) if hasattr(r, "_id")
+                   else r._state.when_ready(mark(k)))
+            if now:
+                ready_ids.add(k)
         deadline = None if timeout is None else time.monotonic() + timeout
         with cond:
-            while sum(1 for r in refs if r._id in ready_ids) < num_returns:
+            while sum(1 for r in refs if key(r) in ready_ids) < num_returns:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
@@ -785,7 +793,7 @@ class CoreWorker:
         ready: list = []
         not_ready: list = []
         for r in refs:
-            (ready if r._id in snapshot and len(ready) < num_returns else not_ready).append(r)
+            (ready if key(r) in snapshot and len(ready) < num_returns else not_ready).append(r)
         return ready, not_ready
 
     def future_for(self, ref: Any) -> Any:

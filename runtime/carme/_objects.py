@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import types
 from typing import Any
 
 from . import _context
@@ -28,6 +29,9 @@ def _rebuild(oid: bytes, owner: str) -> ObjectRef:
 
 class ObjectRef:
     __slots__ = ("_id", "_owner", "__weakref__")
+
+    # ObjectRef[int] in type hints, as in Ray
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
     def __init__(self, oid: bytes, owner: str = "", _count: bool = True) -> None:
         self._id = oid
@@ -130,3 +134,20 @@ class ObjectRefGenerator:
 
     def __del__(self) -> None:
         pass
+
+
+class DynamicObjectRefGenerator:
+    """The value of a `num_returns="dynamic"` task: the refs of the values its generator
+    yielded, in order (iterate it; Ray's DynamicObjectRefGenerator)."""
+
+    def __init__(self, refs: list) -> None:
+        self._refs = list(refs)
+
+    def __iter__(self) -> Any:
+        return iter(self._refs)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __repr__(self) -> str:
+        return f"DynamicObjectRefGenerator({len(self._refs)} refs)"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import types
+import weakref
 from typing import Any
 
 from ._ids import return_id, task_id
@@ -17,6 +19,28 @@ from ._options import (
 )
 from ._serialization import dumps, dumps_function, inline_payload
 from ._submit import StreamState, TaskSpec
+
+
+class ActorClassInheritanceException(TypeError):
+    """A class tried to inherit from an actor class (Ray's name for the error)."""
+
+
+def _signature(target: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(target)
+    except (TypeError, ValueError):  # builtins and the like: the worker will tell
+        return None
+
+
+def _check_call(sig: inspect.Signature | None, args: tuple, kwargs: dict, what: str) -> None:
+    """Wrong arguments fail at .remote(), where the mistake is, as in Ray."""
+    if sig is None:
+        return
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{what}: {e} (called with {len(args)} positional and "
+                        f"{len(kwargs)} keyword arguments; its signature is {sig})") from None
 
 
 def _core() -> Any:
@@ -140,6 +164,14 @@ def _submit_with_returns(core: Any, spec: TaskSpec, submit: Any) -> Any:
     return refs
 
 
+def _set_returns(spec: TaskSpec, num_returns: Any) -> None:
+    """"streaming": an ObjectRefGenerator; "dynamic": one ref whose value is a
+    DynamicObjectRefGenerator of the yielded values' refs; else that many refs."""
+    spec.streaming = num_returns == "streaming"
+    spec.dynamic = num_returns == "dynamic"
+    spec.num_returns = 0 if spec.streaming else 1 if spec.dynamic else num_returns
+
+
 class RemoteFunction:
     def __init__(self, fn: Any, options: dict) -> None:
         if inspect.isclass(fn):
@@ -156,6 +188,7 @@ class RemoteFunction:
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self._is_generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+        self._signature = _signature(fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -169,6 +202,7 @@ class RemoteFunction:
         return self._remote(args, kwargs, self._options)
 
     def _remote(self, args: tuple, kwargs: dict, opts: dict) -> Any:
+        _check_call(self._signature, args, kwargs, f"task {self._name!r}")
         core = _core()
         if self._key is None:
             try:
@@ -193,8 +227,7 @@ class RemoteFunction:
             core, args, kwargs, f"task {spec.name!r}")
         # a generator function streams its values unless num_returns says otherwise (Ray 2.x)
         num_returns = opts.get("num_returns", "streaming" if self._is_generator else 1)
-        spec.streaming = num_returns in ("streaming", "dynamic")
-        spec.num_returns = 0 if spec.streaming else num_returns
+        _set_returns(spec, num_returns)
         retries = opts.get("max_retries", 3)
         spec.retries_left = -1 if retries == -1 else retries
         spec.retry_exceptions = opts.get("retry_exceptions", False)
@@ -241,6 +274,9 @@ def method(*args: Any, **kwargs: Any) -> Any:
 
 
 class ActorClass:
+    # ActorClass[MyActor] in type hints, as in Ray
+    __class_getitem__: Any = classmethod(types.GenericAlias)
+
     def __init__(self, cls: type, options: dict) -> None:
         self._cls = cls
         self._name = cls.__name__
@@ -263,6 +299,21 @@ class ActorClass:
                 methods[name]["num_returns"] = "streaming"
         self._methods = methods
         self._is_async = is_async
+        self._signature = _signature(cls)
+
+    def __getattr__(self, name: str) -> Any:
+        # class attributes (inherited ones too) through the class name, as in Ray
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(cls, name)
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        raise ActorClassInheritanceException(
+            f"Attempted to define a subclass of actor class '{self._name}'. Inheriting from "
+            "actor classes is not currently supported. You can instead inherit from a "
+            "non-actor base class and make the derived class an actor class (with "
+            "@carme.remote).")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -278,6 +329,7 @@ class ActorClass:
     def _remote(self, args: tuple, kwargs: dict, opts: dict) -> ActorHandle:
         from . import _messages as M
         from ._core import error_from_reply
+        _check_call(self._signature, args, kwargs, f"actor {self._name} constructor")
         core = _core()
         if self._blob is None:
             try:
@@ -327,10 +379,12 @@ class ActorClass:
                     type="ACTOR_CREATION_TASK", job_id=core.job_id, tag=spec["tag"],
                     actor_id=actor_id.hex())
         if out.get("existing"):
-            s = out["spec"]
-            return ActorHandle(out["actor_id"], s["class_name"], s["methods"], s["is_async"],
-                               s.get("max_task_retries") or 0)
-        return ActorHandle(actor_id, self._name, self._methods, self._is_async, spec["max_task_retries"])
+            return _handle_from_spec(out["actor_id"], out["spec"])
+        handle = ActorHandle(actor_id, self._name, self._methods, self._is_async,
+                             spec["max_task_retries"], self._is_async or conc > 1)
+        if not name and opts.get("lifetime") != "detached":
+            _collect_with_handle(core, handle)
+        return handle
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("carme does not support Ray DAGs (.bind) yet; use .remote()")
@@ -373,18 +427,23 @@ class ActorMethod:
 
 
 class ActorHandle:
+    # ActorHandle[MyActor] in type hints, as in Ray
+    __class_getitem__: Any = classmethod(types.GenericAlias)
+
     def __init__(self, actor_id: bytes, class_name: str, methods: dict, is_async: bool,
-                 max_task_retries: int = 0) -> None:
+                 max_task_retries: int = 0, concurrent: bool = False) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._is_async = is_async
         self._max_task_retries = max_task_retries
+        self._concurrent = concurrent  # async or threaded: calls need not wait for earlier ones
         self._seq = 0
+        self._scope: _HandleScope | None = None
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods")
-        if methods is None or name.startswith("__"):
+        if methods is None or (name.startswith("__") and name != "__ray_terminate__"):
             raise AttributeError(name)
         if name not in methods and name not in ("__ray_terminate__",):
             raise AttributeError(f"'ActorHandle' object (actor {self._class_name}) has no attribute {name!r}")
@@ -400,8 +459,10 @@ class ActorHandle:
         return hash(self._actor_id)
 
     def __reduce__(self) -> tuple:
+        if self._scope is not None:
+            self._scope.escaped = True  # a copy lives elsewhere now: the owner keeps the actor
         return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._is_async,
-                              self._max_task_retries))
+                              self._max_task_retries, self._concurrent))
 
     @property
     def _ray_actor_id(self) -> Any:
@@ -417,9 +478,7 @@ class ActorHandle:
         spec.name = opts.get("name") or f"{self._class_name}.{method_name}"
         spec.args, spec.ref_pos, spec.arg_refs, spec.keep = serialize_args(
             core, args, kwargs, f"actor method {spec.name!r}")
-        num_returns = opts.get("num_returns", 1)
-        spec.streaming = num_returns in ("streaming", "dynamic")
-        spec.num_returns = 0 if spec.streaming else num_returns
+        _set_returns(spec, opts.get("num_returns", 1))
         spec.retry_exceptions = opts.get("retry_exceptions", False)
         spec.max_task_retries = opts.get("max_task_retries")
         spec.tag = _tag(core)
@@ -427,7 +486,7 @@ class ActorHandle:
         self._seq += 1
         spec.seq = self._seq
         return _submit_with_returns(core, spec, lambda s: core.actor_submitter.submit(
-            s, self._class_name, self._max_task_retries))
+            s, self._class_name, self._max_task_retries, ordered=not self._concurrent))
 
 
 class _ActorID:
@@ -448,9 +507,39 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     core = _core()
     info = core.request(M.ACTOR_INFO, None, name, namespace or core.namespace, False,
                         conn=core.control())
-    s = info["spec"]
-    return ActorHandle(info["actor_id"], s["class_name"], s["methods"], s["is_async"],
-                       s.get("max_task_retries") or 0)
+    return _handle_from_spec(info["actor_id"], info["spec"])
+
+
+def _handle_from_spec(actor_id: bytes, s: dict) -> ActorHandle:
+    return ActorHandle(actor_id, s["class_name"], s["methods"], s["is_async"],
+                       s.get("max_task_retries") or 0,
+                       bool(s["is_async"]) or (s.get("max_concurrency") or 1) > 1)
+
+
+class _HandleScope:
+    """The creator's handle of an unnamed, non-detached actor: when it is collected and
+    no copy of it ever left this process, the actor ends once its pending calls are done
+    (Ray's out-of-scope termination; a handle that was passed on keeps it for the owner's
+    lifetime)."""
+
+    __slots__ = ("escaped",)
+
+    def __init__(self) -> None:
+        self.escaped = False
+
+
+def _collect_with_handle(core: Any, handle: ActorHandle) -> None:
+    scope = handle._scope = _HandleScope()
+    ident = (handle._actor_id, handle._class_name, handle._methods, handle._is_async,
+             handle._max_task_retries, handle._concurrent)
+
+    def collected() -> None:
+        if scope.escaped or not core.running:
+            return
+        # from the I/O thread, not from inside whatever the collector interrupted
+        core.call_later(0, lambda: ActorHandle(*ident).__ray_terminate__.remote())
+
+    weakref.finalize(handle, collected).atexit = False  # at exit the owner's end does it
 
 
 def remote(*args: Any, **kwargs: Any) -> Any:
@@ -464,7 +553,7 @@ def remote(*args: Any, **kwargs: Any) -> Any:
 
     if len(args) == 1 and not kwargs and callable(args[0]):
         return make(args[0], {})
-    if args:
+    if args or not kwargs:
         raise TypeError(
             "The @carme.remote decorator must be applied either with no arguments and no "
             "parentheses, for example '@carme.remote', or it must be applied using only keyword "

@@ -24,7 +24,9 @@ import cloudpickle
 from . import _messages as M
 
 INLINE_LIMIT = 100 * 1024  # like Ray's max_direct_call_object_size
-_OOB_MIN = 2048
+# every buffer goes out of band, however small: read back, it is immutable (bytes or the
+# read-only store), so a numpy array from get() is read-only whatever its size, as in Ray
+_OOB_MIN = 0
 _HDR = struct.Struct("<QQ")
 _ENT = struct.Struct("<QQ")
 _ALIGN = 64

@@ -71,6 +71,12 @@ class TaskSpec:
         self.stream: StreamState | None = None
         self.keep: list = []
         self.pg_capture = False  # its children go into its placement group
+        self.dynamic = False  # num_returns="dynamic": one DynamicObjectRefGenerator
+
+    @property
+    def wire_returns(self) -> Any:
+        """num_returns as the worker reads it."""
+        return "dynamic" if self.dynamic else self.num_returns
 
 
 class StreamState:
@@ -84,17 +90,34 @@ class StreamState:
         self.count = 0
         self.finished = False
         self.completed_ref: Any = None
+        self.waiters: list = []
 
     def add(self, ref: Any) -> None:
         with self.cond:
             self.items.append(ref)
             self.count += 1
             self.cond.notify_all()
+        self._wake()
 
     def finish(self) -> None:
         with self.cond:
             self.finished = True
             self.cond.notify_all()
+        self._wake()
+
+    def when_ready(self, cb: Any) -> bool:
+        """Call `cb` once a next item (or the end) is there; True if it is now (wait())."""
+        with self.cond:
+            if self.items or self.finished:
+                return True
+            self.waiters.append(cb)
+            return False
+
+    def _wake(self) -> None:
+        with self.cond:
+            waiters, self.waiters = self.waiters, []
+        for cb in waiters:
+            cb()
 
     def next(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -304,7 +327,7 @@ class TaskSubmitter:
         resolved = [(r._id, self.core.payload_of(r._id)) for r in spec.arg_refs]
         try:
             lease.conn.send((M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
-                             resolved, spec.num_returns, spec.streaming, spec.name, lease.lease_id,
+                             resolved, spec.wire_returns, spec.streaming, spec.name, lease.lease_id,
                              lease.gpu_ids, spec.attempt, spec.shape,
                              getattr(spec.strategy, "pg_id", None), spec.max_calls,
                              spec.pg_capture))

@@ -25,6 +25,7 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -118,11 +119,21 @@ class Executor:
         self.actor_name = ""
         self.pool: ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.sem: asyncio.Semaphore | None = None
+        # an async actor runs at most async_limit calls at once; the rest wait here
+        self.async_limit = 1
+        self.async_running = 0
+        self.async_waiting: deque[tuple[Connection, tuple]] = deque()
         self.async_tasks: dict[bytes, Any] = {}
         self.pid = os.getpid()
         self.stdout = TaskStream("stdout", sys.__stdout__)
         self.stderr = TaskStream("stderr", sys.__stderr__)
+        self.cancel_requested: set[bytes] = set()  # carme.cancel() reached these tasks
+        self.set_title = _title_setter()
+        self.set_title("ray::IDLE")
+
+    def is_canceled(self) -> bool:
+        ctx = CURRENT.get()
+        return ctx is not None and ctx.task_id in self.cancel_requested
 
     # ------------------------------------------------------------------ incoming
     def on_daemon_message(self, msg: tuple) -> None:
@@ -148,6 +159,7 @@ class Executor:
                 self.q.put((conn, msg))
 
     def on_cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
+        self.cancel_requested.add(task_id)
         if recursive:
             self.core.submitter.cancel_children(task_id.hex())
         t = self.async_tasks.get(task_id)
@@ -248,6 +260,7 @@ class Executor:
             a, kw = self.build_args(args, ref_pos, resolved)
             if main_thread:
                 self.running = ctx
+                self.set_title(f"ray::{ctx.name}")
             try:
                 result = fn(*a, **kw)
                 if streaming:
@@ -257,6 +270,7 @@ class Executor:
                 if main_thread:
                     self.running = None
                     self.cancel_running = False
+                    self.set_title(f"ray::{self.actor_name}" if self.actor_id else "ray::IDLE")
             payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, ctx.name)
         except KeyboardInterrupt:
             payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * max(num_returns if isinstance(num_returns, int) else 1, 1)
@@ -266,7 +280,7 @@ class Executor:
             info["error_type"] = "TaskCancelledError"
         except BaseException as e:  # noqa: BLE001 - the task's error goes to its caller
             if isinstance(e, SystemExit) and self.actor is not None:
-                os._exit(0)
+                self.terminate()  # exit_actor()
             payloads = [self.error_payload(e, ctx.name)] * max(num_returns if isinstance(num_returns, int) else 1, 1)
             info["retryable"] = True
             info["error_type"] = type(e).__name__
@@ -276,6 +290,7 @@ class Executor:
                 stream.flush()
             CURRENT.reset(token)
             core.current_task.lease_id = None
+            self.cancel_requested.discard(task_id)
         info["end"] = time.time()
         a, kw, result = [], {}, None  # the task's own references to its arguments end here
         core.protect_views()
@@ -298,11 +313,21 @@ class Executor:
                      name: str) -> tuple[list, list]:
         if streaming:
             return [], []
-        if num_returns == 1:
+        if num_returns == "dynamic":
+            # each yielded value becomes an object of this worker's; the caller's one
+            # return holds them through the generator of their refs (as in Ray)
+            if not hasattr(result, "__next__"):
+                raise TypeError(f"a num_returns='dynamic' task must be a generator function; "
+                                f"{name!r} returned {type(result).__name__}")
+            from ._objects import DynamicObjectRefGenerator
+            values = [DynamicObjectRefGenerator([self.core.put(v) for v in result])]
+        elif num_returns == 1:
             values = [result]
         elif num_returns == 0:
             return [], []
         else:
+            if inspect.isgenerator(result):
+                result = list(result)  # a generator with num_returns=N: its N yields
             if not isinstance(result, (tuple, list)) or len(result) != num_returns:
                 raise ValueError(
                     f"Task {name!r} declared num_returns={num_returns} but returned "
@@ -362,6 +387,7 @@ class Executor:
             for stream in (self.stdout, self.stderr):
                 stream.flush()
             CURRENT.reset(token)
+        self.set_title(f"ray::{self.actor_name}")
         conc = spec.get("max_concurrency")
         if spec.get("is_async"):
             self.start_loop(conc or 1000)
@@ -369,9 +395,36 @@ class Executor:
             self.pool = ThreadPoolExecutor(conc, thread_name_prefix="carme-actor")
         core.daemon_send((M.ACTOR_READY, actor_id))
 
+    def terminate(self) -> None:
+        """End this actor for good, gracefully (__ray_terminate__, exit_actor(), its last
+        handle gone): its __ray_shutdown__ and atexit handlers run, it is not restarted."""
+        import atexit
+        import traceback
+        hook = getattr(self.actor, "__ray_shutdown__", None)
+        try:
+            if callable(hook):
+                hook()
+        except Exception:  # noqa: BLE001 - a failing hook must not keep the actor alive
+            traceback.print_exc()
+        atexit._run_exitfuncs()
+        for stream in (self.stdout, self.stderr):
+            stream.flush()
+        core = self.core
+        msg = (M.KILL_ACTOR, self.actor_id, True)
+        try:
+            conn = core.control()
+            if conn is core.daemon:
+                core.daemon_send(msg)
+            else:
+                conn.send(msg)
+            core.flush()
+        except Exception:  # noqa: BLE001 - the daemon gone: the exit says enough
+            pass
+        os._exit(0)
+
     def method(self, name: str) -> Any:
         if name == "__ray_terminate__":
-            return lambda: os._exit(0)
+            return self.terminate
         if name == "__carme_ready__":
             return lambda: True
         return getattr(self.actor, name)
@@ -389,7 +442,7 @@ class Executor:
         def run() -> None:
             self.loop = asyncio.new_event_loop()
             asyncio.set_event_loop(self.loop)
-            self.sem = asyncio.Semaphore(concurrency)
+            self.async_limit = concurrency
             ready.set()
             self.loop.run_forever()
 
@@ -397,11 +450,38 @@ class Executor:
         ready.wait()
 
     def start_async_call(self, conn: Connection, msg: tuple) -> None:
+        """On the loop: start the call if a slot is free, else queue it.
+
+        A freed slot starts the next call from the end of the loop's ready queue
+        (call_soon), so coroutines already woken (by an asyncio.Event, say) resume
+        first, as in Ray; a semaphore acquired inside the call would let the next
+        call overtake them."""
+        if self.async_running < self.async_limit:
+            self._launch_async(conn, msg)
+        else:
+            self.async_waiting.append((conn, msg))
+
+    def _launch_async(self, conn: Connection, msg: tuple) -> None:
         assert self.loop is not None
-        task = self.loop.create_task(self.async_call(conn, msg))
-        self.async_tasks[msg[1]] = task
+        self.async_running += 1
+        self.async_tasks[msg[1]] = self.loop.create_task(self.async_call(conn, msg))
+
+    def _async_slot_freed(self) -> None:
+        assert self.loop is not None
+        self.async_running -= 1
+        self.loop.call_soon(self._start_waiting_async)
+
+    def _start_waiting_async(self) -> None:
+        while self.async_waiting and self.async_running < self.async_limit:
+            self._launch_async(*self.async_waiting.popleft())
 
     async def async_call(self, conn: Connection, msg: tuple) -> None:
+        try:
+            await self._async_call(conn, msg)
+        finally:
+            self._async_slot_freed()
+
+    async def _async_call(self, conn: Connection, msg: tuple) -> None:
         (_, task_id, method, args, ref_pos, resolved, num_returns, streaming, name, attempt) = msg
         ctx = TaskContext(task_id, conn, name, None, [], f"{self.actor_name} pid={self.pid}", self.actor_id)
         token = CURRENT.set(ctx)
@@ -414,34 +494,38 @@ class Executor:
         contained: list = []
         n = max(num_returns if isinstance(num_returns, int) else 1, 1)
         try:
-            assert self.sem is not None
-            async with self.sem:
-                fn = self.method(method)
-                a, kw = self.build_args(args, ref_pos, resolved)
-                result = fn(*a, **kw)
-                if inspect.isawaitable(result):
-                    result = await result
-                self.core.current_task.submitter = conn.meta.get("peer")
-                if streaming:
-                    if hasattr(result, "__aiter__"):
-                        i = 0
-                        async for value in result:
-                            self.core.current_task.submitter = conn.meta.get("peer")
-                            p, c = self.core.serialize(value, return_id(task_id, i + 1), hold_contained=True)
-                            conn.send((M.ITEM, task_id, i, p, [r._id for r in c]))
-                            i += 1
-                    else:
-                        self.stream_items(conn, ctx, result)
-                    result = None
-                payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, name)
+            if task_id in self.cancelled:  # cancelled while it waited for a slot
+                self.cancelled.discard(task_id)
+                raise asyncio.CancelledError
+            fn = self.method(method)
+            a, kw = self.build_args(args, ref_pos, resolved)
+            result = fn(*a, **kw)
+            if inspect.isawaitable(result):
+                result = await result
+            self.core.current_task.submitter = conn.meta.get("peer")
+            if streaming:
+                if hasattr(result, "__aiter__"):
+                    i = 0
+                    async for value in result:
+                        self.core.current_task.submitter = conn.meta.get("peer")
+                        p, c = self.core.serialize(value, return_id(task_id, i + 1), hold_contained=True)
+                        conn.send((M.ITEM, task_id, i, p, [r._id for r in c]))
+                        i += 1
+                else:
+                    self.stream_items(conn, ctx, result)
+                result = None
+            payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, name)
         except asyncio.CancelledError:
             payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * n
+        except SystemExit:
+            self.terminate()  # exit_actor() in an async method
         except BaseException as e:  # noqa: BLE001
             payloads = [self.error_payload(e, name)] * n
             info["retryable"] = True
             info["error_type"] = type(e).__name__
         finally:
             self.async_tasks.pop(task_id, None)
+            self.cancel_requested.discard(task_id)
             for stream in (self.stdout, self.stderr):
                 stream.flush()
             CURRENT.reset(token)
@@ -452,6 +536,16 @@ class Executor:
             conn.send((M.RESULT, task_id, payloads, contained, info))
         except ConnectionClosed:
             pass
+
+
+def _title_setter() -> Any:
+    """setproctitle when it is installed (process titles `ray::<task>`, as Ray's workers
+    show in ps/top), else nothing."""
+    try:
+        from setproctitle import setproctitle
+    except ImportError:
+        return lambda title: None
+    return setproctitle
 
 
 def apply_env(env: dict | None) -> None:

@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
-from ._remote import ActorClass, ActorHandle, ActorMethod
+from ._remote import ActorClass, ActorClassInheritanceException, ActorHandle, ActorMethod
 
-__all__ = ["ActorClass", "ActorHandle", "ActorMethod", "exit_actor"]
+__all__ = ["ActorClass", "ActorClassInheritanceException", "ActorHandle", "ActorMethod",
+           "ActorProxy", "exit_actor"]
+
+T = TypeVar("T")
+
+# what `.remote()` on an actor class gives, for type hints (Ray's ray.actor.ActorProxy)
+ActorProxy = ActorHandle | type[T]
 
 
 def exit_actor() -> NoReturn:
-    """End the current actor from inside one of its methods: it will not be restarted,
-    and later calls fail with ActorDiedError (Ray's ray.actor.exit_actor)."""
-    from . import _messages as M
+    """End the current actor from inside one of its methods: its __ray_shutdown__ and
+    atexit handlers run, it will not be restarted, and later calls fail with
+    ActorDiedError (Ray's ray.actor.exit_actor)."""
     from ._context import core
     c = core()
-    actor_id = c.task_attr("actor_id")
-    if actor_id is None:
+    if c.task_attr("actor_id") is None:
         raise TypeError("exit_actor() called outside of an actor method")
-    conn = c.control()
-    msg = (M.KILL_ACTOR, actor_id, True)
-    if conn is c.daemon:
-        c.daemon_send(msg)
-    else:
-        conn.send(msg)
-    c.flush()
-    raise SystemExit(0)
+    raise SystemExit(0)  # the worker ends the actor (Executor.terminate)
