@@ -59,6 +59,8 @@ import psutil
 from carme._context import core
 print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
 print(core().info["store_file"], flush=True)
+import sys
+sys.stdin.readline()  # the test has looked at the running cluster
 """
 
 
@@ -66,12 +68,13 @@ print(core().info["store_file"], flush=True)
 def test_cluster_dies_with_its_driver(ending: str) -> None:
     tail = {"exit": "", "exception": "raise SystemExit(3)",
             "sigkill": "import time\nprint('ready', flush=True)\ntime.sleep(60)"}[ending]
-    p = _run_driver(DRIVER + tail)
-    assert p.stdout is not None
+    p = _run_driver(DRIVER + tail, stdin=subprocess.PIPE)
+    assert p.stdout is not None and p.stdin is not None
     pids = [int(x) for x in p.stdout.readline().split()]
     store = p.stdout.readline().strip()
     assert len(pids) >= 3, pids  # the daemon, its zygote and its workers
     assert store.startswith("/dev/shm/carme-") and os.path.exists(store)
+    p.stdin.close()  # now the driver goes on to its ending
     if ending == "sigkill":
         assert p.stdout.readline().strip() == "ready"
         os.kill(p.pid, signal.SIGKILL)
