@@ -6,12 +6,14 @@ of death. A name is claimed in a namespace at creation; a name whose actor is de
 again, and a live one is either handed back (`get_if_exists`) or refused with
 `ActorAlreadyExistsError`. When an actor's worker dies, `worker_died` decides — from
 `max_restarts` (-1: forever), the restarts so far and whether it was killed for good —
-whether the actor restarts or is dead. Workers, leases and sockets belong to the daemon;
-records hold them as opaque values.
+whether the actor restarts or is dead. Records of dead actors are kept (callers learn
+how an actor died) up to `max_dead` of them, oldest dropped first, as Ray's GCS does.
+Workers, leases and sockets belong to the daemon; records hold them as opaque values.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +40,16 @@ def death_of(err: BaseException) -> tuple[str, str]:
     return (type(err).__name__, str(err.args[0]) if err.args else str(err))
 
 
+MAX_DEAD = 100_000  # Ray's default for destroyed actors kept by its GCS
+
+
 class ActorDirectory:
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, max_dead: int = MAX_DEAD) -> None:
         self.namespace = namespace  # the default one
         self.actors: dict[bytes, ActorRec] = {}
         self.names: dict[tuple[str, str], bytes] = {}
+        self.max_dead = max_dead
+        self._dead: deque[bytes] = deque()  # oldest death first
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -124,10 +131,22 @@ class ActorDirectory:
 
     def dead(self, actor: ActorRec, error: BaseException) -> list[tuple[Any, int]]:
         """Mark the actor dead (its name is free again); returns who waited for it."""
+        if actor.state != "DEAD":
+            self._dead.append(actor.actor_id)
         actor.state = "DEAD"
         actor.death = death_of(error)
         waiters, actor.waiters = actor.waiters, []
+        while len(self._dead) > self.max_dead:
+            self._forget(self._dead.popleft())
         return waiters
+
+    def _forget(self, actor_id: bytes) -> None:
+        old = self.actors.get(actor_id)
+        if old is None or old.state != "DEAD":
+            return
+        del self.actors[actor_id]
+        for key in [k for k, aid in self.names.items() if aid == actor_id]:
+            del self.names[key]
 
     def owned_by(self, owner: Any) -> list[ActorRec]:
         """Live, non-detached actors of `owner` (they die with it)."""

@@ -81,3 +81,13 @@ def test_non_detached_actors_die_with_their_owner():
     d.create(B, _spec(lifetime="detached"), "driver1")
     d.create(C, _spec(), "driver2")
     assert [a.actor_id for a in d.owned_by("driver1")] == [A]
+
+
+def test_records_of_dead_actors_are_bounded_oldest_first():
+    d = ActorDirectory("ns", max_dead=3)
+    for i in range(10):
+        a, _ = d.create(bytes([i]) * 16, _spec(name=f"n{i}"), "o")
+        d.dead(a, exc.ActorDiedError("gone"))
+    live, _ = d.create(b"L" * 16, _spec(name="live"), "o")
+    assert len(d) == 4 and d.get(bytes([9]) * 16) is not None and d.get(bytes([0]) * 16) is None
+    assert ("ns", "n0") not in d.names and d.lookup("live", None) is live
