@@ -116,6 +116,45 @@ def test_a_driver_that_stops_reading_does_not_stall_the_others(cluster):
     stuck.close()
 
 
+SECOND_DRIVER = """
+import sys, time
+from carme._core import connect_core
+connect_core(address=sys.argv[1], token=bytes.fromhex(sys.argv[2]), role="driver",
+             worker_id="second-driver", job_id="", namespace="second")
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_paused_driver_does_not_stall_the_others():
+    """SIGSTOP of another driver on the node while workers write megabytes to their file
+    descriptors (which the daemon sends to every driver)."""
+    carme.init(num_cpus=2, log_to_driver=False)
+    cluster = carme
+    node = _node()
+    other = subprocess.Popen([sys.executable, "-c", SECOND_DRIVER, node.address, node.token.hex()],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "ready"
+        os.kill(other.pid, signal.SIGSTOP)
+
+        @carme.remote
+        def noisy(i):
+            for _ in range(20):
+                os.write(2, b"x" * 50_000 + b"\n")
+            return i
+
+        for _ in range(5):  # ~25 MB of output the paused driver never reads
+            assert cluster.get([noisy.remote(i) for i in range(5)]) == list(range(5))
+        assert cluster.get(_double.remote(21)) == 42
+    finally:
+        os.kill(other.pid, signal.SIGCONT)
+        other.kill()
+        other.wait()
+        other.stdout.close()  # type: ignore[union-attr]
+        carme.shutdown()
+
+
 def test_a_peer_that_never_drains_is_dropped_past_the_bound():
     from carme._node import default_resources, spawn_daemon
     proc, ready, token, session_dir, _ = spawn_daemon(
