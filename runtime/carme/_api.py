@@ -67,6 +67,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             raise TypeError(f"namespace must be a string, not {type(namespace).__name__}")
         if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
             raise ValueError(f"object_store_memory must be a positive number of bytes, not {object_store_memory!r}")
+        if object_store_memory is not None and address in (None, "local"):
+            import psutil
+            total = psutil.virtual_memory().total
+            if object_store_memory > total:
+                raise ValueError(
+                    f"object_store_memory={object_store_memory:,} is more than this machine's "
+                    f"memory ({total:,} bytes); pass a smaller size or leave it unset.")
         if address is None:
             address = os.environ.get("CARME_ADDRESS") or None
         from ._core import connect_core

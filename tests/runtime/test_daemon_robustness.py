@@ -402,6 +402,7 @@ def _sessions() -> set[str]:
     ({"num_gpus": -1}, ValueError, "num_gpus"),
     ({"resources": {"x": math.inf}}, ValueError, "resources"),
     ({"resources": [("x", 1)]}, TypeError, "resources"),
+    ({"object_store_memory": 10**18}, ValueError, "object_store_memory"),
 ])
 def test_bad_init_arguments_fail_at_the_call_and_leave_nothing(kwargs, error, name):
     before = _sessions()
