@@ -944,16 +944,8 @@ def _pinned(bufs: list, oid: bytes, refs: RefTable) -> list:
 
 def _lost_payload(oid: bytes) -> tuple:
     return _error_payload(exc.ObjectLostError(
-        oid.hex(), "", "all references to it were dropped or its owner died")
-        if _accepts_args(exc.ObjectLostError) else exc.ObjectLostError(f"object {oid.hex()} was lost"))
-
-
-def _accepts_args(cls: type) -> bool:
-    try:
-        cls("x", "", "y")
-        return True
-    except TypeError:
-        return False
+        oid.hex(), detail="This process holds no reference to it any more: all references "
+                          "to it were dropped, or its owner died."))
 
 
 def _error_payload(err: BaseException) -> tuple:
