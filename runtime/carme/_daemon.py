@@ -18,12 +18,14 @@ or it makes no progress for `stall_timeout` seconds. Before authentication a pee
 send nothing but the token, within `auth_timeout` seconds, and at most
 `max_unauthenticated` such peers are kept.
 
-It holds the node's state and answers requests:
-  * leases: `ClusterScheduler` (pure) decides; the daemon maps grants onto worker
-    processes, forking new ones from its zygote;
-  * objects: `ObjectTable` (pure: payloads, holds, waiters, a short story per object)
-    and `Arena` (pure: offsets in the shared-memory file);
-  * actors: placement, creation on a dedicated worker, names, restarts, deaths;
+The node's state lives in pure modules that the handlers here drive:
+  * leases: `ClusterScheduler` decides, `LeaseTable` (`_node_leases.py`) turns its
+    decisions into effects (grant here, spillback, refusal); `WorkerPool`
+    (`_node_workers.py`) tracks workers, which the daemon forks from its zygote;
+  * objects: `ObjectTable` (`_node_objects.py`: payloads, holds, waiters, a short story
+    per object) and `Arena` (offsets in the shared-memory file);
+  * actors: `ActorDirectory` (`_node_actors.py`: names, restarts, deaths); placement and
+    creation on a dedicated worker, or forwarding to another node, happen here;
   * task events (`TaskEventLog`) and the rows of the state API.
 It never sits on the per-task path: drivers push tasks straight to leased workers.
 """
