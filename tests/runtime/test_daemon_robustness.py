@@ -337,6 +337,12 @@ def test_a_killed_daemon_leaves_no_store_and_fails_every_pending_get():
         assert not not_ready
         with pytest.raises(exc.LocalRayletDiedError):
             carme.get(slow.remote(1), timeout=120)
+        # the driver's I/O loop still runs (its other connections are served)
+        core = carme._context.STATE.core
+        assert core.running and core._io.is_alive()
+        done = threading.Event()
+        core.call_later(0, done.set)
+        assert done.wait(60)
         # the zygote cleaned up after its daemon
         _wait_for(lambda: not os.path.exists(store) and not os.path.exists(node.session_dir),
                   "store and session directory removed")
