@@ -49,12 +49,13 @@ from . import _messages as M
 from . import exceptions as exc
 from ._events import TaskEventLog
 from ._node_actors import ActorDirectory, ActorRec
+from ._node_core import Client, NodeCore, Note
 from ._node_leases import ActorGrant, ActorInfeasible, LeaseTable, NeedWorker, Refuse, Spill
 from ._node_objects import Answer, ObjectTable
 from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import AuthenticationError, Connection, ConnectionClosed, listen
 from ._scheduler import ClusterScheduler, Grant, LeaseRequest
-from ._store import Arena, ArenaFull, create_store_file, store_path
+from ._store import Arena, create_store_file, store_path
 
 AUTH_TIMEOUT = 5.0          # seconds a new connection has to present the token
 MAX_UNAUTHENTICATED = 64    # connections waiting to authenticate at one time
@@ -99,6 +100,7 @@ class NodeDaemon:
         create_store_file(self.store_file, self.capacity)
         self.arena = Arena(self.capacity)
         self.table = ObjectTable(self.arena, self.node_id)
+        self.core = NodeCore(self.table)
         self.functions: dict[bytes, bytes] = {}
         self.pool = WorkerPool(max_idle=max(2, int(self.resources.get("CPU", 1)) + 1))
         self.workers = self.pool.workers  # (the same dict: records by worker id)
@@ -168,15 +170,14 @@ class NodeDaemon:
             self.sel.register(self.link.wake_r, selectors.EVENT_READ, ("link", None))
         self._handlers: dict[type, Any] = {
             M.Hello: self.on_hello, M.Lease: self.on_lease, M.ReturnLease: self.on_return_lease,
-            M.Alloc: self.on_alloc, M.Export: self.on_export, M.Incref: self.on_incref,
-            M.Decref: self.on_decref, M.GetObject: self.on_get_object, M.FnPut: self.on_fn_put,
+            M.FnPut: self.on_fn_put,
             M.FnGet: self.on_fn_get, M.CreateActor: self.on_create_actor,
             M.ActorInfo: self.on_actor_info, M.KillActor: self.on_kill_actor,
             M.KillWorker: self.on_kill_worker, M.Blocked: self.on_blocked,
             M.Unblocked: self.on_unblocked, M.Events: self.on_events, M.State: self.on_state,
             M.PgCreate: self.on_pg_create, M.PgRemove: self.on_pg_remove,
             M.PgInfo: self.on_pg_info, M.PgWait: self.on_pg_wait,
-            M.StoreStats: self.on_store_stats, M.NamedActors: self.on_named_actors,
+            M.NamedActors: self.on_named_actors,
             M.GetRemote: self.on_get_remote, M.NodeAddress: self.on_node_address,
             M.Reply: self.on_reply,
             M.WorkerReady: self.on_worker_ready, M.ActorReady: self.on_actor_ready,
@@ -331,7 +332,11 @@ class NodeDaemon:
             except M.BadMessage as e:
                 self.reject(conn, raw, e)
                 continue
-            handlers[type(msg)](conn, msg)
+            handler = handlers.get(type(msg))
+            if handler is None:  # the object messages: the pure core decides
+                self.carry_out(self.core.handle(self.client_of(conn), msg))
+            else:
+                handler(conn, msg)
 
     def reject(self, conn: Connection, raw: Any, err: M.BadMessage) -> None:
         """A malformed message: the sender hears why (if it waits for an answer); nothing
@@ -349,8 +354,7 @@ class NodeDaemon:
         self.send(conn, (M.REPLY, req, False, err))
 
     def answer(self, effects: list[Answer]) -> None:
-        for a in effects:
-            self.send(a.client, (M.REPLY, a.req, a.ok, a.value))
+        self.carry_out(effects)  # type: ignore[arg-type]
 
     def on_disconnect(self, conn: Connection) -> None:
         self.unauthenticated.pop(conn, None)
@@ -479,6 +483,7 @@ class NodeDaemon:
             conn.meta["role"] = msg.role
             conn.meta["pid"] = msg.pid
             conn.meta["holder"] = msg.info.get("worker_id") or f"conn-{id(conn)}"
+            conn.meta.pop("client", None)
             if msg.role == "driver" and conn not in self.drivers:
                 self.drivers.append(conn)
         self.reply(conn, msg.req, True, {
@@ -620,43 +625,21 @@ class NodeDaemon:
             self.kill_pid(w.pid)
 
     # ------------------------------------------------------------------ objects
-    def on_alloc(self, conn: Connection, msg: M.Alloc) -> None:
-        # the entry starts pending with one hold: the creator's, or for a task return
-        # the submitter's (the worker names it); a return its owner already exported
-        # while pending keeps its entry (holds, waiters)
-        try:
-            off = self.table.alloc(msg.oid, msg.size, msg.owner_pid, msg.holder or conn.meta["holder"])
-        except ArenaFull as e:
-            self.fail(conn, msg.req, exc.ObjectStoreFullError(str(e)))
-            return
-        self.reply(conn, msg.req, True, off)
+    def client_of(self, conn: Connection) -> Client:
+        """Who a connection is, for `NodeCore` (refreshed when it says hello)."""
+        client: Client | None = conn.meta.get("client")
+        if client is None:
+            holder = conn.meta.get("holder") or f"conn-{id(conn)}"
+            conn.meta["holder"] = holder
+            client = conn.meta["client"] = Client(conn, holder, conn.meta.get("pid", 0))
+        return client
 
-    def on_export(self, conn: Connection, msg: M.Export) -> None:
-        try:
-            effects = self.table.export(msg.oid, msg.payload, msg.contained, msg.add, msg.type_name,
-                                        conn.meta["holder"], conn.meta.get("pid", 0))
-        except M.BadMessage as e:
-            self.reject(conn, (M.EXPORT, msg.req), e)
-            return
-        if msg.req is not None:
-            self.reply(conn, msg.req, True, None)
-        self.answer(effects)
-
-    def on_incref(self, conn: Connection, msg: M.Incref) -> None:
-        missing = self.table.incref(msg.oids, msg.holder or conn.meta["holder"])
-        if msg.req is not None:
-            self.reply(conn, msg.req, True, missing)
-
-    def on_decref(self, conn: Connection, msg: M.Decref) -> None:
-        self.answer(self.table.decref(msg.oids, msg.holder or conn.meta["holder"]))
-
-    def on_get_object(self, conn: Connection, msg: M.GetObject) -> None:
-        self.answer(self.table.get(conn, msg.req, msg.oid))
-
-    def on_store_stats(self, conn: Connection, msg: M.StoreStats) -> None:
-        self.reply(conn, msg.req, True, {
-            "capacity": self.capacity, "used": self.arena.used_bytes,
-            "shared_objects": self.arena.allocations(), "objects": len(self.table)})
+    def carry_out(self, effects: list[Any]) -> None:
+        for eff in effects:
+            if isinstance(eff, Answer):
+                self.send(eff.client, (M.REPLY, eff.req, eff.ok, eff.value))
+            elif isinstance(eff, Note):
+                self.log(eff.text)
 
     # ------------------------------------------------------------------ actors
     def on_create_actor(self, conn: Connection, msg: M.CreateActor) -> None:
