@@ -60,7 +60,7 @@ from carme._context import core
 print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
 print(core().info["store_file"], flush=True)
 import sys
-sys.stdin.readline()  # the test has looked at the running cluster
+sys.stdin.readline()  # the test checks the store exists before the driver ends
 """
 
 
@@ -74,7 +74,8 @@ def test_cluster_dies_with_its_driver(ending: str) -> None:
     store = p.stdout.readline().strip()
     assert len(pids) >= 3, pids  # the daemon, its zygote and its workers
     assert store.startswith("/dev/shm/carme-") and os.path.exists(store)
-    p.stdin.close()  # now the driver goes on to its ending
+    p.stdin.write("\n")
+    p.stdin.close()
     if ending == "sigkill":
         assert p.stdout.readline().strip() == "ready"
         os.kill(p.pid, signal.SIGKILL)
