@@ -8,7 +8,9 @@ submit tasks or get objects) has one CoreWorker. It owns:
     results, replies and log lines; user threads send directly (each connection has a
     send lock), so a task push costs one write and no thread hand-off;
   * the object table: the objects this process owns (task returns, puts) and the ones it
-    borrows, with local reference counts (`RefTable`) and waiters;
+    borrows, with local reference counts and waiters. Its logic is `Ownership`
+    (`_ownership.py`, pure: decisions and queued releases); this module holds the lock
+    around it, sends what it decides and runs the waiters it hands back;
   * the task submitter (`_submit.py`) and actor submitter (`_actor_submit.py`).
 
 Reference counting. Every ObjectRef counts itself in `refs`. An object only this
@@ -34,6 +36,7 @@ from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
+from ._ownership import LocalObject, Ownership
 from ._protocol import Connection, ConnectionClosed, connect
 from ._serialization import (
     INLINE_LIMIT,
@@ -50,52 +53,27 @@ _now = time.time
 
 
 class RefTable:
-    """Local counts of live ObjectRef instances (and zero-copy views) per object id."""
+    """Local counts of live ObjectRef instances (and zero-copy views) per object id: the
+    thread-safe shell over `Ownership`'s counts (ObjectRefs die on any thread)."""
 
-    def __init__(self, on_zero: Callable[[bytes], None]) -> None:
-        self.counts: dict[bytes, int] = {}
+    def __init__(self, own: Ownership, on_zero: Callable[[bytes], None]) -> None:
+        self.own = own
+        self.counts = own.counts
         self.lock = threading.RLock()
         self.on_zero = on_zero
 
     def add(self, oid: bytes) -> None:
         with self.lock:
-            self.counts[oid] = self.counts.get(oid, 0) + 1
+            self.own.add(oid)
 
     def remove(self, oid: bytes) -> None:
         with self.lock:
-            n = self.counts.get(oid, 0) - 1
-            if n > 0:
-                self.counts[oid] = n
-                return
-            self.counts.pop(oid, None)
-        self.on_zero(oid)
+            zero = self.own.remove(oid)
+        if zero:
+            self.on_zero(oid)
 
     def count(self, oid: bytes) -> int:
-        return self.counts.get(oid, 0)
-
-
-class LocalObject:
-    __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
-                 "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
-                 "sealing", "orphan")
-
-    def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
-        self.payload = payload          # None while pending
-        self.waiters: list[Callable[[], None]] = []
-        self.held = False               # this process holds a daemon reference
-        self.exported = False           # the daemon knows this object
-        self.owned = owned
-        self.contained_ids: list[bytes] = []  # blob holds taken by a worker for a return value
-        self.keep: list[Any] = []       # ObjectRefs kept alive by a locally stored value
-        self.fetching = False
-        self.size = 0
-        self.created = _now()
-        self.type_name = ""
-        self.task_name = ""
-        self.home: str | None = None    # the node whose daemon has our hold (None: ours)
-        self.copy = False               # we hold a local copy pulled from another node
-        self.sealing = False            # its value is being handed to the daemon
-        self.orphan = False             # no local reference left: let go once sealed
+        return self.own.count(oid)
 
 
 class _Waiter:
@@ -143,15 +121,12 @@ class CoreWorker:
         self.token = token
         self.pid = os.getpid()
         self.arena = SharedArena(info["store_file"])
-        self.objects: dict[bytes, LocalObject] = {}
-        self.refs = RefTable(self._on_ref_zero)
+        self.own = Ownership(self.node_id)
+        self.objects = self.own.objects
+        self.refs = RefTable(self.own, self._on_ref_zero)
         self.lock = threading.RLock()
         self._req_ids = itertools.count(1)
         self._requests: dict[int, Any] = {}
-        self._decrefs: list[bytes] = []
-        self._peer_decrefs: dict[str, list[bytes]] = {}
-        # holds a worker took for us on values it returned (references inside them)
-        self._blob_decrefs: dict[str | None, list[bytes]] = {}
         self.peers: dict[str, Connection] = {}
         self._events: list[tuple] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -295,7 +270,7 @@ class CoreWorker:
         self.daemon_lost = True
         with self.lock:
             reqs, self._requests = self._requests, {}
-            pending = [oid for oid, entry in self.objects.items() if entry.payload is None]
+            pending = self.own.pending()
         self._answer_failed(list(reqs.values()), exc.LocalRayletDiedError())
         lost = _error_payload(exc.LocalRayletDiedError())
         for oid in pending:
@@ -345,8 +320,7 @@ class CoreWorker:
         if self.daemon_lost:
             raise exc.LocalRayletDiedError()
         with self.lock:
-            decrefs, self._decrefs = self._decrefs, []
-            blobs = self._blob_decrefs.pop(None, None)
+            decrefs, blobs = self.own.take_daemon_releases()
         if decrefs or blobs:
             msgs: list[tuple] = [(M.DECREF, decrefs)] if decrefs else []
             if blobs:
@@ -429,16 +403,12 @@ class CoreWorker:
 
     def flush(self) -> None:
         with self.lock:
-            decrefs, self._decrefs = self._decrefs, []
+            decrefs, local_blobs, peer_decrefs, blobs = self.own.take_releases()
             events, self._events = self._events, []
-            peer_decrefs, self._peer_decrefs = self._peer_decrefs, {}
-            blobs, self._blob_decrefs = self._blob_decrefs, {}
-        local_blobs = blobs.pop(None, None)
         for node_id, oids in peer_decrefs.items():
             self._send_peer(node_id, (M.DECREF, oids))
         for peer_id, oids in blobs.items():
-            if peer_id is not None:
-                self._send_peer(peer_id, (M.DECREF, oids, self.worker_id + ":blob"))
+            self._send_peer(peer_id, (M.DECREF, oids, self.worker_id + ":blob"))
         msgs: list[tuple] = []
         if decrefs:
             msgs.append((M.DECREF, decrefs))
@@ -466,46 +436,21 @@ class CoreWorker:
     # ------------------------------------------------------------------ references
     def _on_ref_zero(self, oid: bytes) -> None:
         with self.lock:
-            entry = self.objects.get(oid)
-            if entry is None:
-                return
-            if self.refs.counts.get(oid):
-                return  # re-referenced meanwhile
-            if entry.owned and entry.exported and (entry.payload is None or entry.sealing):
-                # a reference left this process (nested in an argument or a return value)
-                # while the value is still coming: the daemon only learns the value from
-                # us, so keep the entry until it is sealed there (set_payload lets go)
-                entry.orphan = True
-                return
-            del self.objects[oid]
-            if entry.held:
-                self.release_holds([oid], entry.home)
-            if entry.contained_ids:
-                self.release_blob_holds(entry.contained_ids, entry.home)
-            if entry.copy:
-                self._decrefs.append(oid)
-            entry.keep = []
+            self.own.ref_zero(oid)
 
     def release_blob_holds(self, oids: list[bytes], node_id: str | None) -> None:
         """Queue releases of holds a worker took for us on references inside a value."""
-        key = None if node_id is None or node_id == self.node_id else node_id
         with self.lock:
-            self._blob_decrefs.setdefault(key, []).extend(oids)
+            self.own.release_blob_holds(oids, node_id)
 
     def release_holds(self, oids: list[bytes], node_id: str | None) -> None:
         """Queue releases of our holds at `node_id`'s daemon (None: our node's)."""
         with self.lock:
-            if node_id is None or node_id == self.node_id:
-                self._decrefs.extend(oids)
-            else:
-                self._peer_decrefs.setdefault(node_id, []).extend(oids)
+            self.own.release_holds(oids, node_id)
 
     def new_owned(self, oid: bytes, name: str = "") -> LocalObject:
-        entry = LocalObject()
-        entry.task_name = name
         with self.lock:
-            self.objects[oid] = entry
-        return entry
+            return self.own.new_owned(oid, name)
 
     def export(self, refs: list) -> None:
         """Make the objects behind `refs` known to the daemon with a hold of ours, before
@@ -513,24 +458,18 @@ class CoreWorker:
         for ref in refs:
             oid = ref._id
             with self.lock:
-                entry = self.objects.get(oid)
-                if entry is None or entry.exported:
-                    continue
-                entry.exported = True
-                entry.held = True
-                payload = entry.payload
-                blob_holds = entry.contained_ids
-                entry.contained_ids = []
-                contained = list(blob_holds)
-                keep = entry.keep
-            if keep:
-                self.export(keep)
-                contained += [r._id for r in keep]
+                plan = self.own.begin_export(oid)
+            if plan is None:
+                continue
+            contained = list(plan.blob_holds)
+            if plan.keep:
+                self.export(plan.keep)
+                contained += [r._id for r in plan.keep]
             # the daemon's copy holds the contained refs from now on; our blob holds
             # (taken by a worker for a return value) go once it has them
-            self.request(M.EXPORT, oid, payload, contained, 1, entry.type_name)
-            if blob_holds:
-                self.release_blob_holds(blob_holds, entry.home)
+            self.request(M.EXPORT, oid, plan.payload, contained, 1, plan.type_name)
+            if plan.blob_holds:
+                self.release_blob_holds(plan.blob_holds, plan.home)
 
     def seal_exported(self, oid: bytes, entry: LocalObject) -> None:
         """A pending object that was exported got its value: tell the daemon."""
@@ -545,23 +484,12 @@ class CoreWorker:
         self._borrow_ids([r._id for r in refs])
 
     def _borrow_ids(self, oids: list[bytes]) -> None:
-        new = []
         with self.lock:
-            for oid in oids:
-                if oid not in self.objects:
-                    e = LocalObject(owned=False)
-                    e.held = True
-                    e.exported = True
-                    self.objects[oid] = e
-                    new.append(oid)
+            new = self.own.borrow(oids)
         if new:
             missing = self.request(M.INCREF, new)
             with self.lock:
-                for oid in missing:
-                    lost = self.objects.get(oid)
-                    if lost is not None:
-                        lost.held = False
-                        lost.payload = _lost_payload(oid)
+                self.own.missing(missing, _lost_payload)
 
     # ------------------------------------------------------------------ values
     def serialize(self, value: Any, oid: bytes | None = None, *, is_error: bool = False,
@@ -606,11 +534,7 @@ class CoreWorker:
             return payload
         local = self.request(M.GET_REMOTE, oid, payload[4])
         with self.lock:
-            entry = self.objects.get(oid)
-            if entry is None:
-                entry = self.objects[oid] = LocalObject(owned=False)
-                entry.payload = payload
-            entry.copy = True  # (a process holds a copy once, however often it asks)
+            self.own.add_copy(oid, payload)  # (a process holds a copy once, however often it asks)
         return local  # type: ignore[no-any-return]
 
     def deserialize(self, oid: bytes, payload: tuple) -> Any:
@@ -669,19 +593,10 @@ class CoreWorker:
     def when_ready(self, oid: bytes, cb: Callable[[], None]) -> bool:
         """Call `cb` (from some thread) once the object has a payload; True if it has one now."""
         with self.lock:
-            entry = self.objects.get(oid)
-            if entry is None:
-                entry = LocalObject(_lost_payload(oid), owned=False)
-                return True
-            if entry.payload is not None:
-                return True
-            entry.waiters.append(cb)
-            fetch = not entry.owned and not entry.fetching
-            if fetch:
-                entry.fetching = True
-        if fetch:
+            ready = self.own.when_ready(oid, cb)
+        if ready == "fetch":
             self._fetch(oid)
-        return False
+        return ready == "now"
 
     def _fetch(self, oid: bytes) -> None:
         def done(ok: bool, value: Any) -> None:
@@ -690,24 +605,17 @@ class CoreWorker:
 
     def set_payload(self, oid: bytes, payload: tuple) -> None:
         with self.lock:
+            done = self.own.set_payload(oid, payload, self.daemon_lost)
             entry = self.objects.get(oid)
-            if entry is None or entry.payload is not None:
-                return
-            entry.payload = payload
-            if not entry.size:
-                entry.size = (payload[2] if payload[0] == M.SHARED
-                              else len(payload[1]) + sum(len(b) for b in payload[2]))
-            waiters, entry.waiters = entry.waiters, []
-            exported = entry.exported and entry.owned and not self.daemon_lost
-            entry.sealing = exported
-        if exported:
+        if done is None or entry is None:
+            return
+        if done.seal:
             self.seal_exported(oid, entry)
             with self.lock:
-                entry.sealing = False
-                orphan = entry.orphan
+                orphan = self.own.sealed(oid, entry)
             if orphan:
                 self._on_ref_zero(oid)
-        for cb in waiters:
+        for cb in done.waiters:
             try:
                 cb()
             except Exception:
