@@ -49,7 +49,16 @@ from . import _messages as M
 from . import exceptions as exc
 from ._events import TaskEventLog
 from ._node_actors import ActorDirectory, ActorRec
-from ._node_core import Client, NodeCore, Note
+from ._node_core import (
+    CheckPlacementGroups,
+    Client,
+    Kill,
+    LeaseRequested,
+    NodeCore,
+    Note,
+    Retire,
+    WorkerFound,
+)
 from ._node_leases import ActorGrant, ActorInfeasible, LeaseTable, NeedWorker, Refuse, Spill
 from ._node_objects import Answer, ObjectTable
 from ._node_workers import WorkerPool, WorkerRec
@@ -100,7 +109,6 @@ class NodeDaemon:
         create_store_file(self.store_file, self.capacity)
         self.arena = Arena(self.capacity)
         self.table = ObjectTable(self.arena, self.node_id)
-        self.core = NodeCore(self.table)
         self.functions: dict[bytes, bytes] = {}
         self.pool = WorkerPool(max_idle=max(2, int(self.resources.get("CPU", 1)) + 1))
         self.workers = self.pool.workers  # (the same dict: records by worker id)
@@ -126,6 +134,8 @@ class NodeDaemon:
         self.host: str = config.get("host") or "127.0.0.1"
         self.cluster_mode = bool(config.get("cluster"))
         self.peers: dict[str, dict[str, Any]] = {}  # other nodes, from the head's view
+        self.core = NodeCore(self.table, self.lease_table, self.pool, self.directory,
+                             self.node_id, self.peers)
         self.view_nodes: list[dict[str, Any]] = []
         self.pulls: dict[bytes, str] = {}
         self.peer_conns: dict[str, Connection] = {}
@@ -169,15 +179,12 @@ class NodeDaemon:
                                     port=int(config.get("grpc_port") or 0))
             self.sel.register(self.link.wake_r, selectors.EVENT_READ, ("link", None))
         self._handlers: dict[type, Any] = {
-            M.Hello: self.on_hello, M.Lease: self.on_lease, M.ReturnLease: self.on_return_lease,
-            M.FnPut: self.on_fn_put,
+            M.Hello: self.on_hello, M.Lease: self.on_lease, M.FnPut: self.on_fn_put,
             M.FnGet: self.on_fn_get, M.CreateActor: self.on_create_actor,
-            M.ActorInfo: self.on_actor_info, M.KillActor: self.on_kill_actor,
-            M.KillWorker: self.on_kill_worker, M.Blocked: self.on_blocked,
-            M.Unblocked: self.on_unblocked, M.Events: self.on_events, M.State: self.on_state,
+            M.KillActor: self.on_kill_actor,
+            M.Events: self.on_events, M.State: self.on_state,
             M.PgCreate: self.on_pg_create, M.PgRemove: self.on_pg_remove,
             M.PgInfo: self.on_pg_info, M.PgWait: self.on_pg_wait,
-            M.NamedActors: self.on_named_actors,
             M.GetRemote: self.on_get_remote, M.NodeAddress: self.on_node_address,
             M.Reply: self.on_reply,
             M.WorkerReady: self.on_worker_ready, M.ActorReady: self.on_actor_ready,
@@ -333,7 +340,7 @@ class NodeDaemon:
                 self.reject(conn, raw, e)
                 continue
             handler = handlers.get(type(msg))
-            if handler is None:  # the object messages: the pure core decides
+            if handler is None:  # the object and lease messages: the pure core decides
                 self.carry_out(self.core.handle(self.client_of(conn), msg))
             else:
                 handler(conn, msg)
@@ -457,9 +464,8 @@ class NodeDaemon:
         self.on_disconnect(w.conn)
         if prev == "DEAD":
             return
-        if w.lease_id is not None and w.lease_id in self.leases:
-            self.leases.pop(w.lease_id, None)
-            self.scheduler.release(w.lease_id)
+        if w.lease_id is not None:
+            self.lease_table.release(w.lease_id)  # (and no longer counted as blocked)
         if prev == "ACTOR" or w.actor_id is not None:
             actor = self.actors.get(w.actor_id) if w.actor_id else None
             if actor is not None and actor.worker is w:
@@ -547,14 +553,46 @@ class NodeDaemon:
             self.fail(conn, req, exc.RuntimeEnvSetupError(f"could not set up runtime_env: {e}"))
             return
         request_id = f"lease-{os.urandom(8).hex()}"
-        self.lease_table.request(request_id, conn, req, env_key,
-                                 LeaseRequest(request_id, shape, strategy, self.node_id, desc))
-        self.pump()
+        self.carry_out(self.core.handle(self.client_of(conn), LeaseRequested(
+            req, env_key, LeaseRequest(request_id, shape, strategy, self.node_id, desc))))
 
     def pump(self) -> None:
         """Carry out what the scheduler decided (through the lease table)."""
-        for eff in self.lease_table.poll():
-            if isinstance(eff, NeedWorker):
+        self.carry_out(self.core.poll())
+
+    def fulfil(self, need: NeedWorker, w: WorkerRec) -> None:
+        self.carry_out(self.core.handle(self.client_of(need.client), WorkerFound(need, w)))
+
+    def return_to_pool(self, w: WorkerRec) -> None:
+        self.carry_out(self.core.give_back(w))
+
+    def release_lease(self, lease_id: str, kill: bool) -> None:
+        self.carry_out(self.core.release_lease(lease_id, kill))
+
+    def kill_pid(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    # ------------------------------------------------------------------ objects
+    def client_of(self, conn: Connection) -> Client:
+        """Who a connection is, for `NodeCore` (refreshed when it says hello)."""
+        client: Client | None = conn.meta.get("client")
+        if client is None:
+            holder = conn.meta.get("holder") or f"conn-{id(conn)}"
+            conn.meta["holder"] = holder
+            client = conn.meta["client"] = Client(conn, holder, conn.meta.get("pid", 0))
+        return client
+
+    def carry_out(self, effects: list[Any]) -> None:
+        """Do what the pure core decided, in order."""
+        for eff in effects:
+            if isinstance(eff, Answer):
+                self.send(eff.client, (M.REPLY, eff.req, eff.ok, eff.value))
+            elif isinstance(eff, Note):
+                self.log(eff.text)
+            elif isinstance(eff, NeedWorker):
                 self.take_worker(eff.env_key, functools.partial(self.fulfil, eff))
             elif isinstance(eff, Spill):
                 # another node fits: send the requester there (spillback)
@@ -569,77 +607,14 @@ class NodeDaemon:
                 actor = self.actors.get(eff.actor_id)
                 if actor is not None:
                     self.actor_dead(actor, exc.ActorUnschedulableError(eff.message))
-        self.check_pg_waiters()
-
-    def fulfil(self, need: NeedWorker, w: WorkerRec) -> None:
-        g = need.grant
-        if not self.lease_table.bind(g.lease_id, w, need.client, need.req):
-            self.return_to_pool(w)  # the requester went away meanwhile
-            return
-        w.state = "LEASED"
-        w.lease_id = g.lease_id
-        self.reply(need.client, need.req, True, {
-            "lease_id": g.lease_id, "worker_id": w.worker_id, "address": w.address,
-            "pid": w.pid, "gpu_ids": list(g.gpu_ids), "node_id": g.node_id})
-
-    def return_to_pool(self, w: WorkerRec) -> None:
-        if not self.pool.give_back(w):
-            self.send(w.conn, (M.EXIT,))  # enough idle workers: this one retires
-
-    def release_lease(self, lease_id: str, kill: bool) -> None:
-        existed, w = self.lease_table.release(lease_id)
-        if not existed:
-            return
-        if w is not None:
-            if kill:
-                self.kill_pid(w.pid)
+            elif isinstance(eff, CheckPlacementGroups):
+                self.check_pg_waiters()
+            elif isinstance(eff, Retire):
+                self.send(eff.worker.conn, (M.EXIT,))  # enough idle workers: this one retires
+            elif isinstance(eff, Kill):
+                self.kill_pid(eff.pid)
             else:
-                self.return_to_pool(w)
-        self.pump()
-
-    def on_return_lease(self, conn: Connection, msg: M.ReturnLease) -> None:
-        holder = self.lease_table.holder(msg.lease_id)
-        if holder is not None and holder is not conn:
-            return  # only the holder of a lease gives it back
-        self.release_lease(msg.lease_id, kill=not msg.worker_ok)
-
-    def on_blocked(self, conn: Connection, msg: M.Blocked) -> None:
-        # A worker waits in get(): lend its CPU out so nested tasks cannot deadlock.
-        if self.lease_table.block(msg.lease_id):
-            self.pump()
-
-    def on_unblocked(self, conn: Connection, msg: M.Unblocked) -> None:
-        # The worker runs again (possibly oversubscribing the node until its task ends,
-        # as Ray does); the lease's resources were already handed back.
-        pass
-
-    def kill_pid(self, pid: int) -> None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-    def on_kill_worker(self, conn: Connection, msg: M.KillWorker) -> None:
-        w = self.workers.get(msg.worker_id)
-        if w is not None:
-            self.kill_pid(w.pid)
-
-    # ------------------------------------------------------------------ objects
-    def client_of(self, conn: Connection) -> Client:
-        """Who a connection is, for `NodeCore` (refreshed when it says hello)."""
-        client: Client | None = conn.meta.get("client")
-        if client is None:
-            holder = conn.meta.get("holder") or f"conn-{id(conn)}"
-            conn.meta["holder"] = holder
-            client = conn.meta["client"] = Client(conn, holder, conn.meta.get("pid", 0))
-        return client
-
-    def carry_out(self, effects: list[Any]) -> None:
-        for eff in effects:
-            if isinstance(eff, Answer):
-                self.send(eff.client, (M.REPLY, eff.req, eff.ok, eff.value))
-            elif isinstance(eff, Note):
-                self.log(eff.text)
+                raise TypeError(f"the daemon cannot carry out {eff!r}")
 
     # ------------------------------------------------------------------ actors
     def on_create_actor(self, conn: Connection, msg: M.CreateActor) -> None:
@@ -656,14 +631,10 @@ class NodeDaemon:
             return
         if existing:
             self.reply(conn, req, True, {"actor_id": actor.actor_id, "existing": True,
-                                         "spec": self.public_spec(actor)})
+                                         "spec": self.core.public_spec(actor)})
             return
         self.reply(conn, req, True, {"actor_id": actor_id, "existing": False})
         self.schedule_actor(actor)
-
-    def public_spec(self, actor: ActorRec) -> dict:
-        s = actor.spec
-        return {k: s.get(k) for k in ("class_name", "methods", "is_async", "max_task_retries", "method_options", "max_concurrency")}
 
     def schedule_actor(self, actor: ActorRec) -> None:
         s = actor.spec
@@ -792,38 +763,7 @@ class NodeDaemon:
             self.kill_pid(w.pid)
 
     def actor_info(self, actor: ActorRec) -> dict:
-        w = actor.worker
-        if actor.remote_node is not None and actor.state != "DEAD":
-            peer = self.peers.get(actor.remote_node, {})
-            return {"actor_id": actor.actor_id, "state": "REMOTE", "redirect": actor.remote_node,
-                    "address": peer.get("address"), "spec": self.public_spec(actor),
-                    "death": None, "restarts": actor.restarts, "node_id": actor.remote_node}
-        return {"actor_id": actor.actor_id, "state": actor.state,
-                "address": w.address if w and actor.state == "ALIVE" else None,
-                "pid": w.pid if w else None, "worker_id": w.worker_id if w else None,
-                "death": actor.death, "restarts": actor.restarts,
-                "incarnation": actor.restarts, "spec": self.public_spec(actor),
-                "node_id": self.node_id}
-
-    def on_actor_info(self, conn: Connection, msg: M.ActorInfo) -> None:
-        req, actor_id, name, namespace, wait = msg.req, msg.actor_id, msg.name, msg.namespace, msg.wait
-        if actor_id is None:
-            try:
-                actor_id = self.directory.lookup(name or "", namespace).actor_id
-            except ValueError as e:
-                self.fail(conn, req, e)
-                return
-        actor = self.directory.get(actor_id)
-        if actor is None:
-            self.fail(conn, req, ValueError(f"unknown actor {actor_id.hex()}"))
-            return
-        if wait and actor.state in ("PENDING_CREATION", "RESTARTING") and actor.remote_node is None:
-            actor.waiters.append((conn, req))
-            return
-        self.reply(conn, req, True, self.actor_info(actor))
-
-    def on_named_actors(self, conn: Connection, msg: M.NamedActors) -> None:
-        self.reply(conn, msg.req, True, self.directory.named(msg.all_namespaces, msg.namespace))
+        return self.core.actor_info(actor)
 
     def on_kill_actor(self, conn: Connection, msg: M.KillActor) -> None:
         actor = self.actors.get(msg.actor_id)
@@ -855,15 +795,10 @@ class NodeDaemon:
             self.actor_dead(actor, exc.ActorDiedError(reason))
 
     def release_actor_lease(self, actor: ActorRec) -> None:
-        if actor.lease_id:
-            self.leases.pop(actor.lease_id, None)
-            self.scheduler.release(actor.lease_id)
-            actor.lease_id = None
+        self.core.release_actor_lease(actor)
 
     def actor_dead(self, actor: ActorRec, error: BaseException) -> None:
-        self.release_actor_lease(actor)
-        for wconn, wreq in self.directory.dead(actor, error):
-            self.reply(wconn, wreq, True, self.actor_info(actor))
+        self.carry_out(self.core.actor_dead(actor, error))
 
     # ------------------------------------------------------------------ placement groups
     def on_pg_create(self, conn: Connection, msg: M.PgCreate) -> None:

@@ -1,13 +1,25 @@
-"""One entry point for the node's object messages: typed message in, effects out. Pure.
+"""One entry point for the node's object and lease messages: event in, effects out. Pure.
 
 Theory of operation. `NodeCore.handle(client, msg)` takes a decoded message from a client
 (a driver's or worker's connection, opaque here, with the holder id and pid it said hello
-with) and returns what to do: `Answer`s to send and `Note`s for the daemon's log. It
-covers the object messages (`Alloc`, `Export`, `Incref`, `Decref`, `GetObject`,
-`StoreStats`), which need no process, socket or clock; the daemon routes every message
-of those kinds here and carries out the effects. Leases, workers and actors need
-processes (fork, kill) and are driven by the daemon's handlers through their own pure
-modules (`LeaseTable`, `WorkerPool`, `ActorDirectory`).
+with), or an event the daemon saw itself, and returns what to do. It covers
+
+  * the object messages (`Alloc`, `Export`, `Incref`, `Decref`, `GetObject`,
+    `StoreStats`) over the `ObjectTable`: effects `Answer` (a reply to send) and `Note`
+    (a line for the daemon's log);
+  * the actor queries (`ActorInfo`, `NamedActors`) over the `ActorDirectory`, and an
+    actor's death (`actor_dead`: its lease goes, its waiters hear);
+  * the lease messages (`ReturnLease`, `Blocked`, `Unblocked`, `KillWorker`) and the
+    events `LeaseRequested` (a `Lease` whose runtime env the daemon has set up) and
+    `WorkerFound` (a worker for a grant) over the `LeaseTable` and `WorkerPool`:
+    effects `Answer`, `Retire` (tell a worker to exit), `Kill` (a process), and what the
+    scheduler decided (`poll`: `NeedWorker`, `Spill`, `Refuse`, `ActorGrant`,
+    `ActorInfeasible`, then `CheckPlacementGroups`).
+
+None of it needs a process, socket or clock; the daemon routes every message of those
+kinds here and carries out the effects. Actor lifecycles (fork, remote placement, restarts)
+(creation, remote placement, kills, restarts) and worker processes (spawn, output, death)
+are still driven by the daemon's handlers through their pure modules.
 """
 
 from __future__ import annotations
@@ -17,7 +29,11 @@ from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
+from ._node_actors import ActorDirectory, ActorRec
+from ._node_leases import LeaseTable, NeedWorker, Spill
 from ._node_objects import Answer, ObjectTable
+from ._node_workers import WorkerPool, WorkerRec
+from ._scheduler import LeaseRequest
 from ._store import ArenaFull
 
 
@@ -26,6 +42,42 @@ class Note:
     """Effect: a line for the daemon's log (something was refused)."""
 
     text: str
+
+
+@dataclass(slots=True)
+class Retire:
+    """Effect: tell this worker to exit (the pool has enough idle ones; it is forgotten)."""
+
+    worker: WorkerRec
+
+
+@dataclass(slots=True)
+class Kill:
+    """Effect: kill this process (a worker whose lease ended badly, or on request)."""
+
+    pid: int
+
+
+@dataclass(slots=True)
+class CheckPlacementGroups:
+    """Effect: the scheduler ran; answer placement-group waits that can be answered."""
+
+
+@dataclass(slots=True)
+class LeaseRequested:
+    """Event: a client asked for a worker lease; its runtime env is set up (`env_key`)."""
+
+    req: int
+    env_key: str
+    request: LeaseRequest
+
+
+@dataclass(slots=True)
+class WorkerFound:
+    """Event: a worker (idle, or just started) for a grant the scheduler made."""
+
+    need: NeedWorker
+    worker: WorkerRec
 
 
 @dataclass(slots=True)
@@ -38,12 +90,25 @@ class Client:
 
 
 class NodeCore:
-    HANDLED = (M.Alloc, M.Export, M.Incref, M.Decref, M.GetObject, M.StoreStats)
+    HANDLED = (M.Alloc, M.Export, M.Incref, M.Decref, M.GetObject, M.StoreStats,
+               M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, M.ActorInfo, M.NamedActors)
 
-    def __init__(self, table: ObjectTable) -> None:
+    def __init__(self, table: ObjectTable, leases: LeaseTable | None = None,
+                 pool: WorkerPool | None = None, actors: ActorDirectory | None = None,
+                 node_id: str = "", peers: dict[str, dict[str, Any]] | None = None) -> None:
         self.table = table
+        self.leases = leases
+        self.pool = pool
+        self.actors = actors
+        self.node_id = node_id
+        self.peers = peers if peers is not None else {}  # other nodes (the daemon's view)
 
-    def handle(self, client: Client, msg: M.Msg) -> list[Any]:
+    def handle(self, client: Client, msg: Any) -> list[Any]:
+        if isinstance(msg, (M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker,
+                            LeaseRequested, WorkerFound)):
+            return self._lease_event(client, msg)
+        if isinstance(msg, (M.ActorInfo, M.NamedActors)):
+            return self._actor_query(client, msg)
         if isinstance(msg, M.Export):
             return self._export(client, msg)
         if isinstance(msg, M.Decref):
@@ -61,6 +126,117 @@ class NodeCore:
                 "capacity": arena.capacity, "used": arena.used_bytes,
                 "shared_objects": arena.allocations(), "objects": len(self.table)})]
         raise TypeError(f"NodeCore does not handle {type(msg).__name__}")
+
+    # ------------------------------------------------------------------ leases
+    def _lease_event(self, client: Client, msg: Any) -> list[Any]:
+        leases, pool = self.leases, self.pool
+        assert leases is not None and pool is not None, "NodeCore without a lease table"
+        if isinstance(msg, LeaseRequested):
+            leases.request(msg.request.request_id, client.conn, msg.req, msg.env_key, msg.request)
+            return self.poll()
+        if isinstance(msg, WorkerFound):
+            return self._found(msg.need, msg.worker)
+        if isinstance(msg, M.ReturnLease):
+            holder = leases.holder(msg.lease_id)
+            if holder is not None and holder is not client.conn:
+                return []  # only the holder of a lease gives it back
+            return self.release_lease(msg.lease_id, kill=not msg.worker_ok)
+        if isinstance(msg, M.Blocked):
+            # a worker waits in get(): lend its CPU out so nested tasks cannot deadlock
+            return self.poll() if leases.block(msg.lease_id) else []
+        if isinstance(msg, M.KillWorker):
+            w = pool.get(msg.worker_id)
+            return [] if w is None else [Kill(w.pid)]
+        # Unblocked: the worker runs again (possibly oversubscribing the node until its
+        # task ends, as Ray does); the lease's resources were already handed back
+        return []
+
+    def poll(self) -> list[Any]:
+        """What the scheduler decided (through the lease table)."""
+        assert self.leases is not None
+        return [*self.leases.poll(), CheckPlacementGroups()]
+
+    def give_back(self, w: WorkerRec) -> list[Any]:
+        """A worker's lease ended: it goes idle, or retires if enough are idle."""
+        assert self.pool is not None
+        return [] if self.pool.give_back(w) else [Retire(w)]
+
+    def release_lease(self, lease_id: str, kill: bool) -> list[Any]:
+        assert self.leases is not None
+        existed, w = self.leases.release(lease_id)
+        if not existed:
+            return []
+        out: list[Any] = []
+        if w is not None:
+            out = [Kill(w.pid)] if kill else self.give_back(w)
+        return out + self.poll()
+
+    # ------------------------------------------------------------------ actors
+    def _actor_query(self, client: Client, msg: M.ActorInfo | M.NamedActors) -> list[Any]:
+        d = self.actors
+        assert d is not None, "NodeCore without an actor directory"
+        if isinstance(msg, M.NamedActors):
+            return [Answer(client.conn, msg.req, True, d.named(msg.all_namespaces, msg.namespace))]
+        actor_id = msg.actor_id
+        if actor_id is None:
+            try:
+                actor_id = d.lookup(msg.name or "", msg.namespace).actor_id
+            except ValueError as e:
+                return [Answer(client.conn, msg.req, False, e)]
+        actor = d.get(actor_id)
+        if actor is None:
+            return [Answer(client.conn, msg.req, False, ValueError(f"unknown actor {actor_id.hex()}"))]
+        if msg.wait and actor.state in ("PENDING_CREATION", "RESTARTING") and actor.remote_node is None:
+            actor.waiters.append((client.conn, msg.req))
+            return []
+        return [Answer(client.conn, msg.req, True, self.actor_info(actor))]
+
+    @staticmethod
+    def public_spec(actor: ActorRec) -> dict:
+        s = actor.spec
+        return {k: s.get(k) for k in ("class_name", "methods", "is_async", "max_task_retries",
+                                      "method_options", "max_concurrency")}
+
+    def actor_info(self, actor: ActorRec) -> dict:
+        """What a caller needs to reach an actor (or to learn it is dead)."""
+        w = actor.worker
+        if actor.remote_node is not None and actor.state != "DEAD":
+            peer = self.peers.get(actor.remote_node, {})
+            return {"actor_id": actor.actor_id, "state": "REMOTE", "redirect": actor.remote_node,
+                    "address": peer.get("address"), "spec": self.public_spec(actor),
+                    "death": None, "restarts": actor.restarts, "node_id": actor.remote_node}
+        return {"actor_id": actor.actor_id, "state": actor.state,
+                "address": w.address if w and actor.state == "ALIVE" else None,
+                "pid": w.pid if w else None, "worker_id": w.worker_id if w else None,
+                "death": actor.death, "restarts": actor.restarts,
+                "incarnation": actor.restarts, "spec": self.public_spec(actor),
+                "node_id": self.node_id}
+
+    def release_actor_lease(self, actor: ActorRec) -> None:
+        if actor.lease_id:
+            assert self.leases is not None
+            self.leases.leases.pop(actor.lease_id, None)
+            self.leases.scheduler.release(actor.lease_id)
+            actor.lease_id = None
+
+    def actor_dead(self, actor: ActorRec, error: BaseException) -> list[Any]:
+        """The actor is dead: its lease goes; those waiting for it hear (its name is free)."""
+        assert self.actors is not None
+        self.release_actor_lease(actor)
+        return [Answer(conn, req, True, self.actor_info(actor))
+                for conn, req in self.actors.dead(actor, error)]
+
+    def _found(self, need: NeedWorker, w: WorkerRec) -> list[Any]:
+        assert self.leases is not None
+        g = need.grant
+        if not self.leases.bind(g.lease_id, w, need.client, need.req):
+            return self.give_back(w)  # the requester went away meanwhile
+        w.state = "LEASED"
+        w.lease_id = g.lease_id
+        return [Answer(need.client, need.req, True, {
+            "lease_id": g.lease_id, "worker_id": w.worker_id, "address": w.address,
+            "pid": w.pid, "gpu_ids": list(g.gpu_ids), "node_id": g.node_id})]
+
 
     def _alloc(self, client: Client, msg: M.Alloc) -> Answer:
         # the entry starts pending with one hold: the creator's, or for a task return
@@ -84,3 +260,7 @@ class NodeCore:
         if msg.req is not None:
             effects.insert(0, Answer(client.conn, msg.req, True, None))
         return effects
+
+
+__all__ = ["Answer", "CheckPlacementGroups", "Client", "Kill", "LeaseRequested", "NodeCore",
+           "Note", "Retire", "Spill", "WorkerFound"]

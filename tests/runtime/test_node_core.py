@@ -1,11 +1,24 @@
-"""The node core's entry point for object messages: wire tuples in, effects out, no I/O."""
+"""The node core's entry point for object and lease messages: messages in, effects out, no I/O."""
 
 from __future__ import annotations
 
 from carme import _messages as M
 from carme import exceptions as exc
-from carme._node_core import Client, NodeCore, Note
+from carme._node_actors import ActorDirectory
+from carme._node_core import (
+    CheckPlacementGroups,
+    Client,
+    Kill,
+    LeaseRequested,
+    NodeCore,
+    Note,
+    Retire,
+    WorkerFound,
+)
+from carme._node_leases import LeaseTable, NeedWorker, Refuse
 from carme._node_objects import Answer, ObjectTable
+from carme._node_workers import WorkerPool, WorkerRec
+from carme._scheduler import ClusterScheduler, DefaultStrategy, LeaseRequest
 from carme._store import Arena
 
 NODE = "n" * 56
@@ -51,3 +64,145 @@ def test_an_export_of_a_foreign_block_is_refused_and_logged():
     assert isinstance(effects[0], Note) and "pid 9" in effects[0].text
     assert not effects[1].ok and isinstance(effects[1].value, M.BadMessage)
     assert len(core.table) == 0
+
+
+# ---------------------------------------------------------------------- leases and workers
+def _lease_core(cpus: float = 1, max_idle: int = 2) -> NodeCore:
+    s = ClusterScheduler()
+    s.add_node(NODE, {"CPU": cpus}, {})
+    return NodeCore(ObjectTable(Arena(1 << 20), NODE), LeaseTable(s, NODE), WorkerPool(max_idle))
+
+
+def _ask(core: NodeCore, client: Client, req: int, rid: str) -> list:
+    return core.handle(client, LeaseRequested(req, "", LeaseRequest(
+        rid, {"CPU": 1}, DefaultStrategy(), NODE, "f")))
+
+
+def _worker(core: NodeCore, n: int) -> WorkerRec:
+    assert core.pool is not None
+    w = WorkerRec(f"w{n}", 1000 + n, f"wconn{n}", "", address=f"addr{n}", state="IDLE")
+    core.pool.add(w)
+    return w
+
+
+def test_a_lease_is_granted_to_a_found_worker_and_given_back_through_messages():
+    core = _lease_core()
+    driver = Client("driver", "d1", 10)
+    need, check = _ask(core, driver, 3, "lease-1")
+    assert isinstance(need, NeedWorker) and isinstance(check, CheckPlacementGroups)
+    w = _worker(core, 1)
+    (grant,) = core.handle(driver, WorkerFound(need, w))
+    assert isinstance(grant, Answer) and (grant.client, grant.req, grant.ok) == ("driver", 3, True)
+    assert grant.value["worker_id"] == "w1" and grant.value["address"] == "addr1"
+    assert w.state == "LEASED" and w.lease_id == need.grant.lease_id
+    lid = need.grant.lease_id
+    # only the holder gives a lease back
+    assert core.handle(Client("other", "o1"), M.decode((M.RETURN_LEASE, lid, True))) == []
+    effects = core.handle(driver, M.decode((M.RETURN_LEASE, lid, True)))
+    assert [type(e) for e in effects] == [CheckPlacementGroups]
+    assert w.state == "IDLE" and w.lease_id is None
+    assert core.handle(driver, M.decode((M.RETURN_LEASE, lid, True))) == []  # once
+
+
+def test_a_lease_given_back_with_a_broken_worker_kills_it():
+    core = _lease_core()
+    driver = Client("driver", "d1", 10)
+    need, _ = _ask(core, driver, 3, "lease-1")
+    w = _worker(core, 1)
+    core.handle(driver, WorkerFound(need, w))
+    effects = core.handle(driver, M.decode((M.RETURN_LEASE, need.grant.lease_id, False)))
+    assert isinstance(effects[0], Kill) and effects[0].pid == 1001
+
+
+def test_a_worker_past_the_idle_limit_retires():
+    core = _lease_core(cpus=2, max_idle=1)
+    driver = Client("driver", "d1", 10)
+    n1, _ = _ask(core, driver, 1, "lease-1")
+    n2, _ = _ask(core, driver, 2, "lease-2")
+    w1, w2 = _worker(core, 1), _worker(core, 2)
+    core.handle(driver, WorkerFound(n1, w1))
+    core.handle(driver, WorkerFound(n2, w2))
+    assert core.handle(driver, M.decode((M.RETURN_LEASE, n1.grant.lease_id, True)))[:-1] == []
+    (retire, _check) = core.handle(driver, M.decode((M.RETURN_LEASE, n2.grant.lease_id, True)))
+    assert isinstance(retire, Retire) and retire.worker is w2 and w2.state == "DEAD"
+    assert core.pool is not None and core.pool.get("w2") is None
+
+
+def test_a_worker_found_for_a_client_that_left_goes_back_to_the_pool():
+    core = _lease_core()
+    driver = Client("driver", "d1", 10)
+    need, _ = _ask(core, driver, 3, "lease-1")
+    assert core.leases is not None
+    for lid in core.leases.client_gone("driver"):
+        core.release_lease(lid, kill=False)
+    w = _worker(core, 1)
+    w.state = "LEASED"
+    assert core.handle(driver, WorkerFound(need, w)) == []
+    assert w.state == "IDLE"
+
+
+def test_a_blocked_lease_lends_its_cpu_to_a_nested_request():
+    core = _lease_core(cpus=1)
+    worker_client = Client("wconn", "w1", 20)
+    need, _ = _ask(core, worker_client, 1, "lease-1")
+    core.handle(worker_client, WorkerFound(need, _worker(core, 1)))
+    assert _ask(core, worker_client, 2, "lease-2") == [CheckPlacementGroups()]  # waits
+    effects = core.handle(worker_client, M.decode((M.BLOCKED, need.grant.lease_id)))
+    assert isinstance(effects[0], NeedWorker) and effects[0].req == 2
+    assert core.handle(worker_client, M.decode((M.BLOCKED, need.grant.lease_id))) == []
+    assert core.handle(worker_client, M.decode((M.UNBLOCKED, need.grant.lease_id))) == []
+
+
+def test_kill_worker_names_its_process_and_unknown_workers_are_ignored():
+    core = _lease_core()
+    _worker(core, 4)
+    assert core.handle(Client("c", "h"), M.decode((M.KILL_WORKER, "w4"))) == [Kill(1004)]
+    assert core.handle(Client("c", "h"), M.decode((M.KILL_WORKER, "nobody"))) == []
+
+
+def test_an_infeasible_lease_is_refused_with_the_reason():
+    core = _lease_core(cpus=1)
+    effects = core.handle(Client("driver", "d1"), LeaseRequested(5, "", LeaseRequest(
+        "lease-9", {"CPU": 64}, DefaultStrategy(), NODE, "f")))
+    refuse = effects[0]
+    assert isinstance(refuse, Refuse) and refuse.req == 5
+    assert isinstance(refuse.error, exc.TaskUnschedulableError)
+
+
+# ---------------------------------------------------------------------- actor queries
+def _actor_core() -> NodeCore:
+    core = _lease_core()
+    core.actors = ActorDirectory("ns")
+    core.node_id = NODE
+    return core
+
+
+def test_actor_info_waits_for_a_pending_actor_and_its_death_answers_the_waiter():
+    core = _actor_core()
+    assert core.actors is not None
+    actor, _ = core.actors.create(A, {"class_name": "C", "name": "x", "methods": ["f"]}, "owner")
+    c = Client("caller", "c1")
+    assert core.handle(c, M.decode((M.ACTOR_INFO, 4, None, "x", None, True))) == []  # waits
+    (now,) = core.handle(c, M.decode((M.ACTOR_INFO, 5, A, None, None, False)))
+    assert now.ok and now.value["state"] == "PENDING_CREATION" and now.value["spec"]["methods"] == ["f"]
+    (named,) = core.handle(c, M.decode((M.NAMED_ACTORS, 6, False, None)))
+    assert named.value == ["x"]
+    actor.lease_id = "lease-x"
+    (answer,) = core.actor_dead(actor, exc.ActorDiedError("gone"))
+    assert (answer.client, answer.req) == ("caller", 4)
+    assert answer.value["state"] == "DEAD" and answer.value["death"] == ("ActorDiedError", "gone")
+    assert actor.lease_id is None
+    (missing,) = core.handle(c, M.decode((M.ACTOR_INFO, 7, None, "x", None, False)))
+    assert not missing.ok and "no live actor" in str(missing.value)
+
+
+def test_actor_info_of_an_actor_on_another_node_redirects_there():
+    core = _actor_core()
+    assert core.actors is not None
+    actor, _ = core.actors.create(A, {"class_name": "C"}, "owner")
+    actor.remote_node = "node-b"
+    core.peers["node-b"] = {"address": "tcp:127.0.0.1:5"}
+    (info,) = core.handle(Client("c", "h"), M.decode((M.ACTOR_INFO, 1, A, None, None, True)))
+    assert info.value["state"] == "REMOTE" and info.value["address"] == "tcp:127.0.0.1:5"
+    (unknown,) = core.handle(Client("c", "h"), M.decode((M.ACTOR_INFO, 2, b"z" * 16, None, None, False)))
+    assert not unknown.ok and "unknown actor" in str(unknown.value)
