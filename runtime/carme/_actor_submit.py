@@ -156,7 +156,7 @@ class ActorSubmitter:
                 self.set_dead(st, death_error(st, info))
                 return
             try:
-                conn = connect(info["address"], self.core.token, (M.PEER, self.core.worker_id))
+                conn = connect(info["address"], self.core.token, M.Peer(self.core.worker_id).wire())
             except OSError:
                 # the worker is going away; ask again (the daemon answers once it knows)
                 with self.lock:
@@ -195,7 +195,8 @@ class ActorSubmitter:
             elif kind == M.ITEM:
                 sub.on_item(msg)
             elif kind == M.LOG:
-                self.core.on_log(msg[1], msg[2], msg[3], msg[4])
+                lg = M.read(msg)
+                self.core.on_log(lg.task_id, lg.stream, lg.text, lg.label)
 
     def on_lost(self, st: ActorState, conn: Connection) -> None:
         with self.lock:
@@ -243,7 +244,7 @@ class ActorSubmitter:
             return True
         if conn is not None:
             try:
-                conn.send((M.CANCEL, spec.task_id, force, recursive))
+                conn.send(M.Cancel(spec.task_id, bool(force), bool(recursive)).wire())
             except ConnectionClosed:
                 pass
         return True

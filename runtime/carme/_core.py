@@ -311,7 +311,8 @@ class CoreWorker:
                 else:
                     cb(msg[2], msg[3])
             elif kind == M.LOG:
-                self.on_log(None, msg[2], msg[3], msg[4])
+                lg = M.read(msg)
+                self.on_log(None, lg.stream, lg.text, lg.label)
             elif self.executor is not None:
                 self.executor.on_daemon_message(msg)
 

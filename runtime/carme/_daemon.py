@@ -355,10 +355,10 @@ class NodeDaemon:
             self.reply(conn, req, False, err)
 
     def reply(self, conn: Connection, req: int, ok: bool, value: Any) -> None:
-        self.send(conn, (M.REPLY, req, ok, value))
+        self.send(conn, M.Reply(req, ok, value).wire())
 
     def fail(self, conn: Connection, req: int, err: BaseException) -> None:
-        self.send(conn, (M.REPLY, req, False, err))
+        self.send(conn, M.Reply(req, False, err).wire())
 
     def answer(self, effects: list[Answer]) -> None:
         self.carry_out(effects)  # type: ignore[arg-type]
@@ -442,7 +442,7 @@ class NodeDaemon:
                 # a driver that does not read loses output rather than its connection
                 d.meta["dropped_output"] = d.meta.get("dropped_output", 0) + len(data)
                 continue
-            self.send(d, (M.LOG, None, stream, text, label))
+            self.send(d, M.Log(None, stream, text, label).wire())
 
     def on_worker_ready(self, conn: Connection, msg: M.WorkerReady) -> None:
         w: WorkerRec | None = conn.meta.get("worker")
@@ -589,7 +589,7 @@ class NodeDaemon:
         """Do what the pure core decided, in order."""
         for eff in effects:
             if isinstance(eff, Answer):
-                self.send(eff.client, (M.REPLY, eff.req, eff.ok, eff.value))
+                self.send(eff.client, M.Reply(eff.req, eff.ok, eff.value).wire())
             elif isinstance(eff, Note):
                 self.log(eff.text)
             elif isinstance(eff, NeedWorker):
@@ -610,7 +610,7 @@ class NodeDaemon:
             elif isinstance(eff, CheckPlacementGroups):
                 self.check_pg_waiters()
             elif isinstance(eff, Retire):
-                self.send(eff.worker.conn, (M.EXIT,))  # enough idle workers: this one retires
+                self.send(eff.worker.conn, M.Exit().wire())  # enough idle workers: this one retires
             elif isinstance(eff, Kill):
                 self.kill_pid(eff.pid)
             else:
@@ -663,7 +663,8 @@ class NodeDaemon:
             actor.worker = w
             self.leases[g.lease_id] = (w, actor.owner, 0)  # type: ignore[assignment]
             w.lease_id = g.lease_id
-            self.send(w.conn, (M.RUN_ACTOR, actor.actor_id, actor.spec, list(g.gpu_ids), actor.restarts))
+            self.send(w.conn, M.RunActor(actor.actor_id, actor.spec, list(g.gpu_ids),
+                                         actor.restarts).wire())
 
         self.take_worker(actor.spec["env_key"], start)
 

@@ -19,6 +19,13 @@ submitter -> worker: PUSH, ACTOR_CALL, CANCEL
 worker -> submitter: RESULT, ITEM (streaming generator value), LOG
 daemon -> driver: LOG (output written straight to a worker's file descriptors), ACTOR_DIED
 
+Messages others receive are typed too where they are cheap to type: REPLY, RUN_ACTOR,
+EXIT, LOG, CANCEL and PEER are built from their classes (`Reply(...).wire()`) and read at
+their receivers with `read` (same checks as `decode`). They are registered apart from the
+daemon-bound kinds (`inbound=False`), so the daemon still refuses them as unknown. The
+per-task messages between a submitter and a worker (PUSH, ACTOR_CALL, RESULT, ITEM) are
+still positional tuples: they are on the hot path of every task.
+
 A failed REPLY carries an exception instance (`carme.exceptions`, picklable, with its own
 fields); older senders inside a process may still use a `(class name, message)` pair,
 which `carme._core.error_from_reply` understands too.
@@ -190,7 +197,8 @@ def check_events(events: Any) -> list[tuple[str, str, float, dict]]:
 
 
 # ---------------------------------------------------------------------------- messages
-_BY_KIND: dict[int, type[Msg]] = {}
+_BY_KIND: dict[int, type[Msg]] = {}      # what the node daemon accepts
+_OTHERS: dict[int, type[Msg]] = {}       # what only others receive (see `read`)
 _ANY = (object,)
 
 
@@ -224,11 +232,17 @@ class Msg:
     def validate(self) -> None:
         """Checks beyond the field types (overridden where a message has them)."""
 
+    def wire(self) -> tuple:
+        """The tuple that goes on the wire (kind first, fields in order)."""
+        d = self.__dict__
+        return (self.wire_kind, *[d[n] for n in self._names])
 
-def message(msg_kind: int, /, **types: Any) -> Any:
+
+def message(msg_kind: int, /, *, inbound: bool = True, **types: Any) -> Any:
     """Register a class (fields as annotations, defaults as class attributes) as the typed
     form of `msg_kind`. `types` maps a field to a type or a tuple of types, `None` among
-    them allowing None; a field left out of `types` is not checked here (`validate` may)."""
+    them allowing None; a field left out of `types` is not checked here (`validate` may).
+    `inbound=False`: a kind the node daemon never accepts (read by others with `read`)."""
 
     def deco(cls: type[Msg]) -> type[Msg]:
         spec = []
@@ -253,17 +267,17 @@ def message(msg_kind: int, /, **types: Any) -> Any:
         cls.n_required = n_required
         cls._names = tuple(names)
         cls._defaults = defaults
-        _BY_KIND[msg_kind] = cls
+        (_BY_KIND if inbound else _OTHERS)[msg_kind] = cls
         return cls
 
     return deco
 
 
-def decode(msg: Any) -> Msg:
+def decode(msg: Any, _kinds: dict[int, type[Msg]] = _BY_KIND) -> Msg:
     """The typed, checked form of a wire tuple received by the node daemon."""
     if not isinstance(msg, tuple) or not msg or type(msg[0]) is not int:
         raise BadMessage(f"a message must be a tuple starting with its kind, not {_short(msg)}")
-    cls = _BY_KIND.get(msg[0])
+    cls = _kinds.get(msg[0])
     if cls is None:
         raise BadMessage(f"unknown message kind {msg[0]}")
     args = msg[1:]
@@ -276,6 +290,14 @@ def decode(msg: Any) -> Msg:
     out: Msg = cls(*args)
     out.validate()
     return out
+
+
+def read(msg: Any) -> Any:
+    """The typed, checked form of a message a driver or worker receives (REPLY, RUN_ACTOR,
+    EXIT, LOG, CANCEL, PEER)."""
+    if type(msg) is tuple and msg and msg[0] == REPLY:
+        return decode(msg)
+    return decode(msg, _OTHERS)
 
 
 def request_id(msg: Any) -> int | None:
@@ -556,3 +578,46 @@ class ActorFailed(Msg):
     def validate(self) -> None:
         if len(self.error) != 2 or not all(isinstance(x, str) for x in self.error):
             raise BadMessage(f"ActorFailed.error must be (class name, message), not {_short(self.error)}")
+
+
+# ---------------------------------------------------------------------------- to others
+@message(RUN_ACTOR, inbound=False, actor_id=bytes, spec=dict, gpu_ids=list, restarts=int)
+class RunActor(Msg):
+    """daemon -> worker: become this actor (its incarnation `restarts`)."""
+
+    actor_id: bytes
+    spec: dict
+    gpu_ids: list
+    restarts: int
+
+
+@message(EXIT, inbound=False)
+class Exit(Msg):
+    """daemon -> worker: retire (enough idle workers)."""
+
+
+@message(LOG, inbound=False, task_id=(bytes, None), stream=str, text=str)
+class Log(Msg):
+    """worker -> submitter (the task's output), daemon -> driver (output written straight
+    to a worker's descriptors: no task)."""
+
+    task_id: bytes | None
+    stream: str
+    text: str
+    label: Any
+
+
+@message(CANCEL, inbound=False, task_id=bytes, force=bool, recursive=bool)
+class Cancel(Msg):
+    """submitter -> worker: cancel this task."""
+
+    task_id: bytes
+    force: bool
+    recursive: bool
+
+
+@message(PEER, inbound=False, worker_id=str)
+class Peer(Msg):
+    """submitter -> worker, first message: who is calling."""
+
+    worker_id: str

@@ -295,7 +295,7 @@ class TaskSubmitter:
                     self.fail(spec, err)
                 return
             try:
-                conn = connect(value["address"], self.core.token, (M.PEER, self.core.worker_id))
+                conn = connect(value["address"], self.core.token, M.Peer(self.core.worker_id).wire())
             except OSError:
                 with self.lock:
                     q.requesting = False
@@ -346,7 +346,8 @@ class TaskSubmitter:
             elif kind == M.ITEM:
                 self.on_item(msg)
             elif kind == M.LOG:
-                self.core.on_log(msg[1], msg[2], msg[3], msg[4])
+                lg = M.read(msg)
+                self.core.on_log(lg.task_id, lg.stream, lg.text, lg.label)
 
     def on_item(self, msg: tuple) -> None:
         _, task_id, index, payload, contained = msg
@@ -531,7 +532,7 @@ class TaskSubmitter:
                 self.core.daemon_send((M.KILL_WORKER, lease.worker_id))
         else:
             try:
-                lease.conn.send((M.CANCEL, task_id, force, recursive))
+                lease.conn.send(M.Cancel(task_id, bool(force), bool(recursive)).wire())
             except ConnectionClosed:
                 pass
         return True

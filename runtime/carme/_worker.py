@@ -91,7 +91,7 @@ class TaskStream(io.TextIOBase):
 
     def _send(self, ctx: TaskContext, text: str) -> None:
         try:
-            ctx.conn.send((M.LOG, ctx.task_id, self.stream, text, ctx.label))  # type: ignore[union-attr]
+            ctx.conn.send(M.Log(ctx.task_id, self.stream, text, ctx.label).wire())  # type: ignore[union-attr]
         except ConnectionClosed:
             self.fallback.write(text)
 
@@ -148,9 +148,10 @@ class Executor:
         for msg in msgs:
             kind = msg[0]
             if kind == M.PEER:
-                conn.meta["peer"] = msg[1]
+                conn.meta["peer"] = M.read(msg).worker_id
             elif kind == M.CANCEL:
-                self.on_cancel(msg[1], msg[2], msg[3])
+                c = M.read(msg)
+                self.on_cancel(c.task_id, c.force, c.recursive)
             elif kind == M.ACTOR_CALL and self.loop is not None:
                 self.loop.call_soon_threadsafe(self.start_async_call, conn, msg)
             elif kind == M.ACTOR_CALL and self.pool is not None:
@@ -189,7 +190,8 @@ class Executor:
             elif kind == M.ACTOR_CALL:
                 self.run_actor_call(conn, msg)
             elif kind == M.RUN_ACTOR:
-                self.create_actor(*msg[1:])
+                run = M.read(msg)
+                self.create_actor(run.actor_id, run.spec, run.gpu_ids, run.restarts)
 
     def build_args(self, args: tuple, ref_pos: list, resolved: list) -> tuple[list, dict]:
         core = self.core

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from carme import _messages as M
 from carme import exceptions as exc
 from carme._node_actors import ActorDirectory
@@ -206,3 +208,28 @@ def test_actor_info_of_an_actor_on_another_node_redirects_there():
     assert info.value["state"] == "REMOTE" and info.value["address"] == "tcp:127.0.0.1:5"
     (unknown,) = core.handle(Client("c", "h"), M.decode((M.ACTOR_INFO, 2, b"z" * 16, None, None, False)))
     assert not unknown.ok and "unknown actor" in str(unknown.value)
+
+
+# ---------------------------------------------------------------------- messages to others
+def test_messages_to_others_round_trip_and_are_checked():
+    run = M.RunActor(b"a" * 16, {"class_name": "C"}, [0], 2)
+    assert run.wire() == (M.RUN_ACTOR, b"a" * 16, {"class_name": "C"}, [0], 2)
+    assert M.read(run.wire()) == run
+    assert M.read(M.Exit().wire()) == M.Exit()
+    log = M.read(M.Log(None, "stdout", "hi\n", "f pid=1").wire())
+    assert (log.task_id, log.stream, log.text, log.label) == (None, "stdout", "hi\n", "f pid=1")
+    assert M.read(M.Cancel(b"t" * 16, True, False).wire()).force is True
+    assert M.read(M.Peer("w1").wire()).worker_id == "w1"
+    reply = M.read(M.Reply(7, False, ValueError("x")).wire())
+    assert reply.req == 7 and reply.ok is False
+    with pytest.raises(M.BadMessage, match="Cancel.force must be bool"):
+        M.read((M.CANCEL, b"t" * 16, "yes", False))
+    with pytest.raises(M.BadMessage, match="RunActor takes 4..4 fields"):
+        M.read((M.RUN_ACTOR, b"a" * 16))
+
+
+def test_the_daemon_refuses_kinds_only_others_receive():
+    for wire in (M.Exit().wire(), M.RunActor(b"a" * 16, {}, [], 0).wire(),
+                 M.Log(None, "stdout", "x", None).wire()):
+        with pytest.raises(M.BadMessage, match="unknown message kind"):
+            M.decode(wire)
