@@ -52,12 +52,14 @@ from ._node_actors import ActorDirectory, ActorRec
 from ._node_core import (
     CheckPlacementGroups,
     Client,
+    Event,
     Kill,
     LeaseRequested,
     NodeCore,
     Note,
     Retire,
     WorkerFound,
+    as_error,
 )
 from ._node_leases import ActorGrant, ActorInfeasible, LeaseTable, NeedWorker, Refuse, Spill
 from ._node_objects import Answer, ObjectTable
@@ -70,22 +72,6 @@ AUTH_TIMEOUT = 5.0          # seconds a new connection has to present the token
 MAX_UNAUTHENTICATED = 64    # connections waiting to authenticate at one time
 STALL_TIMEOUT = 300.0       # seconds a peer may leave our output unread before it is dropped
 LOG_BACKLOG = 8 << 20       # a driver with this much unread output gets no more worker output
-
-
-def _as_error(value: Any) -> BaseException:
-    """A failure value as an exception instance (peers may still send (name, message))."""
-    if isinstance(value, BaseException):
-        return value
-    if isinstance(value, tuple) and len(value) == 2:
-        cls = getattr(exc, str(value[0]), None)
-        if isinstance(cls, type) and issubclass(cls, Exception):
-            try:
-                return cls(value[1])  # type: ignore[no-any-return]
-            except TypeError:
-                pass
-        if value[0] == "ValueError":
-            return ValueError(value[1])
-    return exc.RaySystemError(str(value))
 
 
 class NodeDaemon:
@@ -187,8 +173,7 @@ class NodeDaemon:
             M.PgInfo: self.on_pg_info, M.PgWait: self.on_pg_wait,
             M.GetRemote: self.on_get_remote, M.NodeAddress: self.on_node_address,
             M.Reply: self.on_reply,
-            M.WorkerReady: self.on_worker_ready, M.ActorReady: self.on_actor_ready,
-            M.ActorFailed: self.on_actor_failed,
+            M.WorkerReady: self.on_worker_ready,
         }
 
     # ------------------------------------------------------------------ loop
@@ -613,6 +598,8 @@ class NodeDaemon:
                 self.send(eff.worker.conn, M.Exit().wire())  # enough idle workers: this one retires
             elif isinstance(eff, Kill):
                 self.kill_pid(eff.pid)
+            elif isinstance(eff, Event):
+                self.record_event(eff.task_id, eff.state, time.time(), **eff.attrs)
             else:
                 raise TypeError(f"the daemon cannot carry out {eff!r}")
 
@@ -712,7 +699,7 @@ class NodeDaemon:
         def created(ok: bool, value: Any) -> None:
             if not ok:
                 actor.no_restart = True
-                self.actor_dead(actor, _as_error(value))
+                self.actor_dead(actor, as_error(value))
                 return
             waiters, actor.waiters = actor.waiters, []
             for wconn, wreq in waiters:
@@ -729,39 +716,6 @@ class NodeDaemon:
                 actor.remote_node = None
                 actor.spec["kill_reason"] = f"the actor's node {node_id[:8]} died"
                 self.on_actor_worker_died(actor)
-
-    def on_actor_ready(self, conn: Connection, msg: M.ActorReady) -> None:
-        actor_id = msg.actor_id
-        actor = self.actors.get(actor_id)
-        if actor is None or actor.worker is None or actor.worker.conn is not conn:
-            return  # only the actor's own worker says it is ready
-        actor.state = "ALIVE"
-        w = actor.worker
-        self.record_event(actor_id.hex(), "FINISHED", time.time(), node_id=self.node_id,
-                          worker_id=w.worker_id if w else None, worker_pid=w.pid if w else None)
-        if not actor.spec.get("hold_resources") and actor.lease_id:
-            self.scheduler.release(actor.lease_id)
-            self.leases.pop(actor.lease_id, None)
-            if actor.worker:
-                actor.worker.lease_id = None
-            actor.lease_id = None
-            self.pump()
-        waiters, actor.waiters = actor.waiters, []
-        for wconn, wreq in waiters:
-            self.reply(wconn, wreq, True, self.actor_info(actor))
-
-    def on_actor_failed(self, conn: Connection, msg: M.ActorFailed) -> None:
-        actor_id, error = msg.actor_id, msg.error
-        actor = self.actors.get(actor_id)
-        if actor is None or actor.worker is None or actor.worker.conn is not conn:
-            return
-        actor.no_restart = True
-        self.record_event(actor_id.hex(), "FAILED", time.time(), error_type="ActorDiedError",
-                          error_message=str(error[1])[:500])
-        self.actor_dead(actor, _as_error(error))
-        w = conn.meta.get("worker")
-        if w is not None:
-            self.kill_pid(w.pid)
 
     def actor_info(self, actor: ActorRec) -> dict:
         return self.core.actor_info(actor)

@@ -7,8 +7,10 @@ with), or an event the daemon saw itself, and returns what to do. It covers
   * the object messages (`Alloc`, `Export`, `Incref`, `Decref`, `GetObject`,
     `StoreStats`) over the `ObjectTable`: effects `Answer` (a reply to send) and `Note`
     (a line for the daemon's log);
-  * the actor queries (`ActorInfo`, `NamedActors`) over the `ActorDirectory`, and an
-    actor's death (`actor_dead`: its lease goes, its waiters hear);
+  * the actor queries (`ActorInfo`, `NamedActors`) and an actor worker's reports
+    (`ActorReady`, `ActorFailed`) over the `ActorDirectory`, and an actor's death
+    (`actor_dead`: its lease goes, its waiters hear): effects `Answer`, `Event` (a task
+    event for the daemon's log, stamped there), `Kill`;
   * the lease messages (`ReturnLease`, `Blocked`, `Unblocked`, `KillWorker`) and the
     events `LeaseRequested` (a `Lease` whose runtime env the daemon has set up) and
     `WorkerFound` (a worker for a grant) over the `LeaseTable` and `WorkerPool`:
@@ -37,6 +39,22 @@ from ._scheduler import LeaseRequest
 from ._store import ArenaFull
 
 
+def as_error(value: Any) -> BaseException:
+    """A failure value as an exception instance (peers may still send (name, message))."""
+    if isinstance(value, BaseException):
+        return value
+    if isinstance(value, tuple) and len(value) == 2:
+        cls = getattr(exc, str(value[0]), None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                return cls(value[1])  # type: ignore[no-any-return]
+            except TypeError:
+                pass
+        if value[0] == "ValueError":
+            return ValueError(value[1])
+    return exc.RaySystemError(str(value))
+
+
 @dataclass(slots=True)
 class Note:
     """Effect: a line for the daemon's log (something was refused)."""
@@ -56,6 +74,15 @@ class Kill:
     """Effect: kill this process (a worker whose lease ended badly, or on request)."""
 
     pid: int
+
+
+@dataclass(slots=True)
+class Event:
+    """Effect: record a task event (the daemon stamps the time)."""
+
+    task_id: str
+    state: str
+    attrs: dict
 
 
 @dataclass(slots=True)
@@ -91,7 +118,8 @@ class Client:
 
 class NodeCore:
     HANDLED = (M.Alloc, M.Export, M.Incref, M.Decref, M.GetObject, M.StoreStats,
-               M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, M.ActorInfo, M.NamedActors)
+               M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, M.ActorInfo, M.NamedActors,
+               M.ActorReady, M.ActorFailed)
 
     def __init__(self, table: ObjectTable, leases: LeaseTable | None = None,
                  pool: WorkerPool | None = None, actors: ActorDirectory | None = None,
@@ -109,6 +137,8 @@ class NodeCore:
             return self._lease_event(client, msg)
         if isinstance(msg, (M.ActorInfo, M.NamedActors)):
             return self._actor_query(client, msg)
+        if isinstance(msg, (M.ActorReady, M.ActorFailed)):
+            return self._actor_report(client, msg)
         if isinstance(msg, M.Export):
             return self._export(client, msg)
         if isinstance(msg, M.Decref):
@@ -191,6 +221,31 @@ class NodeCore:
             return []
         return [Answer(client.conn, msg.req, True, self.actor_info(actor))]
 
+    def _actor_report(self, client: Client, msg: M.ActorReady | M.ActorFailed) -> list[Any]:
+        assert self.actors is not None
+        actor = self.actors.get(msg.actor_id)
+        if actor is None or actor.worker is None or actor.worker.conn is not client.conn:
+            return []  # only the actor's own worker reports on it
+        w = actor.worker
+        if isinstance(msg, M.ActorFailed):
+            actor.no_restart = True
+            return [Event(msg.actor_id.hex(), "FAILED", {
+                        "error_type": "ActorDiedError", "error_message": str(msg.error[1])[:500]}),
+                    *self.actor_dead(actor, as_error(msg.error)), Kill(w.pid)]
+        actor.state = "ALIVE"
+        out: list[Any] = [Event(msg.actor_id.hex(), "FINISHED", {
+            "node_id": self.node_id, "worker_id": w.worker_id, "worker_pid": w.pid})]
+        if not actor.spec.get("hold_resources") and actor.lease_id:
+            # its creation resources go back; it keeps running on its worker
+            assert self.leases is not None
+            self.leases.scheduler.release(actor.lease_id)
+            self.leases.leases.pop(actor.lease_id, None)
+            w.lease_id = None
+            actor.lease_id = None
+            out += self.poll()
+        waiters, actor.waiters = actor.waiters, []
+        return out + [Answer(conn, req, True, self.actor_info(actor)) for conn, req in waiters]
+
     @staticmethod
     def public_spec(actor: ActorRec) -> dict:
         s = actor.spec
@@ -262,5 +317,5 @@ class NodeCore:
         return effects
 
 
-__all__ = ["Answer", "CheckPlacementGroups", "Client", "Kill", "LeaseRequested", "NodeCore",
+__all__ = ["Answer", "CheckPlacementGroups", "Client", "Event", "Kill", "LeaseRequested", "NodeCore",
            "Note", "Retire", "Spill", "WorkerFound"]

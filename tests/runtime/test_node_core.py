@@ -10,6 +10,7 @@ from carme._node_actors import ActorDirectory
 from carme._node_core import (
     CheckPlacementGroups,
     Client,
+    Event,
     Kill,
     LeaseRequested,
     NodeCore,
@@ -233,3 +234,46 @@ def test_the_daemon_refuses_kinds_only_others_receive():
                  M.Log(None, "stdout", "x", None).wire()):
         with pytest.raises(M.BadMessage, match="unknown message kind"):
             M.decode(wire)
+
+
+# ---------------------------------------------------------------------- actor reports
+def _placed_actor(core: NodeCore, **spec):
+    assert core.actors is not None and core.leases is not None
+    actor, _ = core.actors.create(A, {"class_name": "C", **spec}, "owner")
+    w = _worker(core, 7)
+    w.state, w.actor_id = "ACTOR", A
+    actor.worker = w
+    need, _ = _ask(core, Client("owner", "o1"), 1, "lease-a")
+    core.handle(Client("owner", "o1"), WorkerFound(need, w))
+    actor.lease_id = w.lease_id
+    return actor, w
+
+
+def test_an_actor_ready_gives_back_its_creation_lease_and_answers_waiters():
+    core = _actor_core()
+    actor, w = _placed_actor(core)
+    caller = Client("caller", "c1")
+    core.handle(caller, M.decode((M.ACTOR_INFO, 3, A, None, None, True)))
+    # only the actor's own worker reports on it
+    assert core.handle(Client("someone", "s"), M.decode((M.ACTOR_READY, A))) == []
+    effects = core.handle(Client(w.conn, "w7"), M.decode((M.ACTOR_READY, A)))
+    ev = effects[0]
+    assert isinstance(ev, Event) and (ev.task_id, ev.state) == (A.hex(), "FINISHED")
+    assert ev.attrs["worker_pid"] == 1007
+    assert any(isinstance(e, CheckPlacementGroups) for e in effects)
+    answer = effects[-1]
+    assert isinstance(answer, Answer) and answer.req == 3 and answer.value["state"] == "ALIVE"
+    assert actor.lease_id is None and w.lease_id is None and actor.state == "ALIVE"
+
+
+def test_an_actor_that_failed_in_its_constructor_dies_and_its_worker_is_killed():
+    core = _actor_core()
+    actor, w = _placed_actor(core)
+    core.handle(Client("caller", "c1"), M.decode((M.ACTOR_INFO, 3, A, None, None, True)))
+    effects = core.handle(Client(w.conn, "w7"),
+                          M.decode((M.ACTOR_FAILED, A, ("ValueError", "bad init"))))
+    ev, answer, kill = effects
+    assert isinstance(ev, Event) and ev.state == "FAILED" and ev.attrs["error_message"] == "bad init"
+    assert isinstance(answer, Answer) and answer.value["death"] == ("ValueError", "bad init")
+    assert kill == Kill(1007)
+    assert actor.state == "DEAD" and actor.no_restart
