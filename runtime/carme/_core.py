@@ -30,7 +30,6 @@ import os
 import selectors
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -38,16 +37,9 @@ from . import _messages as M
 from . import exceptions as exc
 from ._ownership import LocalObject, Ownership
 from ._protocol import Connection, ConnectionClosed, connect
-from ._serialization import (
-    INLINE_LIMIT,
-    dumps,
-    inline_payload,
-    layout_size,
-    loads,
-    read_layout,
-    write_layout,
-)
+from ._serialization import dumps, inline_payload
 from ._store import SharedArena
+from ._values import Values, error_payload, lost_payload
 
 _now = time.time
 
@@ -121,6 +113,7 @@ class CoreWorker:
         self.token = token
         self.pid = os.getpid()
         self.arena = SharedArena(info["store_file"])
+        self.values = Values(self)
         self.own = Ownership(self.node_id)
         self.objects = self.own.objects
         self.refs = RefTable(self.own, self._on_ref_zero)
@@ -272,7 +265,7 @@ class CoreWorker:
             reqs, self._requests = self._requests, {}
             pending = self.own.pending()
         self._answer_failed(list(reqs.values()), exc.LocalRayletDiedError())
-        lost = _error_payload(exc.LocalRayletDiedError())
+        lost = error_payload(exc.LocalRayletDiedError())
         for oid in pending:
             self.set_payload(oid, lost)
 
@@ -490,105 +483,24 @@ class CoreWorker:
         if new:
             missing = self.request(M.INCREF, new)
             with self.lock:
-                self.own.missing(missing, _lost_payload)
+                self.own.missing(missing, lost_payload)
 
-    # ------------------------------------------------------------------ values
+    # ------------------------------------------------------------------ values (_values.py)
     def serialize(self, value: Any, oid: bytes | None = None, *, is_error: bool = False,
                   hold_contained: bool = False) -> tuple[tuple, list]:
-        """Serialize a value for a result or a put: inline payload or shared memory.
-
-        Returns (payload, contained ObjectRefs). Contained refs are exported; with
-        `hold_contained` the value takes a daemon hold on each (for a value that outlives
-        this process's references)."""
-        data, buffers, contained = dumps(value)
-        holder = getattr(self.current_task, "submitter", None)
-        if contained:
-            self.export(contained)
-            if hold_contained:
-                self.request(M.INCREF, [r._id for r in contained],
-                             holder + ":blob" if holder else None)
-        size = len(data) + sum(b.raw().nbytes for b in buffers)
-        if size < INLINE_LIMIT or oid is None:
-            return inline_payload(data, buffers, is_error), contained
-        total = layout_size(data, buffers)
-        off = self.request(M.ALLOC, oid, total, self.pid, holder)
-        write_layout(self.arena.writable(off, total), data, buffers)
-        payload = (M.SHARED, off, total, is_error, self.node_id)
-        # sealed at the node before anyone can hear of it, so peers can pull it at once
-        self.request(M.EXPORT, oid, payload, [], 0, type(value).__name__)
-        return payload, contained
+        return self.values.serialize(value, oid, is_error=is_error, hold_contained=hold_contained)
 
     def protect_views(self) -> None:
-        """Before a task reports back: zero-copy views of its arguments that are still
-        alive (kept in actor state, say) get a hold of this process, taken while the
-        submitter still holds the object."""
-        with self.lock:
-            oids, self._unprotected = self._unprotected, set()
-        keep = [oid for oid in oids if self.refs.count(oid) and oid not in self.objects]
-        if keep:
-            self._borrow_ids(keep)
+        self.values.protect_views()
 
     def localize(self, oid: bytes, payload: tuple) -> tuple:
-        """A payload readable here: an object in another node's store is copied to ours
-        (once per node) and this process holds that copy while it has references."""
-        if payload[0] != M.SHARED or len(payload) < 5 or payload[4] == self.node_id:
-            return payload
-        local = self.request(M.GET_REMOTE, oid, payload[4])
-        with self.lock:
-            self.own.add_copy(oid, payload)  # (a process holds a copy once, however often it asks)
-        return local  # type: ignore[no-any-return]
+        return self.values.localize(oid, payload)
 
     def deserialize(self, oid: bytes, payload: tuple) -> Any:
-        if payload[0] == M.INLINE:
-            value, loaded = loads(payload[1], payload[2])
-        else:
-            if oid not in self.objects:
-                # a task argument: its submitter keeps it alive while the task runs;
-                # views that outlive the task get a hold of ours (protect_views)
-                self._unprotected.add(oid)
-            payload = self.localize(oid, payload)
-            src = self.arena.readonly(payload[1], payload[2])
-            data, bufs = read_layout(src)
-            if bufs:
-                bufs = _pinned(bufs, oid, self.refs)
-            value, loaded = loads(data, bufs)
-            if not self.refs.count(oid):
-                self._on_ref_zero(oid)  # no view and no ref keeps it: let go at once
-        if loaded:
-            self.borrow(loaded)
-        if payload[3]:
-            if isinstance(value, exc.RayTaskError):
-                raise value.as_instanceof_cause()
-            raise value
-        return value
+        return self.values.deserialize(oid, payload)
 
     def put(self, value: Any, _owner: Any = None) -> Any:
-        from ._ids import put_id
-        from ._objects import ObjectRef
-        oid = put_id()
-        if isinstance(value, ObjectRef):
-            raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do this, you can wrap the ObjectRef in a list and call 'put' on it.")
-        entry = LocalObject()
-        entry.type_name = type(value).__name__
-        data, buffers, contained = dumps(value)
-        size = len(data) + sum(b.raw().nbytes for b in buffers)
-        entry.size = size
-        with self.lock:
-            self.objects[oid] = entry
-        ref = ObjectRef(oid, self.worker_id)
-        if size < INLINE_LIMIT:
-            entry.payload = inline_payload(data, buffers)
-            entry.keep = list(contained)
-        else:
-            if contained:
-                self.export(contained)
-            total = layout_size(data, buffers)
-            off = self.request(M.ALLOC, oid, total, self.pid)
-            write_layout(self.arena.writable(off, total), data, buffers)
-            entry.payload = (M.SHARED, off, total, False, self.node_id)
-            entry.held = entry.exported = True
-            self.daemon_send((M.EXPORT, None, oid, entry.payload, [r._id for r in contained], 0, entry.type_name))
-        return ref
+        return self.values.put(value, _owner)
 
     # ------------------------------------------------------------------ readiness
     def when_ready(self, oid: bytes, cb: Callable[[], None]) -> bool:
@@ -601,7 +513,7 @@ class CoreWorker:
 
     def _fetch(self, oid: bytes) -> None:
         def done(ok: bool, value: Any) -> None:
-            self.set_payload(oid, value if ok else _error_payload(error_from_reply(value)))
+            self.set_payload(oid, value if ok else error_payload(error_from_reply(value)))
         self.request_async(M.GET_OBJECT, (oid,), done)
 
     def set_payload(self, oid: bytes, payload: tuple) -> None:
@@ -625,7 +537,7 @@ class CoreWorker:
     def payload_of(self, oid: bytes) -> tuple | None:
         entry = self.objects.get(oid)
         if entry is None:
-            return _lost_payload(oid)
+            return lost_payload(oid)
         return entry.payload
 
     def _blocked(self) -> Callable[[], None] | None:
@@ -797,7 +709,7 @@ class CoreWorker:
                 data, bufs, _ = dumps(True)
                 payload = inline_payload(data, bufs)
             else:
-                payload = _error_payload(exc.RaySystemError(
+                payload = error_payload(exc.RaySystemError(
                     f"placement group {pg_id} was removed before it was ready"))
             self.set_payload(oid, payload)
 
@@ -832,34 +744,6 @@ class CoreWorker:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _pinned(bufs: list, oid: bytes, refs: RefTable) -> list:
-    """Wrap zero-copy buffers so the object stays allocated while any view of it lives.
-
-    numpy keeps the exact object it was handed as the base of the arrays it rebuilds
-    (but makes its own memoryview of a memoryview), so when numpy is there the buffers
-    are uint8 arrays, and a finalizer on each releases its pin."""
-    try:
-        import numpy as np
-        out = [np.frombuffer(b, dtype=np.uint8) for b in bufs]
-    except ImportError:
-        out = bufs
-    for b in out:
-        refs.add(oid)
-        weakref.finalize(b, refs.remove, oid)
-    return out
-
-
-def _lost_payload(oid: bytes) -> tuple:
-    return _error_payload(exc.ObjectLostError(
-        oid.hex(), detail="This process holds no reference to it any more: all references "
-                          "to it were dropped, or its owner died."))
-
-
-def _error_payload(err: BaseException) -> tuple:
-    data, bufs, _ = dumps(err)
-    return inline_payload(data, bufs, True)
 
 
 def connect_core(*, address: str, token: bytes, role: str, worker_id: str, job_id: str,

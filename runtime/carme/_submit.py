@@ -458,8 +458,8 @@ class TaskSubmitter:
         spec.arg_refs = []
 
     def fail(self, spec: TaskSpec, err: BaseException) -> None:
-        from ._core import _error_payload
-        payload = _error_payload(err)
+        from ._values import error_payload
+        payload = error_payload(err)
         self.core.record(spec.task_id, "FAILED", error_type=type(err).__name__, error_message=str(err)[:500])
         self.finish(spec, [payload] * max(spec.num_returns, 1), None)
 

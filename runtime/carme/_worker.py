@@ -32,10 +32,11 @@ from typing import Any
 from . import _context
 from . import _messages as M
 from . import exceptions as exc
-from ._core import CoreWorker, _error_payload
+from ._core import CoreWorker
 from ._ids import return_id
 from ._protocol import Connection, ConnectionClosed, listen
 from ._serialization import loads
+from ._values import error_payload
 
 
 class TaskContext:
@@ -275,10 +276,10 @@ class Executor:
                     self.set_title(f"ray::{self.actor_name}" if self.actor_id else "ray::IDLE")
             payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, ctx.name)
         except KeyboardInterrupt:
-            payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * max(num_returns if isinstance(num_returns, int) else 1, 1)
+            payloads = [error_payload(exc.TaskCancelledError(task_id.hex()))] * max(num_returns if isinstance(num_returns, int) else 1, 1)
             info["error_type"] = "TaskCancelledError"
         except exc.TaskCancelledError as e:
-            payloads = [_error_payload(e)] * max(num_returns if isinstance(num_returns, int) else 1, 1)
+            payloads = [error_payload(e)] * max(num_returns if isinstance(num_returns, int) else 1, 1)
             info["error_type"] = "TaskCancelledError"
         except BaseException as e:  # noqa: BLE001 - the task's error goes to its caller
             if isinstance(e, SystemExit) and self.actor is not None:
@@ -307,9 +308,9 @@ class Executor:
         else:
             err = exc.RayTaskError.from_exception(e, name, pid=self.pid, ip="127.0.0.1")
         try:
-            return _error_payload(err)
+            return error_payload(err)
         except Exception as pe:  # noqa: BLE001
-            return _error_payload(exc.RaySystemError(f"{type(e).__name__}: {e} (could not pickle it: {pe})"))
+            return error_payload(exc.RaySystemError(f"{type(e).__name__}: {e} (could not pickle it: {pe})"))
 
     def pack_returns(self, task_id: bytes, result: Any, num_returns: Any, streaming: bool,
                      name: str) -> tuple[list, list]:
@@ -518,7 +519,7 @@ class Executor:
                 result = None
             payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, name)
         except asyncio.CancelledError:
-            payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * n
+            payloads = [error_payload(exc.TaskCancelledError(task_id.hex()))] * n
         except SystemExit:
             self.terminate()  # exit_actor() in an async method
         except BaseException as e:  # noqa: BLE001
