@@ -149,7 +149,7 @@ class ActorSubmitter:
                 self.core.call_later(0.3, lambda: self.drain(st))
                 return
             if not ok:
-                from ._core import error_from_reply
+                from ._rpc import error_from_reply
                 self.set_dead(st, error_from_reply(info))
                 return
             if info["state"] != "ALIVE":

@@ -2,7 +2,7 @@
 
 Theory of operation. Each process that uses carme (a driver, or a worker whose tasks
 submit tasks or get objects) has one CoreWorker. It owns:
-  * a connection to its node daemon (requests with ids, answered by REPLY);
+  * a connection to its node daemon (requests with ids, answered by REPLY; `_rpc.py`);
   * direct connections to the workers it leased and the actors it calls;
   * one I/O thread running a selector loop that reads every connection and dispatches
     results, replies and log lines; user threads send directly (each connection has a
@@ -11,7 +11,8 @@ submit tasks or get objects) has one CoreWorker. It owns:
     borrows, with local reference counts and waiters. Its logic is `Ownership`
     (`_ownership.py`, pure: decisions and queued releases); this module holds the lock
     around it, sends what it decides and runs the waiters it hands back;
-  * the task submitter (`_submit.py`) and actor submitter (`_actor_submit.py`).
+  * the task submitter (`_submit.py`) and actor submitter (`_actor_submit.py`);
+  * values in and out of payloads and the store (`_values.py`).
 
 Reference counting. Every ObjectRef counts itself in `refs`. An object only this
 process knows stays local (inline value in `objects`). Once a reference leaves the
@@ -36,7 +37,8 @@ from typing import Any
 from . import _messages as M
 from . import exceptions as exc
 from ._ownership import LocalObject, Ownership
-from ._protocol import Connection, ConnectionClosed, connect
+from ._protocol import Connection, connect
+from ._rpc import Rpc, _Waiter, error_from_reply
 from ._serialization import dumps, inline_payload
 from ._store import SharedArena
 from ._values import Values, error_payload, lost_payload
@@ -68,38 +70,6 @@ class RefTable:
         return self.own.count(oid)
 
 
-class _Waiter:
-    """A one-shot result for a blocking call, cheaper than threading.Event."""
-
-    __slots__ = ("lock", "ok", "value")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.ok = True
-        self.value: Any = None
-
-    def set(self, ok: bool, value: Any) -> None:
-        self.ok, self.value = ok, value
-        self.lock.release()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
-
-
-def error_from_reply(value: Any) -> Exception:
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
-        cls: Any = getattr(exc, value[0], None) or {"ValueError": ValueError, "TypeError": TypeError}.get(value[0], exc.RaySystemError)
-        try:
-            return cls(value[1])
-        except TypeError:
-            e = exc.RaySystemError(value[1])
-            return e
-    if isinstance(value, BaseException):
-        return value  # type: ignore[return-value]
-    return exc.RaySystemError(str(value))
-
-
 class CoreWorker:
     def __init__(self, *, role: str, daemon_conn: Connection, info: dict, worker_id: str,
                  job_id: str, namespace: str, token: bytes) -> None:
@@ -118,8 +88,7 @@ class CoreWorker:
         self.objects = self.own.objects
         self.refs = RefTable(self.own, self._on_ref_zero)
         self.lock = threading.RLock()
-        self._req_ids = itertools.count(1)
-        self._requests: dict[int, Any] = {}
+        self.rpc = Rpc(self)
         self.peers: dict[str, Connection] = {}
         self._events: list[tuple] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -262,167 +231,52 @@ class CoreWorker:
             os._exit(1)
         self.daemon_lost = True
         with self.lock:
-            reqs, self._requests = self._requests, {}
+            reqs = dict(self.rpc.requests)
+            self.rpc.requests.clear()
             pending = self.own.pending()
         self._answer_failed(list(reqs.values()), exc.LocalRayletDiedError())
         lost = error_payload(exc.LocalRayletDiedError())
         for oid in pending:
             self.set_payload(oid, lost)
 
+    # ------------------------------------------------------------------ requests (_rpc.py)
+    @property
+    def _requests(self) -> dict[int, Any]:
+        return self.rpc.requests
+
     def _fail_requests(self, conn: Connection) -> None:
-        """Another node's daemon went away: its unanswered requests fail with NodeDiedError."""
-        pending = [self._requests.pop(req, None) for req in conn.meta.pop("reqs", ())]
-        self._answer_failed([cb for cb in pending if cb is not None],
-                            ("NodeDiedError", f"the node at {conn.peer} went away"))
+        self.rpc.fail_requests(conn)
 
     def _answer_failed(self, callbacks: list, err: Any) -> None:
-        for cb in callbacks:
-            if isinstance(cb, _Waiter):
-                cb.set(False, err)
-            else:
-                try:
-                    cb(False, err)
-                except Exception:
-                    self._report_bug()
+        self.rpc.answer_failed(callbacks, err)
 
     def _on_daemon_msgs(self, conn: Connection, msgs: list | None) -> None:
-        if msgs is None:
-            if conn is not self.daemon:
-                self._fail_requests(conn)
-            return
-        reqs = conn.meta.get("reqs")
-        for msg in msgs:
-            kind = msg[0]
-            if kind == M.REPLY:
-                if reqs:
-                    reqs.discard(msg[1])
-                cb = self._requests.pop(msg[1], None)
-                if cb is None:
-                    continue
-                if isinstance(cb, _Waiter):
-                    cb.set(msg[2], msg[3])
-                else:
-                    cb(msg[2], msg[3])
-            elif kind == M.LOG:
-                lg = M.read(msg)
-                self.on_log(None, lg.stream, lg.text, lg.label)
-            elif self.executor is not None:
-                self.executor.on_daemon_message(msg)
+        self.rpc.on_daemon_msgs(conn, msgs)
 
-    # ------------------------------------------------------------------ daemon requests
     def daemon_send(self, msg: tuple) -> None:
-        if self.daemon_lost:
-            raise exc.LocalRayletDiedError()
-        with self.lock:
-            decrefs, blobs = self.own.take_daemon_releases()
-        if decrefs or blobs:
-            msgs: list[tuple] = [(M.DECREF, decrefs)] if decrefs else []
-            if blobs:
-                msgs.append((M.DECREF, blobs, self.worker_id + ":blob"))
-            self.daemon.send_many([*msgs, msg])
-        else:
-            self.daemon.send(msg)
+        self.rpc.daemon_send(msg)
 
     def control(self) -> Connection:
-        """Where actors' names and placement groups live: the head's daemon in a cluster
-        (this node's daemon in the embedded cluster, or on the head node)."""
-        if "head_node" not in self.info and threading.current_thread() is not self._io:
-            # a worker learns where the head is from its daemon (once the view names it);
-            # never from the I/O thread, which must stay free to read that very reply
-            hello = self.request(M.HELLO, self.role, os.getpid(), {"worker_id": self.worker_id})
-            if hello.get("head_node"):
-                self.info.update(head_node=hello["head_node"], head_address=hello["head_address"])
-        head = self.info.get("head_node")
-        if not head or head == self.node_id:
-            return self.daemon
-        return self.peer(head, self.info.get("head_address"))
+        return self.rpc.control()
 
     def request(self, kind: int, *args: Any, timeout: float | None = None,
                 conn: Connection | None = None) -> Any:
-        req = next(self._req_ids)
-        w = _Waiter()
-        self._requests[req] = w
-        try:
-            if conn is None or conn is self.daemon:
-                self.daemon_send((kind, req, *args))
-            else:
-                conn.meta.setdefault("reqs", set()).add(req)
-                conn.send((kind, req, *args))
-        except (ConnectionClosed, exc.LocalRayletDiedError):
-            self._requests.pop(req, None)
-            raise exc.LocalRayletDiedError() from None
-        if not w.wait(timeout):
-            self._requests.pop(req, None)
-            raise exc.GetTimeoutError(f"no answer from the node daemon within {timeout} s")
-        if not w.ok:
-            raise error_from_reply(w.value)
-        return w.value
+        return self.rpc.request(kind, *args, timeout=timeout, conn=conn)
 
     def request_async(self, kind: int, args: tuple, callback: Callable[[bool, Any], None],
                       conn: Connection | None = None) -> None:
-        req = next(self._req_ids)
-        self._requests[req] = callback
-        if conn is None or conn is self.daemon:
-            try:
-                self.daemon_send((kind, req, *args))
-            except (ConnectionClosed, exc.LocalRayletDiedError):
-                if self._requests.pop(req, None) is not None:
-                    callback(False, exc.LocalRayletDiedError())
-        else:
-            conn.meta.setdefault("reqs", set()).add(req)
-            try:
-                conn.send((kind, req, *args))
-            except ConnectionClosed:
-                self._fail_requests(conn)
+        self.rpc.request_async(kind, args, callback, conn)
 
     def peer(self, node_id: str, address: str | None = None) -> Connection:
-        """A connection to another node's daemon (for leases there, and its objects)."""
-        with self.lock:
-            conn = self.peers.get(node_id)
-            if conn is not None and not conn.closed:
-                return conn
-        if address is None:
-            address = self.request(M.NODE_ADDRESS, node_id)
-        conn = connect(address, self.token)
-        conn.send((M.HELLO, 0, self.role, os.getpid(), {"worker_id": self.worker_id}))
-        with self.lock:
-            self.peers[node_id] = conn
-        self.register(conn, self._on_daemon_msgs)
-        return conn
+        return self.rpc.peer(node_id, address)
+
+    def flush(self) -> None:
+        self.rpc.flush()
 
     def _flush_periodic(self) -> None:
         self.flush()
         if self.running:
             self.call_later(0.1, self._flush_periodic)
-
-    def flush(self) -> None:
-        with self.lock:
-            decrefs, local_blobs, peer_decrefs, blobs = self.own.take_releases()
-            events, self._events = self._events, []
-        for node_id, oids in peer_decrefs.items():
-            self._send_peer(node_id, (M.DECREF, oids))
-        for peer_id, oids in blobs.items():
-            self._send_peer(peer_id, (M.DECREF, oids, self.worker_id + ":blob"))
-        msgs: list[tuple] = []
-        if decrefs:
-            msgs.append((M.DECREF, decrefs))
-        if local_blobs:
-            msgs.append((M.DECREF, local_blobs, self.worker_id + ":blob"))
-        if events:
-            msgs.append((M.EVENTS, events))
-        if msgs:
-            try:
-                self.daemon.send_many(msgs)
-            except ConnectionClosed:
-                pass
-
-    def _send_peer(self, node_id: str, msg: tuple) -> None:
-        conn = self.peers.get(node_id)
-        if conn is not None and not conn.closed:
-            try:
-                conn.send(msg)
-            except ConnectionClosed:
-                pass
 
     def record(self, task_id: bytes, state: str, ts: float | None = None, **attrs: Any) -> None:
         self._events.append((task_id.hex(), state, ts or _now(), attrs))
@@ -685,7 +539,7 @@ class CoreWorker:
 
     def wait_placement_group(self, pg_id: str, timeout: float | None) -> bool:
         w = _Waiter()
-        req = next(self._req_ids)
+        req = next(self.rpc.req_ids)
         self._requests[req] = w
         conn = self.control()
         if conn is self.daemon:

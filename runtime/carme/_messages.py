@@ -28,7 +28,7 @@ still positional tuples: they are on the hot path of every task.
 
 A failed REPLY carries an exception instance (`carme.exceptions`, picklable, with its own
 fields); older senders inside a process may still use a `(class name, message)` pair,
-which `carme._core.error_from_reply` understands too.
+which `carme._rpc.error_from_reply` understands too.
 """
 
 from __future__ import annotations

@@ -289,7 +289,7 @@ class TaskSubmitter:
                     q.requesting = False
                     failed = list(q.tasks)
                     q.tasks.clear()
-                from ._core import error_from_reply
+                from ._rpc import error_from_reply
                 err = error_from_reply(value)
                 for spec in failed:
                     self.fail(spec, err)
