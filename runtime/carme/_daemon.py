@@ -58,6 +58,7 @@ from ._node_core import (
     NodeCore,
     Note,
     Retire,
+    ToPeer,
     WorkerFound,
     as_error,
 )
@@ -167,7 +168,7 @@ class NodeDaemon:
         self._handlers: dict[type, Any] = {
             M.Hello: self.on_hello, M.Lease: self.on_lease, M.FnPut: self.on_fn_put,
             M.FnGet: self.on_fn_get, M.CreateActor: self.on_create_actor,
-            M.KillActor: self.on_kill_actor,
+
             M.Events: self.on_events, M.State: self.on_state,
             M.PgCreate: self.on_pg_create, M.PgRemove: self.on_pg_remove,
             M.PgInfo: self.on_pg_info, M.PgWait: self.on_pg_wait,
@@ -598,6 +599,11 @@ class NodeDaemon:
                 self.send(eff.worker.conn, M.Exit().wire())  # enough idle workers: this one retires
             elif isinstance(eff, Kill):
                 self.kill_pid(eff.pid)
+            elif isinstance(eff, ToPeer):
+                try:
+                    self.send(self.peer_conn(eff.node_id), eff.msg)
+                except (OSError, ConnectionClosed, KeyError):
+                    pass
             elif isinstance(eff, Event):
                 self.record_event(eff.task_id, eff.state, time.time(), **eff.attrs)
             else:
@@ -624,10 +630,7 @@ class NodeDaemon:
         self.schedule_actor(actor)
 
     def schedule_actor(self, actor: ActorRec) -> None:
-        s = actor.spec
-        self.scheduler.submit(LeaseRequest(f"actor-{actor.actor_id.hex()}", s["placement_shape"],
-                                           s["strategy"], self.node_id, f"actor {s['class_name']}"))
-        self.pump()
+        self.carry_out(self.core.schedule_actor(actor))
 
     def on_actor_grant(self, g: Grant) -> None:
         actor = self.actors.get(bytes.fromhex(g.request_id[6:]))
@@ -720,34 +723,11 @@ class NodeDaemon:
     def actor_info(self, actor: ActorRec) -> dict:
         return self.core.actor_info(actor)
 
-    def on_kill_actor(self, conn: Connection, msg: M.KillActor) -> None:
-        actor = self.actors.get(msg.actor_id)
-        if actor is None or actor.state == "DEAD":
-            return
-        actor.no_restart = actor.no_restart or msg.no_restart
-        self.kill_actor(actor, "the actor was killed by carme.kill()")
-
     def kill_actor(self, actor: ActorRec, reason: str) -> None:
-        actor.spec["kill_reason"] = reason
-        if actor.remote_node is not None:
-            try:
-                self.send(self.peer_conn(actor.remote_node), (M.KILL_ACTOR, actor.actor_id, actor.no_restart))
-            except (OSError, ConnectionClosed, KeyError):
-                pass
-        if actor.no_restart:
-            # dead at once (its name is free again); the worker's exit is then a formality
-            self.actor_dead(actor, exc.ActorDiedError(reason))
-        if actor.worker is not None and actor.worker.state != "DEAD":
-            self.kill_pid(actor.worker.pid)
+        self.carry_out(self.core.kill_actor(actor, reason))
 
     def on_actor_worker_died(self, actor: ActorRec) -> None:
-        self.release_actor_lease(actor)
-        reason = self.directory.death_reason(actor)
-        decision = self.directory.worker_died(actor)
-        if decision == "restart":
-            self.schedule_actor(actor)
-        elif decision == "dead":
-            self.actor_dead(actor, exc.ActorDiedError(reason))
+        self.carry_out(self.core.actor_worker_died(actor))
 
     def release_actor_lease(self, actor: ActorRec) -> None:
         self.core.release_actor_lease(actor)

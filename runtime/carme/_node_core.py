@@ -8,9 +8,10 @@ with), or an event the daemon saw itself, and returns what to do. It covers
     `StoreStats`) over the `ObjectTable`: effects `Answer` (a reply to send) and `Note`
     (a line for the daemon's log);
   * the actor queries (`ActorInfo`, `NamedActors`) and an actor worker's reports
-    (`ActorReady`, `ActorFailed`) over the `ActorDirectory`, and an actor's death
-    (`actor_dead`: its lease goes, its waiters hear): effects `Answer`, `Event` (a task
-    event for the daemon's log, stamped there), `Kill`;
+    (`ActorReady`, `ActorFailed`), kills (`KillActor`, `kill_actor`), restarts and deaths
+    (`actor_worker_died`, `actor_dead`: its lease goes, its waiters hear) over the
+    `ActorDirectory`: effects `Answer`, `Event` (a task event for the daemon's log,
+    stamped there), `Kill`, `ToPeer` (a message to another node's daemon);
   * the lease messages (`ReturnLease`, `Blocked`, `Unblocked`, `KillWorker`) and the
     events `LeaseRequested` (a `Lease` whose runtime env the daemon has set up) and
     `WorkerFound` (a worker for a grant) over the `LeaseTable` and `WorkerPool`:
@@ -19,9 +20,9 @@ with), or an event the daemon saw itself, and returns what to do. It covers
     `ActorInfeasible`, then `CheckPlacementGroups`).
 
 None of it needs a process, socket or clock; the daemon routes every message of those
-kinds here and carries out the effects. Actor lifecycles (fork, remote placement, restarts)
-(creation, remote placement, kills, restarts) and worker processes (spawn, output, death)
-are still driven by the daemon's handlers through their pure modules.
+kinds here and carries out the effects. Actor creation and placement on another node,
+and worker processes (spawn, output, death), are still driven by the daemon's handlers
+through their pure modules.
 """
 
 from __future__ import annotations
@@ -86,6 +87,14 @@ class Event:
 
 
 @dataclass(slots=True)
+class ToPeer:
+    """Effect: send this wire message to another node's daemon (best effort)."""
+
+    node_id: str
+    msg: tuple
+
+
+@dataclass(slots=True)
 class CheckPlacementGroups:
     """Effect: the scheduler ran; answer placement-group waits that can be answered."""
 
@@ -119,7 +128,7 @@ class Client:
 class NodeCore:
     HANDLED = (M.Alloc, M.Export, M.Incref, M.Decref, M.GetObject, M.StoreStats,
                M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, M.ActorInfo, M.NamedActors,
-               M.ActorReady, M.ActorFailed)
+               M.ActorReady, M.ActorFailed, M.KillActor)
 
     def __init__(self, table: ObjectTable, leases: LeaseTable | None = None,
                  pool: WorkerPool | None = None, actors: ActorDirectory | None = None,
@@ -139,6 +148,13 @@ class NodeCore:
             return self._actor_query(client, msg)
         if isinstance(msg, (M.ActorReady, M.ActorFailed)):
             return self._actor_report(client, msg)
+        if isinstance(msg, M.KillActor):
+            assert self.actors is not None
+            actor = self.actors.get(msg.actor_id)
+            if actor is None or actor.state == "DEAD":
+                return []
+            actor.no_restart = actor.no_restart or msg.no_restart
+            return self.kill_actor(actor, "the actor was killed by carme.kill()")
         if isinstance(msg, M.Export):
             return self._export(client, msg)
         if isinstance(msg, M.Decref):
@@ -267,6 +283,41 @@ class NodeCore:
                 "incarnation": actor.restarts, "spec": self.public_spec(actor),
                 "node_id": self.node_id}
 
+    def schedule_actor(self, actor: ActorRec) -> list[Any]:
+        """Ask the scheduler for a place for the actor (creation or restart)."""
+        assert self.leases is not None
+        s = actor.spec
+        self.leases.scheduler.submit(LeaseRequest(
+            f"actor-{actor.actor_id.hex()}", s["placement_shape"], s["strategy"], self.node_id,
+            f"actor {s['class_name']}"))
+        return self.poll()
+
+    def kill_actor(self, actor: ActorRec, reason: str) -> list[Any]:
+        """Kill an actor (its node's daemon too, if it runs elsewhere); with `no_restart`
+        it is dead at once (its name is free again) and its worker's exit is a formality."""
+        actor.spec["kill_reason"] = reason
+        out: list[Any] = []
+        if actor.remote_node is not None:
+            out.append(ToPeer(actor.remote_node,
+                              M.KillActor(actor.actor_id, actor.no_restart).wire()))
+        if actor.no_restart:
+            out += self.actor_dead(actor, exc.ActorDiedError(reason))
+        if actor.worker is not None and actor.worker.state != "DEAD":
+            out.append(Kill(actor.worker.pid))
+        return out
+
+    def actor_worker_died(self, actor: ActorRec) -> list[Any]:
+        """The actor's worker is gone: restart it, or it is dead."""
+        assert self.actors is not None
+        self.release_actor_lease(actor)
+        reason = self.actors.death_reason(actor)
+        decision = self.actors.worker_died(actor)
+        if decision == "restart":
+            return self.schedule_actor(actor)
+        if decision == "dead":
+            return self.actor_dead(actor, exc.ActorDiedError(reason))
+        return []
+
     def release_actor_lease(self, actor: ActorRec) -> None:
         if actor.lease_id:
             assert self.leases is not None
@@ -318,4 +369,4 @@ class NodeCore:
 
 
 __all__ = ["Answer", "CheckPlacementGroups", "Client", "Event", "Kill", "LeaseRequested", "NodeCore",
-           "Note", "Retire", "Spill", "WorkerFound"]
+           "Note", "Retire", "Spill", "ToPeer", "WorkerFound"]

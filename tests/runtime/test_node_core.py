@@ -16,9 +16,10 @@ from carme._node_core import (
     NodeCore,
     Note,
     Retire,
+    ToPeer,
     WorkerFound,
 )
-from carme._node_leases import LeaseTable, NeedWorker, Refuse
+from carme._node_leases import ActorGrant, LeaseTable, NeedWorker, Refuse
 from carme._node_objects import Answer, ObjectTable
 from carme._node_workers import WorkerPool, WorkerRec
 from carme._scheduler import ClusterScheduler, DefaultStrategy, LeaseRequest
@@ -277,3 +278,41 @@ def test_an_actor_that_failed_in_its_constructor_dies_and_its_worker_is_killed()
     assert isinstance(answer, Answer) and answer.value["death"] == ("ValueError", "bad init")
     assert kill == Kill(1007)
     assert actor.state == "DEAD" and actor.no_restart
+
+
+# ---------------------------------------------------------------------- actor kills and restarts
+def test_kill_actor_without_restart_is_dead_at_once_and_its_worker_killed():
+    core = _actor_core()
+    actor, w = _placed_actor(core, name="x")
+    core.handle(Client("caller", "c1"), M.decode((M.ACTOR_INFO, 3, A, None, None, True)))
+    effects = core.handle(Client("driver", "d"), M.decode((M.KILL_ACTOR, A, True)))
+    answer, kill = effects
+    assert isinstance(answer, Answer) and answer.value["state"] == "DEAD"
+    assert "carme.kill()" in answer.value["death"][1]
+    assert kill == Kill(1007) and actor.no_restart
+    assert core.handle(Client("driver", "d"), M.decode((M.KILL_ACTOR, A, True))) == []  # once
+
+
+def test_kill_of_an_actor_on_another_node_goes_there_too():
+    core = _actor_core()
+    assert core.actors is not None
+    actor, _ = core.actors.create(A, {"class_name": "C"}, "owner")
+    actor.remote_node = "node-b"
+    effects = core.kill_actor(actor, "the actor's owner exited")
+    assert effects[0] == ToPeer("node-b", (M.KILL_ACTOR, A, False))
+    assert actor.state != "DEAD"  # restartable: its node decides
+
+
+def test_an_actor_whose_worker_died_restarts_until_its_limit_then_dies():
+    core = _actor_core()
+    actor, w = _placed_actor(core, max_restarts=1, placement_shape={"CPU": 1},
+                             strategy=DefaultStrategy())
+    effects = core.actor_worker_died(actor)
+    assert actor.state == "RESTARTING" and actor.restarts == 1 and actor.lease_id is None
+    # its creation lease went back, so the scheduler places it again at once
+    assert [type(e) for e in effects] == [ActorGrant, CheckPlacementGroups]
+    assert effects[0].grant.request_id == f"actor-{A.hex()}"
+    core.handle(Client("caller", "c1"), M.decode((M.ACTOR_INFO, 3, A, None, None, True)))
+    (answer,) = core.actor_worker_died(actor)
+    assert actor.state == "DEAD" and answer.req == 3
+    assert answer.value["death"] == ("ActorDiedError", "the actor's worker process died unexpectedly")
