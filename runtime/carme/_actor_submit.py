@@ -19,6 +19,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._protocol import Connection, ConnectionClosed, connect
 from ._submit import TaskSpec
+from ._task_tags import TaskTags
 
 
 class ActorState:
@@ -45,7 +46,7 @@ class ActorSubmitter:
         self.core = core
         self.lock = core.lock
         self.actors: dict[bytes, ActorState] = {}
-        self.tags: dict[bytes, Any] = {}
+        self.tags = TaskTags()
         self.ready: set[bytes] = set()
 
     def state(self, actor_id: bytes, class_name: str = "", max_task_retries: int = 0) -> ActorState:
@@ -148,14 +149,14 @@ class ActorSubmitter:
                 self.core.call_later(0.3, lambda: self.drain(st))
                 return
             if not ok:
-                from ._core import error_from_reply
+                from ._rpc import error_from_reply
                 self.set_dead(st, error_from_reply(info))
                 return
             if info["state"] != "ALIVE":
                 self.set_dead(st, death_error(st, info))
                 return
             try:
-                conn = connect(info["address"], self.core.token, (M.PEER, self.core.worker_id))
+                conn = connect(info["address"], self.core.token, M.Peer(self.core.worker_id).wire())
             except OSError:
                 # the worker is going away; ask again (the daemon answers once it knows)
                 with self.lock:
@@ -189,13 +190,13 @@ class ActorSubmitter:
                 _, task_id, payloads, contained, info = msg
                 with self.lock:
                     spec = st.inflight.pop(task_id, None)
-                    self.tags.pop(task_id, None) if False else None
                 if spec is not None:
                     sub.handle_result(spec, payloads, contained, info)
             elif kind == M.ITEM:
                 sub.on_item(msg)
             elif kind == M.LOG:
-                self.core.on_log(msg[1], msg[2], msg[3], msg[4])
+                lg = M.read(msg)
+                self.core.on_log(lg.task_id, lg.stream, lg.text, lg.label)
 
     def on_lost(self, st: ActorState, conn: Connection) -> None:
         with self.lock:
@@ -243,7 +244,7 @@ class ActorSubmitter:
             return True
         if conn is not None:
             try:
-                conn.send((M.CANCEL, spec.task_id, force, recursive))
+                conn.send(M.Cancel(spec.task_id, bool(force), bool(recursive)).wire())
             except ConnectionClosed:
                 pass
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
 import secrets
 import sys
@@ -66,6 +67,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
             raise TypeError(f"namespace must be a string, not {type(namespace).__name__}")
         if object_store_memory is not None and (not isinstance(object_store_memory, int) or object_store_memory <= 0):
             raise ValueError(f"object_store_memory must be a positive number of bytes, not {object_store_memory!r}")
+        if object_store_memory is not None and address in (None, "local"):
+            import psutil
+            total = psutil.virtual_memory().total
+            if object_store_memory > total:
+                raise ValueError(
+                    f"object_store_memory={object_store_memory:,} is more than this machine's "
+                    f"memory ({total:,} bytes); pass a smaller size or leave it unset.")
         if address is None:
             address = os.environ.get("CARME_ADDRESS") or None
         from ._core import connect_core
@@ -194,11 +202,28 @@ def _as_ref_list(object_refs: Any, fn: str) -> tuple[list, bool]:
         f"{type(object_refs).__name__}.")
 
 
+def _check_timeout(timeout: Any, fn: str) -> float | None:
+    """None, or a number of seconds >= 0 (infinity means no timeout)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{fn}(timeout=...) must be None or a number of seconds, not "
+                        f"{type(timeout).__name__} {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"{fn}(timeout=...) must be None or a number of seconds >= 0, not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
+
+
+def _check_bool(value: Any, name: str, fn: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}({name}=...) must be True or False, not {type(value).__name__} {value!r}")
+    return value
+
+
 def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     """Values of one ObjectRef or a list of them; raises the task's error if it failed."""
+    timeout = _check_timeout(timeout, "get")
     core = auto_init()
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise ValueError(f"timeout must be None or a non-negative number, not {timeout!r}")
     refs, single = _as_ref_list(object_refs, "get")
     hook = getattr(STATE, "get_hook", None)
     if hook is not None and not single:
@@ -217,6 +242,7 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
 def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = None,
          fetch_local: bool = True) -> tuple[list, list]:
     """Split refs into (ready, not ready) once num_returns are ready or timeout passes."""
+    timeout = _check_timeout(timeout, "wait")
     core = auto_init()
     if isinstance(object_refs, (ObjectRef, ObjectRefGenerator)):
         raise TypeError("wait() expected a list of ObjectRefs or ObjectRefGenerators, got a "
@@ -239,14 +265,14 @@ def wait(object_refs: list, *, num_returns: int = 1, timeout: float | None = Non
         raise ValueError(
             f"num_returns ({num_returns}) cannot be greater than the number of objects "
             f"provided ({len(refs)}).")
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
     return core.wait(refs, num_returns, timeout)  # type: ignore[no-any-return]
 
 
 def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that makes `object_ref`: KeyboardInterrupt inside it, or with
     force=True its worker is killed. A cancelled task is never retried."""
+    _check_bool(force, "force", "cancel")
+    _check_bool(recursive, "recursive", "cancel")
     core = auto_init()
     if isinstance(object_ref, ObjectRefGenerator):
         tid = object_ref.task_id()

@@ -2,14 +2,17 @@
 
 Theory of operation. Each process that uses carme (a driver, or a worker whose tasks
 submit tasks or get objects) has one CoreWorker. It owns:
-  * a connection to its node daemon (requests with ids, answered by REPLY);
+  * a connection to its node daemon (requests with ids, answered by REPLY; `_rpc.py`);
   * direct connections to the workers it leased and the actors it calls;
   * one I/O thread running a selector loop that reads every connection and dispatches
     results, replies and log lines; user threads send directly (each connection has a
     send lock), so a task push costs one write and no thread hand-off;
   * the object table: the objects this process owns (task returns, puts) and the ones it
-    borrows, with local reference counts (`RefTable`) and waiters;
-  * the task submitter (`_submit.py`) and actor submitter (`_actor_submit.py`).
+    borrows, with local reference counts and waiters. Its logic is `Ownership`
+    (`_ownership.py`, pure: decisions and queued releases); this module holds the lock
+    around it, sends what it decides and runs the waiters it hands back;
+  * the task submitter (`_submit.py`) and actor submitter (`_actor_submit.py`);
+  * values in and out of payloads and the store (`_values.py`).
 
 Reference counting. Every ObjectRef counts itself in `refs`. An object only this
 process knows stays local (inline value in `objects`). Once a reference leaves the
@@ -28,106 +31,43 @@ import os
 import selectors
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
-from ._protocol import Connection, ConnectionClosed, connect
-from ._serialization import (
-    INLINE_LIMIT,
-    dumps,
-    inline_payload,
-    layout_size,
-    loads,
-    read_layout,
-    write_layout,
-)
+from ._ownership import LocalObject, Ownership
+from ._protocol import Connection, connect
+from ._rpc import Rpc, _Waiter, error_from_reply
+from ._serialization import dumps, inline_payload
 from ._store import SharedArena
+from ._values import Values, error_payload, lost_payload
 
 _now = time.time
 
 
 class RefTable:
-    """Local counts of live ObjectRef instances (and zero-copy views) per object id."""
+    """Local counts of live ObjectRef instances (and zero-copy views) per object id: the
+    thread-safe shell over `Ownership`'s counts (ObjectRefs die on any thread)."""
 
-    def __init__(self, on_zero: Callable[[bytes], None]) -> None:
-        self.counts: dict[bytes, int] = {}
+    def __init__(self, own: Ownership, on_zero: Callable[[bytes], None]) -> None:
+        self.own = own
+        self.counts = own.counts
         self.lock = threading.RLock()
         self.on_zero = on_zero
 
     def add(self, oid: bytes) -> None:
         with self.lock:
-            self.counts[oid] = self.counts.get(oid, 0) + 1
+            self.own.add(oid)
 
     def remove(self, oid: bytes) -> None:
         with self.lock:
-            n = self.counts.get(oid, 0) - 1
-            if n > 0:
-                self.counts[oid] = n
-                return
-            self.counts.pop(oid, None)
-        self.on_zero(oid)
+            zero = self.own.remove(oid)
+        if zero:
+            self.on_zero(oid)
 
     def count(self, oid: bytes) -> int:
-        return self.counts.get(oid, 0)
-
-
-class LocalObject:
-    __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
-                 "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
-                 "sealing", "orphan")
-
-    def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
-        self.payload = payload          # None while pending
-        self.waiters: list[Callable[[], None]] = []
-        self.held = False               # this process holds a daemon reference
-        self.exported = False           # the daemon knows this object
-        self.owned = owned
-        self.contained_ids: list[bytes] = []  # blob holds taken by a worker for a return value
-        self.keep: list[Any] = []       # ObjectRefs kept alive by a locally stored value
-        self.fetching = False
-        self.size = 0
-        self.created = _now()
-        self.type_name = ""
-        self.task_name = ""
-        self.home: str | None = None    # the node whose daemon has our hold (None: ours)
-        self.copy = False               # we hold a local copy pulled from another node
-        self.sealing = False            # its value is being handed to the daemon
-        self.orphan = False             # no local reference left: let go once sealed
-
-
-class _Waiter:
-    """A one-shot result for a blocking call, cheaper than threading.Event."""
-
-    __slots__ = ("lock", "ok", "value")
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()
-        self.ok = True
-        self.value: Any = None
-
-    def set(self, ok: bool, value: Any) -> None:
-        self.ok, self.value = ok, value
-        self.lock.release()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
-
-
-def error_from_reply(value: Any) -> Exception:
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
-        cls: Any = getattr(exc, value[0], None) or {"ValueError": ValueError, "TypeError": TypeError}.get(value[0], exc.RaySystemError)
-        try:
-            return cls(value[1])
-        except TypeError:
-            e = exc.RaySystemError(value[1])
-            return e
-    if isinstance(value, BaseException):
-        return value  # type: ignore[return-value]
-    return exc.RaySystemError(str(value))
+        return self.own.count(oid)
 
 
 class CoreWorker:
@@ -143,15 +83,12 @@ class CoreWorker:
         self.token = token
         self.pid = os.getpid()
         self.arena = SharedArena(info["store_file"])
-        self.objects: dict[bytes, LocalObject] = {}
-        self.refs = RefTable(self._on_ref_zero)
+        self.values = Values(self)
+        self.own = Ownership(self.node_id)
+        self.objects = self.own.objects
+        self.refs = RefTable(self.own, self._on_ref_zero)
         self.lock = threading.RLock()
-        self._req_ids = itertools.count(1)
-        self._requests: dict[int, Any] = {}
-        self._decrefs: list[bytes] = []
-        self._peer_decrefs: dict[str, list[bytes]] = {}
-        # holds a worker took for us on values it returned (references inside them)
-        self._blob_decrefs: dict[str | None, list[bytes]] = {}
+        self.rpc = Rpc(self)
         self.peers: dict[str, Connection] = {}
         self._events: list[tuple] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
@@ -172,6 +109,7 @@ class CoreWorker:
         self.current_task: threading.local = threading.local()
         self.actor_context: dict[str, Any] = {}  # actor-wide values for any of its threads
         self._unprotected: set[bytes] = set()
+        self.daemon_lost = False
         from ._actor_submit import ActorSubmitter
         from ._submit import TaskSubmitter
         self.submitter = TaskSubmitter(self)
@@ -286,165 +224,59 @@ class CoreWorker:
         traceback.print_exc()
 
     def _on_daemon_lost(self, e: Exception) -> None:
-        self.running = False
-        with self.lock:
-            reqs, self._requests = self._requests, {}
-        self._answer_failed(list(reqs.values()), ("LocalRayletDiedError", "the carme node daemon died"))
+        """Our node daemon is gone. A worker ends; a driver fails every request and every
+        object still pending with LocalRayletDiedError (nothing could produce them now)
+        and keeps its I/O loop serving its other connections."""
         if self.role == "worker":
             os._exit(1)
+        self.daemon_lost = True
+        with self.lock:
+            reqs = dict(self.rpc.requests)
+            self.rpc.requests.clear()
+            pending = self.own.pending()
+        self._answer_failed(list(reqs.values()), exc.LocalRayletDiedError())
+        lost = error_payload(exc.LocalRayletDiedError())
+        for oid in pending:
+            self.set_payload(oid, lost)
+
+    # ------------------------------------------------------------------ requests (_rpc.py)
+    @property
+    def _requests(self) -> dict[int, Any]:
+        return self.rpc.requests
 
     def _fail_requests(self, conn: Connection) -> None:
-        """Another node's daemon went away: its unanswered requests fail with NodeDiedError."""
-        pending = [self._requests.pop(req, None) for req in conn.meta.pop("reqs", ())]
-        self._answer_failed([cb for cb in pending if cb is not None],
-                            ("NodeDiedError", f"the node at {conn.peer} went away"))
+        self.rpc.fail_requests(conn)
 
-    def _answer_failed(self, callbacks: list, err: tuple) -> None:
-        for cb in callbacks:
-            if isinstance(cb, _Waiter):
-                cb.set(False, err)
-            else:
-                try:
-                    cb(False, err)
-                except Exception:
-                    self._report_bug()
+    def _answer_failed(self, callbacks: list, err: Any) -> None:
+        self.rpc.answer_failed(callbacks, err)
 
     def _on_daemon_msgs(self, conn: Connection, msgs: list | None) -> None:
-        if msgs is None:
-            if conn is not self.daemon:
-                self._fail_requests(conn)
-            return
-        reqs = conn.meta.get("reqs")
-        for msg in msgs:
-            kind = msg[0]
-            if kind == M.REPLY:
-                if reqs:
-                    reqs.discard(msg[1])
-                cb = self._requests.pop(msg[1], None)
-                if cb is None:
-                    continue
-                if isinstance(cb, _Waiter):
-                    cb.set(msg[2], msg[3])
-                else:
-                    cb(msg[2], msg[3])
-            elif kind == M.LOG:
-                self.on_log(None, msg[2], msg[3], msg[4])
-            elif self.executor is not None:
-                self.executor.on_daemon_message(msg)
+        self.rpc.on_daemon_msgs(conn, msgs)
 
-    # ------------------------------------------------------------------ daemon requests
     def daemon_send(self, msg: tuple) -> None:
-        with self.lock:
-            decrefs, self._decrefs = self._decrefs, []
-            blobs = self._blob_decrefs.pop(None, None)
-        if decrefs or blobs:
-            msgs: list[tuple] = [(M.DECREF, decrefs)] if decrefs else []
-            if blobs:
-                msgs.append((M.DECREF, blobs, self.worker_id + ":blob"))
-            self.daemon.send_many([*msgs, msg])
-        else:
-            self.daemon.send(msg)
+        self.rpc.daemon_send(msg)
 
     def control(self) -> Connection:
-        """Where actors' names and placement groups live: the head's daemon in a cluster
-        (this node's daemon in the embedded cluster, or on the head node)."""
-        if "head_node" not in self.info and threading.current_thread() is not self._io:
-            # a worker learns where the head is from its daemon (once the view names it);
-            # never from the I/O thread, which must stay free to read that very reply
-            hello = self.request(M.HELLO, self.role, os.getpid(), {"worker_id": self.worker_id})
-            if hello.get("head_node"):
-                self.info.update(head_node=hello["head_node"], head_address=hello["head_address"])
-        head = self.info.get("head_node")
-        if not head or head == self.node_id:
-            return self.daemon
-        return self.peer(head, self.info.get("head_address"))
+        return self.rpc.control()
 
     def request(self, kind: int, *args: Any, timeout: float | None = None,
                 conn: Connection | None = None) -> Any:
-        req = next(self._req_ids)
-        w = _Waiter()
-        self._requests[req] = w
-        try:
-            if conn is None or conn is self.daemon:
-                self.daemon_send((kind, req, *args))
-            else:
-                conn.meta.setdefault("reqs", set()).add(req)
-                conn.send((kind, req, *args))
-        except ConnectionClosed:
-            self._requests.pop(req, None)
-            raise exc.LocalRayletDiedError("the carme node daemon is gone") from None
-        if not w.wait(timeout):
-            self._requests.pop(req, None)
-            raise exc.GetTimeoutError(f"no answer from the node daemon within {timeout} s")
-        if not w.ok:
-            raise error_from_reply(w.value)
-        return w.value
+        return self.rpc.request(kind, *args, timeout=timeout, conn=conn)
 
     def request_async(self, kind: int, args: tuple, callback: Callable[[bool, Any], None],
                       conn: Connection | None = None) -> None:
-        req = next(self._req_ids)
-        self._requests[req] = callback
-        if conn is None or conn is self.daemon:
-            self.daemon_send((kind, req, *args))
-        else:
-            conn.meta.setdefault("reqs", set()).add(req)
-            try:
-                conn.send((kind, req, *args))
-            except ConnectionClosed:
-                self._fail_requests(conn)
+        self.rpc.request_async(kind, args, callback, conn)
 
     def peer(self, node_id: str, address: str | None = None) -> Connection:
-        """A connection to another node's daemon (for leases there, and its objects)."""
-        with self.lock:
-            conn = self.peers.get(node_id)
-            if conn is not None and not conn.closed:
-                return conn
-        if address is None:
-            address = self.request(M.NODE_ADDRESS, node_id)
-        conn = connect(address, self.token)
-        conn.send((M.HELLO, 0, self.role, os.getpid(), {"worker_id": self.worker_id}))
-        with self.lock:
-            self.peers[node_id] = conn
-        self.register(conn, self._on_daemon_msgs)
-        return conn
+        return self.rpc.peer(node_id, address)
+
+    def flush(self) -> None:
+        self.rpc.flush()
 
     def _flush_periodic(self) -> None:
         self.flush()
         if self.running:
             self.call_later(0.1, self._flush_periodic)
-
-    def flush(self) -> None:
-        with self.lock:
-            decrefs, self._decrefs = self._decrefs, []
-            events, self._events = self._events, []
-            peer_decrefs, self._peer_decrefs = self._peer_decrefs, {}
-            blobs, self._blob_decrefs = self._blob_decrefs, {}
-        local_blobs = blobs.pop(None, None)
-        for node_id, oids in peer_decrefs.items():
-            self._send_peer(node_id, (M.DECREF, oids))
-        for peer_id, oids in blobs.items():
-            if peer_id is not None:
-                self._send_peer(peer_id, (M.DECREF, oids, self.worker_id + ":blob"))
-        msgs: list[tuple] = []
-        if decrefs:
-            msgs.append((M.DECREF, decrefs))
-        if local_blobs:
-            msgs.append((M.DECREF, local_blobs, self.worker_id + ":blob"))
-        if events:
-            msgs.append((M.EVENTS, events))
-        if msgs:
-            try:
-                self.daemon.send_many(msgs)
-            except ConnectionClosed:
-                pass
-
-    def _send_peer(self, node_id: str, msg: tuple) -> None:
-        conn = self.peers.get(node_id)
-        if conn is not None and not conn.closed:
-            try:
-                conn.send(msg)
-            except ConnectionClosed:
-                pass
 
     def record(self, task_id: bytes, state: str, ts: float | None = None, **attrs: Any) -> None:
         self._events.append((task_id.hex(), state, ts or _now(), attrs))
@@ -452,46 +284,21 @@ class CoreWorker:
     # ------------------------------------------------------------------ references
     def _on_ref_zero(self, oid: bytes) -> None:
         with self.lock:
-            entry = self.objects.get(oid)
-            if entry is None:
-                return
-            if self.refs.counts.get(oid):
-                return  # re-referenced meanwhile
-            if entry.owned and entry.exported and (entry.payload is None or entry.sealing):
-                # a reference left this process (nested in an argument or a return value)
-                # while the value is still coming: the daemon only learns the value from
-                # us, so keep the entry until it is sealed there (set_payload lets go)
-                entry.orphan = True
-                return
-            del self.objects[oid]
-            if entry.held:
-                self.release_holds([oid], entry.home)
-            if entry.contained_ids:
-                self.release_blob_holds(entry.contained_ids, entry.home)
-            if entry.copy:
-                self._decrefs.append(oid)
-            entry.keep = []
+            self.own.ref_zero(oid)
 
     def release_blob_holds(self, oids: list[bytes], node_id: str | None) -> None:
         """Queue releases of holds a worker took for us on references inside a value."""
-        key = None if node_id is None or node_id == self.node_id else node_id
         with self.lock:
-            self._blob_decrefs.setdefault(key, []).extend(oids)
+            self.own.release_blob_holds(oids, node_id)
 
     def release_holds(self, oids: list[bytes], node_id: str | None) -> None:
         """Queue releases of our holds at `node_id`'s daemon (None: our node's)."""
         with self.lock:
-            if node_id is None or node_id == self.node_id:
-                self._decrefs.extend(oids)
-            else:
-                self._peer_decrefs.setdefault(node_id, []).extend(oids)
+            self.own.release_holds(oids, node_id)
 
     def new_owned(self, oid: bytes, name: str = "") -> LocalObject:
-        entry = LocalObject()
-        entry.task_name = name
         with self.lock:
-            self.objects[oid] = entry
-        return entry
+            return self.own.new_owned(oid, name)
 
     def export(self, refs: list) -> None:
         """Make the objects behind `refs` known to the daemon with a hold of ours, before
@@ -499,24 +306,18 @@ class CoreWorker:
         for ref in refs:
             oid = ref._id
             with self.lock:
-                entry = self.objects.get(oid)
-                if entry is None or entry.exported:
-                    continue
-                entry.exported = True
-                entry.held = True
-                payload = entry.payload
-                blob_holds = entry.contained_ids
-                entry.contained_ids = []
-                contained = list(blob_holds)
-                keep = entry.keep
-            if keep:
-                self.export(keep)
-                contained += [r._id for r in keep]
+                plan = self.own.begin_export(oid)
+            if plan is None:
+                continue
+            contained = list(plan.blob_holds)
+            if plan.keep:
+                self.export(plan.keep)
+                contained += [r._id for r in plan.keep]
             # the daemon's copy holds the contained refs from now on; our blob holds
             # (taken by a worker for a return value) go once it has them
-            self.request(M.EXPORT, oid, payload, contained, 1, entry.type_name)
-            if blob_holds:
-                self.release_blob_holds(blob_holds, entry.home)
+            self.request(M.EXPORT, oid, plan.payload, contained, 1, plan.type_name)
+            if plan.blob_holds:
+                self.release_blob_holds(plan.blob_holds, plan.home)
 
     def seal_exported(self, oid: bytes, entry: LocalObject) -> None:
         """A pending object that was exported got its value: tell the daemon."""
@@ -531,169 +332,57 @@ class CoreWorker:
         self._borrow_ids([r._id for r in refs])
 
     def _borrow_ids(self, oids: list[bytes]) -> None:
-        new = []
         with self.lock:
-            for oid in oids:
-                if oid not in self.objects:
-                    e = LocalObject(owned=False)
-                    e.held = True
-                    e.exported = True
-                    self.objects[oid] = e
-                    new.append(oid)
+            new = self.own.borrow(oids)
         if new:
             missing = self.request(M.INCREF, new)
             with self.lock:
-                for oid in missing:
-                    lost = self.objects.get(oid)
-                    if lost is not None:
-                        lost.held = False
-                        lost.payload = _lost_payload(oid)
+                self.own.missing(missing, lost_payload)
 
-    # ------------------------------------------------------------------ values
+    # ------------------------------------------------------------------ values (_values.py)
     def serialize(self, value: Any, oid: bytes | None = None, *, is_error: bool = False,
                   hold_contained: bool = False) -> tuple[tuple, list]:
-        """Serialize a value for a result or a put: inline payload or shared memory.
-
-        Returns (payload, contained ObjectRefs). Contained refs are exported; with
-        `hold_contained` the value takes a daemon hold on each (for a value that outlives
-        this process's references)."""
-        data, buffers, contained = dumps(value)
-        holder = getattr(self.current_task, "submitter", None)
-        if contained:
-            self.export(contained)
-            if hold_contained:
-                self.request(M.INCREF, [r._id for r in contained],
-                             holder + ":blob" if holder else None)
-        size = len(data) + sum(b.raw().nbytes for b in buffers)
-        if size < INLINE_LIMIT or oid is None:
-            return inline_payload(data, buffers, is_error), contained
-        total = layout_size(data, buffers)
-        off = self.request(M.ALLOC, oid, total, self.pid, holder)
-        write_layout(self.arena.writable(off, total), data, buffers)
-        payload = (M.SHARED, off, total, is_error, self.node_id)
-        # sealed at the node before anyone can hear of it, so peers can pull it at once
-        self.request(M.EXPORT, oid, payload, [], 0, type(value).__name__)
-        return payload, contained
+        return self.values.serialize(value, oid, is_error=is_error, hold_contained=hold_contained)
 
     def protect_views(self) -> None:
-        """Before a task reports back: zero-copy views of its arguments that are still
-        alive (kept in actor state, say) get a hold of this process, taken while the
-        submitter still holds the object."""
-        with self.lock:
-            oids, self._unprotected = self._unprotected, set()
-        keep = [oid for oid in oids if self.refs.count(oid) and oid not in self.objects]
-        if keep:
-            self._borrow_ids(keep)
+        self.values.protect_views()
 
     def localize(self, oid: bytes, payload: tuple) -> tuple:
-        """A payload readable here: an object in another node's store is copied to ours
-        (once per node) and this process holds that copy while it has references."""
-        if payload[0] != M.SHARED or len(payload) < 5 or payload[4] == self.node_id:
-            return payload
-        local = self.request(M.GET_REMOTE, oid, payload[4])
-        with self.lock:
-            entry = self.objects.get(oid)
-            if entry is None:
-                entry = self.objects[oid] = LocalObject(owned=False)
-                entry.payload = payload
-            entry.copy = True  # (a process holds a copy once, however often it asks)
-        return local  # type: ignore[no-any-return]
+        return self.values.localize(oid, payload)
 
     def deserialize(self, oid: bytes, payload: tuple) -> Any:
-        if payload[0] == M.INLINE:
-            value, loaded = loads(payload[1], payload[2])
-        else:
-            if oid not in self.objects:
-                # a task argument: its submitter keeps it alive while the task runs;
-                # views that outlive the task get a hold of ours (protect_views)
-                self._unprotected.add(oid)
-            payload = self.localize(oid, payload)
-            src = self.arena.readonly(payload[1], payload[2])
-            data, bufs = read_layout(src)
-            if bufs:
-                bufs = _pinned(bufs, oid, self.refs)
-            value, loaded = loads(data, bufs)
-            if not self.refs.count(oid):
-                self._on_ref_zero(oid)  # no view and no ref keeps it: let go at once
-        if loaded:
-            self.borrow(loaded)
-        if payload[3]:
-            if isinstance(value, exc.RayTaskError):
-                raise value.as_instanceof_cause()
-            raise value
-        return value
+        return self.values.deserialize(oid, payload)
 
     def put(self, value: Any, _owner: Any = None) -> Any:
-        from ._ids import put_id
-        from ._objects import ObjectRef
-        oid = put_id()
-        if isinstance(value, ObjectRef):
-            raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do this, you can wrap the ObjectRef in a list and call 'put' on it.")
-        entry = LocalObject()
-        entry.type_name = type(value).__name__
-        data, buffers, contained = dumps(value)
-        size = len(data) + sum(b.raw().nbytes for b in buffers)
-        entry.size = size
-        with self.lock:
-            self.objects[oid] = entry
-        ref = ObjectRef(oid, self.worker_id)
-        if size < INLINE_LIMIT:
-            entry.payload = inline_payload(data, buffers)
-            entry.keep = list(contained)
-        else:
-            if contained:
-                self.export(contained)
-            total = layout_size(data, buffers)
-            off = self.request(M.ALLOC, oid, total, self.pid)
-            write_layout(self.arena.writable(off, total), data, buffers)
-            entry.payload = (M.SHARED, off, total, False, self.node_id)
-            entry.held = entry.exported = True
-            self.daemon_send((M.EXPORT, None, oid, entry.payload, [r._id for r in contained], 0, entry.type_name))
-        return ref
+        return self.values.put(value, _owner)
 
     # ------------------------------------------------------------------ readiness
     def when_ready(self, oid: bytes, cb: Callable[[], None]) -> bool:
         """Call `cb` (from some thread) once the object has a payload; True if it has one now."""
         with self.lock:
-            entry = self.objects.get(oid)
-            if entry is None:
-                entry = LocalObject(_lost_payload(oid), owned=False)
-                return True
-            if entry.payload is not None:
-                return True
-            entry.waiters.append(cb)
-            fetch = not entry.owned and not entry.fetching
-            if fetch:
-                entry.fetching = True
-        if fetch:
+            ready = self.own.when_ready(oid, cb)
+        if ready == "fetch":
             self._fetch(oid)
-        return False
+        return ready == "now"
 
     def _fetch(self, oid: bytes) -> None:
         def done(ok: bool, value: Any) -> None:
-            self.set_payload(oid, value if ok else _error_payload(error_from_reply(value)))
+            self.set_payload(oid, value if ok else error_payload(error_from_reply(value)))
         self.request_async(M.GET_OBJECT, (oid,), done)
 
     def set_payload(self, oid: bytes, payload: tuple) -> None:
         with self.lock:
+            done = self.own.set_payload(oid, payload, self.daemon_lost)
             entry = self.objects.get(oid)
-            if entry is None or entry.payload is not None:
-                return
-            entry.payload = payload
-            if not entry.size:
-                entry.size = (payload[2] if payload[0] == M.SHARED
-                              else len(payload[1]) + sum(len(b) for b in payload[2]))
-            waiters, entry.waiters = entry.waiters, []
-            exported = entry.exported and entry.owned
-            entry.sealing = exported
-        if exported:
+        if done is None or entry is None:
+            return
+        if done.seal:
             self.seal_exported(oid, entry)
             with self.lock:
-                entry.sealing = False
-                orphan = entry.orphan
+                orphan = self.own.sealed(oid, entry)
             if orphan:
                 self._on_ref_zero(oid)
-        for cb in waiters:
+        for cb in done.waiters:
             try:
                 cb()
             except Exception:
@@ -702,7 +391,7 @@ class CoreWorker:
     def payload_of(self, oid: bytes) -> tuple | None:
         entry = self.objects.get(oid)
         if entry is None:
-            return _lost_payload(oid)
+            return lost_payload(oid)
         return entry.payload
 
     def _blocked(self) -> Callable[[], None] | None:
@@ -850,7 +539,7 @@ class CoreWorker:
 
     def wait_placement_group(self, pg_id: str, timeout: float | None) -> bool:
         w = _Waiter()
-        req = next(self._req_ids)
+        req = next(self.rpc.req_ids)
         self._requests[req] = w
         conn = self.control()
         if conn is self.daemon:
@@ -874,7 +563,7 @@ class CoreWorker:
                 data, bufs, _ = dumps(True)
                 payload = inline_payload(data, bufs)
             else:
-                payload = _error_payload(exc.RaySystemError(
+                payload = error_payload(exc.RaySystemError(
                     f"placement group {pg_id} was removed before it was ready"))
             self.set_payload(oid, payload)
 
@@ -909,42 +598,6 @@ class CoreWorker:
                 os.close(fd)
             except OSError:
                 pass
-
-
-def _pinned(bufs: list, oid: bytes, refs: RefTable) -> list:
-    """Wrap zero-copy buffers so the object stays allocated while any view of it lives.
-
-    numpy keeps the exact object it was handed as the base of the arrays it rebuilds
-    (but makes its own memoryview of a memoryview), so when numpy is there the buffers
-    are uint8 arrays, and a finalizer on each releases its pin."""
-    try:
-        import numpy as np
-        out = [np.frombuffer(b, dtype=np.uint8) for b in bufs]
-    except ImportError:
-        out = bufs
-    for b in out:
-        refs.add(oid)
-        weakref.finalize(b, refs.remove, oid)
-    return out
-
-
-def _lost_payload(oid: bytes) -> tuple:
-    return _error_payload(exc.ObjectLostError(
-        oid.hex(), "", "all references to it were dropped or its owner died")
-        if _accepts_args(exc.ObjectLostError) else exc.ObjectLostError(f"object {oid.hex()} was lost"))
-
-
-def _accepts_args(cls: type) -> bool:
-    try:
-        cls("x", "", "y")
-        return True
-    except TypeError:
-        return False
-
-
-def _error_payload(err: BaseException) -> tuple:
-    data, bufs, _ = dumps(err)
-    return inline_payload(data, bufs, True)
 
 
 def connect_core(*, address: str, token: bytes, role: str, worker_id: str, job_id: str,

@@ -4,98 +4,75 @@ Theory of operation. A single thread runs a selector loop over: the listening so
 (drivers and workers connect, authenticate with the cluster token, then send requests),
 the control socketpair of every worker it forked, the pipes carrying the workers'
 file-descriptor output, and its stdin. In the embedded cluster stdin is a pipe from the
-driver: end-of-file there means the driver is gone (exit, exception or SIGKILL), and the
-daemon kills its workers, unlinks its shared memory and socket directory, and exits.
+driver: end-of-file there (or the driver's process going away, seen as a new parent)
+means the driver is gone, and the daemon kills its workers, unlinks its shared memory
+and socket directory, and exits. It runs in a process group of its own, so a kill of
+the driver's process group (a forced Jupyter kernel restart) does not take it down before
+it has cleaned up; its zygote removes the same files if the daemon itself is killed.
 
-It holds the node's state and answers requests:
-  * leases: `ClusterScheduler` (pure) decides; the daemon maps grants onto worker
-    processes, forking new ones from itself (the daemon never starts a thread, so fork
-    is safe and costs ~1 ms instead of ~30 ms for a new interpreter);
-  * the object store: `Arena` (pure) hands out offsets in the shared-memory file; the
-    object table keeps payloads, reference counts and waiters;
-  * actors: placement, creation on a dedicated worker, names, restarts, deaths;
+Every message is decoded at the boundary into its typed form (`_messages.decode`):
+malformed input is answered with a clear error and never stored. Sockets are
+non-blocking with an outgoing buffer per connection (`Connection(buffered=True)`): a
+peer that does not read delays only itself and is dropped once too much waits for it
+or it makes no progress for `stall_timeout` seconds. Before authentication a peer may
+send nothing but the token, within `auth_timeout` seconds, and at most
+`max_unauthenticated` such peers are kept.
+
+The node's state lives in pure modules that the handlers here drive:
+  * leases: `ClusterScheduler` decides, `LeaseTable` (`_node_leases.py`) turns its
+    decisions into effects (grant here, spillback, refusal); `WorkerPool`
+    (`_node_workers.py`) tracks workers, which the daemon forks from its zygote;
+  * objects: `ObjectTable` (`_node_objects.py`: payloads, holds, waiters, a short story
+    per object) and `Arena` (offsets in the shared-memory file);
+  * actors: `ActorDirectory` (`_node_actors.py`: names, restarts, deaths); placement and
+    creation on a dedicated worker, or forwarding to another node, happen here;
   * task events (`TaskEventLog`) and the rows of the state API.
 It never sits on the per-task path: drivers push tasks straight to leased workers.
 """
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import itertools
 import json
 import os
+import queue
 import selectors
 import shutil
 import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import _messages as M
+from . import exceptions as exc
 from ._events import TaskEventLog
+from ._node_actors import ActorDirectory, ActorRec
+from ._node_core import (
+    CheckPlacementGroups,
+    Client,
+    Event,
+    Kill,
+    LeaseRequested,
+    NodeCore,
+    Note,
+    Retire,
+    ToPeer,
+    WorkerFound,
+    as_error,
+)
+from ._node_leases import ActorGrant, ActorInfeasible, LeaseTable, NeedWorker, Refuse, Spill
+from ._node_objects import Answer, ObjectTable
+from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import AuthenticationError, Connection, ConnectionClosed, listen
-from ._scheduler import ClusterScheduler, Grant, Infeasible, LeaseRequest
-from ._store import Arena, ArenaFull, create_store_file, store_path
+from ._scheduler import ClusterScheduler, Grant, LeaseRequest
+from ._store import Arena, create_store_file, store_path
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _is_process(holder: str) -> bool:
-    return not (holder.endswith(":blob") or holder.startswith(("obj:", "pull:", "cache")))
-
-
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass
-class WorkerRec:
-    worker_id: str
-    pid: int
-    conn: Connection
-    env_key: str
-    address: str = ""
-    state: str = "STARTING"  # STARTING, IDLE, LEASED, ACTOR, DEAD
-    lease_id: str | None = None
-    actor_id: bytes | None = None
-    waiting: list[Any] = field(default_factory=list)  # grants to fulfil once ready
-    out_fds: tuple[int, int] = (-1, -1)
-    started: float = field(default_factory=time.time)
-
-
-@dataclass
-class ObjEntry:
-    payload: tuple | None = None  # None while pending
-    count: int = 0
-    holders: dict[str, int] = field(default_factory=dict)  # holder id -> holds
-    contained: list[bytes] = field(default_factory=list)
-    waiters: list[tuple[Connection, int]] = field(default_factory=list)
-    owner_pid: int = 0
-    created: float = field(default_factory=time.time)
-    size: int = 0
-    type_name: str = ""
-
-
-@dataclass
-class ActorRec:
-    actor_id: bytes
-    spec: dict
-    owner: Connection | None
-    state: str = "PENDING_CREATION"  # ALIVE, RESTARTING, DEAD
-    worker: WorkerRec | None = None
-    lease_id: str | None = None
-    restarts: int = 0
-    no_restart: bool = False
-    death: tuple | None = None  # error payload
-    waiters: list[tuple[Connection, int]] = field(default_factory=list)
-    creator: tuple[Connection, int] | None = None
-    remote_node: str | None = None  # placed on another node: it runs and restarts it there
+AUTH_TIMEOUT = 5.0          # seconds a new connection has to present the token
+MAX_UNAUTHENTICATED = 64    # connections waiting to authenticate at one time
+STALL_TIMEOUT = 300.0       # seconds a peer may leave our output unread before it is dropped
+LOG_BACKLOG = 8 << 20       # a driver with this much unread output gets no more worker output
 
 
 class NodeDaemon:
@@ -110,7 +87,7 @@ class NodeDaemon:
         self.namespace: str = config.get("namespace") or "default"
         # first, while this process has no threads: the zygote that forks workers
         from ._zygote import Zygote
-        self.zygote = Zygote()
+        self.zygote = Zygote(cleanup=(store_path(self.session), self.session_dir))
         self.sel = selectors.DefaultSelector()
         self.scheduler = ClusterScheduler()
         self.scheduler.add_node(self.node_id, self.resources, config.get("labels") or {})
@@ -118,19 +95,15 @@ class NodeDaemon:
         self.store_file = store_path(self.session)
         create_store_file(self.store_file, self.capacity)
         self.arena = Arena(self.capacity)
-        self.objects: dict[bytes, ObjEntry] = {}
-        # Holds are keyed by holder: a process (its worker id) or a stored value
-        # ("obj:<hex>") containing the reference, so a process that goes away releases
-        # exactly what it held.
-        self.holds_by: dict[str, set[bytes]] = {}
+        self.table = ObjectTable(self.arena, self.node_id)
         self.functions: dict[bytes, bytes] = {}
-        self.workers: dict[str, WorkerRec] = {}
-        self.by_pid: dict[int, WorkerRec] = {}
-        self.idle: dict[str, list[WorkerRec]] = {}
-        self.leases: dict[str, tuple[WorkerRec | None, Connection, int]] = {}
-        self.pending_leases: dict[str, tuple[Connection, int, str, dict]] = {}
-        self.actors: dict[bytes, ActorRec] = {}
-        self.names: dict[tuple[str, str], bytes] = {}
+        self.pool = WorkerPool(max_idle=max(2, int(self.resources.get("CPU", 1)) + 1))
+        self.workers = self.pool.workers  # (the same dict: records by worker id)
+        self.lease_table = LeaseTable(self.scheduler, self.node_id)
+        self.leases = self.lease_table.leases  # (the same dicts)
+        self.pending_leases = self.lease_table.pending
+        self.directory = ActorDirectory(self.namespace)
+        self.actors = self.directory.actors  # (the same dict: records by actor id)
         self.pg_waiters: dict[str, list[tuple[Connection, int]]] = {}
         self.events = TaskEventLog()
         from ._metrics import GpuMonitor
@@ -148,12 +121,24 @@ class NodeDaemon:
         self.host: str = config.get("host") or "127.0.0.1"
         self.cluster_mode = bool(config.get("cluster"))
         self.peers: dict[str, dict[str, Any]] = {}  # other nodes, from the head's view
+        self.core = NodeCore(self.table, self.lease_table, self.pool, self.directory,
+                             self.node_id, self.peers)
         self.view_nodes: list[dict[str, Any]] = []
         self.pulls: dict[bytes, str] = {}
         self.peer_conns: dict[str, Connection] = {}
         self.peer_reqs: dict[int, Any] = {}
         self.peer_req_ids = itertools.count(1)
-        self.cached: list[bytes] = []  # copies pulled from other nodes, oldest first
+        # connections that have not presented the token yet -> when they connected
+        self.unauthenticated: dict[Connection, float] = {}
+        # connections with output waiting for the peer -> when it last made progress
+        self.backlogged: dict[Connection, float] = {}
+        self.auth_timeout = float(config.get("auth_timeout") or AUTH_TIMEOUT)
+        self.max_unauthenticated = int(config.get("max_unauthenticated") or MAX_UNAUTHENTICATED)
+        self.stall_timeout = float(config.get("stall_timeout") or STALL_TIMEOUT)
+        self.max_backlog = int(config.get("max_backlog") or (64 << 20))
+        self.parent_pid = os.getppid()
+        # functions that threads (state queries) hand to the loop
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         # workers of a node that others reach over the network listen on TCP too
         self.worker_tcp_host: str | None = self.host if self.cluster_mode else None
         self.tcp_address = ""
@@ -172,6 +157,7 @@ class NodeDaemon:
         os.set_blocking(self._sig_r, False)
         os.set_blocking(sig_w, False)
         signal.set_wakeup_fd(sig_w)
+        self._wake_w = sig_w
         self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
         self.link: Any = None
         if self.cluster_mode:
@@ -179,21 +165,16 @@ class NodeDaemon:
             self.link = ClusterLink(self, head_address=config.get("head_address"), host=self.host,
                                     port=int(config.get("grpc_port") or 0))
             self.sel.register(self.link.wake_r, selectors.EVENT_READ, ("link", None))
-        self._handlers: dict[int, Any] = {
-            M.HELLO: self.on_hello, M.LEASE: self.on_lease, M.RETURN_LEASE: self.on_return_lease,
-            M.ALLOC: self.on_alloc, M.EXPORT: self.on_export, M.INCREF: self.on_incref,
-            M.DECREF: self.on_decref, M.GET_OBJECT: self.on_get_object, M.FN_PUT: self.on_fn_put,
-            M.FN_GET: self.on_fn_get, M.CREATE_ACTOR: self.on_create_actor,
-            M.ACTOR_INFO: self.on_actor_info, M.KILL_ACTOR: self.on_kill_actor,
-            M.KILL_WORKER: self.on_kill_worker, M.BLOCKED: self.on_blocked,
-            M.UNBLOCKED: self.on_unblocked, M.EVENTS: self.on_events, M.STATE: self.on_state,
-            M.PG_CREATE: self.on_pg_create, M.PG_REMOVE: self.on_pg_remove,
-            M.PG_INFO: self.on_pg_info, M.PG_WAIT: self.on_pg_wait,
-            M.STORE_STATS: self.on_store_stats, M.NAMED_ACTORS: self.on_named_actors,
-            M.GET_REMOTE: self.on_get_remote, M.NODE_ADDRESS: self.on_node_address,
-            M.REPLY: self.on_reply,
-            M.WORKER_READY: self.on_worker_ready, M.ACTOR_READY: self.on_actor_ready,
-            M.ACTOR_FAILED: self.on_actor_failed,
+        self._handlers: dict[type, Any] = {
+            M.Hello: self.on_hello, M.Lease: self.on_lease, M.FnPut: self.on_fn_put,
+            M.FnGet: self.on_fn_get, M.CreateActor: self.on_create_actor,
+
+            M.Events: self.on_events, M.State: self.on_state,
+            M.PgCreate: self.on_pg_create, M.PgRemove: self.on_pg_remove,
+            M.PgInfo: self.on_pg_info, M.PgWait: self.on_pg_wait,
+            M.GetRemote: self.on_get_remote, M.NodeAddress: self.on_node_address,
+            M.Reply: self.on_reply,
+            M.WorkerReady: self.on_worker_ready,
         }
 
     # ------------------------------------------------------------------ loop
@@ -210,11 +191,14 @@ class NodeDaemon:
         os.dup2(devnull, 1)  # nobody reads our stdout after the ready line
         os.close(devnull)
         while self.running:
-            for key, _mask in self.sel.select(timeout=1.0):
+            for key, mask in self.sel.select(timeout=1.0):
                 kind, obj = key.data
                 try:
                     if kind == "conn":
-                        self.on_readable(obj)
+                        if mask & selectors.EVENT_WRITE:
+                            self.on_writable(obj)
+                        if mask & selectors.EVENT_READ and not obj.closed:
+                            self.on_readable(obj)
                     elif kind == "accept":
                         self.on_accept(obj)
                     elif kind == "out":
@@ -223,6 +207,7 @@ class NodeDaemon:
                         self.link.drain()
                     elif kind == "signal":
                         os.read(self._sig_r, 512)
+                        self.run_inbox()
                     elif kind == "parent":
                         if not os.read(sys.stdin.fileno(), 4096):
                             self.running = False
@@ -230,19 +215,100 @@ class NodeDaemon:
                     import traceback
                     traceback.print_exc()
             self.reap()
+            self.tick(time.monotonic())
         self.shutdown()
+
+    def tick(self, now: float) -> None:
+        """Once a loop turn: deadlines of unauthenticated and stalled peers, the parent."""
+        for conn, since in list(self.unauthenticated.items()):
+            if now - since > self.auth_timeout:
+                self.on_disconnect(conn)
+        for conn, since in list(self.backlogged.items()):
+            if now - since > self.stall_timeout:
+                self.log(f"dropping {conn.peer}: it read none of {conn.backlog:,} waiting bytes "
+                         f"for {self.stall_timeout:.0f} s")
+                self.on_disconnect(conn)
+        if not self.standalone and os.getppid() != self.parent_pid:
+            self.running = False  # the driver that started us is gone
+
+    def log(self, text: str) -> None:
+        print(f"carme node daemon: {text}", file=sys.stderr, flush=True)
+
+    def post(self, fn: Any) -> None:
+        """From another thread: run `fn` in the loop."""
+        self.inbox.put(fn)
+        try:
+            os.write(self._wake_w, b"p")
+        except OSError:
+            pass
+
+    def run_inbox(self) -> None:
+        while True:
+            try:
+                fn = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            fn()
+
+    def adopt(self, sock: socket.socket, peer: str, token: bytes | None = None) -> Connection:
+        """A socket of ours becomes a buffered connection watched by the loop."""
+        conn = Connection(sock, peer, expect_token=token, buffered=True,
+                          max_frame=int(self.config.get("max_frame") or (512 << 20)),
+                          max_backlog=self.max_backlog)
+        conn.on_backlog = self._on_backlog
+        self.sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+        return conn
+
+    def _on_backlog(self, conn: Connection) -> None:
+        if conn not in self.backlogged and not conn.closed:
+            self.backlogged[conn] = time.monotonic()
+            try:
+                self.sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("conn", conn))
+            except (KeyError, ValueError):
+                pass
+
+    def on_writable(self, conn: Connection) -> None:
+        before = conn.backlog
+        try:
+            done = conn.flush_out()
+        except ConnectionClosed:
+            self.on_disconnect(conn)
+            return
+        if done:
+            self.backlogged.pop(conn, None)
+            try:
+                self.sel.modify(conn.sock, selectors.EVENT_READ, ("conn", conn))
+            except (KeyError, ValueError):
+                pass
+        elif conn.backlog < before:
+            self.backlogged[conn] = time.monotonic()
+
+    def send(self, conn: Connection, msg: tuple) -> bool:
+        """Queue a message for `conn` (never blocks); a peer that cannot take it is dropped."""
+        if conn.closed:
+            return False
+        try:
+            conn.send(msg)
+            return True
+        except ConnectionClosed as e:
+            if conn.backlog:
+                self.log(f"dropping {conn.peer}: {e}")
+            self.post(lambda: self.on_disconnect(conn))
+            return False
 
     def on_accept(self, listener: socket.socket) -> None:
         try:
             sock, _ = listener.accept()
         except BlockingIOError:
             return
-        sock.setblocking(True)
+        if len(self.unauthenticated) >= self.max_unauthenticated:
+            sock.close()  # too many peers are still to show the token
+            return
         if sock.family == socket.AF_INET:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(sock, "peer", expect_token=self.token)
+        conn = self.adopt(sock, "client", token=self.token)
         conn.meta["role"] = "unknown"
-        self.sel.register(sock, selectors.EVENT_READ, ("conn", conn))
+        self.unauthenticated[conn] = time.monotonic()
 
     def on_readable(self, conn: Connection) -> None:
         try:
@@ -250,16 +316,45 @@ class NodeDaemon:
         except (ConnectionClosed, AuthenticationError):
             self.on_disconnect(conn)
             return
-        for msg in msgs:
-            self._handlers[msg[0]](conn, *msg[1:])
+        if conn.expect_token is None and conn in self.unauthenticated:
+            del self.unauthenticated[conn]
+        handlers = self._handlers
+        for raw in msgs:
+            try:
+                msg = M.decode(raw)
+            except M.BadMessage as e:
+                self.reject(conn, raw, e)
+                continue
+            handler = handlers.get(type(msg))
+            if handler is None:  # the object and lease messages: the pure core decides
+                self.carry_out(self.core.handle(self.client_of(conn), msg))
+            else:
+                handler(conn, msg)
+
+    def reject(self, conn: Connection, raw: Any, err: M.BadMessage) -> None:
+        """A malformed message: the sender hears why (if it waits for an answer); nothing
+        of it is kept."""
+        req = M.request_id(raw)
+        self.log(f"refused a malformed message from {conn.meta.get('role')} "
+                 f"pid {conn.meta.get('pid')}: {err}")
+        if req is not None:
+            self.reply(conn, req, False, err)
 
     def reply(self, conn: Connection, req: int, ok: bool, value: Any) -> None:
-        try:
-            conn.send((M.REPLY, req, ok, value))
-        except ConnectionClosed:
-            pass
+        self.send(conn, M.Reply(req, ok, value).wire())
+
+    def fail(self, conn: Connection, req: int, err: BaseException) -> None:
+        self.send(conn, M.Reply(req, False, err).wire())
+
+    def answer(self, effects: list[Answer]) -> None:
+        self.carry_out(effects)  # type: ignore[arg-type]
 
     def on_disconnect(self, conn: Connection) -> None:
+        self.unauthenticated.pop(conn, None)
+        self.backlogged.pop(conn, None)
+        if conn.meta.get("gone"):
+            return
+        conn.meta["gone"] = True
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -274,25 +369,20 @@ class NodeDaemon:
                 for req, (rnid, cb) in list(self.peer_reqs.items()):
                     if rnid == nid:
                         del self.peer_reqs[req]
-                        cb(False, ("NodeDiedError", f"node {nid[:8]} went away"))
+                        cb(False, exc.NodeDiedError(f"node {nid[:8]} went away"))
         if conn in self.drivers:
             self.drivers.remove(conn)
+        self.table.drop_client(conn)
         holder = conn.meta.get("holder")
         if holder:
-            self.release_holder(holder)
-            self.release_holder(holder + ":blob")
+            self.answer(self.table.release_holder(holder))
+            self.answer(self.table.release_holder(holder + ":blob"))
         # leases held by this client go back; non-detached actors it owns die with it
-        for lease_id, (lw, lconn, _req) in list(self.leases.items()):
-            if lconn is conn and (lw is None or lw.state != "ACTOR"):
-                self.release_lease(lease_id, kill=False)
-        for req_id, (pconn, *_rest) in list(self.pending_leases.items()):
-            if pconn is conn:
-                self.scheduler.cancel(req_id)
-                del self.pending_leases[req_id]
-        for actor in list(self.actors.values()):
-            if actor.owner is conn and actor.spec.get("lifetime") != "detached" and actor.state != "DEAD":
-                actor.no_restart = True
-                self.kill_actor(actor, "the actor's owner exited")
+        for lease_id in self.lease_table.client_gone(conn, keep=lambda w: w.state == "ACTOR"):
+            self.release_lease(lease_id, kill=False)
+        for actor in self.directory.owned_by(conn):
+            actor.no_restart = True
+            self.kill_actor(actor, "the actor's owner exited")
 
     # ------------------------------------------------------------------ workers
     def spawn_worker(self, env_key: str) -> WorkerRec:
@@ -312,14 +402,12 @@ class NodeDaemon:
         child.close()
         os.close(out_w)
         os.close(err_w)
-        conn = Connection(parent, f"worker:{pid}")
+        conn = self.adopt(parent, f"worker:{pid}")
         w = WorkerRec(worker_id, pid, conn, env_key, out_fds=(out_r, err_r))
         conn.meta["worker"] = w
         conn.meta["role"] = "worker"
         conn.meta["holder"] = worker_id
-        self.workers[worker_id] = w
-        self.by_pid[pid] = w
-        self.sel.register(parent, selectors.EVENT_READ, ("conn", conn))
+        self.pool.add(w)
         self.sel.register(out_r, selectors.EVENT_READ, ("out", (w, "stdout", out_r)))
         self.sel.register(err_r, selectors.EVENT_READ, ("out", (w, "stderr", err_r)))
         return w
@@ -335,48 +423,35 @@ class NodeDaemon:
             return
         text = data.decode("utf-8", "replace")
         label = {"actor": w.actor_id.hex() if w.actor_id else None, "pid": w.pid}
-        for d in self.drivers:
-            try:
-                d.send((M.LOG, None, stream, text, label))
-            except ConnectionClosed:
-                pass
+        for d in list(self.drivers):
+            if d.backlog > LOG_BACKLOG:
+                # a driver that does not read loses output rather than its connection
+                d.meta["dropped_output"] = d.meta.get("dropped_output", 0) + len(data)
+                continue
+            self.send(d, M.Log(None, stream, text, label).wire())
 
-    def on_worker_ready(self, conn: Connection, address: str) -> None:
-        w: WorkerRec = conn.meta["worker"]
-        w.address = address
-        w.state = "IDLE"
-        waiting, w.waiting = w.waiting, []
-        if waiting:
-            for item in waiting:
-                item(w)
-        else:
-            self.idle.setdefault(w.env_key, []).append(w)
+    def on_worker_ready(self, conn: Connection, msg: M.WorkerReady) -> None:
+        w: WorkerRec | None = conn.meta.get("worker")
+        if w is None:
+            return  # only a worker's own control connection says so
+        for then in self.pool.ready(w, msg.address):
+            then(w)
 
     def take_worker(self, env_key: str, then: Any) -> None:
-        pool = self.idle.get(env_key)
-        while pool:
-            w = pool.pop()
-            if w.state == "IDLE":
-                then(w)
-                return
+        w = self.pool.take(env_key)
+        if w is not None:
+            then(w)
+            return
         w = self.spawn_worker(env_key)
-        w.waiting.append(then)
+        self.pool.wait_for(w, then)
 
     def on_worker_died(self, w: WorkerRec) -> None:
-        if w.state == "DEAD":
+        prev = self.pool.remove(w)
+        self.on_disconnect(w.conn)
+        if prev == "DEAD":
             return
-        prev = w.state
-        w.state = "DEAD"
-        self.workers.pop(w.worker_id, None)
-        self.by_pid.pop(w.pid, None)
-        try:
-            self.sel.unregister(w.conn.sock)
-        except (KeyError, ValueError):
-            pass
-        w.conn.close()
-        if w.lease_id is not None and w.lease_id in self.leases:
-            self.leases.pop(w.lease_id, None)
-            self.scheduler.release(w.lease_id)
+        if w.lease_id is not None:
+            self.lease_table.release(w.lease_id)  # (and no longer counted as blocked)
         if prev == "ACTOR" or w.actor_id is not None:
             actor = self.actors.get(w.actor_id) if w.actor_id else None
             if actor is not None and actor.worker is w:
@@ -395,13 +470,15 @@ class NodeDaemon:
                 self.running = False  # without a zygote this node cannot make workers
 
     # ------------------------------------------------------------------ hello / functions
-    def on_hello(self, conn: Connection, req: int, role: str, pid: int, info: dict) -> None:
-        conn.meta["role"] = role
-        conn.meta["pid"] = pid
-        conn.meta["holder"] = info.get("worker_id") or f"conn-{id(conn)}"
-        if role == "driver":
-            self.drivers.append(conn)
-        self.reply(conn, req, True, {
+    def on_hello(self, conn: Connection, msg: M.Hello) -> None:
+        if conn.meta.get("role") != "worker":  # a worker's control connection keeps its identity
+            conn.meta["role"] = msg.role
+            conn.meta["pid"] = msg.pid
+            conn.meta["holder"] = msg.info.get("worker_id") or f"conn-{id(conn)}"
+            conn.meta.pop("client", None)
+            if msg.role == "driver" and conn not in self.drivers:
+                self.drivers.append(conn)
+        self.reply(conn, msg.req, True, {
             "node_id": self.node_id, "store_file": self.store_file, "job_id": self.job_id,
             "resources": self.resources, "session_dir": self.session_dir,
             "namespace": self.namespace, "address": self.address, "tcp": self.tcp_address,
@@ -409,12 +486,15 @@ class NodeDaemon:
             **self.head_node(),
         })
 
-    def on_fn_put(self, conn: Connection, key: bytes, blob: bytes) -> None:
-        self.functions[key] = blob
+    def on_fn_put(self, conn: Connection, msg: M.FnPut) -> None:
+        self.functions[msg.key] = msg.blob
 
-    def on_fn_get(self, conn: Connection, req: int, key: bytes) -> None:
-        blob = self.functions.get(key)
-        self.reply(conn, req, blob is not None, blob)
+    def on_fn_get(self, conn: Connection, msg: M.FnGet) -> None:
+        blob = self.functions.get(msg.key)
+        if blob is None:
+            self.fail(conn, msg.req, KeyError(f"no function {msg.key.hex()} on this node"))
+        else:
+            self.reply(conn, msg.req, True, blob)
 
     # ------------------------------------------------------------------ leases
     def env_key_for(self, runtime_env: dict | None) -> str:
@@ -447,121 +527,33 @@ class NodeDaemon:
             out["sys_path"].append(dst)
         return out
 
-    def on_lease(self, conn: Connection, req: int, shape: dict, strategy: Any,
-                 runtime_env: dict | None, desc: str, no_spill: bool = False) -> None:
-        if no_spill:
+    def on_lease(self, conn: Connection, msg: M.Lease) -> None:
+        req, shape, strategy, runtime_env, desc = msg.req, msg.shape, msg.strategy, msg.runtime_env, msg.desc
+        if msg.no_spill:
             # another node sent this request here: grant it here (or wait), never bounce it
             from ._scheduler import NodeAffinity
             strategy = NodeAffinity(self.node_id, False)
         try:
             env_key = self.env_key_for(runtime_env)
         except OSError as e:
-            self.reply(conn, req, False, ("RuntimeEnvSetupError", f"could not set up runtime_env: {e}"))
+            self.fail(conn, req, exc.RuntimeEnvSetupError(f"could not set up runtime_env: {e}"))
             return
         request_id = f"lease-{os.urandom(8).hex()}"
-        self.pending_leases[request_id] = (conn, req, env_key, {})
-        self.scheduler.submit(LeaseRequest(request_id, shape, strategy, self.node_id, desc))
-        self.pump()
+        self.carry_out(self.core.handle(self.client_of(conn), LeaseRequested(
+            req, env_key, LeaseRequest(request_id, shape, strategy, self.node_id, desc))))
 
     def pump(self) -> None:
-        for decision in self.scheduler.poll():
-            if isinstance(decision, Infeasible):
-                self.on_infeasible(decision)
-                continue
-            assert isinstance(decision, Grant)
-            rid = decision.request_id
-            if rid.startswith("actor-"):
-                self.on_actor_grant(decision)
-                continue
-            pending = self.pending_leases.pop(rid, None)
-            if pending is None:
-                self.scheduler.release(decision.lease_id)
-                continue
-            conn, req, env_key, _ = pending
-            if decision.node_id != self.node_id:
-                # another node fits: send the requester there (spillback)
-                self.scheduler.release(decision.lease_id)
-                peer = self.peers.get(decision.node_id, {})
-                self.reply(conn, req, True, {"spillback": decision.node_id,
-                                             "address": peer.get("address")})
-                continue
-            self.leases[decision.lease_id] = (None, conn, req)
+        """Carry out what the scheduler decided (through the lease table)."""
+        self.carry_out(self.core.poll())
 
-            def fulfil(w: WorkerRec, g: Grant = decision, conn: Connection = conn, req: int = req) -> None:
-                if g.lease_id not in self.leases:  # requester went away meanwhile
-                    self.return_to_pool(w)
-                    return
-                w.state = "LEASED"
-                w.lease_id = g.lease_id
-                self.leases[g.lease_id] = (w, conn, req)
-                self.reply(conn, req, True, {
-                    "lease_id": g.lease_id, "worker_id": w.worker_id, "address": w.address,
-                    "pid": w.pid, "gpu_ids": list(g.gpu_ids), "node_id": g.node_id})
-
-            self.take_worker(env_key, fulfil)
-        self.check_pg_waiters()
-
-    def on_infeasible(self, d: Infeasible) -> None:
-        self.scheduler.cancel(d.request_id)
-        if d.request_id.startswith("actor-"):
-            actor = self.actors.get(bytes.fromhex(d.request_id[6:]))
-            if actor is not None:
-                self.actor_dead(actor, ("ActorUnschedulableError", d.message))
-            return
-        pending = self.pending_leases.pop(d.request_id, None)
-        if pending is not None:
-            self.reply(pending[0], pending[1], False, ("TaskUnschedulableError", d.message))
+    def fulfil(self, need: NeedWorker, w: WorkerRec) -> None:
+        self.carry_out(self.core.handle(self.client_of(need.client), WorkerFound(need, w)))
 
     def return_to_pool(self, w: WorkerRec) -> None:
-        if w.state == "DEAD":
-            return
-        w.state = "IDLE"
-        w.lease_id = None
-        pool = self.idle.setdefault(w.env_key, [])
-        if len(pool) >= max(2, int(self.resources.get("CPU", 1)) + 1):
-            w.state = "DEAD"
-            self.workers.pop(w.worker_id, None)
-            try:
-                w.conn.send((M.EXIT,))
-            except ConnectionClosed:
-                pass
-            return
-        pool.append(w)
+        self.carry_out(self.core.give_back(w))
 
     def release_lease(self, lease_id: str, kill: bool) -> None:
-        entry = self.leases.pop(lease_id, None)
-        if entry is None:
-            return
-        w = entry[0]
-        self.scheduler.release(lease_id)
-        if w is not None:
-            if kill:
-                self.kill_pid(w.pid)
-            else:
-                self.return_to_pool(w)
-        self.pump()
-
-    def on_return_lease(self, conn: Connection, lease_id: str, worker_ok: bool) -> None:
-        self.release_lease(lease_id, kill=not worker_ok)
-
-    def on_blocked(self, conn: Connection, lease_id: str) -> None:
-        # A worker waits in get(): lend its CPU out so nested tasks cannot deadlock.
-        if lease_id in self.leases and lease_id not in self.blocked:
-            self.blocked.add(lease_id)
-            self.scheduler.release(lease_id)
-            self.pump()
-
-    def on_unblocked(self, conn: Connection, lease_id: str) -> None:
-        # The worker runs again (possibly oversubscribing the node until its task ends,
-        # as Ray does); the lease's resources were already handed back.
-        pass
-
-    @property
-    def blocked(self) -> set[str]:
-        b = self.__dict__.get("_blocked")
-        if b is None:
-            b = self.__dict__["_blocked"] = set()
-        return b
+        self.carry_out(self.core.release_lease(lease_id, kill))
 
     def kill_pid(self, pid: int) -> None:
         try:
@@ -569,177 +561,76 @@ class NodeDaemon:
         except ProcessLookupError:
             pass
 
-    def on_kill_worker(self, conn: Connection, worker_id: str) -> None:
-        w = self.workers.get(worker_id)
-        if w is not None:
-            self.kill_pid(w.pid)
-
     # ------------------------------------------------------------------ objects
-    def hold(self, oid: bytes, holder: str, n: int = 1) -> bool:
-        """A process holds an object at most once (however often it says so); a stored
-        value or a return value in flight (":blob") holds once per reference it carries."""
-        e = self.objects.get(oid)
-        if e is None:
-            return False
-        if holder in e.holders and _is_process(holder):
-            return True
-        e.count += n
-        e.holders[holder] = e.holders.get(holder, 0) + n
-        self.holds_by.setdefault(holder, set()).add(oid)
-        return True
+    def client_of(self, conn: Connection) -> Client:
+        """Who a connection is, for `NodeCore` (refreshed when it says hello)."""
+        client: Client | None = conn.meta.get("client")
+        if client is None:
+            holder = conn.meta.get("holder") or f"conn-{id(conn)}"
+            conn.meta["holder"] = holder
+            client = conn.meta["client"] = Client(conn, holder, conn.meta.get("pid", 0))
+        return client
 
-    def unhold(self, oid: bytes, holder: str, n: int = 1) -> None:
-        e = self.objects.get(oid)
-        if e is None:
-            return
-        have = e.holders.get(holder, 0)
-        n = min(n, have)
-        if n <= 0:
-            return
-        if have == n:
-            del e.holders[holder]
-            held = self.holds_by.get(holder)
-            if held is not None:
-                held.discard(oid)
-                if not held:
-                    del self.holds_by[holder]
-        else:
-            e.holders[holder] = have - n
-        e.count -= n
-        if e.count <= 0:
-            self.free_object(oid)
-
-    def release_holder(self, holder: str) -> None:
-        for oid in list(self.holds_by.get(holder, ())):
-            e = self.objects.get(oid)
-            if e is not None:
-                self.unhold(oid, holder, e.holders.get(holder, 0))
-        self.holds_by.pop(holder, None)
-
-    def on_alloc(self, conn: Connection, req: int, oid: bytes, size: int, owner_pid: int,
-                 holder: str | None = None) -> None:
-        try:
-            off = self.allocate(size)
-        except ArenaFull as e:
-            self.reply(conn, req, False, ("ObjectStoreFullError", str(e)))
-            return
-        # the entry starts pending with one hold: the creator's, or for a task return
-        # the submitter's (the worker names it); a return its owner already exported
-        # while pending keeps its entry (holds, waiters)
-        known = self.objects.get(oid)
-        if known is None or known.payload is not None or "secondary" in known.__dict__:
-            self.objects[oid] = ObjEntry(None, owner_pid=owner_pid, size=size)
-        else:
-            known.size = size
-        self.hold(oid, holder or conn.meta["holder"])
-        self.reply(conn, req, True, off)
-
-    def on_export(self, conn: Connection, req: int | None, oid: bytes, payload: tuple | None,
-                  contained: list[bytes], add: int, type_name: str) -> None:
-        e = self.objects.get(oid)
-        if e is None:
-            e = self.objects[oid] = ObjEntry(owner_pid=conn.meta.get("pid", 0))
-        if add:
-            self.hold(oid, conn.meta["holder"], add)
-        if contained and not e.contained:
-            e.contained = contained
-            for c in contained:  # the stored value holds what it refers to
-                self.hold(c, "obj:" + oid.hex())
-        if type_name:
-            e.type_name = type_name
-        if payload is not None and e.payload is None:
-            e.payload = payload
-            e.size = payload[2] if payload[0] == M.SHARED else len(payload[1]) + sum(len(b) for b in payload[2])
-            waiters, e.waiters = e.waiters, []
-            for wconn, wreq in waiters:
-                self.reply(wconn, wreq, True, payload)
-        if req is not None:
-            self.reply(conn, req, True, None)
-        if e.count <= 0 and payload is not None:
-            self.free_object(oid)
-
-    def on_incref(self, conn: Connection, req: int | None, oids: list[bytes],
-                  holder: str | None = None) -> None:
-        holder = holder or conn.meta["holder"]
-        missing = [oid for oid in oids if not self.hold(oid, holder)]
-        if req is not None:
-            self.reply(conn, req, True, missing)
-
-    def on_decref(self, conn: Connection, oids: list[bytes], holder: str | None = None) -> None:
-        holder = holder or conn.meta["holder"]
-        for oid in oids:
-            self.unhold(oid, holder)
-
-    def free_object(self, oid: bytes) -> None:
-        e = self.objects.pop(oid, None)
-        if e is None:
-            return
-        if "cache" in e.holders and oid in self.cached:
-            self.cached.remove(oid)
-        for h in e.holders:
-            held = self.holds_by.get(h)
-            if held is not None:
-                held.discard(oid)
-                if not held:
-                    del self.holds_by[h]
-        if e.payload is not None and e.payload[0] == M.SHARED and self.is_local(e.payload):
-            self.arena.free(e.payload[1])
-        elif e.payload is None and "secondary" in e.__dict__:
-            self.arena.free(e.__dict__["secondary"])
-        for wconn, wreq in e.waiters:
-            self.reply(wconn, wreq, False, ("ObjectLostError", "the object was freed: no reference to it remains"))
-        if e.contained:
-            key = "obj:" + oid.hex()
-            for c in e.contained:
-                self.unhold(c, key)
-
-    def on_get_object(self, conn: Connection, req: int, oid: bytes) -> None:
-        e = self.objects.get(oid)
-        if e is None:
-            self.reply(conn, req, False, ("ObjectLostError", f"object {oid.hex()} is not in the object store: every reference to it was dropped, or its owner died"))
-        elif e.payload is not None:
-            self.reply(conn, req, True, e.payload)
-        else:
-            e.waiters.append((conn, req))
-
-    def on_store_stats(self, conn: Connection, req: int) -> None:
-        self.reply(conn, req, True, {
-            "capacity": self.capacity, "used": self.arena.used_bytes,
-            "shared_objects": self.arena.allocations(), "objects": len(self.objects)})
+    def carry_out(self, effects: list[Any]) -> None:
+        """Do what the pure core decided, in order."""
+        for eff in effects:
+            if isinstance(eff, Answer):
+                self.send(eff.client, M.Reply(eff.req, eff.ok, eff.value).wire())
+            elif isinstance(eff, Note):
+                self.log(eff.text)
+            elif isinstance(eff, NeedWorker):
+                self.take_worker(eff.env_key, functools.partial(self.fulfil, eff))
+            elif isinstance(eff, Spill):
+                # another node fits: send the requester there (spillback)
+                peer = self.peers.get(eff.node_id, {})
+                self.reply(eff.client, eff.req, True, {"spillback": eff.node_id,
+                                                       "address": peer.get("address")})
+            elif isinstance(eff, Refuse):
+                self.fail(eff.client, eff.req, eff.error)
+            elif isinstance(eff, ActorGrant):
+                self.on_actor_grant(eff.grant)
+            elif isinstance(eff, ActorInfeasible):
+                actor = self.actors.get(eff.actor_id)
+                if actor is not None:
+                    self.actor_dead(actor, exc.ActorUnschedulableError(eff.message))
+            elif isinstance(eff, CheckPlacementGroups):
+                self.check_pg_waiters()
+            elif isinstance(eff, Retire):
+                self.send(eff.worker.conn, M.Exit().wire())  # enough idle workers: this one retires
+            elif isinstance(eff, Kill):
+                self.kill_pid(eff.pid)
+            elif isinstance(eff, ToPeer):
+                try:
+                    self.send(self.peer_conn(eff.node_id), eff.msg)
+                except (OSError, ConnectionClosed, KeyError):
+                    pass
+            elif isinstance(eff, Event):
+                self.record_event(eff.task_id, eff.state, time.time(), **eff.attrs)
+            else:
+                raise TypeError(f"the daemon cannot carry out {eff!r}")
 
     # ------------------------------------------------------------------ actors
-    def on_create_actor(self, conn: Connection, req: int, actor_id: bytes, spec: dict) -> None:
-        name = spec.get("name")
-        if name:
-            key = (spec.get("namespace") or self.namespace, name)
-            existing = self.names.get(key)
-            if existing is not None and self.actors[existing].state != "DEAD":
-                if spec.get("get_if_exists"):
-                    self.reply(conn, req, True, {"actor_id": existing, "existing": True,
-                                                 "spec": self.public_spec(self.actors[existing])})
-                else:
-                    self.reply(conn, req, False, ("ActorAlreadyExistsError", f"The name {name!r} (namespace {key[0]!r}) is already taken by another actor. Use get_if_exists=True to reuse it, or choose another name."))
-                return
-            self.names[key] = actor_id
+    def on_create_actor(self, conn: Connection, msg: M.CreateActor) -> None:
+        req, actor_id, spec = msg.req, msg.actor_id, dict(msg.spec)
         try:
             spec["env_key"] = self.env_key_for(spec.get("runtime_env"))
         except OSError as e:
-            self.reply(conn, req, False, ("RuntimeEnvSetupError", str(e)))
+            self.fail(conn, req, exc.RuntimeEnvSetupError(str(e)))
             return
-        actor = ActorRec(actor_id, spec, conn)
-        self.actors[actor_id] = actor
+        try:
+            actor, existing = self.directory.create(actor_id, spec, conn)
+        except ValueError as e:  # ActorAlreadyExistsError is one
+            self.fail(conn, req, e)
+            return
+        if existing:
+            self.reply(conn, req, True, {"actor_id": actor.actor_id, "existing": True,
+                                         "spec": self.core.public_spec(actor)})
+            return
         self.reply(conn, req, True, {"actor_id": actor_id, "existing": False})
         self.schedule_actor(actor)
 
-    def public_spec(self, actor: ActorRec) -> dict:
-        s = actor.spec
-        return {k: s.get(k) for k in ("class_name", "methods", "is_async", "max_task_retries", "method_options", "max_concurrency")}
-
     def schedule_actor(self, actor: ActorRec) -> None:
-        s = actor.spec
-        self.scheduler.submit(LeaseRequest(f"actor-{actor.actor_id.hex()}", s["placement_shape"],
-                                           s["strategy"], self.node_id, f"actor {s['class_name']}"))
-        self.pump()
+        self.carry_out(self.core.schedule_actor(actor))
 
     def on_actor_grant(self, g: Grant) -> None:
         actor = self.actors.get(bytes.fromhex(g.request_id[6:]))
@@ -762,7 +653,8 @@ class NodeDaemon:
             actor.worker = w
             self.leases[g.lease_id] = (w, actor.owner, 0)  # type: ignore[assignment]
             w.lease_id = g.lease_id
-            w.conn.send((M.RUN_ACTOR, actor.actor_id, actor.spec, list(g.gpu_ids), actor.restarts))
+            self.send(w.conn, M.RunActor(actor.actor_id, actor.spec, list(g.gpu_ids),
+                                         actor.restarts).wire())
 
         self.take_worker(actor.spec["env_key"], start)
 
@@ -772,27 +664,33 @@ class NodeDaemon:
         if conn is not None and not conn.closed:
             return conn
         from ._protocol import connect
-        conn = connect(self.peers[node_id]["address"], self.token)
+        first = connect(self.peers[node_id]["address"], self.token)
+        conn = self.adopt(first.sock, f"node:{node_id[:8]}")
         conn.meta["role"] = "peer"
         conn.meta["holder"] = "node:" + node_id
-        conn.send((M.HELLO, 0, "peer", os.getpid(), {"worker_id": "node:" + self.node_id}))
+        self.send(conn, (M.HELLO, 0, "peer", os.getpid(), {"worker_id": "node:" + self.node_id}))
         self.peer_conns[node_id] = conn
-        self.sel.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
         return conn
 
     def peer_request(self, node_id: str, kind: int, args: tuple, callback: Any) -> None:
         req = next(self.peer_req_ids)
         self.peer_reqs[req] = (node_id, callback)
         try:
-            self.peer_conn(node_id).send((kind, req, *args))
+            sent = self.send(self.peer_conn(node_id), (kind, req, *args))
         except (OSError, ConnectionClosed) as e:
+            sent = False
+            why = str(e)
+        else:
+            why = "its connection dropped"
+        if not sent:
             self.peer_reqs.pop(req, None)
-            callback(False, ("NodeDiedError", f"node {node_id[:8]} is unreachable: {e}"))
+            callback(False, exc.NodeDiedError(f"node {node_id[:8]} is unreachable: {why}"))
 
-    def on_reply(self, conn: Connection, req: int, ok: bool, value: Any) -> None:
-        entry = self.peer_reqs.pop(req, None)
-        if entry is not None:
-            entry[1](ok, value)
+    def on_reply(self, conn: Connection, msg: M.Reply) -> None:
+        entry = self.peer_reqs.get(msg.req)
+        if entry is not None and self.peer_conns.get(entry[0]) is conn:
+            del self.peer_reqs[msg.req]
+            entry[1](msg.ok, msg.value)
 
     def place_remote(self, actor: ActorRec, node_id: str) -> None:
         """The scheduler chose another node: that node's daemon runs (and restarts) it."""
@@ -804,7 +702,7 @@ class NodeDaemon:
         def created(ok: bool, value: Any) -> None:
             if not ok:
                 actor.no_restart = True
-                self.actor_dead(actor, value if isinstance(value, tuple) else ("ActorDiedError", str(value)))
+                self.actor_dead(actor, as_error(value))
                 return
             waiters, actor.waiters = actor.waiters, []
             for wconn, wreq in waiters:
@@ -815,148 +713,41 @@ class NodeDaemon:
     def on_peer_died(self, node_id: str) -> None:
         conn = self.peer_conns.pop(node_id, None)
         if conn is not None:
-            try:
-                self.sel.unregister(conn.sock)
-            except (KeyError, ValueError):
-                pass
-            conn.close()
+            self.on_disconnect(conn)
         for actor in list(self.actors.values()):
             if actor.remote_node == node_id and actor.state != "DEAD":
                 actor.remote_node = None
                 actor.spec["kill_reason"] = f"the actor's node {node_id[:8]} died"
                 self.on_actor_worker_died(actor)
 
-    def on_actor_ready(self, conn: Connection, actor_id: bytes) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is None:
-            return
-        actor.state = "ALIVE"
-        w = actor.worker
-        self.record_event(actor_id.hex(), "FINISHED", time.time(), node_id=self.node_id,
-                          worker_id=w.worker_id if w else None, worker_pid=w.pid if w else None)
-        if not actor.spec.get("hold_resources") and actor.lease_id:
-            self.scheduler.release(actor.lease_id)
-            self.leases.pop(actor.lease_id, None)
-            if actor.worker:
-                actor.worker.lease_id = None
-            actor.lease_id = None
-            self.pump()
-        waiters, actor.waiters = actor.waiters, []
-        for wconn, wreq in waiters:
-            self.reply(wconn, wreq, True, self.actor_info(actor))
-
-    def on_actor_failed(self, conn: Connection, actor_id: bytes, error: tuple) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is None:
-            return
-        actor.no_restart = True
-        self.record_event(actor_id.hex(), "FAILED", time.time(), error_type="ActorDiedError",
-                          error_message=str(error[1])[:500])
-        self.actor_dead(actor, error)
-        w = conn.meta.get("worker")
-        if w is not None:
-            self.kill_pid(w.pid)
-
     def actor_info(self, actor: ActorRec) -> dict:
-        w = actor.worker
-        if actor.remote_node is not None and actor.state != "DEAD":
-            peer = self.peers.get(actor.remote_node, {})
-            return {"actor_id": actor.actor_id, "state": "REMOTE", "redirect": actor.remote_node,
-                    "address": peer.get("address"), "spec": self.public_spec(actor),
-                    "death": None, "restarts": actor.restarts, "node_id": actor.remote_node}
-        return {"actor_id": actor.actor_id, "state": actor.state,
-                "address": w.address if w and actor.state == "ALIVE" else None,
-                "pid": w.pid if w else None, "worker_id": w.worker_id if w else None,
-                "death": actor.death, "restarts": actor.restarts,
-                "incarnation": actor.restarts, "spec": self.public_spec(actor),
-                "node_id": self.node_id}
-
-    def on_actor_info(self, conn: Connection, req: int, actor_id: bytes | None,
-                      name: str | None, namespace: str | None, wait: bool) -> None:
-        if actor_id is None:
-            actor_id = self.names.get((namespace or self.namespace, name or ""))
-            if actor_id is None or self.actors[actor_id].state == "DEAD":
-                self.reply(conn, req, False, ("ValueError", f"Failed to look up actor with name {name!r} in namespace {namespace or self.namespace!r}: no live actor has that name. Create it with .options(name=...) first."))
-                return
-        actor = self.actors.get(actor_id)
-        if actor is None:
-            self.reply(conn, req, False, ("ValueError", f"unknown actor {actor_id.hex()}"))
-            return
-        if wait and actor.state in ("PENDING_CREATION", "RESTARTING") and actor.remote_node is None:
-            actor.waiters.append((conn, req))
-            return
-        self.reply(conn, req, True, self.actor_info(actor))
-
-    def on_named_actors(self, conn: Connection, req: int, all_namespaces: bool, namespace: str | None) -> None:
-        out = []
-        for (ns, name), aid in self.names.items():
-            if self.actors[aid].state == "DEAD":
-                continue
-            if all_namespaces or ns == (namespace or self.namespace):
-                out.append({"name": name, "namespace": ns} if all_namespaces else name)
-        self.reply(conn, req, True, out)
-
-    def on_kill_actor(self, conn: Connection, actor_id: bytes, no_restart: bool) -> None:
-        actor = self.actors.get(actor_id)
-        if actor is None or actor.state == "DEAD":
-            return
-        actor.no_restart = actor.no_restart or no_restart
-        self.kill_actor(actor, "the actor was killed by carme.kill()")
+        return self.core.actor_info(actor)
 
     def kill_actor(self, actor: ActorRec, reason: str) -> None:
-        actor.spec["kill_reason"] = reason
-        if actor.remote_node is not None:
-            try:
-                self.peer_conn(actor.remote_node).send((M.KILL_ACTOR, actor.actor_id, actor.no_restart))
-            except (OSError, ConnectionClosed, KeyError):
-                pass
-        if actor.no_restart:
-            # dead at once (its name is free again); the worker's exit is then a formality
-            self.actor_dead(actor, ("ActorDiedError", reason))
-        if actor.worker is not None and actor.worker.state != "DEAD":
-            self.kill_pid(actor.worker.pid)
+        self.carry_out(self.core.kill_actor(actor, reason))
 
     def on_actor_worker_died(self, actor: ActorRec) -> None:
-        actor.worker = None
-        if actor.lease_id:
-            self.leases.pop(actor.lease_id, None)
-            self.scheduler.release(actor.lease_id)
-            actor.lease_id = None
-        max_restarts = actor.spec.get("max_restarts", 0)
-        reason = actor.spec.get("kill_reason") or "the actor's worker process died unexpectedly"
-        if actor.state == "DEAD":
-            return
-        if not actor.no_restart and (max_restarts == -1 or actor.restarts < max_restarts):
-            actor.restarts += 1
-            actor.state = "RESTARTING"
-            actor.spec.pop("kill_reason", None)
-            self.schedule_actor(actor)
-        else:
-            self.actor_dead(actor, ("ActorDiedError", reason))
+        self.carry_out(self.core.actor_worker_died(actor))
 
-    def actor_dead(self, actor: ActorRec, error: tuple) -> None:
-        actor.state = "DEAD"
-        actor.death = error
-        if actor.lease_id:
-            self.leases.pop(actor.lease_id, None)
-            self.scheduler.release(actor.lease_id)
-            actor.lease_id = None
-        waiters, actor.waiters = actor.waiters, []
-        for wconn, wreq in waiters:
-            self.reply(wconn, wreq, True, self.actor_info(actor))
+    def release_actor_lease(self, actor: ActorRec) -> None:
+        self.core.release_actor_lease(actor)
+
+    def actor_dead(self, actor: ActorRec, error: BaseException) -> None:
+        self.carry_out(self.core.actor_dead(actor, error))
 
     # ------------------------------------------------------------------ placement groups
-    def on_pg_create(self, conn: Connection, req: int, pg_id: str, bundles: list, strategy: str, name: str) -> None:
+    def on_pg_create(self, conn: Connection, msg: M.PgCreate) -> None:
         try:
-            self.scheduler.create_placement_group(pg_id, bundles, strategy, name)
+            self.scheduler.create_placement_group(msg.pg_id, msg.bundles, msg.strategy, msg.name or "")
         except ValueError as e:
-            self.reply(conn, req, False, ("ValueError", str(e)))
+            self.fail(conn, msg.req, ValueError(str(e)))
             return
-        self.reply(conn, req, True, pg_id)
+        self.reply(conn, msg.req, True, msg.pg_id)
         self.pump()
 
-    def on_pg_remove(self, conn: Connection, req: int, pg_id: str) -> None:
-        lost = self.scheduler.remove_placement_group(pg_id)
+    def on_pg_remove(self, conn: Connection, msg: M.PgRemove) -> None:
+        req = msg.req
+        lost = self.scheduler.remove_placement_group(msg.pg_id)
         for lease_id in lost:
             entry = self.leases.get(lease_id)
             if entry and entry[0] is not None:
@@ -967,7 +758,8 @@ class NodeDaemon:
         self.reply(conn, req, True, None)
         self.pump()
 
-    def on_pg_info(self, conn: Connection, req: int, pg_id: str | None, name: str | None) -> None:
+    def on_pg_info(self, conn: Connection, msg: M.PgInfo) -> None:
+        req, pg_id, name = msg.req, msg.pg_id, msg.name
         if pg_id is None and name is None:
             self.reply(conn, req, True, self.scheduler.placement_groups())
             return
@@ -975,10 +767,10 @@ class NodeDaemon:
             if pg["placement_group_id"] == pg_id or (name and pg.get("name") == name and pg["state"] != "REMOVED"):
                 self.reply(conn, req, True, pg)
                 return
-        self.reply(conn, req, False, ("ValueError", f"no placement group {pg_id or name!r}"))
+        self.fail(conn, req, ValueError(f"no placement group {pg_id or name!r}"))
 
-    def on_pg_wait(self, conn: Connection, req: int, pg_id: str) -> None:
-        self.pg_waiters.setdefault(pg_id, []).append((conn, req))
+    def on_pg_wait(self, conn: Connection, msg: M.PgWait) -> None:
+        self.pg_waiters.setdefault(msg.pg_id, []).append((conn, msg.req))
         self.check_pg_waiters()
 
     def check_pg_waiters(self) -> None:
@@ -993,24 +785,30 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ events / state
     def record_event(self, task_id: str, state: str, ts: float, **attrs: Any) -> None:
-        self.on_events(None, [(task_id, state, ts, attrs)])  # type: ignore[arg-type]
+        self.record_events([(task_id, state, ts, attrs)])
 
-    def on_events(self, conn: Connection, events: list) -> None:
+    def record_events(self, events: list) -> None:
         self.events.record_many(events)
         if self.link is not None:
             self.link.forward_events(events)
 
-    def on_state(self, conn: Connection, req: int, kind: str) -> None:
+    def on_events(self, conn: Connection, msg: M.Events) -> None:
+        self.record_events(msg.events)  # checked at decoding: nothing malformed is stored
+
+    STATE_KINDS = ("tasks", "timeline", "summary", "nodes", "workers", "actors", "objects",
+                   "placement_groups", "jobs", "store")
+
+    def on_state(self, conn: Connection, msg: M.State) -> None:
+        req, kind = msg.req, msg.kind
+        if kind not in self.STATE_KINDS:
+            self.fail(conn, req, ValueError(f"unknown state kind {kind!r}; expected one of "
+                                            f"{', '.join(self.STATE_KINDS)}"))
+            return
         if self.link is not None and kind in ("tasks", "timeline", "summary", "workers", "objects", "actors", "nodes"):
             import threading
             threading.Thread(target=self.cluster_state, args=(conn, req, kind), daemon=True).start()
             return
-        try:
-            rows = getattr(self, f"rows_{kind}")()
-        except AttributeError:
-            self.reply(conn, req, False, ("ValueError", f"unknown state kind {kind!r}"))
-            return
-        self.reply(conn, req, True, rows)
+        self.reply(conn, req, True, self.local_rows(kind))
 
     # ------------------------------------------------------------------ cluster
     def cluster_state(self, conn: Connection, req: int, kind: str) -> None:
@@ -1028,12 +826,10 @@ class NodeDaemon:
                             rows += self.link.peer_rows(peer["grpc_address"], kind)
                         except Exception:  # noqa: BLE001 - a node going away drops out of the rows
                             pass
-            conn.send((M.REPLY, req, True, rows))
+            self.post(lambda: self.reply(conn, req, True, rows))
         except Exception as e:  # noqa: BLE001
-            try:
-                conn.send((M.REPLY, req, False, ("RaySystemError", f"state query failed: {e}")))
-            except ConnectionClosed:
-                pass
+            err = exc.RaySystemError(f"state query failed: {e}")
+            self.post(lambda: self.fail(conn, req, err))
 
     def local_rows(self, kind: str) -> Any:
         return getattr(self, f"rows_{kind}")()
@@ -1051,12 +847,21 @@ class NodeDaemon:
         for ns in view.nodes:
             info = ns.info
             nid = info.node_id
-            total = json.loads(info.resources_json)
+            try:
+                total = json.loads(info.resources_json)
+                available = json.loads(ns.available_json or "{}")
+                labels = json.loads(info.labels_json or "{}")
+                metrics = json.loads(ns.metrics_json or "{}")
+                M.check_shape(f"node {nid[:8]} resources", total)
+                M.check_shape(f"node {nid[:8]} available resources", available)
+            except (ValueError, M.BadMessage) as e:  # the head checks too; never trust twice-removed data
+                self.log(f"ignoring node {nid[:8]} in the cluster view: {e}")
+                continue
             row = {"node_id": nid, "address": info.address, "grpc_address": info.grpc_address,
                    "host": info.host, "state": ns.state, "total": total,
-                   "available": json.loads(ns.available_json or "{}"),
-                   "metrics": json.loads(ns.metrics_json or "{}"), "is_head": info.is_head,
-                   "labels": json.loads(info.labels_json or "{}"), "start_time": info.start_time,
+                   "available": available,
+                   "metrics": metrics, "is_head": info.is_head,
+                   "labels": labels, "start_time": info.start_time,
                    "store_capacity": info.object_store_memory}
             nodes.append(row)
             if nid == self.node_id:
@@ -1081,85 +886,47 @@ class NodeDaemon:
                 return {"head_node": nid, "head_address": peer["address"]}
         return {}
 
-    def on_node_address(self, conn: Connection, req: int, node_id: str) -> None:
-        peer = self.peers.get(node_id)
-        self.reply(conn, req, peer is not None, peer["address"] if peer else ("ValueError", f"unknown node {node_id}"))
+    def on_node_address(self, conn: Connection, msg: M.NodeAddress) -> None:
+        peer = self.peers.get(msg.node_id)
+        if peer is None:
+            self.fail(conn, msg.req, ValueError(f"unknown node {msg.node_id}"))
+        else:
+            self.reply(conn, msg.req, True, peer["address"])
 
     def pin_for_pull(self, oid: bytes) -> tuple | None:
-        e = self.objects.get(oid)
-        if e is None or e.payload is None or e.payload[0] != M.SHARED or not self.is_local(e.payload):
-            return None
         key = "pull:" + os.urandom(6).hex()
-        self.hold(oid, key)
-        return key, e.payload[1], e.payload[2], e.payload[3]
+        pinned = self.table.pin_for_pull(oid, key)
+        return None if pinned is None else (key, *pinned)
 
     def unpin_pull(self, oid: bytes, key: str) -> None:
-        self.unhold(oid, key)
+        self.answer(self.table.unhold(oid, key))
 
-    def is_local(self, payload: tuple) -> bool:
-        return len(payload) < 5 or payload[4] == self.node_id
-
-    def on_get_remote(self, conn: Connection, req: int, oid: bytes, node_id: str) -> None:
+    def on_get_remote(self, conn: Connection, msg: M.GetRemote) -> None:
+        req, oid, node_id = msg.req, msg.oid, msg.node_id
         holder = conn.meta["holder"]
-        e = self.objects.get(oid)
-        if e is not None and e.payload is not None and self.is_local(e.payload):
-            self.hold(oid, holder)
+        e = self.table.get_entry(oid)
+        if e is not None and e.payload is not None and self.table.is_local(e.payload):
+            self.table.hold(oid, holder)
             self.reply(conn, req, True, e.payload)
             return
         if e is None:
             peer = self.peers.get(node_id)
-            if peer is None or peer["state"] != "ALIVE":
-                self.reply(conn, req, False, ("ObjectLostError", f"object {oid.hex()} lives on node {node_id[:8]}, which is not alive"))
+            if peer is None or peer["state"] != "ALIVE" or self.link is None:
+                self.fail(conn, req, self.table.lost(
+                    oid, f"It lives on node {node_id[:8]}, which is not alive."))
                 return
-            e = self.objects[oid] = ObjEntry(owner_pid=0)
+            e = self.table.start_pull(oid)
             self.pulls[oid] = node_id
             self.link.pull(oid, peer["grpc_address"])
-        self.hold(oid, holder)
+        self.table.hold(oid, holder)
         e.waiters.append((conn, req))
 
-    def allocate(self, size: int) -> int:
-        """Arena space, evicting cached copies of other nodes' objects if need be."""
-        while True:
-            try:
-                return self.arena.allocate(size)
-            except ArenaFull:
-                if not self.cached:
-                    raise
-                self.unhold(self.cached.pop(0), "cache")
-
     def alloc_secondary(self, oid: bytes, total: int) -> int | None:
-        e = self.objects.get(oid)
-        if e is None:
-            return None
-        try:
-            off = self.allocate(total)
-        except ArenaFull:
-            return None
-        e.payload = None
-        e.size = total
-        e.__dict__["secondary"] = off
-        return off
+        return self.table.alloc_secondary(oid, total)
 
     def on_pulled(self, oid: bytes, offset: int | None, total: int, is_error: bool, err: str | None) -> None:
         self.pulls.pop(oid, None)
-        e = self.objects.get(oid)
-        if e is None:
-            if offset is not None:
-                self.arena.free(offset)
-            return
-        if err is not None or offset is None:
-            waiters, e.waiters = e.waiters, []
-            for wconn, wreq in waiters:
-                self.reply(wconn, wreq, False, ("ObjectLostError", f"could not fetch object {oid.hex()} from its node: {err}"))
-            self.objects.pop(oid, None)
-            return
-        e.payload = (M.SHARED, offset, total, is_error, self.node_id)
-        # keep the copy for the next task here that needs it; evicted under pressure
-        self.hold(oid, "cache")
-        self.cached.append(oid)
-        waiters, e.waiters = e.waiters, []
-        for wconn, wreq in waiters:
-            self.reply(wconn, wreq, True, e.payload)
+        self.answer(self.table.pulled(oid, offset, total, is_error, err))
 
     def rows_tasks(self) -> list[dict]:
         return self.events.rows()
@@ -1208,8 +975,7 @@ class NodeDaemon:
         for a in self.actors.values():
             if a.remote_node is not None and a.state != "DEAD":
                 continue  # its node lists it
-            name_ns = next(((ns, n) for (ns, n), aid in self.names.items() if aid == a.actor_id),
-                           (a.spec.get("namespace") or self.namespace, a.spec.get("display_name") or ""))
+            name_ns = self.directory.name_of(a)
             out.append({"actor_id": a.actor_id.hex(), "class_name": a.spec["class_name"],
                         "state": a.state, "job_id": self.job_id, "name": name_ns[1],
                         "ray_namespace": name_ns[0], "namespace": name_ns[0],
@@ -1221,13 +987,7 @@ class NodeDaemon:
         return out
 
     def rows_objects(self) -> list[dict]:
-        return [{"object_id": oid.hex(), "object_size": e.size, "reference_count": e.count,
-                 "holders": sorted(e.holders),
-                 "task_status": "FINISHED" if e.payload is not None else "PENDING",
-                 "location": "shared_memory" if e.payload and e.payload[0] == M.SHARED else "inline",
-                 "pid": e.owner_pid, "node_id": self.node_id, "ip": "127.0.0.1",
-                 "type": e.type_name, "spilled": False,
-                 "created_ms": int(e.created * 1000)} for oid, e in self.objects.items()]
+        return self.table.rows(self.node_id)
 
     def rows_placement_groups(self) -> list[dict]:
         return self.scheduler.placement_groups()
@@ -1253,7 +1013,7 @@ class NodeDaemon:
         except FileNotFoundError:
             pass
         shutil.rmtree(self.session_dir, ignore_errors=True)
-        pids = list(self.by_pid)
+        pids = self.pool.pids()
         for pid in pids:
             self.kill_pid(pid)
         self.zygote.close()
@@ -1271,9 +1031,19 @@ class NodeDaemon:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver's Ctrl-C is not ours
+    # A process group of our own: Jupyter restarts a kernel by killing the kernel's whole
+    # process group, and the embedded daemon must outlive that kill to notice its driver
+    # is gone and clean up. Not a session of our own: the kernel's CPU scheduler groups
+    # processes by session (autogroup), and a driver and its workers in different groups
+    # answer each other markedly slower. In a background group, writing to a terminal
+    # with `tostop` set would stop us: SIGTTOU is ignored (our children inherit that).
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    if os.getpgid(0) != os.getpid():
+        os.setpgid(0, 0)
     config = json.loads(sys.stdin.readline())
-    if not config.get("standalone"):
-        set_parent_death_signal(signal.SIGTERM)
+    # No parent-death signal for the embedded daemon: the kernel sends it when the
+    # *thread* that started us ends (carme.init() from a thread that then returns), not
+    # the driver. The end of stdin and a change of parent tell us the driver is gone.
     daemon = NodeDaemon(config)
     signal.signal(signal.SIGTERM, lambda *_: setattr(daemon, "running", False))
     try:

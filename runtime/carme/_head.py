@@ -9,7 +9,10 @@ react to that (their leases on it are gone). Task events from every node are mer
 one `TaskEventLog`, which backs `list_tasks()` and `timeline()` cluster-wide.
 
 Every call must carry the cluster token in the "carme-token" metadata; the interceptor
-refuses a call without it before its request message is parsed.
+refuses a call without it before its request message is parsed. Every field that comes
+in is checked before anything is stored (`check_node_info`, `check_heartbeat`,
+`_messages.check_events`): a malformed call is refused with INVALID_ARGUMENT and a
+message naming the field, so one bad node cannot break the view for the others.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 import grpc
 
 from ._events import TaskEventLog
+from ._messages import BadMessage, check_events, check_shape
 from .protos import carme_pb2 as pb
 from .protos import carme_pb2_grpc as pbg
 
@@ -52,6 +56,34 @@ class TokenInterceptor(grpc.ServerInterceptor):
         if details.method.endswith("/PullObject"):
             return self._deny_stream
         return self._deny_unary
+
+
+def _json_object(field: str, text: str, default: str = "{}") -> dict:
+    try:
+        value = json.loads(text or default)
+    except ValueError as e:
+        raise BadMessage(f"{field} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise BadMessage(f"{field} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def check_node_info(info: pb.NodeInfo) -> None:
+    """A node registration: id, resources, labels. Raises BadMessage naming the field."""
+    if not info.node_id:
+        raise BadMessage("NodeInfo.node_id must not be empty")
+    check_shape("NodeInfo.resources_json", _json_object("NodeInfo.resources_json", info.resources_json))
+    labels = _json_object("NodeInfo.labels_json", info.labels_json)
+    for k, v in labels.items():
+        if not isinstance(v, str):
+            raise BadMessage(f"NodeInfo.labels_json[{k!r}] must be a string, not {v!r}")
+    if info.object_store_memory < 0:
+        raise BadMessage(f"NodeInfo.object_store_memory must be >= 0, not {info.object_store_memory}")
+
+
+def check_heartbeat(hb: pb.Heartbeat) -> None:
+    check_shape("Heartbeat.available_json", _json_object("Heartbeat.available_json", hb.available_json))
+    _json_object("Heartbeat.metrics_json", hb.metrics_json)
 
 
 class HeadState:
@@ -105,10 +137,18 @@ class HeadServicer(pbg.HeadServicer):
         self.cluster = cluster
 
     def RegisterNode(self, request: pb.NodeInfo, context: Any) -> pb.RegisterReply:
+        try:
+            check_node_info(request)
+        except BadMessage as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node registration refused: {e}")
         self.state.register(request)
         return pb.RegisterReply(cluster_json=json.dumps(self.cluster))
 
     def SendHeartbeat(self, request: pb.Heartbeat, context: Any) -> pb.ClusterView:
+        try:
+            check_heartbeat(request)
+        except BadMessage as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"heartbeat refused: {e}")
         if not self.state.heartbeat(request):
             context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id} is not registered (or was declared dead)")
         return self.state.view()
@@ -121,9 +161,12 @@ class HeadServicer(pbg.HeadServicer):
         return self.state.view()
 
     def ReportEvents(self, request: pb.EventBatch, context: Any) -> pb.Empty:
-        events = json.loads(request.events_json)
+        try:
+            events = check_events(json.loads(request.events_json))
+        except (ValueError, BadMessage) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"task events refused: {e}")
         with self.state.lock:
-            self.state.events.record_many([tuple(e) for e in events])
+            self.state.events.record_many(events)
         return pb.Empty()
 
     def GetState(self, request: pb.StateRequest, context: Any) -> pb.StateReply:

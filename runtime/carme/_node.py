@@ -7,13 +7,17 @@ the pipe reaches end-of-file and the daemon cleans up everything it made.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -54,18 +58,34 @@ class EmbeddedNode:
         shutil.rmtree(self.session_dir, ignore_errors=True)
 
 
+def check_amount(name: str, value: Any) -> None:
+    """None, or a finite number >= 0; the error names the argument."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+
+
 def default_resources(num_cpus: float | None, num_gpus: float | None,
                       resources: dict | None, memory: float | None = None,
                       head: bool = True) -> dict[str, float]:
+    check_amount("num_cpus", num_cpus)
+    check_amount("num_gpus", num_gpus)
+    check_amount("memory", memory)
+    if resources is not None and not isinstance(resources, dict):
+        raise TypeError(f"resources must be a dict of resource name -> amount, not "
+                        f"{type(resources).__name__} {resources!r}")
     for key in ("CPU", "GPU", "memory"):
         if resources and key in resources:
             raise ValueError(
                 f"Use the num_cpus/num_gpus arguments of carme.init() instead of "
                 f"resources={{'{key}': ...}}.")
-    if num_cpus is not None and num_cpus < 0:
-        raise ValueError(f"num_cpus must be >= 0, not {num_cpus}")
-    if num_gpus is not None and num_gpus < 0:
-        raise ValueError(f"num_gpus must be >= 0, not {num_gpus}")
+    for k, v in (resources or {}).items():
+        if not isinstance(k, str) or not k:
+            raise TypeError(f"resources keys must be non-empty strings, not {k!r}")
+        check_amount(f"resources[{k!r}]", v)
     out: dict[str, float] = {
         "CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
         "GPU": float(num_gpus if num_gpus is not None else detect_num_gpus()),
@@ -75,8 +95,6 @@ def default_resources(num_cpus: float | None, num_gpus: float | None,
     if head:
         out["node:__internal_head__"] = 1.0
     for k, v in (resources or {}).items():
-        if not isinstance(v, (int, float)) or v < 0:
-            raise ValueError(f"resources[{k!r}] must be a non-negative number, not {v!r}")
         out[k] = float(v)
     return {k: v for k, v in out.items() if v > 0}
 
@@ -97,7 +115,8 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
                  log_file: str | None = None, cluster: bool = False,
                  head_address: str | None = None, token: bytes | None = None,
                  host: str = "127.0.0.1", labels: dict | None = None,
-                 grpc_port: int = 0) -> tuple[subprocess.Popen, dict, bytes, str, str]:
+                 grpc_port: int = 0, options: dict | None = None,
+                 ) -> tuple[subprocess.Popen, dict, bytes, str, str]:
     """Start a node daemon; return (process, its ready message, token, session dir, node id).
 
     Embedded (standalone=False): its stdin stays a pipe from this process, and it exits
@@ -114,8 +133,23 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
         "object_store_memory": int(object_store_memory or default_store_size()),
         "namespace": namespace, "job_id": job_id, "prestart_workers": prestart,
         "standalone": standalone, "tcp": tcp,
+        # limits (auth_timeout, max_unauthenticated, stall_timeout, max_backlog, max_frame)
+        **(options or {}),
     }
+    try:
+        return _spawn(config, session_dir, token, node_id, standalone, log_file)
+    except BaseException:
+        # a failed start leaves nothing behind
+        shutil.rmtree(session_dir, ignore_errors=True)
+        raise
+
+
+def _spawn(config: dict, session_dir: str, token: bytes, node_id: str, standalone: bool,
+           log_file: str | None) -> tuple[subprocess.Popen, dict, bytes, str, str]:
+    from ._store import store_path
     stderr = open(log_file or os.path.join(session_dir, "daemon.log"), "ab") if standalone else None
+    # Standalone: a session of its own. Embedded: the daemon moves itself into a process
+    # group of its own (see `_daemon.main`), staying in the driver's session.
     proc = subprocess.Popen([sys.executable, "-m", "carme._daemon"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=stderr, close_fds=True,
                             start_new_session=standalone)
@@ -127,6 +161,8 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
     line = proc.stdout.readline()
     if not line:
         proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(store_path(config["session"]))
         raise RuntimeError(f"the carme node daemon failed to start (exit code {proc.returncode}); "
                            f"see {'its output above' if not standalone else os.path.join(session_dir, 'daemon.log')}")
     return proc, json.loads(line), token, session_dir, node_id

@@ -8,6 +8,19 @@ the connection on a mismatch *before* unpickling anything, because a pickle is c
 `Connection` is used from several threads: sends take a lock and write the whole frame;
 reads happen in one thread at a time (the owner's I/O thread), either blocking
 (`recv`) or fed from a selector (`feed`, which never blocks).
+
+Limits, so that no peer can make the reader buffer without bound:
+  * before authentication nothing is read beyond the token: the reader asks the socket
+    for at most the bytes of one token frame, and a first frame whose length is not the
+    token's is refused before its body is read;
+  * after authentication a frame may be at most `max_frame` bytes (MAX_FRAME unless
+    the owner says otherwise); a larger length prefix closes the connection at once.
+
+Buffered sending (`buffered=True`, the node daemon's side): the socket is non-blocking,
+`send` writes what the kernel takes and keeps the rest in a per-connection outgoing
+buffer that the owner's loop drains when the socket becomes writable (`flush_out`). A
+peer that does not read therefore only delays itself; past `max_backlog` bytes waiting
+for it, `send` raises `ConnectionClosed` and the owner drops the connection.
 """
 
 from __future__ import annotations
@@ -21,7 +34,8 @@ from collections.abc import Iterator
 from typing import Any
 
 _LEN = struct.Struct(">I")
-MAX_FRAME = 1 << 31
+MAX_FRAME = 512 << 20          # the largest frame an authenticated peer may send
+MAX_BACKLOG = 64 << 20         # bytes a buffered connection keeps for a peer that does not read
 _dumps = pickle.dumps
 _loads = pickle.loads
 
@@ -34,10 +48,17 @@ class AuthenticationError(Exception):
     """A peer did not present the cluster token."""
 
 
-class Connection:
-    __slots__ = ("sock", "_send_lock", "_buf", "peer", "closed", "meta", "expect_token", "__weakref__")
+class FrameTooLarge(ConnectionClosed):
+    """A peer announced a frame larger than this connection accepts."""
 
-    def __init__(self, sock: socket.socket, peer: str = "", expect_token: bytes | None = None) -> None:
+
+class Connection:
+    __slots__ = ("sock", "_send_lock", "_buf", "peer", "closed", "meta", "expect_token",
+                 "max_frame", "buffered", "max_backlog", "_out", "on_backlog", "__weakref__")
+
+    def __init__(self, sock: socket.socket, peer: str = "", expect_token: bytes | None = None,
+                 *, max_frame: int = MAX_FRAME, buffered: bool = False,
+                 max_backlog: int = MAX_BACKLOG) -> None:
         self.sock = sock
         # Set on the accepting side: the first frame must be this token, checked before
         # any frame is unpickled.
@@ -47,20 +68,27 @@ class Connection:
         self.peer = peer
         self.closed = False
         self.meta: dict[str, Any] = {}
+        self.max_frame = max_frame
+        self.buffered = buffered
+        self.max_backlog = max_backlog
+        self._out = bytearray()  # buffered mode: bytes the peer has not taken yet
+        # buffered mode: called (under the send lock) when bytes start waiting
+        self.on_backlog: Any = None
+        if buffered:
+            sock.setblocking(False)
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    @property
+    def backlog(self) -> int:
+        """Bytes waiting for the peer to read them (buffered mode)."""
+        return len(self._out)
+
     # ---- sending ---------------------------------------------------------------------
     def send(self, msg: tuple) -> None:
         data = _dumps(msg, 5)
-        frame = _LEN.pack(len(data)) + data
-        with self._send_lock:
-            try:
-                self.sock.sendall(frame)
-            except OSError as e:
-                self.closed = True
-                raise ConnectionClosed(str(e)) from e
+        self._write(_LEN.pack(len(data)) + data)
 
     def send_many(self, msgs: list[tuple]) -> None:
         parts = []
@@ -68,17 +96,53 @@ class Connection:
             data = _dumps(m, 5)
             parts.append(_LEN.pack(len(data)))
             parts.append(data)
-        payload = b"".join(parts)
+        self._write(b"".join(parts))
+
+    def send_raw(self, data: bytes) -> None:
+        self._write(_LEN.pack(len(data)) + data)
+
+    def _write(self, frame: bytes) -> None:
         with self._send_lock:
+            if self.closed:
+                raise ConnectionClosed("connection is closed")
             try:
-                self.sock.sendall(payload)
+                if not self.buffered:
+                    self.sock.sendall(frame)
+                    return
+                if self._out:
+                    self._out += frame
+                else:
+                    try:
+                        sent = self.sock.send(frame)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    if sent == len(frame):
+                        return
+                    self._out += memoryview(frame)[sent:]
+                    if self.on_backlog is not None:
+                        self.on_backlog(self)
             except OSError as e:
                 self.closed = True
                 raise ConnectionClosed(str(e)) from e
+            if len(self._out) > self.max_backlog:
+                self.closed = True
+                raise ConnectionClosed(
+                    f"peer {self.peer or '?'} is not reading: {len(self._out):,} bytes waited for it "
+                    f"(limit {self.max_backlog:,})")
 
-    def send_raw(self, data: bytes) -> None:
+    def flush_out(self) -> bool:
+        """Buffered mode, socket writable: send what waits; True once nothing is left."""
         with self._send_lock:
-            self.sock.sendall(_LEN.pack(len(data)) + data)
+            while self._out:
+                try:
+                    sent = self.sock.send(self._out)
+                except (BlockingIOError, InterruptedError):
+                    return False
+                except OSError as e:
+                    self.closed = True
+                    raise ConnectionClosed(str(e)) from e
+                del self._out[:sent]
+            return True
 
     # ---- receiving -------------------------------------------------------------------
     def _frames(self) -> Iterator[bytes]:
@@ -87,6 +151,15 @@ class Connection:
         n = len(buf)
         while n - pos >= 4:
             (size,) = _LEN.unpack_from(buf, pos)
+            if pos == 0 and self.expect_token is not None and size != len(self.expect_token):
+                self.closed = True
+                raise AuthenticationError(
+                    f"the first frame must be the {len(self.expect_token)}-byte cluster token, "
+                    f"not {size} bytes")
+            if size > self.max_frame:
+                self.closed = True
+                raise FrameTooLarge(f"peer announced a frame of {size:,} bytes; the limit is "
+                                    f"{self.max_frame:,}")
             if n - pos - 4 < size:
                 break
             yield bytes(buf[pos + 4 : pos + 4 + size])
@@ -96,8 +169,11 @@ class Connection:
 
     def _read(self) -> bool:
         """One recv into the buffer; False if nothing was there to read."""
+        want = 1 << 20
+        if self.expect_token is not None:  # before the token: not one byte more than it
+            want = max(1, 4 + len(self.expect_token) - len(self._buf))
         try:
-            chunk = self.sock.recv(1 << 20)
+            chunk = self.sock.recv(want)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as e:

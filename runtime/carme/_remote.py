@@ -328,7 +328,7 @@ class ActorClass:
 
     def _remote(self, args: tuple, kwargs: dict, opts: dict) -> ActorHandle:
         from . import _messages as M
-        from ._core import error_from_reply
+        from ._rpc import error_from_reply
         _check_call(self._signature, args, kwargs, f"actor {self._name} constructor")
         core = _core()
         if self._blob is None:

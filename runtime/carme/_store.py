@@ -79,6 +79,11 @@ class Arena:
         self._free_offsets.insert(idx, offset)
         self._free_sizes[offset] = size
 
+    def owns(self, offset: int, size: int) -> bool:
+        """Whether [offset, offset+size) lies in one block handed out by `allocate`."""
+        block = self._used.get(offset)
+        return block is not None and size <= block
+
     def largest_free(self) -> int:
         return max(self._free_sizes.values(), default=0)
 

@@ -21,6 +21,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._ids import return_id
 from ._protocol import Connection, ConnectionClosed, connect
+from ._task_tags import TaskTags
 
 PIPELINE = 32
 SHORT_TASK = 0.002
@@ -173,7 +174,7 @@ class TaskSubmitter:
         self.lock = core.lock
         self.queues: dict[Any, SchedQueue] = {}
         self.tasks: dict[bytes, TaskSpec] = {}
-        self.tags: dict[bytes, Any] = {}
+        self.tags = TaskTags()
 
     # ------------------------------------------------------------------ submit
     def submit(self, spec: TaskSpec) -> None:
@@ -288,13 +289,13 @@ class TaskSubmitter:
                     q.requesting = False
                     failed = list(q.tasks)
                     q.tasks.clear()
-                from ._core import error_from_reply
+                from ._rpc import error_from_reply
                 err = error_from_reply(value)
                 for spec in failed:
                     self.fail(spec, err)
                 return
             try:
-                conn = connect(value["address"], self.core.token, (M.PEER, self.core.worker_id))
+                conn = connect(value["address"], self.core.token, M.Peer(self.core.worker_id).wire())
             except OSError:
                 with self.lock:
                     q.requesting = False
@@ -345,7 +346,8 @@ class TaskSubmitter:
             elif kind == M.ITEM:
                 self.on_item(msg)
             elif kind == M.LOG:
-                self.core.on_log(msg[1], msg[2], msg[3], msg[4])
+                lg = M.read(msg)
+                self.core.on_log(lg.task_id, lg.stream, lg.text, lg.label)
 
     def on_item(self, msg: tuple) -> None:
         _, task_id, index, payload, contained = msg
@@ -420,6 +422,8 @@ class TaskSubmitter:
         spec.done = True
         with self.lock:
             self.tasks.pop(spec.task_id, None)
+            self.tags.finished(spec.task_id)
+            self.core.actor_submitter.tags.finished(spec.task_id)
         if spec.stream is not None:
             if payloads and payloads[0][3]:
                 # an error before or during generation: it is the next item
@@ -454,8 +458,8 @@ class TaskSubmitter:
         spec.arg_refs = []
 
     def fail(self, spec: TaskSpec, err: BaseException) -> None:
-        from ._core import _error_payload
-        payload = _error_payload(err)
+        from ._values import error_payload
+        payload = error_payload(err)
         self.core.record(spec.task_id, "FAILED", error_type=type(err).__name__, error_message=str(err)[:500])
         self.finish(spec, [payload] * max(spec.num_returns, 1), None)
 
@@ -528,7 +532,7 @@ class TaskSubmitter:
                 self.core.daemon_send((M.KILL_WORKER, lease.worker_id))
         else:
             try:
-                lease.conn.send((M.CANCEL, task_id, force, recursive))
+                lease.conn.send(M.Cancel(task_id, bool(force), bool(recursive)).wire())
             except ConnectionClosed:
                 pass
         return True

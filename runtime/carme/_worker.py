@@ -32,10 +32,11 @@ from typing import Any
 from . import _context
 from . import _messages as M
 from . import exceptions as exc
-from ._core import CoreWorker, _error_payload
+from ._core import CoreWorker
 from ._ids import return_id
 from ._protocol import Connection, ConnectionClosed, listen
 from ._serialization import loads
+from ._values import error_payload
 
 
 class TaskContext:
@@ -91,7 +92,7 @@ class TaskStream(io.TextIOBase):
 
     def _send(self, ctx: TaskContext, text: str) -> None:
         try:
-            ctx.conn.send((M.LOG, ctx.task_id, self.stream, text, ctx.label))  # type: ignore[union-attr]
+            ctx.conn.send(M.Log(ctx.task_id, self.stream, text, ctx.label).wire())  # type: ignore[union-attr]
         except ConnectionClosed:
             self.fallback.write(text)
 
@@ -148,9 +149,10 @@ class Executor:
         for msg in msgs:
             kind = msg[0]
             if kind == M.PEER:
-                conn.meta["peer"] = msg[1]
+                conn.meta["peer"] = M.read(msg).worker_id
             elif kind == M.CANCEL:
-                self.on_cancel(msg[1], msg[2], msg[3])
+                c = M.read(msg)
+                self.on_cancel(c.task_id, c.force, c.recursive)
             elif kind == M.ACTOR_CALL and self.loop is not None:
                 self.loop.call_soon_threadsafe(self.start_async_call, conn, msg)
             elif kind == M.ACTOR_CALL and self.pool is not None:
@@ -189,7 +191,8 @@ class Executor:
             elif kind == M.ACTOR_CALL:
                 self.run_actor_call(conn, msg)
             elif kind == M.RUN_ACTOR:
-                self.create_actor(*msg[1:])
+                run = M.read(msg)
+                self.create_actor(run.actor_id, run.spec, run.gpu_ids, run.restarts)
 
     def build_args(self, args: tuple, ref_pos: list, resolved: list) -> tuple[list, dict]:
         core = self.core
@@ -273,10 +276,10 @@ class Executor:
                     self.set_title(f"ray::{self.actor_name}" if self.actor_id else "ray::IDLE")
             payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, ctx.name)
         except KeyboardInterrupt:
-            payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * max(num_returns if isinstance(num_returns, int) else 1, 1)
+            payloads = [error_payload(exc.TaskCancelledError(task_id.hex()))] * max(num_returns if isinstance(num_returns, int) else 1, 1)
             info["error_type"] = "TaskCancelledError"
         except exc.TaskCancelledError as e:
-            payloads = [_error_payload(e)] * max(num_returns if isinstance(num_returns, int) else 1, 1)
+            payloads = [error_payload(e)] * max(num_returns if isinstance(num_returns, int) else 1, 1)
             info["error_type"] = "TaskCancelledError"
         except BaseException as e:  # noqa: BLE001 - the task's error goes to its caller
             if isinstance(e, SystemExit) and self.actor is not None:
@@ -305,9 +308,9 @@ class Executor:
         else:
             err = exc.RayTaskError.from_exception(e, name, pid=self.pid, ip="127.0.0.1")
         try:
-            return _error_payload(err)
+            return error_payload(err)
         except Exception as pe:  # noqa: BLE001
-            return _error_payload(exc.RaySystemError(f"{type(e).__name__}: {e} (could not pickle it: {pe})"))
+            return error_payload(exc.RaySystemError(f"{type(e).__name__}: {e} (could not pickle it: {pe})"))
 
     def pack_returns(self, task_id: bytes, result: Any, num_returns: Any, streaming: bool,
                      name: str) -> tuple[list, list]:
@@ -516,7 +519,7 @@ class Executor:
                 result = None
             payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, name)
         except asyncio.CancelledError:
-            payloads = [_error_payload(exc.TaskCancelledError(task_id.hex()))] * n
+            payloads = [error_payload(exc.TaskCancelledError(task_id.hex()))] * n
         except SystemExit:
             self.terminate()  # exit_actor() in an async method
         except BaseException as e:  # noqa: BLE001

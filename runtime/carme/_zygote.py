@@ -6,7 +6,12 @@ never starts a thread: it waits on a SOCK_SEQPACKET socketpair for a request —
 worker's configuration plus, passed as file descriptors, the worker's end of its control
 socketpair and the write ends of its stdout/stderr pipes — forks, and answers the new
 pid. Forking a preloaded interpreter costs about a millisecond where starting a new one
-costs tens. Workers get SIGKILL when the zygote dies; the zygote when the daemon dies.
+costs tens. Workers get SIGKILL when the zygote dies.
+
+The zygote is also the node's cleaner of last resort: its socket to the daemon reaches
+end-of-file when the daemon is gone for any reason — SIGKILL included, which leaves the
+daemon no chance to clean up — and then the zygote removes the node's shared-memory
+store file and session directory (`cleanup`) before it exits, taking the workers with it.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import sys
 from typing import Any
 
 _PID = struct.Struct(">i")
+_PR_SET_PDEATHSIG = 1
 
 
 class Zygote:
     """The daemon's handle on its zygote."""
 
-    def __init__(self) -> None:
+    def __init__(self, cleanup: tuple[str, ...] = ()) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the zygote
@@ -36,6 +42,7 @@ class Zygote:
             except BaseException:
                 code = 1
             finally:
+                _remove(cleanup)
                 os._exit(code)
         child.close()
         self.pid = pid
@@ -72,9 +79,22 @@ def _reap(signum: int, frame: Any) -> None:
             return
 
 
+def _remove(paths: tuple[str, ...]) -> None:
+    """The daemon is gone: remove what it would have removed (files and directories)."""
+    import shutil
+    for path in paths:
+        try:
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
 def _serve(sock: socket.socket) -> None:
-    from ._daemon import set_parent_death_signal
-    set_parent_death_signal(signal.SIGKILL)
+    # No parent-death signal here: the end of our socket tells us the daemon is gone,
+    # and we outlive it just long enough to clean up after it.
     keep = sock.fileno()
     os.closerange(3, keep)
     os.closerange(keep + 1, 65536)
@@ -110,8 +130,17 @@ def _serve(sock: socket.socket) -> None:
         sock.send(_PID.pack(pid))
 
 
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux for `sig` when our parent *thread* ends (the zygote is single-threaded)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_worker(cfg: dict, fds: list[int]) -> None:
-    from ._daemon import set_parent_death_signal
     from ._worker import worker_main
     set_parent_death_signal(signal.SIGKILL)
     ctrl_fd, out_w, err_w = fds

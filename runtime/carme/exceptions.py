@@ -483,14 +483,17 @@ class PendingCallsLimitExceeded(RayError):
 class ObjectLostError(RayError):
     """An object is gone from the cluster (node failure or system error).
 
-    Attributes: ``object_ref_hex``, ``owner_address``, ``call_site``.
+    Attributes: ``object_ref_hex``, ``owner_address``, ``call_site``, and ``detail``:
+    what the node knows about how the object went (empty: the class's generic text).
     """
 
-    def __init__(self, object_ref_hex: str, owner_address: str = "", call_site: str = "") -> None:
-        super().__init__(object_ref_hex, owner_address, call_site)
+    def __init__(self, object_ref_hex: str, owner_address: str = "", call_site: str = "",
+                 detail: str = "") -> None:
+        super().__init__(object_ref_hex, owner_address, call_site, detail)
         self.object_ref_hex = object_ref_hex
         self.owner_address = owner_address
         self.call_site = call_site
+        self.detail = detail
 
     def _base_str(self) -> str:
         msg = f"Failed to retrieve object {self.object_ref_hex}. "
@@ -504,7 +507,8 @@ class ObjectLostError(RayError):
     )
 
     def __str__(self) -> str:
-        return self._base_str().rstrip() + "\n\n" + self._detail.format(ref=self.object_ref_hex)
+        detail = self.detail or self._detail.format(ref=self.object_ref_hex)
+        return self._base_str().rstrip() + "\n\n" + detail
 
 
 class ObjectFetchTimedOutError(ObjectLostError):

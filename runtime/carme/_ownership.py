@@ -1,0 +1,240 @@
+"""Ownership: the objects one process owns or borrows, and its local reference counts.
+
+Theory of operation. Pure logic, no sockets, threads, locks or selectors: the
+CoreWorker (`_core.py`) is the I/O shell that holds its lock around every call here,
+sends the messages these decisions ask for and runs the waiters they hand back.
+
+  * `objects` maps an object id to its `LocalObject`: the payload (None while pending),
+    whether this process holds a daemon reference (`held`, at the daemon of `home`),
+    whether the daemon knows the object (`exported`), and the bookkeeping of a value in
+    flight (`sealing`, `orphan`).
+  * `counts` are the live ObjectRef instances (and zero-copy views) per object id;
+    `add`/`remove` change them, `remove` says when one reached zero.
+  * `ref_zero(oid)` decides what the last local reference going means: the entry is
+    dropped and its holds queued for release, or — for an owned object that was
+    exported while its value is still coming (the daemon learns the value only from
+    us) — it is marked an orphan and let go once sealed (`sealed` says so).
+  * Releases are queued, never sent: `take_daemon_releases` (before a request to our
+    daemon) and `take_releases` (the periodic flush) hand them to the shell, grouped by
+    daemon and by holder (our own holds, and the `:blob` holds a worker took for us on
+    references inside a value).
+  * `begin_export`, `borrow`, `set_payload`, `when_ready` are the other events; each
+    returns what the shell has to do (a plan, new ids to incref, waiters to run, whether
+    to fetch or seal).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ._messages import SHARED
+
+_now = time.time
+
+
+class LocalObject:
+    __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
+                 "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
+                 "sealing", "orphan")
+
+    def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
+        self.payload = payload          # None while pending
+        self.waiters: list[Callable[[], None]] = []
+        self.held = False               # this process holds a daemon reference
+        self.exported = False           # the daemon knows this object
+        self.owned = owned
+        self.contained_ids: list[bytes] = []  # blob holds taken by a worker for a return value
+        self.keep: list[Any] = []       # ObjectRefs kept alive by a locally stored value
+        self.fetching = False
+        self.size = 0
+        self.created = _now()
+        self.type_name = ""
+        self.task_name = ""
+        self.home: str | None = None    # the node whose daemon has our hold (None: ours)
+        self.copy = False               # we hold a local copy pulled from another node
+        self.sealing = False            # its value is being handed to the daemon
+        self.orphan = False             # no local reference left: let go once sealed
+
+
+class ExportPlan(NamedTuple):
+    """What exporting one object takes: an EXPORT with `payload` (None: pending) that
+    holds `contained` (our blob holds plus the refs a local value keeps), after `keep`
+    is exported itself; then `blob_holds` are released at `home`."""
+    payload: tuple | None
+    keep: list
+    blob_holds: list[bytes]
+    type_name: str
+    home: str | None
+
+
+class Releases(NamedTuple):
+    """Holds to release. `local`/`local_blobs`: at our daemon (our holds, our blob
+    holds); `peers`/`peer_blobs`: per other node."""
+    local: list[bytes]
+    local_blobs: list[bytes]
+    peers: dict[str, list[bytes]]
+    peer_blobs: dict[str, list[bytes]]
+
+
+class PayloadSet(NamedTuple):
+    """A pending object got its value: run `waiters`; with `seal`, hand the value to
+    the daemon and then call `sealed`."""
+    waiters: list
+    seal: bool
+
+
+class Ownership:
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.objects: dict[bytes, LocalObject] = {}
+        self.counts: dict[bytes, int] = {}
+        self._decrefs: list[bytes] = []
+        self._peer_decrefs: dict[str, list[bytes]] = {}
+        self._blob_decrefs: dict[str | None, list[bytes]] = {}
+
+    # ------------------------------------------------------------------ counts
+    def add(self, oid: bytes) -> None:
+        self.counts[oid] = self.counts.get(oid, 0) + 1
+
+    def remove(self, oid: bytes) -> bool:
+        """One reference fewer; True when it was the last (call `ref_zero` then)."""
+        n = self.counts.get(oid, 0) - 1
+        if n > 0:
+            self.counts[oid] = n
+            return False
+        self.counts.pop(oid, None)
+        return True
+
+    def count(self, oid: bytes) -> int:
+        return self.counts.get(oid, 0)
+
+    def ref_zero(self, oid: bytes) -> None:
+        """No local reference is left (unless one came back meanwhile)."""
+        entry = self.objects.get(oid)
+        if entry is None or self.counts.get(oid):
+            return
+        if entry.owned and entry.exported and (entry.payload is None or entry.sealing):
+            # a reference left this process (nested in an argument or a return value)
+            # while the value is still coming: the daemon only learns the value from
+            # us, so keep the entry until it is sealed there (set_payload lets go)
+            entry.orphan = True
+            return
+        del self.objects[oid]
+        if entry.held:
+            self.release_holds([oid], entry.home)
+        if entry.contained_ids:
+            self.release_blob_holds(entry.contained_ids, entry.home)
+        if entry.copy:
+            self._decrefs.append(oid)
+        entry.keep = []
+
+    # ------------------------------------------------------------------ releases
+    def release_holds(self, oids: list[bytes], node_id: str | None) -> None:
+        """Queue releases of our holds at `node_id`'s daemon (None: our node's)."""
+        if node_id is None or node_id == self.node_id:
+            self._decrefs.extend(oids)
+        else:
+            self._peer_decrefs.setdefault(node_id, []).extend(oids)
+
+    def release_blob_holds(self, oids: list[bytes], node_id: str | None) -> None:
+        """Queue releases of holds a worker took for us on references inside a value."""
+        key = None if node_id is None or node_id == self.node_id else node_id
+        self._blob_decrefs.setdefault(key, []).extend(oids)
+
+    def take_daemon_releases(self) -> tuple[list[bytes], list[bytes] | None]:
+        """The releases due at our own daemon: (our holds, our blob holds)."""
+        decrefs, self._decrefs = self._decrefs, []
+        return decrefs, self._blob_decrefs.pop(None, None)
+
+    def take_releases(self) -> Releases:
+        decrefs, self._decrefs = self._decrefs, []
+        peers, self._peer_decrefs = self._peer_decrefs, {}
+        blobs, self._blob_decrefs = self._blob_decrefs, {}
+        local_blobs = blobs.pop(None, None) or []
+        return Releases(decrefs, local_blobs, peers,
+                        {k: v for k, v in blobs.items() if k is not None})
+
+    # ------------------------------------------------------------------ objects
+    def new_owned(self, oid: bytes, name: str = "") -> LocalObject:
+        entry = LocalObject()
+        entry.task_name = name
+        self.objects[oid] = entry
+        return entry
+
+    def begin_export(self, oid: bytes) -> ExportPlan | None:
+        """A reference to `oid` is about to leave: None if the daemon knows it already
+        (or we do not); otherwise the entry is exported and held from now on."""
+        entry = self.objects.get(oid)
+        if entry is None or entry.exported:
+            return None
+        entry.exported = True
+        entry.held = True
+        blob_holds = entry.contained_ids
+        entry.contained_ids = []
+        return ExportPlan(entry.payload, entry.keep, blob_holds, entry.type_name, entry.home)
+
+    def borrow(self, oids: list[bytes]) -> list[bytes]:
+        """References just deserialized: those we did not know get an entry held at our
+        daemon; returns them (the shell increfs them there, then calls `missing`)."""
+        new = []
+        for oid in oids:
+            if oid not in self.objects:
+                e = LocalObject(owned=False)
+                e.held = True
+                e.exported = True
+                self.objects[oid] = e
+                new.append(oid)
+        return new
+
+    def missing(self, oids: list[bytes], lost_payload: Callable[[bytes], tuple]) -> None:
+        """The daemon does not know these borrowed objects: they are lost, unheld."""
+        for oid in oids:
+            lost = self.objects.get(oid)
+            if lost is not None:
+                lost.held = False
+                lost.payload = lost_payload(oid)
+
+    def add_copy(self, oid: bytes, payload: tuple) -> None:
+        """We hold a local copy of an object pulled from another node (once)."""
+        entry = self.objects.get(oid)
+        if entry is None:
+            entry = self.objects[oid] = LocalObject(owned=False)
+            entry.payload = payload
+        entry.copy = True
+
+    def when_ready(self, oid: bytes, cb: Callable[[], None]) -> str:
+        """'now' (it has a payload, or we do not know it), 'wait' (cb queued) or 'fetch'
+        (cb queued; the shell asks the daemon for the value, once)."""
+        entry = self.objects.get(oid)
+        if entry is None or entry.payload is not None:
+            return "now"
+        entry.waiters.append(cb)
+        if not entry.owned and not entry.fetching:
+            entry.fetching = True
+            return "fetch"
+        return "wait"
+
+    def set_payload(self, oid: bytes, payload: tuple, daemon_lost: bool) -> PayloadSet | None:
+        """A value arrived (None: unknown object, or it had one already)."""
+        entry = self.objects.get(oid)
+        if entry is None or entry.payload is not None:
+            return None
+        entry.payload = payload
+        if not entry.size:
+            entry.size = (payload[2] if payload[0] == SHARED
+                          else len(payload[1]) + sum(len(b) for b in payload[2]))
+        waiters, entry.waiters = entry.waiters, []
+        seal = entry.exported and entry.owned and not daemon_lost
+        entry.sealing = seal
+        return PayloadSet(waiters, seal)
+
+    def sealed(self, oid: bytes, entry: LocalObject) -> bool:
+        """The daemon has the value; True if no local reference is left (call
+        `ref_zero`)."""
+        entry.sealing = False
+        return entry.orphan
+
+    def pending(self) -> list[bytes]:
+        return [oid for oid, entry in self.objects.items() if entry.payload is None]

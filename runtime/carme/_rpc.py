@@ -1,0 +1,226 @@
+"""Requests from one process to node daemons: ids, waiters, replies, batched releases.
+
+Theory of operation. A request carries an id; its answer is a REPLY with that id, read by
+the process's I/O thread (`on_daemon_msgs`), which wakes the waiting thread (`request`,
+through a `_Waiter`) or runs the callback (`request_async`). Requests to another node's
+daemon (`peer`) remember their ids on that connection, so when it goes they fail with
+NodeDiedError instead of waiting forever. Releases of holds (`Ownership`'s queued
+DECREFs) go out ahead of the next message to our daemon (`daemon_send`) or with the
+periodic `flush`, together with the task events recorded meanwhile.
+
+`Rpc` holds the pending requests; everything else (connections, lock, ownership table, the
+I/O thread) is the process's `CoreWorker` (`_core.py`), which delegates its `request`,
+`request_async`, `daemon_send`, `peer`, `control` and `flush` here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _messages as M
+from . import exceptions as exc
+from ._protocol import Connection, ConnectionClosed, connect
+
+if TYPE_CHECKING:
+    from ._core import CoreWorker
+
+
+class _Waiter:
+    """A one-shot result for a blocking call, cheaper than threading.Event."""
+
+    __slots__ = ("lock", "ok", "value")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.ok = True
+        self.value: Any = None
+
+    def set(self, ok: bool, value: Any) -> None:
+        self.ok, self.value = ok, value
+        self.lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+
+
+def error_from_reply(value: Any) -> Exception:
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        cls: Any = getattr(exc, value[0], None) or {"ValueError": ValueError, "TypeError": TypeError}.get(value[0], exc.RaySystemError)
+        try:
+            return cls(value[1])
+        except TypeError:
+            e = exc.RaySystemError(value[1])
+            return e
+    if isinstance(value, BaseException):
+        return value  # type: ignore[return-value]
+    return exc.RaySystemError(str(value))
+
+
+class Rpc:
+    def __init__(self, core: CoreWorker) -> None:
+        self.core = core
+        self.req_ids = itertools.count(1)
+        self.requests: dict[int, Any] = {}
+
+    def fail_requests(self, conn: Connection) -> None:
+        """Another node's daemon went away: its unanswered requests fail with NodeDiedError."""
+        pending = [self.requests.pop(req, None) for req in conn.meta.pop("reqs", ())]
+        self.answer_failed([cb for cb in pending if cb is not None],
+                           ("NodeDiedError", f"the node at {conn.peer} went away"))
+
+    def answer_failed(self, callbacks: list, err: Any) -> None:
+        core = self.core
+        for cb in callbacks:
+            if isinstance(cb, _Waiter):
+                cb.set(False, err)
+            else:
+                try:
+                    cb(False, err)
+                except Exception:
+                    core._report_bug()
+
+    def on_daemon_msgs(self, conn: Connection, msgs: list | None) -> None:
+        core = self.core
+        if msgs is None:
+            if conn is not core.daemon:
+                self.fail_requests(conn)
+            return
+        reqs = conn.meta.get("reqs")
+        for msg in msgs:
+            kind = msg[0]
+            if kind == M.REPLY:
+                if reqs:
+                    reqs.discard(msg[1])
+                cb = self.requests.pop(msg[1], None)
+                if cb is None:
+                    continue
+                if isinstance(cb, _Waiter):
+                    cb.set(msg[2], msg[3])
+                else:
+                    cb(msg[2], msg[3])
+            elif kind == M.LOG:
+                lg = M.read(msg)
+                core.on_log(None, lg.stream, lg.text, lg.label)
+            elif core.executor is not None:
+                core.executor.on_daemon_message(msg)
+
+    def daemon_send(self, msg: tuple) -> None:
+        core = self.core
+        if core.daemon_lost:
+            raise exc.LocalRayletDiedError()
+        with core.lock:
+            decrefs, blobs = core.own.take_daemon_releases()
+        if decrefs or blobs:
+            msgs: list[tuple] = [(M.DECREF, decrefs)] if decrefs else []
+            if blobs:
+                msgs.append((M.DECREF, blobs, core.worker_id + ":blob"))
+            core.daemon.send_many([*msgs, msg])
+        else:
+            core.daemon.send(msg)
+
+    def control(self) -> Connection:
+        """Where actors' names and placement groups live: the head's daemon in a cluster
+        (this node's daemon in the embedded cluster, or on the head node)."""
+        core = self.core
+        if "head_node" not in core.info and threading.current_thread() is not core._io:
+            # a worker learns where the head is from its daemon (once the view names it);
+            # never from the I/O thread, which must stay free to read that very reply
+            hello = self.request(M.HELLO, core.role, os.getpid(), {"worker_id": core.worker_id})
+            if hello.get("head_node"):
+                core.info.update(head_node=hello["head_node"], head_address=hello["head_address"])
+        head = core.info.get("head_node")
+        if not head or head == core.node_id:
+            return core.daemon
+        return self.peer(head, core.info.get("head_address"))
+
+    def request(self, kind: int, *args: Any, timeout: float | None = None,
+                conn: Connection | None = None) -> Any:
+        core = self.core
+        req = next(self.req_ids)
+        w = _Waiter()
+        self.requests[req] = w
+        try:
+            if conn is None or conn is core.daemon:
+                self.daemon_send((kind, req, *args))
+            else:
+                conn.meta.setdefault("reqs", set()).add(req)
+                conn.send((kind, req, *args))
+        except (ConnectionClosed, exc.LocalRayletDiedError):
+            self.requests.pop(req, None)
+            raise exc.LocalRayletDiedError() from None
+        if not w.wait(timeout):
+            self.requests.pop(req, None)
+            raise exc.GetTimeoutError(f"no answer from the node daemon within {timeout} s")
+        if not w.ok:
+            raise error_from_reply(w.value)
+        return w.value
+
+    def request_async(self, kind: int, args: tuple, callback: Callable[[bool, Any], None],
+                      conn: Connection | None = None) -> None:
+        core = self.core
+        req = next(self.req_ids)
+        self.requests[req] = callback
+        if conn is None or conn is core.daemon:
+            try:
+                self.daemon_send((kind, req, *args))
+            except (ConnectionClosed, exc.LocalRayletDiedError):
+                if self.requests.pop(req, None) is not None:
+                    callback(False, exc.LocalRayletDiedError())
+        else:
+            conn.meta.setdefault("reqs", set()).add(req)
+            try:
+                conn.send((kind, req, *args))
+            except ConnectionClosed:
+                self.fail_requests(conn)
+
+    def peer(self, node_id: str, address: str | None = None) -> Connection:
+        """A connection to another node's daemon (for leases there, and its objects)."""
+        core = self.core
+        with core.lock:
+            conn = core.peers.get(node_id)
+            if conn is not None and not conn.closed:
+                return conn
+        if address is None:
+            address = self.request(M.NODE_ADDRESS, node_id)
+        conn = connect(address, core.token)
+        conn.send((M.HELLO, 0, core.role, os.getpid(), {"worker_id": core.worker_id}))
+        with core.lock:
+            core.peers[node_id] = conn
+        core.register(conn, self.on_daemon_msgs)
+        return conn
+
+    def flush(self) -> None:
+        core = self.core
+        with core.lock:
+            decrefs, local_blobs, peer_decrefs, blobs = core.own.take_releases()
+            events, core._events = core._events, []
+        for node_id, oids in peer_decrefs.items():
+            self.send_peer(node_id, (M.DECREF, oids))
+        for peer_id, oids in blobs.items():
+            self.send_peer(peer_id, (M.DECREF, oids, core.worker_id + ":blob"))
+        msgs: list[tuple] = []
+        if decrefs:
+            msgs.append((M.DECREF, decrefs))
+        if local_blobs:
+            msgs.append((M.DECREF, local_blobs, core.worker_id + ":blob"))
+        if events:
+            msgs.append((M.EVENTS, events))
+        if msgs:
+            try:
+                core.daemon.send_many(msgs)
+            except ConnectionClosed:
+                pass
+
+    def send_peer(self, node_id: str, msg: tuple) -> None:
+        core = self.core
+        conn = core.peers.get(node_id)
+        if conn is not None and not conn.closed:
+            try:
+                conn.send(msg)
+            except ConnectionClosed:
+                pass

@@ -1,0 +1,170 @@
+"""Values: turning Python values into object payloads and back, for one process.
+
+Theory of operation. A value is pickled with its buffers out of band (`_serialization`).
+A small one travels inline in the payload; a large one is written into the node's
+shared-memory store (ALLOC a block, write, EXPORT to seal it) and travels as an offset.
+Reading a payload from the store gives zero-copy views, each pinning its object through
+the process's reference counts (`pinned`) until the view is collected; a payload on
+another node's store is first copied into ours (`localize`). ObjectRefs found inside a
+value are exported before it leaves, and borrowed when it is read.
+
+`Values` holds no state of its own beyond the process's `CoreWorker` (`_core.py`), whose
+lock, ownership table, arena and requests it uses; `CoreWorker.serialize`, `deserialize`,
+`put`, `localize` and `protect_views` delegate here.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from . import _messages as M
+from . import exceptions as exc
+from ._ownership import LocalObject
+from ._serialization import (
+    INLINE_LIMIT,
+    dumps,
+    inline_payload,
+    layout_size,
+    loads,
+    read_layout,
+    write_layout,
+)
+
+if TYPE_CHECKING:
+    from ._core import CoreWorker
+
+
+class Values:
+    def __init__(self, core: CoreWorker) -> None:
+        self.core = core
+
+    def serialize(self, value: Any, oid: bytes | None = None, *, is_error: bool = False,
+                  hold_contained: bool = False) -> tuple[tuple, list]:
+        """Serialize a value for a result or a put: inline payload or shared memory.
+
+        Returns (payload, contained ObjectRefs). Contained refs are exported; with
+        `hold_contained` the value takes a daemon hold on each (for a value that outlives
+        this process's references)."""
+        core = self.core
+        data, buffers, contained = dumps(value)
+        holder = getattr(core.current_task, "submitter", None)
+        if contained:
+            core.export(contained)
+            if hold_contained:
+                core.request(M.INCREF, [r._id for r in contained],
+                             holder + ":blob" if holder else None)
+        size = len(data) + sum(b.raw().nbytes for b in buffers)
+        if size < INLINE_LIMIT or oid is None:
+            return inline_payload(data, buffers, is_error), contained
+        total = layout_size(data, buffers)
+        off = core.request(M.ALLOC, oid, total, core.pid, holder)
+        write_layout(core.arena.writable(off, total), data, buffers)
+        payload = (M.SHARED, off, total, is_error, core.node_id)
+        # sealed at the node before anyone can hear of it, so peers can pull it at once
+        core.request(M.EXPORT, oid, payload, [], 0, type(value).__name__)
+        return payload, contained
+
+    def protect_views(self) -> None:
+        """Before a task reports back: zero-copy views of its arguments that are still
+        alive (kept in actor state, say) get a hold of this process, taken while the
+        submitter still holds the object."""
+        core = self.core
+        with core.lock:
+            oids, core._unprotected = core._unprotected, set()
+        keep = [oid for oid in oids if core.refs.count(oid) and oid not in core.objects]
+        if keep:
+            core._borrow_ids(keep)
+
+    def localize(self, oid: bytes, payload: tuple) -> tuple:
+        """A payload readable here: an object in another node's store is copied to ours
+        (once per node) and this process holds that copy while it has references."""
+        core = self.core
+        if payload[0] != M.SHARED or len(payload) < 5 or payload[4] == core.node_id:
+            return payload
+        local = core.request(M.GET_REMOTE, oid, payload[4])
+        with core.lock:
+            core.own.add_copy(oid, payload)  # (a process holds a copy once, however often it asks)
+        return local  # type: ignore[no-any-return]
+
+    def deserialize(self, oid: bytes, payload: tuple) -> Any:
+        core = self.core
+        if payload[0] == M.INLINE:
+            value, loaded = loads(payload[1], payload[2])
+        else:
+            if oid not in core.objects:
+                # a task argument: its submitter keeps it alive while the task runs;
+                # views that outlive the task get a hold of ours (protect_views)
+                core._unprotected.add(oid)
+            payload = core.localize(oid, payload)
+            src = core.arena.readonly(payload[1], payload[2])
+            data, bufs = read_layout(src)
+            if bufs:
+                bufs = pinned(bufs, oid, core.refs)
+            value, loaded = loads(data, bufs)
+            if not core.refs.count(oid):
+                core._on_ref_zero(oid)  # no view and no ref keeps it: let go at once
+        if loaded:
+            core.borrow(loaded)
+        if payload[3]:
+            if isinstance(value, exc.RayTaskError):
+                raise value.as_instanceof_cause()
+            raise value
+        return value
+
+    def put(self, value: Any, _owner: Any = None) -> Any:
+        core = self.core
+        from ._ids import put_id
+        from ._objects import ObjectRef
+        oid = put_id()
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want to do this, you can wrap the ObjectRef in a list and call 'put' on it.")
+        entry = LocalObject()
+        entry.type_name = type(value).__name__
+        data, buffers, contained = dumps(value)
+        size = len(data) + sum(b.raw().nbytes for b in buffers)
+        entry.size = size
+        with core.lock:
+            core.objects[oid] = entry
+        ref = ObjectRef(oid, core.worker_id)
+        if size < INLINE_LIMIT:
+            entry.payload = inline_payload(data, buffers)
+            entry.keep = list(contained)
+        else:
+            if contained:
+                core.export(contained)
+            total = layout_size(data, buffers)
+            off = core.request(M.ALLOC, oid, total, core.pid)
+            write_layout(core.arena.writable(off, total), data, buffers)
+            entry.payload = (M.SHARED, off, total, False, core.node_id)
+            entry.held = entry.exported = True
+            core.daemon_send((M.EXPORT, None, oid, entry.payload, [r._id for r in contained], 0, entry.type_name))
+        return ref
+
+
+def pinned(bufs: list, oid: bytes, refs: Any) -> list:
+    """Wrap zero-copy buffers so the object stays allocated while any view of it lives.
+
+    numpy keeps the exact object it was handed as the base of the arrays it rebuilds
+    (but makes its own memoryview of a memoryview), so when numpy is there the buffers
+    are uint8 arrays, and a finalizer on each releases its pin."""
+    try:
+        import numpy as np
+        out = [np.frombuffer(b, dtype=np.uint8) for b in bufs]
+    except ImportError:
+        out = bufs
+    for b in out:
+        refs.add(oid)
+        weakref.finalize(b, refs.remove, oid)
+    return out
+
+
+def lost_payload(oid: bytes) -> tuple:
+    return error_payload(exc.ObjectLostError(
+        oid.hex(), detail="This process holds no reference to it any more: all references "
+                          "to it were dropped, or its owner died."))
+
+
+def error_payload(err: BaseException) -> tuple:
+    data, bufs, _ = dumps(err)
+    return inline_payload(data, bufs, True)
