@@ -62,6 +62,11 @@ def pytest_configure(config: pytest.Config) -> None:
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+    # Ray reads its auth mode once per process: set it before anything imports Ray, so
+    # local clusters of the differential suite and the Ray head fixture agree.
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        config._carme_ray_auth_mode = True  # type: ignore[attr-defined]
     config._carme_ray_token_dir = tmp  # type: ignore[attr-defined]
 
 
@@ -69,6 +74,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     tmp = getattr(config, "_carme_ray_token_dir", None)
     if tmp is not None:
         os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        if getattr(config, "_carme_ray_auth_mode", False):
+            os.environ.pop("RAY_AUTH_MODE", None)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

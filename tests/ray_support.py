@@ -268,10 +268,21 @@ def start_ray_head(
     raise RayHeadError(f"Ray head failed to start {attempts} times; last:\n{errors[-1]}")
 
 
+def _run_token() -> str | None:
+    """The token the test run gave Ray (tests/conftest.py), so that every Ray of the run,
+    this head and the differential suite's local ones, shares one token: a Ray driver
+    reads its auth settings once per process."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    try:
+        return Path(path).read_text().strip() or None if path else None
+    except OSError:
+        return None
+
+
 def _start_once(num_cpus: int, timeout: float) -> RayHead:
     # Short path: Ray puts Unix sockets under the temp dir (108-byte limit).
     temp_dir = Path(tempfile.mkdtemp(prefix="cray"))
-    token = secrets.token_hex(32)
+    token = _run_token() or secrets.token_hex(32)
     token_path = temp_dir / "auth_token"
     fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
