@@ -404,3 +404,26 @@ def submodule() -> Any:
         return importlib.import_module(f"{mod.__name__}.{path}")
 
     return _submodule
+
+
+def _needs_ray_head(item: pytest.Item) -> bool:
+    if "ray_cluster" in getattr(item, "fixturenames", ()):
+        return True
+    # tests/test_notebooks.py asks for the head at run time for `ray-*` notebooks
+    return item.nodeid.startswith("tests/test_notebooks.py") and "[ray-" in item.nodeid
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the modules that use the session's Ray head (`ray_cluster`) last.
+
+    The head starts on first use and lives to the end of the run; the differential
+    suite's own local Ray clusters must not see it (two Ray instances on one machine make
+    `ray.util.state` refuse to guess, and `address="auto"` find the wrong one). Whole
+    modules move, in their order, so module-scoped fixtures are set up once.
+    """
+    late = {item.module.__name__ for item in items if _needs_ray_head(item)}  # type: ignore[attr-defined]
+    if not late:
+        return
+    first = [i for i in items if i.module.__name__ not in late]  # type: ignore[attr-defined]
+    last = [i for i in items if i.module.__name__ in late]  # type: ignore[attr-defined]
+    items[:] = first + last
