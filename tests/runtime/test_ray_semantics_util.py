@@ -24,8 +24,10 @@ def test_actor_pool_map_and_unordered(ray_impl, submodule):
     assert not pool.has_next()
     with pytest.raises(StopIteration):
         pool.get_next()
-    with pytest.raises(ValueError):
-        util.ActorPool([])
+    if ray.__name__ == "carme":
+        # deliberate difference: Ray 2.60 accepts an empty pool whose submits never run
+        with pytest.raises(ValueError, match="non-empty list"):
+            util.ActorPool([])
 
 
 def test_exit_actor_ends_it_for_good(ray_impl, submodule):
