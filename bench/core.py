@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python bench/core.py                 # carme only
     .venv-bench/bin/python bench/core.py --vs ray  # carme and Ray, side by side
+    .venv/bin/python bench/core.py --before REF    # this tree against git REF, alternating
 
 Theory of operation
 -------------------
@@ -31,6 +32,8 @@ import platform
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -174,13 +177,53 @@ def child_workloads(impl: str, reps: int, scale: float) -> None:
 
 
 def _run_child(impl: str, args: list[str], timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args, "--impl", impl]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    module, _, ref = impl.partition("@")
+    env = dict(os.environ)
+    if ref:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_TREES[ref], env.get("PYTHONPATH")]))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args, "--impl", module]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(MARK):
             return dict(json.loads(line[len(MARK) :]))
     tail = (proc.stdout + proc.stderr)[-3000:]
     raise RuntimeError(f"{impl} child {args} failed (exit {proc.returncode}):\n{tail}")
+
+
+# git ref -> directory holding that ref's runtime/ packages (set by export_tree)
+_TREES: dict[str, str] = {}
+
+
+def export_tree(ref: str, into: Path) -> None:
+    """Export ``runtime/`` of git ``ref`` into ``into``; children of ``carme@ref`` import it."""
+    root = HERE.parent
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", "--format=tar", ref, "runtime"],
+        capture_output=True,
+        check=False,
+    )
+    if archive.returncode != 0:
+        raise SystemExit(f"--before {ref}: git archive failed: {archive.stderr.decode().strip()}")
+    tar = into / "tree.tar"
+    tar.write_bytes(archive.stdout)
+    with tarfile.open(tar) as tf:
+        tf.extractall(into, filter="data")
+    _TREES[ref] = str(into / "runtime")
+
+
+def merge_results(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds of one implementation: samples pooled, medians over them."""
+    samples: dict[str, list[float]] = {}
+    for r in rounds:
+        for k, v in r["samples"].items():
+            samples.setdefault(k, []).extend(v)
+    return {
+        "version": rounds[0]["version"],
+        "zero_copy_get": all(r["zero_copy_get"] for r in rounds),
+        "samples": samples,
+        "median": {k: statistics.median(v) for k, v in samples.items() if v},
+        "rounds": len(rounds),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -259,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vs", choices=["ray"], help="also run the workloads against Ray")
     ap.add_argument("--reps", type=int, default=5, help="repetitions per workload (median is reported)")
     ap.add_argument("--scale", type=float, default=1.0, help="scale operation counts (0.1 for a smoke run)")
+    ap.add_argument("--before", metavar="REF", help="also run git REF's runtime, alternating with this tree")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds with --before (default 3)")
     ap.add_argument("--table", metavar="JSON", help="print the table of a saved result file and exit")
     ap.add_argument("--child", choices=["startup", "workloads"], help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="carme", help=argparse.SUPPRESS)
@@ -276,13 +321,26 @@ def main(argv: list[str] | None = None) -> int:
         print(table(saved["results"], list(saved["results"])))
         return 0
 
-    impls = ["carme"] + ([args.vs] if args.vs else [])
+    if args.before and args.vs:
+        ap.error("--before and --vs are separate runs: pass one of them")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, not {args.rounds}")
+    impls = ["carme"] + ([args.vs] if args.vs else []) + ([f"carme@{args.before}"] if args.before else [])
     info = machine()
     print(
         f"machine: {info['cores']} cores, {info['cpu_model']}, {info['memory_gib']} GiB, "
         f"Python {info['python']}"
     )
-    results = {impl: bench_impl(impl, args.reps, args.scale) for impl in impls}
+    if args.before:
+        with tempfile.TemporaryDirectory(prefix="carme-bench-") as tmp:
+            export_tree(args.before, Path(tmp))
+            rounds: dict[str, list[dict[str, Any]]] = {i: [] for i in impls}
+            for n in range(args.rounds):
+                for impl in impls if n % 2 == 0 else reversed(impls):
+                    rounds[impl].append(bench_impl(impl, args.reps, args.scale))
+            results = {impl: merge_results(rs) for impl, rs in rounds.items()}
+    else:
+        results = {impl: bench_impl(impl, args.reps, args.scale) for impl in impls}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / time.strftime("core-%Y%m%d-%H%M%S.json")
     out.write_text(
