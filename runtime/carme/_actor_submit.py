@@ -19,6 +19,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._protocol import Connection, ConnectionClosed, connect
 from ._submit import TaskSpec
+from ._task_messages import ActorCall, Result
 from ._task_tags import TaskTags
 
 
@@ -111,8 +112,9 @@ class ActorSubmitter:
             msgs = []
             for spec in sends:
                 resolved = [(r._id, self.core.payload_of(r._id)) for r in spec.arg_refs]
-                msgs.append((M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
-                             resolved, spec.wire_returns, spec.streaming, spec.name, spec.attempt))
+                msgs.append(ActorCall(M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
+                                      resolved, spec.wire_returns, spec.streaming, spec.name,
+                                      spec.attempt).wire())
             try:
                 st.conn.send_many(msgs)
             except ConnectionClosed:
@@ -184,19 +186,13 @@ class ActorSubmitter:
         if msgs is None:
             self.on_lost(st, conn)
             return
-        for msg in msgs:
-            kind = msg[0]
-            if kind == M.RESULT:
-                _, task_id, payloads, contained, info = msg
-                with self.lock:
-                    spec = st.inflight.pop(task_id, None)
-                if spec is not None:
-                    sub.handle_result(spec, payloads, contained, info)
-            elif kind == M.ITEM:
-                sub.on_item(msg)
-            elif kind == M.LOG:
-                lg = M.read(msg)
-                self.core.on_log(lg.task_id, lg.stream, lg.text, lg.label)
+        sub.on_replies(st.inflight, msgs, lambda result: self.on_result(st, result))
+
+    def on_result(self, st: ActorState, result: Result) -> None:
+        with self.lock:
+            spec = st.inflight.pop(result.task_id, None)
+        if spec is not None:
+            self.core.submitter.handle_result(spec, result.payloads, result.contained, result.info)
 
     def on_lost(self, st: ActorState, conn: Connection) -> None:
         with self.lock:

@@ -30,7 +30,7 @@ import pickle
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 _LEN = struct.Struct(">I")
@@ -145,7 +145,7 @@ class Connection:
             return True
 
     # ---- receiving -------------------------------------------------------------------
-    def _frames(self) -> Iterator[bytes]:
+    def _frames(self) -> Generator[bytes, None, None]:
         buf = self._buf
         pos = 0
         n = len(buf)
@@ -162,8 +162,12 @@ class Connection:
                                     f"{self.max_frame:,}")
             if n - pos - 4 < size:
                 break
-            yield bytes(buf[pos + 4 : pos + 4 + size])
+            frame = bytes(buf[pos + 4 : pos + 4 + size])
             pos += 4 + size
+            try:
+                yield frame
+            except GeneratorExit:
+                break  # the caller took what it wanted: consume only what was yielded
         if pos:
             del buf[:pos]
 
@@ -201,7 +205,9 @@ class Connection:
     def recv_raw(self) -> bytes:
         """Blocking read of one frame, without unpickling."""
         while True:
-            for frame in self._frames():
+            frames = self._frames()
+            for frame in frames:
+                frames.close()  # consumes this frame only; the rest stay buffered
                 return frame
             self._read()
 

@@ -25,22 +25,39 @@ class ActorClassInheritanceException(TypeError):
     """A class tried to inherit from an actor class (Ray's name for the error)."""
 
 
-def _signature(target: Any) -> inspect.Signature | None:
-    try:
-        return inspect.signature(target)
-    except (TypeError, ValueError):  # builtins and the like: the worker will tell
-        return None
+class _ArgCheck:
+    """Wrong arguments fail at .remote(), where the mistake is, as in Ray.
 
+    The common call (positional arguments only, within the function's plain positional
+    parameters) is accepted by a length check; anything else goes through
+    `inspect.Signature.bind`, whose TypeError names the problem."""
 
-def _check_call(sig: inspect.Signature | None, args: tuple, kwargs: dict, what: str) -> None:
-    """Wrong arguments fail at .remote(), where the mistake is, as in Ray."""
-    if sig is None:
-        return
-    try:
-        sig.bind(*args, **kwargs)
-    except TypeError as e:
-        raise TypeError(f"{what}: {e} (called with {len(args)} positional and "
-                        f"{len(kwargs)} keyword arguments; its signature is {sig})") from None
+    __slots__ = ("sig", "lo", "hi")
+
+    def __init__(self, target: Any) -> None:
+        try:
+            self.sig: inspect.Signature | None = inspect.signature(target)
+        except (TypeError, ValueError):  # builtins and the like: the worker will tell
+            self.sig = None
+        self.lo, self.hi = 0, -1  # no fast path
+        if self.sig is None:
+            return
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        params = list(self.sig.parameters.values())
+        if all(p.kind in positional for p in params):
+            self.lo = sum(1 for p in params if p.default is inspect.Parameter.empty)
+            self.hi = len(params)
+
+    def __call__(self, args: tuple, kwargs: dict, what: str) -> None:
+        if not kwargs and self.lo <= len(args) <= self.hi:
+            return
+        if self.sig is None:
+            return
+        try:
+            self.sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{what}: {e} (called with {len(args)} positional and "
+                            f"{len(kwargs)} keyword arguments; its signature is {self.sig})") from None
 
 
 def _core() -> Any:
@@ -144,6 +161,60 @@ def _parent(core: Any) -> str | None:
     return t.hex() if t else None
 
 
+class _Plan:
+    """What a task's options make of every call with them, in one calling context."""
+
+    __slots__ = ("context", "num_returns", "retries", "retry_exceptions", "max_calls", "shape",
+                 "strategy", "pg_capture", "runtime_env", "queue_key")
+    context: tuple
+    num_returns: Any
+    retries: int
+    retry_exceptions: Any
+    max_calls: int
+    shape: dict
+    strategy: Any
+    pg_capture: bool
+    runtime_env: dict | None
+    queue_key: tuple
+
+
+class _PlanCache:
+    """The last plan of one remote function (or one `.options()` of it): the options are
+    fixed, so shape, strategy, runtime env and queue key only change with the calling
+    context (the cluster connection, the job's runtime env, the caller's placement group).
+    """
+
+    __slots__ = ("plan",)
+
+    def __init__(self) -> None:
+        self.plan: _Plan | None = None
+
+    def __reduce__(self) -> tuple:
+        return (_PlanCache, ())  # a plan belongs to this process's connection: never copied
+
+    def get(self, core: Any, opts: dict, is_generator: bool) -> _Plan:
+        context = (core, core.job_runtime_env, core.task_attr("pg_id"), core.task_attr("pg_capture"))
+        plan = self.plan
+        if plan is not None and plan.context[0] is core and plan.context[1:] == context[1:]:
+            return plan
+        plan = _Plan()
+        plan.context = context
+        # a generator function streams its values unless num_returns says otherwise (Ray 2.x)
+        plan.num_returns = opts.get("num_returns", "streaming" if is_generator else 1)
+        retries = opts.get("max_retries", 3)
+        plan.retries = -1 if retries == -1 else retries
+        plan.retry_exceptions = opts.get("retry_exceptions", False)
+        plan.max_calls = opts.get("max_calls") or 0
+        plan.shape = resource_shape(opts, is_actor=False)
+        plan.strategy = _strategy(core, opts)
+        plan.pg_capture = _pg_capture(core, opts, plan.strategy)
+        plan.runtime_env = _merge_env(core, opts.get("runtime_env"))
+        plan.queue_key = (tuple(sorted(plan.shape.items())), repr(plan.strategy),
+                          repr(plan.runtime_env) if plan.runtime_env else "")
+        self.plan = plan
+        return plan
+
+
 def _submit_with_returns(core: Any, spec: TaskSpec, submit: Any) -> Any:
     """Make the task's return refs (or its ref generator), hand the task over, return them."""
     if spec.streaming:
@@ -188,7 +259,8 @@ class RemoteFunction:
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self._is_generator = inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
-        self._signature = _signature(fn)
+        self._check_args = _ArgCheck(fn)
+        self._plan = _PlanCache()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -199,10 +271,10 @@ class RemoteFunction:
         return _Bound(self, {**self._options, **validate_task_options(options, where=self._where)})
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._remote(args, kwargs, self._options)
+        return self._remote(args, kwargs, self._options, self._plan)
 
-    def _remote(self, args: tuple, kwargs: dict, opts: dict) -> Any:
-        _check_call(self._signature, args, kwargs, f"task {self._name!r}")
+    def _remote(self, args: tuple, kwargs: dict, opts: dict, cache: _PlanCache | None = None) -> Any:
+        self._check_args(args, kwargs, f"task {self._name!r}")
         core = _core()
         if self._key is None:
             try:
@@ -217,27 +289,23 @@ class RemoteFunction:
             self._captured = captured
             self._blob = blob
             self._key = hashlib.sha1(blob).digest()
+        plan = (cache or _PlanCache()).get(core, opts, self._is_generator)
         spec = TaskSpec()
-        tid = task_id()
-        spec.task_id = tid
+        spec.task_id = task_id()
         spec.name = opts.get("name") or self._name
         spec.fn_key = self._key
         spec.fn_blob = self._blob
         spec.args, spec.ref_pos, spec.arg_refs, spec.keep = serialize_args(
             core, args, kwargs, f"task {spec.name!r}")
-        # a generator function streams its values unless num_returns says otherwise (Ray 2.x)
-        num_returns = opts.get("num_returns", "streaming" if self._is_generator else 1)
-        _set_returns(spec, num_returns)
-        retries = opts.get("max_retries", 3)
-        spec.retries_left = -1 if retries == -1 else retries
-        spec.retry_exceptions = opts.get("retry_exceptions", False)
-        spec.max_calls = opts.get("max_calls") or 0
-        spec.shape = resource_shape(opts, is_actor=False)
-        spec.strategy = _strategy(core, opts)
-        spec.pg_capture = _pg_capture(core, opts, spec.strategy)
-        spec.runtime_env = _merge_env(core, opts.get("runtime_env"))
-        spec.queue_key = (tuple(sorted(spec.shape.items())), repr(spec.strategy),
-                          repr(spec.runtime_env) if spec.runtime_env else "")
+        _set_returns(spec, plan.num_returns)
+        spec.retries_left = plan.retries
+        spec.retry_exceptions = plan.retry_exceptions
+        spec.max_calls = plan.max_calls
+        spec.shape = plan.shape
+        spec.strategy = plan.strategy
+        spec.pg_capture = plan.pg_capture
+        spec.runtime_env = plan.runtime_env
+        spec.queue_key = plan.queue_key
         spec.tag = _tag(core)
         spec.parent = _parent(core)
         return _submit_with_returns(core, spec, core.submitter.submit)
@@ -252,8 +320,11 @@ class _Bound:
     def __init__(self, target: Any, options: dict) -> None:
         self._target = target
         self._opts = options
+        self._plan = _PlanCache()
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self._target, RemoteFunction):
+            return self._target._remote(args, kwargs, self._opts, self._plan)
         return self._target._remote(args, kwargs, self._opts)
 
     def options(self, **options: Any) -> _Bound:
@@ -299,7 +370,7 @@ class ActorClass:
                 methods[name]["num_returns"] = "streaming"
         self._methods = methods
         self._is_async = is_async
-        self._signature = _signature(cls)
+        self._check_args = _ArgCheck(cls)
 
     def __getattr__(self, name: str) -> Any:
         # class attributes (inherited ones too) through the class name, as in Ray
@@ -329,7 +400,7 @@ class ActorClass:
     def _remote(self, args: tuple, kwargs: dict, opts: dict) -> ActorHandle:
         from . import _messages as M
         from ._rpc import error_from_reply
-        _check_call(self._signature, args, kwargs, f"actor {self._name} constructor")
+        self._check_args(args, kwargs, f"actor {self._name} constructor")
         core = _core()
         if self._blob is None:
             try:

@@ -12,15 +12,18 @@ WorkerCrashedError; a cancelled task is never retried.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
 from ._ids import return_id
 from ._protocol import Connection, ConnectionClosed, connect
+from ._task_messages import Item, Push, Result, read_from_worker
 from ._task_tags import TaskTags
 
 PIPELINE = 32
@@ -326,11 +329,11 @@ class TaskSubmitter:
             lease.sent_fns.add(spec.fn_key)
         resolved = [(r._id, self.core.payload_of(r._id)) for r in spec.arg_refs]
         try:
-            lease.conn.send((M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
-                             resolved, spec.wire_returns, spec.streaming, spec.name, lease.lease_id,
-                             lease.gpu_ids, spec.attempt, spec.shape,
-                             getattr(spec.strategy, "pg_id", None), spec.max_calls,
-                             spec.pg_capture))
+            lease.conn.send(Push(M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
+                                 resolved, spec.wire_returns, spec.streaming, spec.name,
+                                 lease.lease_id, lease.gpu_ids, spec.attempt, spec.shape,
+                                 getattr(spec.strategy, "pg_id", None), spec.max_calls,
+                                 spec.pg_capture).wire())
         except ConnectionClosed:
             pass  # the reader sees the close and retries the in-flight tasks
 
@@ -339,18 +342,36 @@ class TaskSubmitter:
         if msgs is None:
             self.on_worker_lost(lease)
             return
-        for msg in msgs:
-            kind = msg[0]
-            if kind == M.RESULT:
-                self.on_result(lease, msg)
-            elif kind == M.ITEM:
-                self.on_item(msg)
-            elif kind == M.LOG:
-                lg = M.read(msg)
-                self.core.on_log(lg.task_id, lg.stream, lg.text, lg.label)
+        self.on_replies(lease.inflight, msgs, lambda result: self.on_result(lease, result))
 
-    def on_item(self, msg: tuple) -> None:
-        _, task_id, index, payload, contained = msg
+    def on_replies(self, inflight: dict, msgs: list, on_result: Callable[[Result], None]) -> None:
+        """A worker connection's messages (this submitter's or the actor submitter's):
+        each read and checked at the boundary, then handed on by kind."""
+        for msg in msgs:
+            try:
+                typed = read_from_worker(msg)
+            except M.BadMessage as e:
+                self.refused(inflight, msg, e)
+                continue
+            if isinstance(typed, Result):
+                on_result(typed)
+            elif isinstance(typed, Item):
+                self.on_item(typed)
+            else:
+                self.core.on_log(typed.task_id, typed.stream, typed.text, typed.label)
+
+    def refused(self, inflight: dict, msg: Any, err: Exception) -> None:
+        """A malformed message from a worker: nothing of it is stored; the task it names
+        (one of this connection's in-flight tasks) fails with the reason."""
+        print(f"carme: refused a message from a worker: {err}", file=sys.__stderr__, flush=True)
+        task_id = msg[1] if type(msg) is tuple and len(msg) > 1 and type(msg[1]) is bytes else None
+        with self.lock:
+            spec = inflight.pop(task_id, None)
+        if spec is not None:
+            self.fail(spec, exc.RaySystemError(f"a malformed reply from the task's worker was refused: {err}"))
+
+    def on_item(self, item: Item) -> None:
+        task_id, index, payload, contained = item.task_id, item.position, item.payload, item.contained
         spec = self.tasks.get(task_id)
         if spec is None or spec.stream is None:
             if contained:
@@ -365,15 +386,15 @@ class TaskSubmitter:
         entry.payload = payload
         spec.stream.add(ObjectRef(oid, self.core.worker_id))
 
-    def on_result(self, lease: Lease, msg: tuple) -> None:
-        _, task_id, payloads, contained, info = msg
+    def on_result(self, lease: Lease, result: Result) -> None:
+        info = result.info
         with self.lock:
-            spec = lease.inflight.pop(task_id, None)
+            spec = lease.inflight.pop(result.task_id, None)
         if spec is not None:
             q = lease.queue
             if info.get("end") and info.get("start"):
                 q.avg_duration = 0.7 * min(q.avg_duration, 0.1) + 0.3 * (info["end"] - info["start"])
-            self.handle_result(spec, payloads, contained, info)
+            self.handle_result(spec, result.payloads, result.contained, info)
         self.dispatch(lease.queue)
         self.maybe_idle(lease)
 

@@ -34,8 +34,10 @@ from . import _messages as M
 from . import exceptions as exc
 from ._core import CoreWorker
 from ._ids import return_id
+from ._messages import _short
 from ._protocol import Connection, ConnectionClosed, listen
 from ._serialization import loads
+from ._task_messages import ActorCall, Item, Push, Result
 from ._values import error_payload
 
 
@@ -123,7 +125,7 @@ class Executor:
         # an async actor runs at most async_limit calls at once; the rest wait here
         self.async_limit = 1
         self.async_running = 0
-        self.async_waiting: deque[tuple[Connection, tuple]] = deque()
+        self.async_waiting: deque[tuple[Connection, ActorCall]] = deque()
         self.async_tasks: dict[bytes, Any] = {}
         self.pid = os.getpid()
         self.stdout = TaskStream("stdout", sys.__stdout__)
@@ -153,12 +155,34 @@ class Executor:
             elif kind == M.CANCEL:
                 c = M.read(msg)
                 self.on_cancel(c.task_id, c.force, c.recursive)
-            elif kind == M.ACTOR_CALL and self.loop is not None:
-                self.loop.call_soon_threadsafe(self.start_async_call, conn, msg)
-            elif kind == M.ACTOR_CALL and self.pool is not None:
-                self.pool.submit(self.run_actor_call, conn, msg)
+            elif kind == M.PUSH or kind == M.ACTOR_CALL:
+                task: Push | ActorCall
+                try:
+                    task = Push.read(msg) if kind == M.PUSH else ActorCall.read(msg)
+                except M.BadMessage as e:
+                    self.refuse(conn, msg, e)
+                    continue
+                if type(task) is ActorCall and self.loop is not None:
+                    self.loop.call_soon_threadsafe(self.start_async_call, conn, task)
+                elif type(task) is ActorCall and self.pool is not None:
+                    self.pool.submit(self.run_actor_call, conn, task)
+                else:
+                    self.q.put((conn, task))
             else:
-                self.q.put((conn, msg))
+                self.refuse(conn, msg, M.BadMessage(
+                    f"a worker accepts PEER, CANCEL, PUSH and ACTOR_CALL from a submitter, "
+                    f"not {_kind(msg)}"))
+
+    def refuse(self, conn: Connection, msg: Any, err: M.BadMessage) -> None:
+        """A malformed message from a submitter: its task (when it names one) fails with
+        the reason, so the caller's get does not wait for it; nothing of it is kept."""
+        print(f"carme worker {self.pid}: refused a message: {err}", file=sys.__stderr__, flush=True)
+        if type(msg) is tuple and len(msg) > 1 and type(msg[1]) is bytes:
+            failed = error_payload(exc.RaySystemError(f"the worker refused this task: {err}"))
+            try:
+                conn.send(Result(M.RESULT, msg[1], [failed], [], {"error_type": "RaySystemError"}).wire())
+            except ConnectionClosed:
+                pass
 
     def on_cancel(self, task_id: bytes, force: bool, recursive: bool) -> None:
         self.cancel_requested.add(task_id)
@@ -185,12 +209,11 @@ class Executor:
         signal.signal(signal.SIGINT, self._sigint)
         while True:
             conn, msg = self.q.get()
-            kind = msg[0]
-            if kind == M.PUSH:
+            if type(msg) is Push:
                 self.run_task(conn, msg)
-            elif kind == M.ACTOR_CALL:
+            elif type(msg) is ActorCall:
                 self.run_actor_call(conn, msg)
-            elif kind == M.RUN_ACTOR:
+            elif msg[0] == M.RUN_ACTOR:
                 run = M.read(msg)
                 self.create_actor(run.actor_id, run.spec, run.gpu_ids, run.restarts)
 
@@ -219,22 +242,22 @@ class Executor:
             self.functions[key] = fn
         return fn
 
-    def run_task(self, conn: Connection, msg: tuple) -> None:
-        (_, task_id, fn_key, fn_blob, args, ref_pos, resolved, num_returns, streaming, name,
-         lease_id, gpu_ids, attempt, shape, pg_id, max_calls, pg_capture) = msg
-        self.core.current_task.resources = shape
-        self.core.current_task.pg_id = pg_id
-        self.core.current_task.pg_capture = pg_capture
-        ctx = TaskContext(task_id, conn, name, lease_id, gpu_ids, f"{name} pid={self.pid}")
-        if gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-        else:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        self.execute(conn, ctx, lambda: self.function(fn_key, fn_blob), args, ref_pos, resolved,
-                     num_returns, streaming, main_thread=True)
-        if max_calls:
-            n = self.calls[fn_key] = self.calls.get(fn_key, 0) + 1
-            if n >= max_calls:
+    def run_task(self, conn: Connection, push: Push) -> None:
+        current = self.core.current_task
+        current.resources = push.shape
+        current.pg_id = push.pg_id
+        current.pg_capture = push.pg_capture
+        ctx = TaskContext(push.task_id, conn, push.name, push.lease_id, push.gpu_ids,
+                          f"{push.name} pid={self.pid}")
+        if push.gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in push.gpu_ids)
+        elif "CUDA_VISIBLE_DEVICES" in os.environ:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        self.execute(conn, ctx, lambda: self.function(push.fn_key, push.fn_blob), push.args,
+                     push.ref_pos, push.resolved, push.num_returns, push.streaming, main_thread=True)
+        if push.max_calls:
+            n = self.calls[push.fn_key] = self.calls.get(push.fn_key, 0) + 1
+            if n >= push.max_calls:
                 # max_calls reached: this worker retires (a new one serves the next call)
                 self.core.flush()
                 os._exit(0)
@@ -298,7 +321,7 @@ class Executor:
         a, kw, result = [], {}, None  # the task's own references to its arguments end here
         core.protect_views()
         try:
-            conn.send((M.RESULT, task_id, payloads, contained, info))
+            conn.send(Result(M.RESULT, task_id, payloads, contained, info).wire())
         except ConnectionClosed:
             pass
 
@@ -349,7 +372,7 @@ class Executor:
             raise TypeError(f"a num_returns='streaming' task must be a generator function; {ctx.name!r} returned {type(gen).__name__}")
         for i, value in enumerate(gen):
             p, c = self.core.serialize(value, return_id(ctx.task_id, i + 1), hold_contained=True)
-            conn.send((M.ITEM, ctx.task_id, i, p, [r._id for r in c]))
+            conn.send(Item(M.ITEM, ctx.task_id, i, p, [r._id for r in c]).wire())
 
     # ------------------------------------------------------------------ actors
     def create_actor(self, actor_id: bytes, spec: dict, gpu_ids: list, restarts: int) -> None:
@@ -432,12 +455,12 @@ class Executor:
             return lambda: True
         return getattr(self.actor, name)
 
-    def run_actor_call(self, conn: Connection, msg: tuple) -> None:
-        (_, task_id, method, args, ref_pos, resolved, num_returns, streaming, name, attempt) = msg
-        ctx = TaskContext(task_id, conn, name, None, self.core.current_task.__dict__.get("gpu_ids", []),
+    def run_actor_call(self, conn: Connection, call: ActorCall) -> None:
+        ctx = TaskContext(call.task_id, conn, call.name, None,
+                          self.core.current_task.__dict__.get("gpu_ids", []),
                           f"{self.actor_name} pid={self.pid}", self.actor_id)
-        self.execute(conn, ctx, lambda: self.method(method), args, ref_pos, resolved,
-                     num_returns, streaming, main_thread=self.pool is None)
+        self.execute(conn, ctx, lambda: self.method(call.method), call.args, call.ref_pos,
+                     call.resolved, call.num_returns, call.streaming, main_thread=self.pool is None)
 
     def start_loop(self, concurrency: int) -> None:
         ready = threading.Event()
@@ -452,7 +475,7 @@ class Executor:
         threading.Thread(target=run, name="carme-actor-loop", daemon=True).start()
         ready.wait()
 
-    def start_async_call(self, conn: Connection, msg: tuple) -> None:
+    def start_async_call(self, conn: Connection, call: ActorCall) -> None:
         """On the loop: start the call if a slot is free, else queue it.
 
         A freed slot starts the next call from the end of the loop's ready queue
@@ -460,14 +483,14 @@ class Executor:
         first, as in Ray; a semaphore acquired inside the call would let the next
         call overtake them."""
         if self.async_running < self.async_limit:
-            self._launch_async(conn, msg)
+            self._launch_async(conn, call)
         else:
-            self.async_waiting.append((conn, msg))
+            self.async_waiting.append((conn, call))
 
-    def _launch_async(self, conn: Connection, msg: tuple) -> None:
+    def _launch_async(self, conn: Connection, call: ActorCall) -> None:
         assert self.loop is not None
         self.async_running += 1
-        self.async_tasks[msg[1]] = self.loop.create_task(self.async_call(conn, msg))
+        self.async_tasks[call.task_id] = self.loop.create_task(self.async_call(conn, call))
 
     def _async_slot_freed(self) -> None:
         assert self.loop is not None
@@ -478,14 +501,14 @@ class Executor:
         while self.async_waiting and self.async_running < self.async_limit:
             self._launch_async(*self.async_waiting.popleft())
 
-    async def async_call(self, conn: Connection, msg: tuple) -> None:
+    async def async_call(self, conn: Connection, call: ActorCall) -> None:
         try:
-            await self._async_call(conn, msg)
+            await self._async_call(conn, call)
         finally:
             self._async_slot_freed()
 
-    async def _async_call(self, conn: Connection, msg: tuple) -> None:
-        (_, task_id, method, args, ref_pos, resolved, num_returns, streaming, name, attempt) = msg
+    async def _async_call(self, conn: Connection, call: ActorCall) -> None:
+        task_id, name, num_returns, streaming = call.task_id, call.name, call.num_returns, call.streaming
         ctx = TaskContext(task_id, conn, name, None, [], f"{self.actor_name} pid={self.pid}", self.actor_id)
         token = CURRENT.set(ctx)
         start = time.time()
@@ -500,8 +523,8 @@ class Executor:
             if task_id in self.cancelled:  # cancelled while it waited for a slot
                 self.cancelled.discard(task_id)
                 raise asyncio.CancelledError
-            fn = self.method(method)
-            a, kw = self.build_args(args, ref_pos, resolved)
+            fn = self.method(call.method)
+            a, kw = self.build_args(call.args, call.ref_pos, call.resolved)
             result = fn(*a, **kw)
             if inspect.isawaitable(result):
                 result = await result
@@ -512,7 +535,7 @@ class Executor:
                     async for value in result:
                         self.core.current_task.submitter = conn.meta.get("peer")
                         p, c = self.core.serialize(value, return_id(task_id, i + 1), hold_contained=True)
-                        conn.send((M.ITEM, task_id, i, p, [r._id for r in c]))
+                        conn.send(Item(M.ITEM, task_id, i, p, [r._id for r in c]).wire())
                         i += 1
                 else:
                     self.stream_items(conn, ctx, result)
@@ -536,9 +559,14 @@ class Executor:
         a, kw, result = [], {}, None  # the call's own references to its arguments end here
         self.core.protect_views()
         try:
-            conn.send((M.RESULT, task_id, payloads, contained, info))
+            conn.send(Result(M.RESULT, task_id, payloads, contained, info).wire())
         except ConnectionClosed:
             pass
+
+
+def _kind(msg: Any) -> str:
+    kind = msg[0] if type(msg) is tuple and msg else msg
+    return f"a message of kind {_short(kind)}"
 
 
 def _title_setter() -> Any:
