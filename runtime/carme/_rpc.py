@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -94,15 +95,20 @@ class Rpc:
         for msg in msgs:
             kind = msg[0]
             if kind == M.REPLY:
+                try:
+                    reply = M.read(msg)
+                except M.BadMessage as e:
+                    print(f"carme: refused a reply from a node daemon: {e}", file=sys.__stderr__, flush=True)
+                    continue
                 if reqs:
-                    reqs.discard(msg[1])
-                cb = self.requests.pop(msg[1], None)
+                    reqs.discard(reply.req)
+                cb = self.requests.pop(reply.req, None)
                 if cb is None:
                     continue
                 if isinstance(cb, _Waiter):
-                    cb.set(msg[2], msg[3])
+                    cb.set(reply.ok, reply.value)
                 else:
-                    cb(msg[2], msg[3])
+                    cb(reply.ok, reply.value)
             elif kind == M.LOG:
                 lg = M.read(msg)
                 core.on_log(None, lg.stream, lg.text, lg.label)

@@ -1,0 +1,208 @@
+"""The driver core's request layer (`_rpc.Rpc`) and value layer (`_values.Values`) alone.
+
+No cluster: each test gives the module a small core made of real parts (a real
+`Connection` over a socketpair whose other end the test reads and answers as the daemon
+would, the real `Ownership` table, a real lock) and checks what goes over the socket and
+what comes back to the caller.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import types
+
+import numpy as np
+import pytest
+
+from carme import _messages as M
+from carme import exceptions as exc
+from carme._ownership import Ownership
+from carme._protocol import Connection
+from carme._rpc import Rpc, error_from_reply
+from carme._serialization import INLINE_LIMIT, loads, read_layout
+from carme._values import Values, error_payload, lost_payload
+
+
+@pytest.fixture
+def core():
+    mine, theirs = socket.socketpair()
+    c = types.SimpleNamespace(
+        lock=threading.RLock(), daemon=Connection(mine), daemon_lost=False, peers={},
+        own=Ownership("node-1"), _events=[], worker_id="w1", role="driver", node_id="node-1",
+        info={"head_node": "node-1"}, executor=None, logs=[], current_task=threading.local(),
+        objects={}, _unprotected=set(), pid=1)
+    c.own_conn = Connection(theirs)
+    c.on_log = lambda task, stream, text, label: c.logs.append((stream, text))
+    c.rpc = Rpc(c)
+    c.daemon_send = c.rpc.daemon_send
+    c.request = c.rpc.request
+    yield c
+    c.daemon.close()
+    c.own_conn.close()
+
+
+def _answer_next(core, ok=True, value=None):
+    """Read the next request on the daemon's end of the socket and answer it."""
+    msg = core.own_conn.recv()
+    core.rpc.on_daemon_msgs(core.daemon, [M.Reply(msg[1], ok, value).wire()])
+    return msg
+
+
+def test_a_request_gets_the_reply_with_its_id(core):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", core.rpc.request(M.STORE_STATS)))
+    t.start()
+    msg = _answer_next(core, value={"used": 5})
+    t.join(10)
+    assert msg[0] == M.STORE_STATS and out["v"] == {"used": 5}
+    assert core.rpc.requests == {}
+
+
+def test_a_malformed_reply_is_refused_and_the_request_still_waits_for_its_answer(core, capfd):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", core.rpc.request(M.STORE_STATS)))
+    t.start()
+    msg = core.own_conn.recv()
+    core.rpc.on_daemon_msgs(core.daemon, [(M.REPLY, msg[1], "yes", None)])
+    assert "Reply.ok must be bool" in capfd.readouterr().err and "v" not in out
+    core.rpc.on_daemon_msgs(core.daemon, [M.Reply(msg[1], True, 7).wire()])
+    t.join(10)
+    assert out["v"] == 7
+
+
+def test_a_failed_reply_raises_the_exception_it_carries(core):
+    err = exc.ObjectLostError("ab" * 12, detail="gone with its node")
+    result = {}
+
+    def call():
+        try:
+            core.rpc.request(M.GET_OBJECT, b"o" * 28)
+        except Exception as e:  # noqa: BLE001
+            result["e"] = e
+    t = threading.Thread(target=call)
+    t.start()
+    _answer_next(core, ok=False, value=err)
+    t.join(10)
+    assert result["e"] is err and result["e"].detail == "gone with its node"
+
+
+def test_a_request_that_gets_no_answer_times_out_and_is_forgotten(core):
+    with pytest.raises(exc.GetTimeoutError, match="within 0.05 s"):
+        core.rpc.request(M.STORE_STATS, timeout=0.05)
+    assert core.rpc.requests == {}
+
+
+def test_requests_fail_at_once_when_the_daemon_is_gone(core):
+    core.daemon_lost = True
+    with pytest.raises(exc.LocalRayletDiedError):
+        core.rpc.request(M.STORE_STATS)
+    answers = []
+    core.rpc.request_async(M.STORE_STATS, (), lambda ok, v: answers.append((ok, type(v))))
+    assert answers == [(False, exc.LocalRayletDiedError)]
+    assert core.rpc.requests == {}
+
+
+def test_requests_to_a_peer_fail_with_node_died_when_it_goes(core):
+    a, b = socket.socketpair()
+    peer = Connection(a, peer="node-2")
+    answers = []
+    core.rpc.request_async(M.GET_OBJECT, (b"o" * 28,), lambda ok, v: answers.append((ok, v)), conn=peer)
+    core.rpc.on_daemon_msgs(peer, None)  # the connection closed
+    assert answers[0][0] is False
+    assert isinstance(error_from_reply(answers[0][1]), exc.NodeDiedError)
+    assert core.rpc.requests == {}
+    a.close()
+    b.close()
+
+
+def test_queued_releases_go_out_ahead_of_the_next_message(core):
+    oid = b"x" * 28
+    entry = core.own.new_owned(oid)
+    entry.held = True
+    core.own.add(oid)
+    core.own.remove(oid)
+    core.own.ref_zero(oid)
+    core.rpc.daemon_send((M.STORE_STATS, 99))
+    first, second = core.own_conn.recv(), core.own_conn.recv()
+    assert first == (M.DECREF, [oid]) and second == (M.STORE_STATS, 99)
+
+
+def test_flush_sends_releases_and_events_together(core):
+    core._events = [("ab" * 12, "RUNNING", 1.0, {})]
+    core.rpc.flush()
+    assert core.own_conn.recv() == (M.EVENTS, [("ab" * 12, "RUNNING", 1.0, {})])
+    assert core._events == []
+
+
+def test_logs_from_the_daemon_reach_the_core(core):
+    core.rpc.on_daemon_msgs(core.daemon, [M.Log(b"t" * 24, "stderr", "oops\n", "f pid=3").wire()])
+    assert core.logs == [("stderr", "oops\n")]
+
+
+@pytest.mark.parametrize("value, cls", [
+    (("ObjectStoreFullError", "full"), exc.ObjectStoreFullError),
+    (("ValueError", "bad name"), ValueError),
+    (("NoSuchError", "what"), exc.RaySystemError),
+    ("a plain string", exc.RaySystemError),
+])
+def test_error_from_reply_keeps_what_it_can(value, cls):
+    assert type(error_from_reply(value)) is cls
+
+
+# -- values -------------------------------------------------------------------------------
+
+def test_a_small_value_travels_inline_and_reads_back(core):
+    values = Values(core)
+    payload, contained = values.serialize({"a": [1, 2, 3]}, oid=b"o" * 28)
+    assert payload[0] == M.INLINE and contained == []
+    assert values.deserialize(b"o" * 28, payload) == {"a": [1, 2, 3]}
+
+
+def test_small_arrays_read_back_read_only(core):
+    values = Values(core)
+    payload, _ = values.serialize(np.arange(10), oid=b"o" * 28)
+    out = values.deserialize(b"o" * 28, payload)
+    assert out.tolist() == list(range(10)) and not out.flags.writeable
+
+
+def test_an_error_payload_raises_as_the_users_exception_too(core):
+    values = Values(core)
+    err = exc.RayTaskError.from_exception(KeyError("k"), "f", pid=1, ip="127.0.0.1")
+    with pytest.raises(KeyError) as info:
+        values.deserialize(b"", error_payload(err))
+    assert isinstance(info.value, exc.RayTaskError)
+    with pytest.raises(exc.ObjectLostError, match="holds no reference"):
+        values.deserialize(b"", lost_payload(b"o" * 28))
+
+
+def test_a_small_put_stays_in_this_process(core):
+    values = Values(core)
+    ref = values.put([1, 2])
+    entry = core.objects[ref._id]
+    assert entry.payload[0] == M.INLINE and entry.size < INLINE_LIMIT
+    assert values.deserialize(ref._id, entry.payload) == [1, 2]
+    with pytest.raises(TypeError, match="Calling 'put' on an ObjectRef"):
+        values.put(ref)
+
+
+def test_a_large_value_is_allocated_written_and_sealed_in_the_store(core):
+    """ALLOC, then the write into the arena, then EXPORT of the block ALLOC gave."""
+    store = bytearray(4 << 20)
+    core.arena = types.SimpleNamespace(writable=lambda off, n: memoryview(store)[off:off + n])
+    core.export = lambda refs: None
+    values = Values(core)
+    big = np.ones(INLINE_LIMIT, dtype=np.uint8)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("p", values.serialize(big, oid=b"b" * 28)))
+    t.start()
+    alloc = _answer_next(core, value=4096)
+    export = _answer_next(core, value=None)
+    t.join(10)
+    payload, _ = out["p"]
+    assert alloc[0] == M.ALLOC and alloc[2] == b"b" * 28
+    assert payload == (M.SHARED, 4096, alloc[3], False, "node-1")
+    assert export[0] == M.EXPORT and export[2] == b"b" * 28 and export[3] == payload
+    data, bufs = read_layout(memoryview(store)[4096:4096 + alloc[3]])
+    value, _ = loads(data, bufs)
+    assert value.shape == big.shape and (value == 1).all()  # what was written reads back
