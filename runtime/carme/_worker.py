@@ -132,7 +132,15 @@ class Executor:
         self.stderr = TaskStream("stderr", sys.__stderr__)
         self.cancel_requested: set[bytes] = set()  # carme.cancel() reached these tasks
         self.set_title = _title_setter()
-        self.set_title("ray::IDLE")
+        self.title = ""
+        self.retitle("ray::IDLE")
+
+    def retitle(self, title: str) -> None:
+        """The process title (`ray::<task>` while a task runs, as Ray's): set only when it
+        changes, so a worker running a stream of one function's tasks sets it once."""
+        if title != self.title:
+            self.title = title
+            self.set_title(title)
 
     def is_canceled(self) -> bool:
         ctx = CURRENT.get()
@@ -208,6 +216,8 @@ class Executor:
     def serve(self) -> None:
         signal.signal(signal.SIGINT, self._sigint)
         while True:
+            if self.q.empty():  # idle until the next task: say so
+                self.retitle(f"ray::{self.actor_name}" if self.actor_id else "ray::IDLE")
             conn, msg = self.q.get()
             if type(msg) is Push:
                 self.run_task(conn, msg)
@@ -286,7 +296,7 @@ class Executor:
             a, kw = self.build_args(args, ref_pos, resolved)
             if main_thread:
                 self.running = ctx
-                self.set_title(f"ray::{ctx.name}")
+                self.retitle(f"ray::{ctx.name}")
             try:
                 result = fn(*a, **kw)
                 if streaming:
@@ -296,7 +306,6 @@ class Executor:
                 if main_thread:
                     self.running = None
                     self.cancel_running = False
-                    self.set_title(f"ray::{self.actor_name}" if self.actor_id else "ray::IDLE")
             payloads, contained = self.pack_returns(task_id, result, num_returns, streaming, ctx.name)
         except KeyboardInterrupt:
             payloads = [error_payload(exc.TaskCancelledError(task_id.hex()))] * max(num_returns if isinstance(num_returns, int) else 1, 1)
@@ -413,7 +422,7 @@ class Executor:
             for stream in (self.stdout, self.stderr):
                 stream.flush()
             CURRENT.reset(token)
-        self.set_title(f"ray::{self.actor_name}")
+        self.retitle(f"ray::{self.actor_name}")
         conc = spec.get("max_concurrency")
         if spec.get("is_async"):
             self.start_loop(conc or 1000)
