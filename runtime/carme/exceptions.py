@@ -201,7 +201,7 @@ class RayTaskError(RayError):
         if dual is None:
             return self
         try:
-            inst = cast(Any, dual).__new__(dual)
+            inst = _new_dual(dual)
             _init_dual(inst, self)
         except Exception:
             return self
@@ -246,6 +246,16 @@ def _dual_class(cause_cls: type) -> type | None:
         dual = None
     _DUAL_CACHE[cause_cls] = dual
     return dual
+
+
+def _new_dual(dual: type) -> Any:
+    """An empty instance of a dual class. A builtin cause with a `__new__` of its own
+    (MemoryError) refuses to make an instance of a class whose first base is not its
+    own; `BaseException.__new__` makes one with the same layout then."""
+    try:
+        return cast(Any, dual).__new__(dual)
+    except TypeError:
+        return BaseException.__new__(cast(Any, dual))
 
 
 def _init_dual(inst: Any, err: RayTaskError) -> None:

@@ -103,6 +103,14 @@ def test_dual_class_catches_as_user_exception() -> None:
     assert err.function_name == "f" and err.pid == 42 and err.ip == "10.0.0.1"
 
 
+def test_memory_error_keeps_its_type() -> None:
+    """MemoryError has a __new__ of its own that refuses subclasses made the usual way."""
+    err = failing(MemoryError("needed 64 GiB")).as_instanceof_cause()
+    assert isinstance(err, MemoryError) and isinstance(err, RayTaskError)
+    with pytest.raises(MemoryError, match="needed 64 GiB"):
+        raise err
+
+
 def test_dual_class_is_cached_and_exposes_cause_attributes() -> None:
     a = failing(NeedsTwoArgs(1, 2)).as_instanceof_cause()
     b = failing(NeedsTwoArgs(3, 4)).as_instanceof_cause()
@@ -111,7 +119,8 @@ def test_dual_class_is_cached_and_exposes_cause_attributes() -> None:
 
 
 @pytest.mark.parametrize("mod", PICKLERS, ids=lambda m: m.__name__)
-@pytest.mark.parametrize("cause", [ValueError("v"), KeyError("k"), OSError(2, "nope"), NeedsTwoArgs(1, 2)])
+@pytest.mark.parametrize("cause", [ValueError("v"), KeyError("k"), OSError(2, "nope"), NeedsTwoArgs(1, 2),
+                                   MemoryError("too big"), RecursionError("deep")])
 def test_dual_class_pickles(mod: object, cause: BaseException) -> None:
     err = failing(cause).as_instanceof_cause()
     back = mod.loads(mod.dumps(err))  # type: ignore[attr-defined]

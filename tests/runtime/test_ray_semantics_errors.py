@@ -45,6 +45,18 @@ def test_builtin_exception_keeps_its_type(ray_impl):
         ray.get(divide.remote(1, 0))
 
 
+def test_memory_error_keeps_its_type(ray_impl):
+    ray = ray_impl
+
+    @ray.remote(max_retries=0)
+    def allocate():
+        raise MemoryError("needed 64 GiB")
+
+    with pytest.raises(MemoryError, match="needed 64 GiB") as ei:
+        ray.get(allocate.remote())
+    assert isinstance(ei.value, ray.exceptions.RayTaskError)
+
+
 def test_error_propagates_through_dependent_tasks(ray_impl):
     ray = ray_impl
 
