@@ -11,12 +11,8 @@ the driver's process group (a forced Jupyter kernel restart) does not take it do
 it has cleaned up; its zygote removes the same files if the daemon itself is killed.
 
 Every message is decoded at the boundary into its typed form (`_messages.decode`):
-malformed input is answered with a clear error and never stored. Sockets are
-non-blocking with an outgoing buffer per connection (`Connection(buffered=True)`): a
-peer that does not read delays only itself and is dropped once too much waits for it
-or it makes no progress for `stall_timeout` seconds. Before authentication a peer may
-send nothing but the token, within `auth_timeout` seconds, and at most
-`max_unauthenticated` such peers are kept.
+malformed input is answered with a clear error and never stored. The sockets, their
+buffers and the deadlines of slow or unauthenticated peers are `_node_conns.Sockets`.
 
 The node's state is `NodeCore` (`_node_core.py`, pure): decoded messages and the events
 seen here (a connection closed, a worker forked, the head's cluster view, a pull done)
@@ -32,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import selectors
 import shutil
 import signal
@@ -43,45 +38,23 @@ import time
 from typing import Any
 
 from . import _messages as M
+from . import _node_effects as E
 from . import exceptions as exc
 from ._events import TaskEventLog
 from ._node_actors import ActorDirectory
+from ._node_conns import Sockets, log
 from ._node_core import NodeCore
-from ._node_effects import (
-    FOLLOW_UP,
-    ActorCreation,
-    Answer,
-    Client,
-    ClientGone,
-    ClosePeer,
-    ClusterView,
-    Event,
-    Kill,
-    LeaseRequested,
-    Note,
-    PeerFailed,
-    PeerRequest,
-    Retire,
-    Send,
-    SpawnWorker,
-    StartPull,
-    ToPeer,
-    WorkerStarted,
-)
 from ._node_envs import RuntimeEnvs
 from ._node_leases import LeaseTable, Refuse, Spill
 from ._node_objects import ObjectTable
 from ._node_state import CLUSTER_KINDS, NodeFacts, NodeRows, head_node, parse_view, unknown_kind
 from ._node_workers import WorkerPool, WorkerRec
-from ._protocol import AuthenticationError, Connection, ConnectionClosed, connect, listen
+from ._protocol import Connection, ConnectionClosed, connect
 from ._scheduler import ClusterScheduler, LeaseRequest, NodeAffinity
 from ._store import Arena, create_store_file, store_path
 from ._zygote import kill_pid, wait_gone
 
-AUTH_TIMEOUT = 5.0          # seconds a new connection has to present the token
-MAX_UNAUTHENTICATED = 64    # connections waiting to authenticate at one time
-STALL_TIMEOUT = 300.0       # seconds a peer may leave our output unread before it is dropped
-LOG_BACKLOG = 8 << 20       # a driver with this much unread output gets no more worker output
+LOG_BACKLOG = 8 << 20  # a driver with this much unread output gets no more worker output
 
 
 class NodeDaemon:
@@ -97,7 +70,8 @@ class NodeDaemon:
         # first, while this process has no threads: the zygote that forks workers
         from ._zygote import Zygote
         self.zygote = Zygote(cleanup=(store_path(self.session), self.session_dir))
-        self.sel = selectors.DefaultSelector()
+        self.io = Sockets(self.token, config, gone=self.on_disconnect)
+        self.send = self.io.send  # queue a message for a connection (never blocks)
         self.scheduler = ClusterScheduler()
         self.scheduler.add_node(self.node_id, self.resources, config.get("labels") or {})
         self.capacity = int(config["object_store_memory"])
@@ -116,49 +90,27 @@ class NodeDaemon:
         self.running = True
         self.started = time.time()
         self.address = f"unix:{self.session_dir}/node.sock"
-        self.listener = listen(self.address)
-        self.listener.setblocking(False)
-        self.sel.register(self.listener, selectors.EVENT_READ, ("accept", self.listener))
+        self.io.listen(self.address)
         self.standalone = bool(config.get("standalone"))
         self.host: str = config.get("host") or "127.0.0.1"
         self.cluster_mode = bool(config.get("cluster"))
         self.peer_conns: dict[str, Connection] = {}  # our connections to other nodes' daemons
-        # connections that have not presented the token yet -> when they connected
-        self.unauthenticated: dict[Connection, float] = {}
-        # connections with output waiting for the peer -> when it last made progress
-        self.backlogged: dict[Connection, float] = {}
-        self.auth_timeout = float(config.get("auth_timeout") or AUTH_TIMEOUT)
-        self.max_unauthenticated = int(config.get("max_unauthenticated") or MAX_UNAUTHENTICATED)
-        self.stall_timeout = float(config.get("stall_timeout") or STALL_TIMEOUT)
-        self.max_backlog = int(config.get("max_backlog") or (64 << 20))
         self.parent_pid = os.getppid()
-        # functions that threads (state queries) hand to the loop
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         # workers of a node that others reach over the network listen on TCP too
         self.worker_tcp_host: str | None = self.host if self.cluster_mode else None
         self.tcp_address = ""
         if config.get("tcp"):
-            tcp_listener = listen(config["tcp"])
-            tcp_listener.setblocking(False)
-            host, port = tcp_listener.getsockname()[:2]
+            host, port = self.io.listen(config["tcp"]).getsockname()[:2]
             self.tcp_address = f"{host}:{port}"
-            self.sel.register(tcp_listener, selectors.EVENT_READ, ("accept", tcp_listener))
         if not self.standalone:
             # embedded: the driver's pipe; end-of-file means the driver is gone
-            self.sel.register(sys.stdin.fileno(), selectors.EVENT_READ, ("parent", None))
-        # a signal (SIGTERM from `carme stop` or the parent-death signal) wakes the loop
-        self._sig_r, sig_w = os.pipe()
-        os.set_blocking(self._sig_r, False)
-        os.set_blocking(sig_w, False)
-        signal.set_wakeup_fd(sig_w)
-        self._wake_w = sig_w
-        self.sel.register(self._sig_r, selectors.EVENT_READ, ("signal", None))
+            self.io.watch(sys.stdin.fileno(), "parent", None)
         self.link: Any = None
         if self.cluster_mode:
             from ._link import ClusterLink
             self.link = ClusterLink(self, head_address=config.get("head_address"), host=self.host,
                                     port=int(config.get("grpc_port") or 0))
-            self.sel.register(self.link.wake_r, selectors.EVENT_READ, ("link", None))
+            self.io.watch(self.link.wake_r, "link", None)
         self.core = NodeCore(self.table, LeaseTable(self.scheduler, self.node_id), self.pool,
                              self.directory, self.node_id, linked=self.link is not None)
         self.peers = self.core.peers  # other nodes, from the head's view
@@ -189,23 +141,22 @@ class NodeDaemon:
         os.dup2(devnull, 1)  # nobody reads our stdout after the ready line
         os.close(devnull)
         while self.running:
-            for key, mask in self.sel.select(timeout=1.0):
+            for key, mask in self.io.sel.select(timeout=1.0):
                 kind, obj = key.data
                 try:
                     if kind == "conn":
                         if mask & selectors.EVENT_WRITE:
-                            self.on_writable(obj)
+                            self.io.writable(obj)
                         if mask & selectors.EVENT_READ and not obj.closed:
                             self.on_readable(obj)
                     elif kind == "accept":
-                        self.on_accept(obj)
+                        self.io.accept(obj)
                     elif kind == "out":
                         self.on_worker_output(*obj)
                     elif kind == "link":
                         self.link.drain()
                     elif kind == "signal":
-                        os.read(self._sig_r, 512)
-                        self.run_inbox()
+                        self.io.woken()
                     elif kind == "parent":
                         if not os.read(sys.stdin.fileno(), 4096):
                             self.running = False
@@ -213,111 +164,14 @@ class NodeDaemon:
                     import traceback
                     traceback.print_exc()
             self.reap()
-            self.tick(time.monotonic())
+            self.io.tick(time.monotonic())
+            if not self.standalone and os.getppid() != self.parent_pid:
+                self.running = False  # the driver that started us is gone
         self.shutdown()
 
-    def tick(self, now: float) -> None:
-        """Once a loop turn: deadlines of unauthenticated and stalled peers, the parent."""
-        for conn, since in list(self.unauthenticated.items()):
-            if now - since > self.auth_timeout:
-                self.on_disconnect(conn)
-        for conn, since in list(self.backlogged.items()):
-            if now - since > self.stall_timeout:
-                self.log(f"dropping {conn.peer}: it read none of {conn.backlog:,} waiting bytes "
-                         f"for {self.stall_timeout:.0f} s")
-                self.on_disconnect(conn)
-        if not self.standalone and os.getppid() != self.parent_pid:
-            self.running = False  # the driver that started us is gone
-
-    def log(self, text: str) -> None:
-        print(f"carme node daemon: {text}", file=sys.stderr, flush=True)
-
-    def post(self, fn: Any) -> None:
-        """From another thread: run `fn` in the loop."""
-        self.inbox.put(fn)
-        try:
-            os.write(self._wake_w, b"p")
-        except OSError:
-            pass
-
-    def run_inbox(self) -> None:
-        while True:
-            try:
-                fn = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-            fn()
-
-    def adopt(self, sock: socket.socket, peer: str, token: bytes | None = None) -> Connection:
-        """A socket of ours becomes a buffered connection watched by the loop."""
-        conn = Connection(sock, peer, expect_token=token, buffered=True,
-                          max_frame=int(self.config.get("max_frame") or (512 << 20)),
-                          max_backlog=self.max_backlog)
-        conn.on_backlog = self._on_backlog
-        self.sel.register(sock, selectors.EVENT_READ, ("conn", conn))
-        return conn
-
-    def _on_backlog(self, conn: Connection) -> None:
-        if conn not in self.backlogged and not conn.closed:
-            self.backlogged[conn] = time.monotonic()
-            try:
-                self.sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, ("conn", conn))
-            except (KeyError, ValueError):
-                pass
-
-    def on_writable(self, conn: Connection) -> None:
-        before = conn.backlog
-        try:
-            done = conn.flush_out()
-        except ConnectionClosed:
-            self.on_disconnect(conn)
-            return
-        if done:
-            self.backlogged.pop(conn, None)
-            try:
-                self.sel.modify(conn.sock, selectors.EVENT_READ, ("conn", conn))
-            except (KeyError, ValueError):
-                pass
-        elif conn.backlog < before:
-            self.backlogged[conn] = time.monotonic()
-
-    def send(self, conn: Connection, msg: tuple) -> bool:
-        """Queue a message for `conn` (never blocks); a peer that cannot take it is dropped."""
-        if conn.closed:
-            return False
-        try:
-            conn.send(msg)
-            return True
-        except ConnectionClosed as e:
-            if conn.backlog:
-                self.log(f"dropping {conn.peer}: {e}")
-            self.post(lambda: self.on_disconnect(conn))
-            return False
-
-    def on_accept(self, listener: socket.socket) -> None:
-        try:
-            sock, _ = listener.accept()
-        except BlockingIOError:
-            return
-        if len(self.unauthenticated) >= self.max_unauthenticated:
-            sock.close()  # too many peers are still to show the token
-            return
-        if sock.family == socket.AF_INET:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = self.adopt(sock, "client", token=self.token)
-        conn.meta["role"] = "unknown"
-        self.unauthenticated[conn] = time.monotonic()
-
     def on_readable(self, conn: Connection) -> None:
-        try:
-            msgs = conn.feed()
-        except (ConnectionClosed, AuthenticationError):
-            self.on_disconnect(conn)
-            return
-        if conn.expect_token is None and conn in self.unauthenticated:
-            del self.unauthenticated[conn]
         handlers = self._handlers
-        for raw in msgs:
+        for raw in self.io.read(conn):
             try:
                 msg = M.decode(raw)
             except M.BadMessage as e:
@@ -333,8 +187,8 @@ class NodeDaemon:
         """A malformed message: the sender hears why (if it waits for an answer); nothing
         of it is kept."""
         req = M.request_id(raw)
-        self.log(f"refused a malformed message from {conn.meta.get('role')} "
-                 f"pid {conn.meta.get('pid')}: {err}")
+        log(f"refused a malformed message from {conn.meta.get('role')} "
+            f"pid {conn.meta.get('pid')}: {err}")
         if req is not None:
             self.reply(conn, req, False, err)
 
@@ -345,30 +199,21 @@ class NodeDaemon:
         self.send(conn, M.Reply(req, False, err).wire())
 
     def on_disconnect(self, conn: Connection) -> None:
-        self.unauthenticated.pop(conn, None)
-        self.backlogged.pop(conn, None)
-        if conn.meta.get("gone"):
-            return
-        conn.meta["gone"] = True
-        try:
-            self.sel.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
-        conn.close()
+        """A connection was dropped (`Sockets.drop`): what the node makes of it."""
         for nid, pc in list(self.peer_conns.items()):
             if pc is conn:
                 del self.peer_conns[nid]
         if conn in self.drivers:
             self.drivers.remove(conn)
-        self.carry_out(self.core.handle(None, ClientGone(self.client_of(conn))))
+        self.carry_out(self.core.handle(None, E.ClientGone(self.client_of(conn))))
 
-    def client_of(self, conn: Connection) -> Client:
+    def client_of(self, conn: Connection) -> E.Client:
         """Who a connection is, for `NodeCore` (refreshed when it says hello)."""
-        client: Client | None = conn.meta.get("client")
+        client: E.Client | None = conn.meta.get("client")
         if client is None:
             holder = conn.meta.get("holder") or f"conn-{id(conn)}"
             conn.meta["holder"] = holder
-            client = conn.meta["client"] = Client(conn, holder, conn.meta.get("pid", 0),
+            client = conn.meta["client"] = E.Client(conn, holder, conn.meta.get("pid", 0),
                                                   conn.meta.get("worker"), conn.meta.get("peer_node"))
         return client
 
@@ -379,14 +224,14 @@ class NodeDaemon:
     def carry_out(self, effects: list[Any]) -> None:
         """Do what the pure core decided, in order."""
         for eff in effects:
-            if isinstance(eff, Answer):
+            if isinstance(eff, E.Answer):
                 self.send(eff.client, M.Reply(eff.req, eff.ok, eff.value).wire())
-            elif isinstance(eff, FOLLOW_UP):
+            elif isinstance(eff, E.FOLLOW_UP):
                 self.carry_out(self.core.handle(None, eff))
-            elif isinstance(eff, Send):
+            elif isinstance(eff, E.Send):
                 self.send(eff.conn, eff.msg)
-            elif isinstance(eff, SpawnWorker):
-                self.feed(WorkerStarted(self.spawn_worker(eff.env_key), eff.waiting))
+            elif isinstance(eff, E.SpawnWorker):
+                self.feed(E.WorkerStarted(self.spawn_worker(eff.env_key), eff.waiting))
             elif isinstance(eff, Spill):
                 # another node fits: send the requester there (spillback)
                 peer = self.peers.get(eff.node_id, {})
@@ -394,21 +239,21 @@ class NodeDaemon:
                                                        "address": peer.get("address")})
             elif isinstance(eff, Refuse):
                 self.fail(eff.client, eff.req, eff.error)
-            elif isinstance(eff, Retire):
+            elif isinstance(eff, E.Retire):
                 self.send(eff.worker.conn, M.Exit().wire())  # enough idle workers: this one retires
-            elif isinstance(eff, Kill):
+            elif isinstance(eff, E.Kill):
                 kill_pid(eff.pid)
-            elif isinstance(eff, Event):
+            elif isinstance(eff, E.Event):
                 self.record_events([(eff.task_id, eff.state, time.time(), eff.attrs)])
-            elif isinstance(eff, Note):
-                self.log(eff.text)
-            elif isinstance(eff, (ToPeer, PeerRequest)):
+            elif isinstance(eff, E.Note):
+                log(eff.text)
+            elif isinstance(eff, (E.ToPeer, E.PeerRequest)):
                 self.to_peer(eff)
-            elif isinstance(eff, ClosePeer):
+            elif isinstance(eff, E.ClosePeer):
                 conn = self.peer_conns.pop(eff.node_id, None)
                 if conn is not None:
-                    self.on_disconnect(conn)
-            elif isinstance(eff, StartPull):
+                    self.io.drop(conn)
+            elif isinstance(eff, E.StartPull):
                 self.link.pull(eff.oid, eff.grpc_address)
             else:
                 raise TypeError(f"the daemon cannot carry out {eff!r}")
@@ -424,11 +269,11 @@ class NodeDaemon:
             "env": self.envs.get(env_key), "env_key": env_key,
             "tcp_host": self.worker_tcp_host,
         })
-        conn = self.adopt(sock, f"worker:{pid}")
+        conn = self.io.adopt(sock, f"worker:{pid}")
         w = WorkerRec(worker_id, pid, conn, env_key, out_fds=(out_r, err_r))
         conn.meta.update(worker=w, role="worker", holder=worker_id)
-        self.sel.register(out_r, selectors.EVENT_READ, ("out", (w, "stdout", out_r)))
-        self.sel.register(err_r, selectors.EVENT_READ, ("out", (w, "stderr", err_r)))
+        self.io.watch(out_r, "out", (w, "stdout", out_r))
+        self.io.watch(err_r, "out", (w, "stderr", err_r))
         return w
 
     def on_worker_output(self, w: WorkerRec, stream: str, fd: int) -> None:
@@ -437,7 +282,7 @@ class NodeDaemon:
         except OSError:
             data = b""
         if not data:
-            self.sel.unregister(fd)
+            self.io.unwatch(fd)
             os.close(fd)
             return
         text = data.decode("utf-8", "replace")
@@ -450,15 +295,12 @@ class NodeDaemon:
             self.send(d, M.Log(None, stream, text, label).wire())
 
     def reap(self) -> None:
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            if pid == self.zygote.pid:
-                self.running = False  # without a zygote this node cannot make workers
+        try:
+            while (pid := os.waitpid(-1, os.WNOHANG)[0]) != 0:
+                if pid == self.zygote.pid:
+                    self.running = False  # without a zygote this node cannot make workers
+        except ChildProcessError:
+            pass
 
     # ------------------------------------------------------------------ messages that need I/O
     def on_hello(self, conn: Connection, msg: M.Hello) -> None:
@@ -493,7 +335,7 @@ class NodeDaemon:
             self.fail(conn, msg.req, exc.RuntimeEnvSetupError(f"could not set up runtime_env: {e}"))
             return
         request_id = f"lease-{os.urandom(8).hex()}"
-        self.carry_out(self.core.handle(self.client_of(conn), LeaseRequested(
+        self.carry_out(self.core.handle(self.client_of(conn), E.LeaseRequested(
             msg.req, env_key, LeaseRequest(request_id, msg.shape, strategy, self.node_id, msg.desc))))
 
     def on_create_actor(self, conn: Connection, msg: M.CreateActor) -> None:
@@ -503,7 +345,7 @@ class NodeDaemon:
         except OSError as e:
             self.fail(conn, msg.req, exc.RuntimeEnvSetupError(str(e)))
             return
-        self.carry_out(self.core.handle(self.client_of(conn), ActorCreation(msg.req, msg.actor_id, spec)))
+        self.carry_out(self.core.handle(self.client_of(conn), E.ActorCreation(msg.req, msg.actor_id, spec)))
 
     def record_events(self, events: list) -> None:
         self.events.record_many(events)  # checked at decoding: nothing malformed is stored
@@ -516,7 +358,7 @@ class NodeDaemon:
             self.fail(conn, msg.req, err)
         elif self.link is not None and msg.kind in CLUSTER_KINDS:
             def done(ok: bool, rows: Any) -> None:  # in the link's thread
-                self.post(lambda: self.reply(conn, msg.req, ok, rows))
+                self.io.post(lambda: self.reply(conn, msg.req, ok, rows))
             threading.Thread(target=self.link.cluster_rows, args=(msg.kind, done), daemon=True).start()
         else:
             self.reply(conn, msg.req, True, self.local_rows(msg.kind))
@@ -529,21 +371,21 @@ class NodeDaemon:
         return node_metrics([w.pid for w in self.pool.workers.values()], self.gpus)
 
     # ------------------------------------------------------------------ other nodes
-    def to_peer(self, eff: ToPeer | PeerRequest) -> None:
+    def to_peer(self, eff: E.ToPeer | E.PeerRequest) -> None:
         """Send to another node's daemon over our connection to it (opened on first use)."""
         conn = self.peer_conns.get(eff.node_id)
         try:
             if conn is None or conn.closed:
                 first = connect(self.peers[eff.node_id]["address"], self.token)
-                conn = self.adopt(first.sock, f"node:{eff.node_id[:8]}")
+                conn = self.io.adopt(first.sock, f"node:{eff.node_id[:8]}")
                 conn.meta.update(role="peer", holder="node:" + eff.node_id, peer_node=eff.node_id)
                 self.send(conn, (M.HELLO, 0, "peer", os.getpid(), {"worker_id": "node:" + self.node_id}))
                 self.peer_conns[eff.node_id] = conn
             sent, why = self.send(conn, eff.msg), "its connection dropped"
         except (OSError, ConnectionClosed, KeyError) as e:
             sent, why = False, str(e)
-        if not sent and isinstance(eff, PeerRequest):
-            self.feed(PeerFailed(eff.req, exc.NodeDiedError(
+        if not sent and isinstance(eff, E.PeerRequest):
+            self.feed(E.PeerFailed(eff.req, exc.NodeDiedError(
                 f"node {eff.node_id[:8]} is unreachable: {why}")))
 
     def heartbeat_snapshot(self) -> dict:
@@ -555,9 +397,9 @@ class NodeDaemon:
     def apply_view(self, view: Any) -> None:
         rows, notes = parse_view(view)  # the head checks too; never trust twice-removed data
         for note in notes:
-            self.log(note)
+            log(note)
         self.state.view_nodes = rows
-        self.feed(ClusterView(rows))
+        self.feed(E.ClusterView(rows))
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
