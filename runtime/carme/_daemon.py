@@ -200,12 +200,15 @@ class NodeDaemon:
 
     def on_disconnect(self, conn: Connection) -> None:
         """A connection was dropped (`Sockets.drop`): what the node makes of it."""
-        for nid, pc in list(self.peer_conns.items()):
-            if pc is conn:
-                del self.peer_conns[nid]
+        current = [nid for nid, pc in self.peer_conns.items() if pc is conn]
+        for nid in current:
+            del self.peer_conns[nid]
         if conn in self.drivers:
             self.drivers.remove(conn)
-        self.carry_out(self.core.handle(None, E.ClientGone(self.client_of(conn))))
+        client = self.client_of(conn)
+        if not current:
+            client.peer = None  # a replaced (or closed) connection to a node answers for nothing
+        self.carry_out(self.core.handle(None, E.ClientGone(client)))
 
     def client_of(self, conn: Connection) -> E.Client:
         """Who a connection is, for `NodeCore` (refreshed when it says hello)."""

@@ -333,7 +333,7 @@ class NodeCore(ActorCore):
                 scheduler.set_remote_usage(nid, row["available"])
             elif nid in known:
                 scheduler.remove_node(nid)
-                out += [*self._peer_gone(nid, "went away"), ClosePeer(nid), *self._peer_died(nid)]
+                out += [ClosePeer(nid), *self._peer_died(nid)]
         return out + self.poll()
 
     def _node_address(self, client: Client, msg: M.NodeAddress) -> list[Any]:

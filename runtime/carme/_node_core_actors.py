@@ -222,7 +222,7 @@ class ActorCore:
         return [Answer(wconn, wreq, True, self.actor_info(actor)) for wconn, wreq in waiters]
 
     def _peer_gone(self, node_id: str, why: str) -> list[Any]:
-        """Forwarded creations to a node that went away fail."""
+        """Our connection to a node closed: creations forwarded on it fail."""
         out: list[Any] = []
         for req, (nid, _actor) in list(self.forwarded.items()):
             if nid == node_id:
@@ -232,8 +232,11 @@ class ActorCore:
 
     def _peer_died(self, node_id: str) -> list[Any]:
         """The cluster view says a node is dead: its actors restart (here or elsewhere)
-        or die."""
+        or die; creations forwarded to it get no answer now (and are not failed: the
+        restart decides)."""
         assert self.actors is not None
+        for req in [r for r, (nid, _actor) in self.forwarded.items() if nid == node_id]:
+            del self.forwarded[req]
         out: list[Any] = []
         for actor in list(self.actors.actors.values()):
             if actor.remote_node == node_id and actor.state != "DEAD":

@@ -223,6 +223,17 @@ def test_a_dead_node_in_the_view_restarts_its_actors_here_and_closes_its_connect
     assert PEER not in core.leases.scheduler.nodes()  # type: ignore[union-attr]
 
 
+def test_a_creation_still_forwarded_when_its_node_dies_restarts_rather_than_fails():
+    core = _core()
+    run(core, None, ClusterView([_view_row(PEER)]))
+    run(core, Client("owner", "o1"), ActorCreation(
+        1, A, _spec(max_restarts=1, strategy=NodeAffinity(PEER, True))))
+    assert len(core.forwarded) == 1  # no answer from that node yet
+    run(core, None, ClusterView([_view_row(PEER, state="DEAD")]))
+    assert core.forwarded == {}
+    assert core.actors is not None and core.actors.actors[A].state == "RESTARTING"
+
+
 def test_the_view_adds_peers_and_mirrors_their_load_and_names_their_address():
     core = _core()
     run(core, None, ClusterView([_view_row(NODE), _view_row(PEER, cpus=8)]))
