@@ -96,8 +96,6 @@ class NodeDaemon:
         self.cluster_mode = bool(config.get("cluster"))
         self.peer_conns: dict[str, Connection] = {}  # our connections to other nodes' daemons
         self.parent_pid = os.getppid()
-        # workers of a node that others reach over the network listen on TCP too
-        self.worker_tcp_host: str | None = self.host if self.cluster_mode else None
         self.tcp_address = ""
         if config.get("tcp"):
             host, port = self.io.listen(config["tcp"]).getsockname()[:2]
@@ -270,7 +268,7 @@ class NodeDaemon:
             "token": self.token.hex(), "daemon_address": self.address,
             "job_id": self.job_id, "namespace": self.namespace,
             "env": self.envs.get(env_key), "env_key": env_key,
-            "tcp_host": self.worker_tcp_host,
+            "tcp_host": self.host if self.cluster_mode else None,  # others reach them by TCP
         })
         conn = self.io.adopt(sock, f"worker:{pid}")
         w = WorkerRec(worker_id, pid, conn, env_key, out_fds=(out_r, err_r))
