@@ -27,7 +27,10 @@ from typing import Any
 import grpc
 
 from ._head import HeadServicer, HeadState, channel, metadata, start_server
+from ._node_effects import PullDone, Pulled
+from ._node_state import HEAD_KINDS
 from ._store import SharedArena
+from .exceptions import RaySystemError
 from .protos import carme_pb2 as pb
 from .protos import carme_pb2_grpc as pbg
 
@@ -41,7 +44,7 @@ class NodeServicer(pbg.NodeServicer):
 
     def PullObject(self, request: pb.PullRequest, context: Any) -> Any:
         link = self.link
-        pinned = link.call(lambda: link.daemon.pin_for_pull(request.object_id))
+        pinned = link.call(lambda: link.daemon.core.pin_for_pull(request.object_id))
         if pinned is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"object {request.object_id.hex()} is not on this node")
         key, offset, size, is_error = pinned
@@ -54,7 +57,7 @@ class NodeServicer(pbg.NodeServicer):
             if size == 0:
                 yield pb.Chunk(total_size=0, offset=0, data=b"", is_error=is_error)
         finally:
-            link.call(lambda: link.daemon.unpin_pull(request.object_id, key))
+            link.call(lambda: link.daemon.feed(PullDone(request.object_id, key)))
 
     def GetRows(self, request: pb.StateRequest, context: Any) -> pb.StateReply:
         kind = request.kind
@@ -119,7 +122,7 @@ class ClusterLink:
             elif item[0] == "view":
                 self.daemon.apply_view(item[1])
             elif item[0] == "pulled":
-                self.daemon.on_pulled(*item[1:])
+                self.daemon.feed(Pulled(*item[1:]))
 
     # ------------------------------------------------------------------ head
     def node_info(self) -> pb.NodeInfo:
@@ -177,6 +180,26 @@ class ClusterLink:
         reply = self.head.GetState(pb.StateRequest(kind=kind), metadata=self.md, timeout=30)
         return json.loads(reply.rows_json)
 
+    def cluster_rows(self, kind: str, done: Callable[[bool, Any], None]) -> None:
+        """In a thread: the cluster-wide rows of `kind` (the head's task events, or every
+        live node's rows), handed to `done(ok, rows or error)`."""
+        try:
+            if kind in HEAD_KINDS:
+                rows: Any = self.head_rows(kind)
+            else:
+                rows = self.call(lambda: self.daemon.local_rows(kind))
+                if kind != "nodes":  # (the view already names every node)
+                    for peer in list(self.daemon.peers.values()):
+                        if peer["state"] == "ALIVE":
+                            try:
+                                rows += self.peer_rows(peer["grpc_address"], kind)
+                            except Exception:  # noqa: BLE001 - a node going away drops out of the rows
+                                pass
+        except Exception as e:  # noqa: BLE001
+            done(False, RaySystemError(f"state query failed: {e}"))
+            return
+        done(True, rows)
+
     def peer_rows(self, grpc_address: str, kind: str) -> Any:
         stub = pbg.NodeStub(channel(grpc_address))
         reply = stub.GetRows(pb.StateRequest(kind=kind), metadata=self.md, timeout=30)
@@ -195,7 +218,7 @@ class ClusterLink:
                     if offset is None:
                         total = chunk.total_size
                         is_error = chunk.is_error
-                        offset = self.call(functools.partial(self.daemon.alloc_secondary, oid, total))
+                        offset = self.call(functools.partial(self.daemon.table.alloc_secondary, oid, total))
                         if offset is None:
                             raise RuntimeError("no room in this node's object store")
                         dest = self.arena.writable(offset, total)

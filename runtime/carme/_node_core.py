@@ -1,179 +1,161 @@
-"""One entry point for the node's object and lease messages: event in, effects out. Pure.
+"""The node's state machine: one entry point, events in, effects out. Pure.
 
-Theory of operation. `NodeCore.handle(client, msg)` takes a decoded message from a client
-(a driver's or worker's connection, opaque here, with the holder id and pid it said hello
-with), or an event the daemon saw itself, and returns what to do. It covers
+Theory of operation. `NodeCore.handle(client, item)` takes a decoded message from a
+client (a driver's, worker's or another node's connection, opaque here, with the holder
+id and pid it said hello with) or an event the daemon saw itself (`_node_effects.py`),
+and returns what to do. It covers
 
-  * the object messages (`Alloc`, `Export`, `Incref`, `Decref`, `GetObject`,
-    `StoreStats`) over the `ObjectTable`: effects `Answer` (a reply to send) and `Note`
-    (a line for the daemon's log);
-  * the actor queries (`ActorInfo`, `NamedActors`) and an actor worker's reports
-    (`ActorReady`, `ActorFailed`), kills (`KillActor`, `kill_actor`), restarts and deaths
-    (`actor_worker_died`, `actor_dead`: its lease goes, its waiters hear) over the
-    `ActorDirectory`: effects `Answer`, `Event` (a task event for the daemon's log,
-    stamped there), `Kill`, `ToPeer` (a message to another node's daemon);
-  * the lease messages (`ReturnLease`, `Blocked`, `Unblocked`, `KillWorker`) and the
-    events `LeaseRequested` (a `Lease` whose runtime env the daemon has set up) and
-    `WorkerFound` (a worker for a grant) over the `LeaseTable` and `WorkerPool`:
-    effects `Answer`, `Retire` (tell a worker to exit), `Kill` (a process), and what the
-    scheduler decided (`poll`: `NeedWorker`, `Spill`, `Refuse`, `ActorGrant`,
-    `ActorInfeasible`, then `CheckPlacementGroups`).
+  * objects (`Alloc`, `Export`, `Incref`, `Decref`, `GetObject`, `StoreStats`) over the
+    `ObjectTable`, and copies of other nodes' objects (`GetRemote`: `StartPull`, then
+    `Pulled`; a peer's pull of ours: `pin_for_pull`, then `PullDone`);
+  * leases (`ReturnLease`, `Blocked`, `Unblocked`, `KillWorker`, `LeaseRequested`) over
+    the `LeaseTable` and `ClusterScheduler`, and workers (`WorkerStarted`, `WorkerReady`,
+    `WorkerFound`; a worker's death is its connection's `ClientGone`) over the
+    `WorkerPool`: a grant takes an idle worker or asks for a fork (`SpawnWorker`);
+  * actors (creation, placement here or on another node, reports, kills, restarts,
+    deaths): the `ActorCore` half in `_node_core_actors.py`;
+  * placement groups (`PgCreate`, `PgRemove`, `PgInfo`, `PgWait`: waits answered when
+    the group is created or removed);
+  * the cluster view (`ClusterView`: new peers, dead peers and their actors) and the
+    node's address book (`NodeAddress`);
+  * a client's departure (`ClientGone`): its holds, leases and non-detached actors go.
 
-None of it needs a process, socket or clock; the daemon routes every message of those
-kinds here and carries out the effects. Actor creation and placement on another node,
-and worker processes (spawn, output, death), are still driven by the daemon's handlers
-through their pure modules.
+None of it needs a process, socket or clock; the daemon carries out the effects in order
+(`Answer`, `Send`, `Retire`, `Kill`, `SpawnWorker`, `ToPeer`, `PeerRequest`, `ClosePeer`,
+`StartPull`, `Event`, `Note`) and hands the follow-ups (`FOLLOW_UP`) straight back.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
 from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
-from ._node_actors import ActorDirectory, ActorRec
-from ._node_leases import LeaseTable, NeedWorker, Spill
+from ._node_actors import ActorDirectory
+from ._node_core_actors import ActorCore, as_error
+from ._node_effects import (
+    FOLLOW_UP,
+    ActorCreation,
+    ActorStart,
+    CheckPlacementGroups,
+    Client,
+    ClientGone,
+    ClosePeer,
+    ClusterView,
+    Event,
+    Kill,
+    LeaseRequested,
+    Note,
+    PeerFailed,
+    PeerRequest,
+    PullDone,
+    Pulled,
+    Retire,
+    Send,
+    SpawnWorker,
+    StartPull,
+    ToPeer,
+    WorkerFound,
+    WorkerStarted,
+)
+from ._node_leases import ActorGrant, ActorInfeasible, LeaseTable, NeedWorker, Spill
 from ._node_objects import Answer, ObjectTable
 from ._node_workers import WorkerPool, WorkerRec
-from ._scheduler import LeaseRequest
 from ._store import ArenaFull
 
 
-def as_error(value: Any) -> BaseException:
-    """A failure value as an exception instance (peers may still send (name, message))."""
-    if isinstance(value, BaseException):
-        return value
-    if isinstance(value, tuple) and len(value) == 2:
-        cls = getattr(exc, str(value[0]), None)
-        if isinstance(cls, type) and issubclass(cls, Exception):
-            try:
-                return cls(value[1])  # type: ignore[no-any-return]
-            except TypeError:
-                pass
-        if value[0] == "ValueError":
-            return ValueError(value[1])
-    return exc.RaySystemError(str(value))
-
-
-@dataclass(slots=True)
-class Note:
-    """Effect: a line for the daemon's log (something was refused)."""
-
-    text: str
-
-
-@dataclass(slots=True)
-class Retire:
-    """Effect: tell this worker to exit (the pool has enough idle ones; it is forgotten)."""
-
-    worker: WorkerRec
-
-
-@dataclass(slots=True)
-class Kill:
-    """Effect: kill this process (a worker whose lease ended badly, or on request)."""
-
-    pid: int
-
-
-@dataclass(slots=True)
-class Event:
-    """Effect: record a task event (the daemon stamps the time)."""
-
-    task_id: str
-    state: str
-    attrs: dict
-
-
-@dataclass(slots=True)
-class ToPeer:
-    """Effect: send this wire message to another node's daemon (best effort)."""
-
-    node_id: str
-    msg: tuple
-
-
-@dataclass(slots=True)
-class CheckPlacementGroups:
-    """Effect: the scheduler ran; answer placement-group waits that can be answered."""
-
-
-@dataclass(slots=True)
-class LeaseRequested:
-    """Event: a client asked for a worker lease; its runtime env is set up (`env_key`)."""
-
-    req: int
-    env_key: str
-    request: LeaseRequest
-
-
-@dataclass(slots=True)
-class WorkerFound:
-    """Event: a worker (idle, or just started) for a grant the scheduler made."""
-
-    need: NeedWorker
-    worker: WorkerRec
-
-
-@dataclass(slots=True)
-class Client:
-    """Who sent a message: its connection (opaque), holder id and pid."""
-
-    conn: Any
-    holder: str
-    pid: int = 0
-
-
-class NodeCore:
-    HANDLED = (M.Alloc, M.Export, M.Incref, M.Decref, M.GetObject, M.StoreStats,
-               M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, M.ActorInfo, M.NamedActors,
-               M.ActorReady, M.ActorFailed, M.KillActor)
-
+class NodeCore(ActorCore):
     def __init__(self, table: ObjectTable, leases: LeaseTable | None = None,
                  pool: WorkerPool | None = None, actors: ActorDirectory | None = None,
-                 node_id: str = "", peers: dict[str, dict[str, Any]] | None = None) -> None:
+                 node_id: str = "", peers: dict[str, dict[str, Any]] | None = None,
+                 linked: bool = False) -> None:
         self.table = table
         self.leases = leases
         self.pool = pool
         self.actors = actors
         self.node_id = node_id
-        self.peers = peers if peers is not None else {}  # other nodes (the daemon's view)
+        self.peers = peers if peers is not None else {}  # other nodes (the cluster view)
+        self.linked = linked  # in a cluster: other nodes' objects can be pulled
+        self.pg_waiters: dict[str, list[tuple[Any, int]]] = {}
+        self._pull_keys = itertools.count(1)
+        self._init_actors()
 
-    def handle(self, client: Client, msg: Any) -> list[Any]:
-        if isinstance(msg, (M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker,
-                            LeaseRequested, WorkerFound)):
-            return self._lease_event(client, msg)
-        if isinstance(msg, (M.ActorInfo, M.NamedActors)):
-            return self._actor_query(client, msg)
-        if isinstance(msg, (M.ActorReady, M.ActorFailed)):
-            return self._actor_report(client, msg)
-        if isinstance(msg, M.KillActor):
-            assert self.actors is not None
-            actor = self.actors.get(msg.actor_id)
-            if actor is None or actor.state == "DEAD":
-                return []
-            actor.no_restart = actor.no_restart or msg.no_restart
-            return self.kill_actor(actor, "the actor was killed by carme.kill()")
-        if isinstance(msg, M.Export):
-            return self._export(client, msg)
-        if isinstance(msg, M.Decref):
-            return list(self.table.decref(msg.oids, msg.holder or client.holder))
-        if isinstance(msg, M.Incref):
-            missing = self.table.incref(msg.oids, msg.holder or client.holder)
-            return [] if msg.req is None else [Answer(client.conn, msg.req, True, missing)]
-        if isinstance(msg, M.GetObject):
-            return list(self.table.get(client.conn, msg.req, msg.oid))
-        if isinstance(msg, M.Alloc):
-            return [self._alloc(client, msg)]
-        if isinstance(msg, M.StoreStats):
-            arena = self.table.arena
-            return [Answer(client.conn, msg.req, True, {
-                "capacity": arena.capacity, "used": arena.used_bytes,
-                "shared_objects": arena.allocations(), "objects": len(self.table)})]
-        raise TypeError(f"NodeCore does not handle {type(msg).__name__}")
+    def handle(self, client: Client | None, msg: Any) -> list[Any]:
+        """Effects of a client's message, or of an event (`client` may be None for
+        events that come from no client)."""
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            raise TypeError(f"NodeCore does not handle {type(msg).__name__}")
+        return handler(self, client, msg)  # type: ignore[no-any-return]
 
-    # ------------------------------------------------------------------ leases
+    # ------------------------------------------------------------------ objects
+    def _alloc(self, client: Client, msg: M.Alloc) -> list[Any]:
+        # the entry starts pending with one hold: the creator's, or for a task return
+        # the submitter's (the worker names it); a return its owner already exported
+        # while pending keeps its entry (holds, waiters)
+        try:
+            off = self.table.alloc(msg.oid, msg.size, msg.owner_pid, msg.holder or client.holder)
+        except ArenaFull as e:
+            return [Answer(client.conn, msg.req, False, exc.ObjectStoreFullError(str(e)))]
+        return [Answer(client.conn, msg.req, True, off)]
+
+    def _export(self, client: Client, msg: M.Export) -> list[Any]:
+        try:
+            effects: list[Any] = self.table.export(msg.oid, msg.payload, msg.contained, msg.add,
+                                                   msg.type_name, client.holder, client.pid)
+        except M.BadMessage as e:
+            out: list[Any] = [Note(f"refused a message from pid {client.pid}: {e}")]
+            if msg.req is not None:
+                out.append(Answer(client.conn, msg.req, False, e))
+            return out
+        if msg.req is not None:
+            effects.insert(0, Answer(client.conn, msg.req, True, None))
+        return effects
+
+    def _incref(self, client: Client, msg: M.Incref) -> list[Any]:
+        missing = self.table.incref(msg.oids, msg.holder or client.holder)
+        return [] if msg.req is None else [Answer(client.conn, msg.req, True, missing)]
+
+    def _store_stats(self, client: Client, msg: M.StoreStats) -> list[Any]:
+        arena = self.table.arena
+        return [Answer(client.conn, msg.req, True, {
+            "capacity": arena.capacity, "used": arena.used_bytes,
+            "shared_objects": arena.allocations(), "objects": len(self.table)})]
+
+    def _get_remote(self, client: Client, msg: M.GetRemote) -> list[Any]:
+        """Another node's object, for a process here: the local copy, or a pull (once)."""
+        oid, table = msg.oid, self.table
+        e = table.get_entry(oid)
+        if e is not None and e.payload is not None and table.is_local(e.payload):
+            table.hold(oid, client.holder)
+            return [Answer(client.conn, msg.req, True, e.payload)]
+        out: list[Any] = []
+        if e is None:
+            peer = self.peers.get(msg.node_id)
+            if peer is None or peer["state"] != "ALIVE" or not self.linked:
+                return [Answer(client.conn, msg.req, False, table.lost(
+                    oid, f"It lives on node {msg.node_id[:8]}, which is not alive."))]
+            e = table.start_pull(oid)
+            out.append(StartPull(oid, peer["grpc_address"]))
+        table.hold(oid, client.holder)
+        e.waiters.append((client.conn, msg.req))
+        return out
+
+    def pin_for_pull(self, oid: bytes) -> tuple | None:
+        """A peer pulls a local object: (key, offset, size, is_error), held under `key`
+        until `PullDone`; None if it is not here."""
+        key = f"pull:{next(self._pull_keys)}"
+        pinned = self.table.pin_for_pull(oid, key)
+        return None if pinned is None else (key, *pinned)
+
+    def _pull_done(self, client: Client | None, ev: PullDone) -> list[Any]:
+        return list(self.table.unhold(ev.oid, ev.key))
+
+    def _pulled(self, client: Client | None, ev: Pulled) -> list[Any]:
+        return list(self.table.pulled(ev.oid, ev.offset, ev.total, ev.is_error, ev.error))
+
+    # ------------------------------------------------------------------ leases and workers
     def _lease_event(self, client: Client, msg: Any) -> list[Any]:
         leases, pool = self.leases, self.pool
         assert leases is not None and pool is not None, "NodeCore without a lease table"
@@ -217,120 +199,11 @@ class NodeCore:
             out = [Kill(w.pid)] if kill else self.give_back(w)
         return out + self.poll()
 
-    # ------------------------------------------------------------------ actors
-    def _actor_query(self, client: Client, msg: M.ActorInfo | M.NamedActors) -> list[Any]:
-        d = self.actors
-        assert d is not None, "NodeCore without an actor directory"
-        if isinstance(msg, M.NamedActors):
-            return [Answer(client.conn, msg.req, True, d.named(msg.all_namespaces, msg.namespace))]
-        actor_id = msg.actor_id
-        if actor_id is None:
-            try:
-                actor_id = d.lookup(msg.name or "", msg.namespace).actor_id
-            except ValueError as e:
-                return [Answer(client.conn, msg.req, False, e)]
-        actor = d.get(actor_id)
-        if actor is None:
-            return [Answer(client.conn, msg.req, False, ValueError(f"unknown actor {actor_id.hex()}"))]
-        if msg.wait and actor.state in ("PENDING_CREATION", "RESTARTING") and actor.remote_node is None:
-            actor.waiters.append((client.conn, msg.req))
-            return []
-        return [Answer(client.conn, msg.req, True, self.actor_info(actor))]
-
-    def _actor_report(self, client: Client, msg: M.ActorReady | M.ActorFailed) -> list[Any]:
-        assert self.actors is not None
-        actor = self.actors.get(msg.actor_id)
-        if actor is None or actor.worker is None or actor.worker.conn is not client.conn:
-            return []  # only the actor's own worker reports on it
-        w = actor.worker
-        if isinstance(msg, M.ActorFailed):
-            actor.no_restart = True
-            return [Event(msg.actor_id.hex(), "FAILED", {
-                        "error_type": "ActorDiedError", "error_message": str(msg.error[1])[:500]}),
-                    *self.actor_dead(actor, as_error(msg.error)), Kill(w.pid)]
-        actor.state = "ALIVE"
-        out: list[Any] = [Event(msg.actor_id.hex(), "FINISHED", {
-            "node_id": self.node_id, "worker_id": w.worker_id, "worker_pid": w.pid})]
-        if not actor.spec.get("hold_resources") and actor.lease_id:
-            # its creation resources go back; it keeps running on its worker
-            assert self.leases is not None
-            self.leases.scheduler.release(actor.lease_id)
-            self.leases.leases.pop(actor.lease_id, None)
-            w.lease_id = None
-            actor.lease_id = None
-            out += self.poll()
-        waiters, actor.waiters = actor.waiters, []
-        return out + [Answer(conn, req, True, self.actor_info(actor)) for conn, req in waiters]
-
-    @staticmethod
-    def public_spec(actor: ActorRec) -> dict:
-        s = actor.spec
-        return {k: s.get(k) for k in ("class_name", "methods", "is_async", "max_task_retries",
-                                      "method_options", "max_concurrency")}
-
-    def actor_info(self, actor: ActorRec) -> dict:
-        """What a caller needs to reach an actor (or to learn it is dead)."""
-        w = actor.worker
-        if actor.remote_node is not None and actor.state != "DEAD":
-            peer = self.peers.get(actor.remote_node, {})
-            return {"actor_id": actor.actor_id, "state": "REMOTE", "redirect": actor.remote_node,
-                    "address": peer.get("address"), "spec": self.public_spec(actor),
-                    "death": None, "restarts": actor.restarts, "node_id": actor.remote_node}
-        return {"actor_id": actor.actor_id, "state": actor.state,
-                "address": w.address if w and actor.state == "ALIVE" else None,
-                "pid": w.pid if w else None, "worker_id": w.worker_id if w else None,
-                "death": actor.death, "restarts": actor.restarts,
-                "incarnation": actor.restarts, "spec": self.public_spec(actor),
-                "node_id": self.node_id}
-
-    def schedule_actor(self, actor: ActorRec) -> list[Any]:
-        """Ask the scheduler for a place for the actor (creation or restart)."""
-        assert self.leases is not None
-        s = actor.spec
-        self.leases.scheduler.submit(LeaseRequest(
-            f"actor-{actor.actor_id.hex()}", s["placement_shape"], s["strategy"], self.node_id,
-            f"actor {s['class_name']}"))
-        return self.poll()
-
-    def kill_actor(self, actor: ActorRec, reason: str) -> list[Any]:
-        """Kill an actor (its node's daemon too, if it runs elsewhere); with `no_restart`
-        it is dead at once (its name is free again) and its worker's exit is a formality."""
-        actor.spec["kill_reason"] = reason
-        out: list[Any] = []
-        if actor.remote_node is not None:
-            out.append(ToPeer(actor.remote_node,
-                              M.KillActor(actor.actor_id, actor.no_restart).wire()))
-        if actor.no_restart:
-            out += self.actor_dead(actor, exc.ActorDiedError(reason))
-        if actor.worker is not None and actor.worker.state != "DEAD":
-            out.append(Kill(actor.worker.pid))
-        return out
-
-    def actor_worker_died(self, actor: ActorRec) -> list[Any]:
-        """The actor's worker is gone: restart it, or it is dead."""
-        assert self.actors is not None
-        self.release_actor_lease(actor)
-        reason = self.actors.death_reason(actor)
-        decision = self.actors.worker_died(actor)
-        if decision == "restart":
-            return self.schedule_actor(actor)
-        if decision == "dead":
-            return self.actor_dead(actor, exc.ActorDiedError(reason))
-        return []
-
-    def release_actor_lease(self, actor: ActorRec) -> None:
-        if actor.lease_id:
-            assert self.leases is not None
-            self.leases.leases.pop(actor.lease_id, None)
-            self.leases.scheduler.release(actor.lease_id)
-            actor.lease_id = None
-
-    def actor_dead(self, actor: ActorRec, error: BaseException) -> list[Any]:
-        """The actor is dead: its lease goes; those waiting for it hear (its name is free)."""
-        assert self.actors is not None
-        self.release_actor_lease(actor)
-        return [Answer(conn, req, True, self.actor_info(actor))
-                for conn, req in self.actors.dead(actor, error)]
+    def _need_worker(self, client: Client | None, need: NeedWorker) -> list[Any]:
+        """A grant here: an idle worker of its runtime env, or a new one."""
+        assert self.pool is not None
+        w = self.pool.take(need.env_key)
+        return [SpawnWorker(need.env_key, need)] if w is None else self._found(need, w)
 
     def _found(self, need: NeedWorker, w: WorkerRec) -> list[Any]:
         assert self.leases is not None
@@ -343,30 +216,167 @@ class NodeCore:
             "lease_id": g.lease_id, "worker_id": w.worker_id, "address": w.address,
             "pid": w.pid, "gpu_ids": list(g.gpu_ids), "node_id": g.node_id})]
 
+    def _worker_started(self, client: Client | None, ev: WorkerStarted) -> list[Any]:
+        assert self.pool is not None
+        self.pool.add(ev.worker)
+        if ev.waiting is not None:
+            self.pool.wait_for(ev.worker, ev.waiting)
+        return []
 
-    def _alloc(self, client: Client, msg: M.Alloc) -> Answer:
-        # the entry starts pending with one hold: the creator's, or for a task return
-        # the submitter's (the worker names it); a return its owner already exported
-        # while pending keeps its entry (holds, waiters)
-        try:
-            off = self.table.alloc(msg.oid, msg.size, msg.owner_pid, msg.holder or client.holder)
-        except ArenaFull as e:
-            return Answer(client.conn, msg.req, False, exc.ObjectStoreFullError(str(e)))
-        return Answer(client.conn, msg.req, True, off)
+    def _worker_ready(self, client: Client, msg: M.WorkerReady) -> list[Any]:
+        w = client.worker
+        if w is None:
+            return []  # only a worker's own control connection says so
+        assert self.pool is not None
+        out: list[Any] = []
+        for waiting in self.pool.ready(w, msg.address):
+            if isinstance(waiting, ActorStart):
+                out += self._start_actor(waiting, w)
+            else:
+                out += self._found(waiting, w)
+        return out
 
-    def _export(self, client: Client, msg: M.Export) -> list[Any]:
-        try:
-            effects: list[Any] = self.table.export(msg.oid, msg.payload, msg.contained, msg.add,
-                                                   msg.type_name, client.holder, client.pid)
-        except M.BadMessage as e:
-            out: list[Any] = [Note(f"refused a message from pid {client.pid}: {e}")]
-            if msg.req is not None:
-                out.append(Answer(client.conn, msg.req, False, e))
-            return out
-        if msg.req is not None:
-            effects.insert(0, Answer(client.conn, msg.req, True, None))
-        return effects
+    def worker_died(self, w: WorkerRec) -> list[Any]:
+        """A worker's control connection closed: its lease goes, its actor restarts or dies."""
+        assert self.pool is not None and self.leases is not None
+        prev = self.pool.remove(w)
+        if prev == "DEAD":
+            return []
+        out: list[Any] = []
+        if w.lease_id is not None:
+            self.leases.release(w.lease_id)  # (and no longer counted as blocked)
+        if prev == "ACTOR" or w.actor_id is not None:
+            actor = self.actors.get(w.actor_id) if self.actors and w.actor_id else None
+            if actor is not None and actor.worker is w:
+                out += self.actor_worker_died(actor)
+        return out + self.poll()
+
+    def _client_gone(self, client: Client | None, ev: ClientGone) -> list[Any]:
+        c = ev.client
+        out: list[Any] = [] if c.worker is None else self.worker_died(c.worker)
+        if c.peer is not None:
+            out += self._peer_gone(c.peer, "went away")
+        self.table.drop_client(c.conn)
+        out += self.table.release_holder(c.holder)
+        out += self.table.release_holder(c.holder + ":blob")
+        if self.leases is not None:
+            # leases held by this client go back; non-detached actors it owns die with it
+            for lease_id in self.leases.client_gone(c.conn, keep=lambda w: w.state == "ACTOR"):
+                out += self.release_lease(lease_id, kill=False)
+        if self.actors is not None:
+            for actor in self.actors.owned_by(c.conn):
+                actor.no_restart = True
+                out += self.kill_actor(actor, "the actor's owner exited")
+        return out
+
+    # ------------------------------------------------------------------ placement groups
+    def _pg(self, client: Client, msg: Any) -> list[Any]:
+        assert self.leases is not None and self.actors is not None
+        scheduler, conn, req = self.leases.scheduler, client.conn, msg.req
+        if isinstance(msg, M.PgCreate):
+            try:
+                scheduler.create_placement_group(msg.pg_id, msg.bundles, msg.strategy, msg.name or "")
+            except ValueError as e:
+                return [Answer(conn, req, False, ValueError(str(e)))]
+            return [Answer(conn, req, True, msg.pg_id), *self.poll()]
+        if isinstance(msg, M.PgRemove):
+            lost = scheduler.remove_placement_group(msg.pg_id)
+            out: list[Any] = []
+            for lease_id in lost:
+                entry = self.leases.leases.get(lease_id)
+                if entry and entry[0] is not None:
+                    out.append(Kill(entry[0].pid))
+            for actor in self.actors.actors.values():
+                if actor.lease_id in lost:
+                    actor.no_restart = True
+            return [*out, Answer(conn, req, True, None), *self.poll()]
+        if isinstance(msg, M.PgWait):
+            self.pg_waiters.setdefault(msg.pg_id, []).append((conn, req))
+            return self._check_pgs(None, CheckPlacementGroups())
+        # PgInfo: every group, or the one with this id or name
+        if msg.pg_id is None and msg.name is None:
+            return [Answer(conn, req, True, scheduler.placement_groups())]
+        for pg in scheduler.placement_groups():
+            if pg["placement_group_id"] == msg.pg_id or (
+                    msg.name and pg.get("name") == msg.name and pg["state"] != "REMOVED"):
+                return [Answer(conn, req, True, pg)]
+        return [Answer(conn, req, False, ValueError(f"no placement group {msg.pg_id or msg.name!r}"))]
+
+    def _check_pgs(self, client: Client | None, ev: CheckPlacementGroups) -> list[Any]:
+        """Answer the waits for groups now created (True) or removed (False)."""
+        assert self.leases is not None
+        out: list[Any] = []
+        for pg_id in list(self.pg_waiters):
+            try:
+                state = self.leases.scheduler.placement_group(pg_id)["state"]
+            except KeyError:
+                state = "REMOVED"
+            if state in ("CREATED", "REMOVED"):
+                out += [Answer(c, r, state == "CREATED", state) for c, r in self.pg_waiters.pop(pg_id)]
+        return out
+
+    # ------------------------------------------------------------------ the cluster
+    def _cluster_view(self, client: Client | None, ev: ClusterView) -> list[Any]:
+        """The head's view: peers' rows and resources; a node now dead takes its actors."""
+        assert self.leases is not None
+        scheduler = self.leases.scheduler
+        known = set(scheduler.nodes())
+        out: list[Any] = []
+        for row in ev.rows:
+            nid = row["node_id"]
+            if nid == self.node_id:
+                continue
+            self.peers[nid] = row
+            if row["state"] == "ALIVE":
+                if nid not in known:
+                    scheduler.add_node(nid, row["total"], row["labels"])
+                scheduler.set_remote_usage(nid, row["available"])
+            elif nid in known:
+                scheduler.remove_node(nid)
+                out += [ClosePeer(nid), *self._peer_died(nid)]
+        return out + self.poll()
+
+    def _node_address(self, client: Client, msg: M.NodeAddress) -> list[Any]:
+        peer = self.peers.get(msg.node_id)
+        if peer is None:
+            return [Answer(client.conn, msg.req, False, ValueError(f"unknown node {msg.node_id}"))]
+        return [Answer(client.conn, msg.req, True, peer["address"])]
+
+    # ------------------------------------------------------------------ dispatch
+    def _kill_actor_msg(self, client: Client, msg: M.KillActor) -> list[Any]:
+        assert self.actors is not None
+        actor = self.actors.get(msg.actor_id)
+        if actor is None or actor.state == "DEAD":
+            return []
+        actor.no_restart = actor.no_restart or msg.no_restart
+        return self.kill_actor(actor, "the actor was killed by carme.kill()")
+
+    def _actor_infeasible(self, client: Client | None, eff: ActorInfeasible) -> list[Any]:
+        assert self.actors is not None
+        actor = self.actors.get(eff.actor_id)
+        return [] if actor is None else self.actor_dead(actor, exc.ActorUnschedulableError(eff.message))
+
+    _handlers: dict[type, Any] = {
+        M.Alloc: _alloc, M.Export: _export, M.Incref: _incref,
+        M.Decref: lambda self, c, m: list(self.table.decref(m.oids, m.holder or c.holder)),
+        M.GetObject: lambda self, c, m: list(self.table.get(c.conn, m.req, m.oid)),
+        M.StoreStats: _store_stats, M.GetRemote: _get_remote, PullDone: _pull_done, Pulled: _pulled,
+        **dict.fromkeys((M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, LeaseRequested,
+                         WorkerFound), _lease_event),
+        NeedWorker: _need_worker, WorkerStarted: _worker_started, M.WorkerReady: _worker_ready,
+        ClientGone: _client_gone,
+        M.ActorInfo: ActorCore._actor_query, M.NamedActors: ActorCore._actor_query,
+        M.ActorReady: ActorCore._actor_report, M.ActorFailed: ActorCore._actor_report,
+        M.KillActor: _kill_actor_msg, ActorCreation: ActorCore._create_actor,
+        ActorGrant: lambda self, c, m: self._actor_granted(m.grant),
+        ActorInfeasible: _actor_infeasible,
+        M.Reply: ActorCore._forwarded_reply, PeerFailed: ActorCore._forwarded_reply,
+        **dict.fromkeys((M.PgCreate, M.PgRemove, M.PgInfo, M.PgWait), _pg),
+        CheckPlacementGroups: _check_pgs, ClusterView: _cluster_view, M.NodeAddress: _node_address,
+    }
 
 
-__all__ = ["Answer", "CheckPlacementGroups", "Client", "Event", "Kill", "LeaseRequested", "NodeCore",
-           "Note", "Retire", "Spill", "ToPeer", "WorkerFound"]
+__all__ = ["FOLLOW_UP", "ActorCreation", "Answer", "CheckPlacementGroups", "Client", "ClientGone",
+           "ClosePeer", "ClusterView", "Event", "Kill", "LeaseRequested", "NodeCore", "Note",
+           "PeerFailed", "PeerRequest", "PullDone", "Pulled", "Retire", "Send", "Spill",
+           "SpawnWorker", "StartPull", "ToPeer", "WorkerFound", "WorkerStarted", "as_error"]

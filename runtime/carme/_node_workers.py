@@ -13,7 +13,6 @@ Processes, sockets and signals are the daemon's business; records hold them opaq
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +49,7 @@ class WorkerPool:
         self.workers[w.worker_id] = w
         self.by_pid[w.pid] = w
 
-    def ready(self, w: WorkerRec, address: str) -> list[Callable[[WorkerRec], None]]:
+    def ready(self, w: WorkerRec, address: str) -> list[Any]:
         """The worker listens at `address`: the grants waiting for it, or it goes idle."""
         w.address = address
         w.state = "IDLE"
@@ -67,7 +66,8 @@ class WorkerPool:
                 return w
         return None
 
-    def wait_for(self, w: WorkerRec, then: Callable[[WorkerRec], None]) -> None:
+    def wait_for(self, w: WorkerRec, then: Any) -> None:
+        """`then` (a grant, opaque here) waits for `w` to be ready."""
         w.waiting.append(then)
 
     def give_back(self, w: WorkerRec) -> bool:

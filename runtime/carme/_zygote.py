@@ -58,6 +58,25 @@ class Zygote:
             raise RuntimeError("the carme zygote could not fork a worker")
         return int(pid)
 
+    def spawn(self, cfg: dict) -> tuple[int, socket.socket, int, int]:
+        """Fork a worker: (pid, our end of its control socket, read ends of its stdout
+        and stderr pipes)."""
+        parent, child = socket.socketpair()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            pid = self.fork_worker(cfg, child, out_w, err_w)
+        except BaseException:
+            parent.close()
+            os.close(out_r)
+            os.close(err_r)
+            raise
+        finally:
+            child.close()
+            os.close(out_w)
+            os.close(err_w)
+        return pid, parent, out_r, err_r
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -67,6 +86,31 @@ class Zygote:
                 os.waitpid(self.pid, 0)
             except (ProcessLookupError, ChildProcessError):
                 pass
+
+
+def kill_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_gone(pids: list[int], timeout: float) -> None:
+    """Wait (up to `timeout` s) until none of `pids` runs; zombies count as gone (orphaned
+    workers may linger as zombies)."""
+    import time
+
+    import psutil
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.01)
 
 
 def _reap(signum: int, frame: Any) -> None:

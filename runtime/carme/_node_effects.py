@@ -1,0 +1,216 @@
+"""What goes into the node's core (events) and what comes out (effects). Pure data.
+
+Theory of operation. `NodeCore.handle(client, item)` takes a decoded message from a
+client or one of the events below, which the daemon makes of what it saw itself (a
+runtime env set up, a worker forked, a peer gone, a pull done, the head's cluster view).
+It returns effects, which the daemon carries out in order: most are I/O (send, fork,
+kill, pull, log). A few are decisions the core takes in two steps so that each step can
+be seen in a test — the scheduler's grant (`NeedWorker`, `ActorGrant`) before the worker
+is chosen, and `CheckPlacementGroups` after the scheduler ran: the daemon hands those
+straight back to `handle` (`FOLLOW_UP`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._node_leases import ActorGrant, ActorInfeasible, NeedWorker
+from ._node_objects import Answer
+from ._node_workers import WorkerRec
+from ._scheduler import Grant, LeaseRequest
+
+
+@dataclass(slots=True)
+class Client:
+    """Who sent a message: its connection (opaque), holder id and pid; the worker record
+    for a worker's own control connection; the node id for a connection this node opened
+    to another node's daemon."""
+
+    conn: Any
+    holder: str
+    pid: int = 0
+    worker: WorkerRec | None = None
+    peer: str | None = None
+
+
+# ---------------------------------------------------------------------- effects
+@dataclass(slots=True)
+class Note:
+    """Effect: a line for the daemon's log (something was refused)."""
+
+    text: str
+
+
+@dataclass(slots=True)
+class Send:
+    """Effect: send this wire message to a client."""
+
+    conn: Any
+    msg: tuple
+
+
+@dataclass(slots=True)
+class Retire:
+    """Effect: tell this worker to exit (the pool has enough idle ones; it is forgotten)."""
+
+    worker: WorkerRec
+
+
+@dataclass(slots=True)
+class Kill:
+    """Effect: kill this process (a worker whose lease ended badly, or on request)."""
+
+    pid: int
+
+
+@dataclass(slots=True)
+class SpawnWorker:
+    """Effect: fork a worker for this runtime env, then feed `WorkerStarted` with
+    `waiting` (the grant that waits for it)."""
+
+    env_key: str
+    waiting: Any
+
+
+@dataclass(slots=True)
+class Event:
+    """Effect: record a task event (the daemon stamps the time)."""
+
+    task_id: str
+    state: str
+    attrs: dict
+
+
+@dataclass(slots=True)
+class ToPeer:
+    """Effect: send this wire message to another node's daemon (best effort)."""
+
+    node_id: str
+    msg: tuple
+
+
+@dataclass(slots=True)
+class PeerRequest:
+    """Effect: send this request to another node's daemon; if it cannot be sent, feed
+    `PeerFailed(req, ...)`. Its `Reply` comes back as a message from that connection."""
+
+    node_id: str
+    req: int
+    msg: tuple
+
+
+@dataclass(slots=True)
+class ClosePeer:
+    """Effect: the node is dead; close this node's connection to it (if any)."""
+
+    node_id: str
+
+
+@dataclass(slots=True)
+class StartPull:
+    """Effect: copy another node's object into this node's store (gRPC, in a thread);
+    feed `Pulled` when done."""
+
+    oid: bytes
+    grpc_address: str
+
+
+@dataclass(slots=True)
+class CheckPlacementGroups:
+    """Effect (follow-up): the scheduler ran; answer placement-group waits that can be
+    answered."""
+
+
+FOLLOW_UP = (NeedWorker, ActorGrant, ActorInfeasible, CheckPlacementGroups)
+
+
+# ---------------------------------------------------------------------- events
+@dataclass(slots=True)
+class LeaseRequested:
+    """Event: a client asked for a worker lease; its runtime env is set up (`env_key`)."""
+
+    req: int
+    env_key: str
+    request: LeaseRequest
+
+
+@dataclass(slots=True)
+class ActorCreation:
+    """Event: a client asked to create an actor; its runtime env is set up (the spec
+    carries its `env_key`)."""
+
+    req: int
+    actor_id: bytes
+    spec: dict
+
+
+@dataclass(slots=True)
+class WorkerFound:
+    """Event: a worker (idle, or just started) for a grant the scheduler made."""
+
+    need: NeedWorker
+    worker: WorkerRec
+
+
+@dataclass(slots=True)
+class WorkerStarted:
+    """Event: the daemon forked this worker (for `waiting`, a grant, or None)."""
+
+    worker: WorkerRec
+    waiting: Any = None
+
+
+@dataclass(slots=True)
+class ActorStart:
+    """A grant for an actor's creation, waiting for its worker (`WorkerPool.wait_for`)."""
+
+    actor: Any
+    grant: Grant
+
+
+@dataclass(slots=True)
+class ClientGone:
+    """Event: a client's connection closed (a worker's: the worker is gone too)."""
+
+    client: Client
+
+
+@dataclass(slots=True)
+class PeerFailed:
+    """Event: a request to another node (`PeerRequest`) could not be sent."""
+
+    req: int
+    error: BaseException
+
+
+@dataclass(slots=True)
+class ClusterView:
+    """Event: the head's view of the cluster, as rows (`_node_state.parse_view`)."""
+
+    rows: list[dict]
+
+
+@dataclass(slots=True)
+class Pulled:
+    """Event: a pull (`StartPull`) ended: the copy's block, or the error."""
+
+    oid: bytes
+    offset: int | None
+    total: int
+    is_error: bool
+    error: str | None
+
+
+@dataclass(slots=True)
+class PullDone:
+    """Event: a peer finished reading an object it pulled from here (`pin_for_pull`)."""
+
+    oid: bytes
+    key: str
+
+
+__all__ = ["FOLLOW_UP", "ActorCreation", "ActorStart", "Answer", "CheckPlacementGroups", "Client",
+           "ClientGone", "ClosePeer", "ClusterView", "Event", "Kill", "LeaseRequested", "Note",
+           "PeerFailed", "PeerRequest", "PullDone", "Pulled", "Retire", "Send", "SpawnWorker",
+           "StartPull", "ToPeer", "WorkerFound", "WorkerStarted"]
