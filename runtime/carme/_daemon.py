@@ -128,7 +128,7 @@ class NodeDaemon:
     # ------------------------------------------------------------------ loop
     def serve(self) -> None:
         for _ in range(int(self.config.get("prestart_workers", 1))):
-            self.spawn_worker("")
+            self.feed(E.WorkerStarted(self.spawn_worker(""), None))  # into the pool, as any worker
         if self.link is not None:
             self.link.start()
         print(json.dumps({"ready": True, "address": self.address, "tcp": self.tcp_address,
