@@ -24,7 +24,7 @@ None of it needs a process, socket or clock; the daemon carries out the effects 
 (`Answer`, `Send`, `Retire`, `Kill`, `SpawnWorker`, `ToPeer`, `PeerRequest`, `ClosePeer`,
 `StartPull`, `Event`, `Note`, and the scheduler's `Spill` and `Refuse`). Whenever the
 scheduler may have decided something (`poll`), its decisions are carried through here:
-a grant here takes an idle worker or forks one, an actor's grant places it, an
+a grant here takes an idle worker or asks for a fork, an actor's grant places it, an
 infeasible actor dies, and placement-group waits that can be answered are.
 """
 
