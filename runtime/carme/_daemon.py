@@ -227,8 +227,6 @@ class NodeDaemon:
         for eff in effects:
             if isinstance(eff, E.Answer):
                 self.send(eff.client, M.Reply(eff.req, eff.ok, eff.value).wire())
-            elif isinstance(eff, E.FOLLOW_UP):
-                self.carry_out(self.core.handle(None, eff))
             elif isinstance(eff, E.Send):
                 self.send(eff.conn, eff.msg)
             elif isinstance(eff, E.SpawnWorker):

@@ -22,7 +22,10 @@ and returns what to do. It covers
 
 None of it needs a process, socket or clock; the daemon carries out the effects in order
 (`Answer`, `Send`, `Retire`, `Kill`, `SpawnWorker`, `ToPeer`, `PeerRequest`, `ClosePeer`,
-`StartPull`, `Event`, `Note`) and hands the follow-ups (`FOLLOW_UP`) straight back.
+`StartPull`, `Event`, `Note`, and the scheduler's `Spill` and `Refuse`). Whenever the
+scheduler may have decided something (`poll`), its decisions are carried through here:
+a grant here takes an idle worker or asks for a fork, an actor's grant places it, an
+infeasible actor dies, and placement-group waits that can be answered are.
 """
 
 from __future__ import annotations
@@ -35,10 +38,8 @@ from . import exceptions as exc
 from ._node_actors import ActorDirectory
 from ._node_core_actors import ActorCore, as_error
 from ._node_effects import (
-    FOLLOW_UP,
     ActorCreation,
     ActorStart,
-    CheckPlacementGroups,
     Client,
     ClientGone,
     ClosePeer,
@@ -180,9 +181,19 @@ class NodeCore(ActorCore):
         return []
 
     def poll(self) -> list[Any]:
-        """What the scheduler decided (through the lease table)."""
+        """What the scheduler decided (through the lease table), carried through."""
         assert self.leases is not None
-        return [*self.leases.poll(), CheckPlacementGroups()]
+        out: list[Any] = []
+        for d in self.leases.poll():
+            if isinstance(d, NeedWorker):
+                out += self._need_worker(d)
+            elif isinstance(d, ActorGrant):
+                out += self._actor_granted(d.grant)
+            elif isinstance(d, ActorInfeasible):
+                out += self._actor_infeasible(d)
+            else:  # Spill, Refuse
+                out.append(d)
+        return out + self._check_pgs()
 
     def give_back(self, w: WorkerRec) -> list[Any]:
         """A worker's lease ended: it goes idle, or retires if enough are idle."""
@@ -199,7 +210,7 @@ class NodeCore(ActorCore):
             out = [Kill(w.pid)] if kill else self.give_back(w)
         return out + self.poll()
 
-    def _need_worker(self, client: Client | None, need: NeedWorker) -> list[Any]:
+    def _need_worker(self, need: NeedWorker) -> list[Any]:
         """A grant here: an idle worker of its runtime env, or a new one."""
         assert self.pool is not None
         w = self.pool.take(need.env_key)
@@ -292,7 +303,7 @@ class NodeCore(ActorCore):
             return [*out, Answer(conn, req, True, None), *self.poll()]
         if isinstance(msg, M.PgWait):
             self.pg_waiters.setdefault(msg.pg_id, []).append((conn, req))
-            return self._check_pgs(None, CheckPlacementGroups())
+            return self._check_pgs()
         # PgInfo: every group, or the one with this id or name
         if msg.pg_id is None and msg.name is None:
             return [Answer(conn, req, True, scheduler.placement_groups())]
@@ -302,7 +313,7 @@ class NodeCore(ActorCore):
                 return [Answer(conn, req, True, pg)]
         return [Answer(conn, req, False, ValueError(f"no placement group {msg.pg_id or msg.name!r}"))]
 
-    def _check_pgs(self, client: Client | None, ev: CheckPlacementGroups) -> list[Any]:
+    def _check_pgs(self) -> list[Any]:
         """Answer the waits for groups now created (True) or removed (False)."""
         assert self.leases is not None
         out: list[Any] = []
@@ -351,7 +362,7 @@ class NodeCore(ActorCore):
         actor.no_restart = actor.no_restart or msg.no_restart
         return self.kill_actor(actor, "the actor was killed by carme.kill()")
 
-    def _actor_infeasible(self, client: Client | None, eff: ActorInfeasible) -> list[Any]:
+    def _actor_infeasible(self, eff: ActorInfeasible) -> list[Any]:
         assert self.actors is not None
         actor = self.actors.get(eff.actor_id)
         return [] if actor is None else self.actor_dead(actor, exc.ActorUnschedulableError(eff.message))
@@ -363,20 +374,18 @@ class NodeCore(ActorCore):
         M.StoreStats: _store_stats, M.GetRemote: _get_remote, PullDone: _pull_done, Pulled: _pulled,
         **dict.fromkeys((M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, LeaseRequested,
                          WorkerFound), _lease_event),
-        NeedWorker: _need_worker, WorkerStarted: _worker_started, M.WorkerReady: _worker_ready,
+        WorkerStarted: _worker_started, M.WorkerReady: _worker_ready,
         ClientGone: _client_gone,
         M.ActorInfo: ActorCore._actor_query, M.NamedActors: ActorCore._actor_query,
         M.ActorReady: ActorCore._actor_report, M.ActorFailed: ActorCore._actor_report,
         M.KillActor: _kill_actor_msg, ActorCreation: ActorCore._create_actor,
-        ActorGrant: lambda self, c, m: self._actor_granted(m.grant),
-        ActorInfeasible: _actor_infeasible,
         M.Reply: ActorCore._forwarded_reply, PeerFailed: ActorCore._forwarded_reply,
         **dict.fromkeys((M.PgCreate, M.PgRemove, M.PgInfo, M.PgWait), _pg),
-        CheckPlacementGroups: _check_pgs, ClusterView: _cluster_view, M.NodeAddress: _node_address,
+        ClusterView: _cluster_view, M.NodeAddress: _node_address,
     }
 
 
-__all__ = ["FOLLOW_UP", "ActorCreation", "Answer", "CheckPlacementGroups", "Client", "ClientGone",
+__all__ = ["ActorCreation", "Answer", "Client", "ClientGone",
            "ClosePeer", "ClusterView", "Event", "Kill", "LeaseRequested", "NodeCore", "Note",
            "PeerFailed", "PeerRequest", "PullDone", "Pulled", "Retire", "Send", "Spill",
            "SpawnWorker", "StartPull", "ToPeer", "WorkerFound", "WorkerStarted", "as_error"]

@@ -3,11 +3,9 @@
 Theory of operation. `NodeCore.handle(client, item)` takes a decoded message from a
 client or one of the events below, which the daemon makes of what it saw itself (a
 runtime env set up, a worker forked, a peer gone, a pull done, the head's cluster view).
-It returns effects, which the daemon carries out in order: most are I/O (send, fork,
-kill, pull, log). A few are decisions the core takes in two steps so that each step can
-be seen in a test — the scheduler's grant (`NeedWorker`, `ActorGrant`) before the worker
-is chosen, and `CheckPlacementGroups` after the scheduler ran: the daemon hands those
-straight back to `handle` (`FOLLOW_UP`).
+It returns effects, which the daemon carries out in order: each is I/O (send, fork,
+kill, talk to another node, pull, record, log), with the scheduler's `Spill` and
+`Refuse` (`_node_leases.py`) among them.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ._node_leases import ActorGrant, ActorInfeasible, NeedWorker
+from ._node_leases import NeedWorker
 from ._node_objects import Answer
 from ._node_workers import WorkerRec
 from ._scheduler import Grant, LeaseRequest
@@ -116,15 +114,6 @@ class StartPull:
     grpc_address: str
 
 
-@dataclass(slots=True)
-class CheckPlacementGroups:
-    """Effect (follow-up): the scheduler ran; answer placement-group waits that can be
-    answered."""
-
-
-FOLLOW_UP = (NeedWorker, ActorGrant, ActorInfeasible, CheckPlacementGroups)
-
-
 # ---------------------------------------------------------------------- events
 @dataclass(slots=True)
 class LeaseRequested:
@@ -210,7 +199,7 @@ class PullDone:
     key: str
 
 
-__all__ = ["FOLLOW_UP", "ActorCreation", "ActorStart", "Answer", "CheckPlacementGroups", "Client",
+__all__ = ["ActorCreation", "ActorStart", "Answer", "Client",
            "ClientGone", "ClosePeer", "ClusterView", "Event", "Kill", "LeaseRequested", "Note",
            "PeerFailed", "PeerRequest", "PullDone", "Pulled", "Retire", "Send", "SpawnWorker",
            "StartPull", "ToPeer", "WorkerFound", "WorkerStarted"]

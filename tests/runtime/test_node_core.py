@@ -8,7 +8,6 @@ from carme import _messages as M
 from carme import exceptions as exc
 from carme._node_actors import ActorDirectory
 from carme._node_core import (
-    CheckPlacementGroups,
     Client,
     Event,
     Kill,
@@ -16,10 +15,11 @@ from carme._node_core import (
     NodeCore,
     Note,
     Retire,
+    SpawnWorker,
     ToPeer,
     WorkerFound,
 )
-from carme._node_leases import ActorGrant, LeaseTable, NeedWorker, Refuse
+from carme._node_leases import LeaseTable, NeedWorker, Refuse
 from carme._node_objects import Answer, ObjectTable
 from carme._node_workers import WorkerPool, WorkerRec
 from carme._scheduler import ClusterScheduler, DefaultStrategy, LeaseRequest
@@ -82,6 +82,14 @@ def _ask(core: NodeCore, client: Client, req: int, rid: str) -> list:
         rid, {"CPU": 1}, DefaultStrategy(), NODE, "f")))
 
 
+def _need(core: NodeCore, client: Client, req: int, rid: str) -> NeedWorker:
+    """A lease granted here with no idle worker: the core asks for a fork, and the grant
+    waits for it."""
+    (spawn,) = _ask(core, client, req, rid)
+    assert isinstance(spawn, SpawnWorker) and isinstance(spawn.waiting, NeedWorker)
+    return spawn.waiting
+
+
 def _worker(core: NodeCore, n: int) -> WorkerRec:
     assert core.pool is not None
     w = WorkerRec(f"w{n}", 1000 + n, f"wconn{n}", "", address=f"addr{n}", state="IDLE")
@@ -92,8 +100,7 @@ def _worker(core: NodeCore, n: int) -> WorkerRec:
 def test_a_lease_is_granted_to_a_found_worker_and_given_back_through_messages():
     core = _lease_core()
     driver = Client("driver", "d1", 10)
-    need, check = _ask(core, driver, 3, "lease-1")
-    assert isinstance(need, NeedWorker) and isinstance(check, CheckPlacementGroups)
+    need = _need(core, driver, 3, "lease-1")
     w = _worker(core, 1)
     (grant,) = core.handle(driver, WorkerFound(need, w))
     assert isinstance(grant, Answer) and (grant.client, grant.req, grant.ok) == ("driver", 3, True)
@@ -103,7 +110,7 @@ def test_a_lease_is_granted_to_a_found_worker_and_given_back_through_messages():
     # only the holder gives a lease back
     assert core.handle(Client("other", "o1"), M.decode((M.RETURN_LEASE, lid, True))) == []
     effects = core.handle(driver, M.decode((M.RETURN_LEASE, lid, True)))
-    assert [type(e) for e in effects] == [CheckPlacementGroups]
+    assert effects == []
     assert w.state == "IDLE" and w.lease_id is None
     assert core.handle(driver, M.decode((M.RETURN_LEASE, lid, True))) == []  # once
 
@@ -111,7 +118,7 @@ def test_a_lease_is_granted_to_a_found_worker_and_given_back_through_messages():
 def test_a_lease_given_back_with_a_broken_worker_kills_it():
     core = _lease_core()
     driver = Client("driver", "d1", 10)
-    need, _ = _ask(core, driver, 3, "lease-1")
+    need = _need(core, driver, 3, "lease-1")
     w = _worker(core, 1)
     core.handle(driver, WorkerFound(need, w))
     effects = core.handle(driver, M.decode((M.RETURN_LEASE, need.grant.lease_id, False)))
@@ -121,13 +128,13 @@ def test_a_lease_given_back_with_a_broken_worker_kills_it():
 def test_a_worker_past_the_idle_limit_retires():
     core = _lease_core(cpus=2, max_idle=1)
     driver = Client("driver", "d1", 10)
-    n1, _ = _ask(core, driver, 1, "lease-1")
-    n2, _ = _ask(core, driver, 2, "lease-2")
+    n1 = _need(core, driver, 1, "lease-1")
+    n2 = _need(core, driver, 2, "lease-2")
     w1, w2 = _worker(core, 1), _worker(core, 2)
     core.handle(driver, WorkerFound(n1, w1))
     core.handle(driver, WorkerFound(n2, w2))
-    assert core.handle(driver, M.decode((M.RETURN_LEASE, n1.grant.lease_id, True)))[:-1] == []
-    (retire, _check) = core.handle(driver, M.decode((M.RETURN_LEASE, n2.grant.lease_id, True)))
+    assert core.handle(driver, M.decode((M.RETURN_LEASE, n1.grant.lease_id, True))) == []
+    (retire,) = core.handle(driver, M.decode((M.RETURN_LEASE, n2.grant.lease_id, True)))
     assert isinstance(retire, Retire) and retire.worker is w2 and w2.state == "DEAD"
     assert core.pool is not None and core.pool.get("w2") is None
 
@@ -135,7 +142,7 @@ def test_a_worker_past_the_idle_limit_retires():
 def test_a_worker_found_for_a_client_that_left_goes_back_to_the_pool():
     core = _lease_core()
     driver = Client("driver", "d1", 10)
-    need, _ = _ask(core, driver, 3, "lease-1")
+    need = _need(core, driver, 3, "lease-1")
     assert core.leases is not None
     for lid in core.leases.client_gone("driver"):
         core.release_lease(lid, kill=False)
@@ -148,11 +155,11 @@ def test_a_worker_found_for_a_client_that_left_goes_back_to_the_pool():
 def test_a_blocked_lease_lends_its_cpu_to_a_nested_request():
     core = _lease_core(cpus=1)
     worker_client = Client("wconn", "w1", 20)
-    need, _ = _ask(core, worker_client, 1, "lease-1")
+    need = _need(core, worker_client, 1, "lease-1")
     core.handle(worker_client, WorkerFound(need, _worker(core, 1)))
-    assert _ask(core, worker_client, 2, "lease-2") == [CheckPlacementGroups()]  # waits
+    assert _ask(core, worker_client, 2, "lease-2") == []  # waits
     effects = core.handle(worker_client, M.decode((M.BLOCKED, need.grant.lease_id)))
-    assert isinstance(effects[0], NeedWorker) and effects[0].req == 2
+    assert isinstance(effects[0], SpawnWorker) and effects[0].waiting.req == 2
     assert core.handle(worker_client, M.decode((M.BLOCKED, need.grant.lease_id))) == []
     assert core.handle(worker_client, M.decode((M.UNBLOCKED, need.grant.lease_id))) == []
 
@@ -244,7 +251,7 @@ def _placed_actor(core: NodeCore, **spec):
     w = _worker(core, 7)
     w.state, w.actor_id = "ACTOR", A
     actor.worker = w
-    need, _ = _ask(core, Client("owner", "o1"), 1, "lease-a")
+    need = _need(core, Client("owner", "o1"), 1, "lease-a")
     core.handle(Client("owner", "o1"), WorkerFound(need, w))
     actor.lease_id = w.lease_id
     return actor, w
@@ -261,7 +268,6 @@ def test_an_actor_ready_gives_back_its_creation_lease_and_answers_waiters():
     ev = effects[0]
     assert isinstance(ev, Event) and (ev.task_id, ev.state) == (A.hex(), "FINISHED")
     assert ev.attrs["worker_pid"] == 1007
-    assert any(isinstance(e, CheckPlacementGroups) for e in effects)
     answer = effects[-1]
     assert isinstance(answer, Answer) and answer.req == 3 and answer.value["state"] == "ALIVE"
     assert actor.lease_id is None and w.lease_id is None and actor.state == "ALIVE"
@@ -306,12 +312,14 @@ def test_kill_of_an_actor_on_another_node_goes_there_too():
 def test_an_actor_whose_worker_died_restarts_until_its_limit_then_dies():
     core = _actor_core()
     actor, w = _placed_actor(core, max_restarts=1, placement_shape={"CPU": 1},
-                             strategy=DefaultStrategy())
+                             strategy=DefaultStrategy(), env_key="")
+    old_lease = actor.lease_id
     effects = core.actor_worker_died(actor)
-    assert actor.state == "RESTARTING" and actor.restarts == 1 and actor.lease_id is None
-    # its creation lease went back, so the scheduler places it again at once
-    assert [type(e) for e in effects] == [ActorGrant, CheckPlacementGroups]
-    assert effects[0].grant.request_id == f"actor-{A.hex()}"
+    assert actor.state == "RESTARTING" and actor.restarts == 1
+    # its creation lease went back, so the scheduler places it again at once (on a new worker)
+    (spawn,) = effects
+    assert isinstance(spawn, SpawnWorker) and spawn.waiting.grant.request_id == f"actor-{A.hex()}"
+    assert actor.lease_id == spawn.waiting.grant.lease_id != old_lease
     core.handle(Client("caller", "c1"), M.decode((M.ACTOR_INFO, 3, A, None, None, True)))
     (answer,) = core.actor_worker_died(actor)
     assert actor.state == "DEAD" and answer.req == 3

@@ -9,7 +9,6 @@ from carme import _messages as M
 from carme import exceptions as exc
 from carme._node_actors import ActorDirectory
 from carme._node_core import (
-    FOLLOW_UP,
     ActorCreation,
     Client,
     ClientGone,
@@ -53,11 +52,7 @@ def _core(cpus: float = 2, linked: bool = False) -> NodeCore:
 
 
 def run(core: NodeCore, client: Client | None, item: object) -> list:
-    """Handle `item` and, as the daemon does, hand the follow-ups straight back."""
-    out: list = []
-    for eff in core.handle(client, item):
-        out += run(core, None, eff) if isinstance(eff, FOLLOW_UP) else [eff]
-    return out
+    return core.handle(client, item)
 
 
 def _view_row(nid: str, state: str = "ALIVE", cpus: float = 4) -> dict:
