@@ -429,3 +429,28 @@ def test_bad_get_wait_cancel_arguments_fail_at_the_call(cluster):
     with pytest.raises(TypeError, match="force"):
         cluster.cancel(ref, force="yes")
     assert cluster.get(ref, timeout=math.inf) == 2
+
+
+def test_the_prestarted_worker_is_one_of_the_pool(cluster):
+    """The worker a daemon forks before any lease is listed like any other, and a
+    force-cancel of a task on it kills it (it was outside the pool, and the cancel hung)."""
+    import psutil
+
+    from carme.util.state import list_workers
+
+    def worker_pids():
+        return {p.pid for p in psutil.Process().children(recursive=True)
+                if p.name().startswith("ray::")}
+    _wait_for(lambda: worker_pids() and worker_pids() <= {w["pid"] for w in list_workers()},
+              "every worker process is listed")
+
+    @carme.remote(max_retries=0)
+    def spin():
+        while True:
+            time.sleep(0.02)
+
+    ref = spin.remote()
+    time.sleep(0.5)
+    carme.cancel(ref, force=True)
+    with pytest.raises(exc.TaskCancelledError):
+        carme.get(ref, timeout=60)
