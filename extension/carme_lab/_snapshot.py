@@ -7,6 +7,12 @@ objects; recent task runs with start and end times. `panel_snapshot` makes it,
 tolerating missing fields (a node without metrics, a task never started), so a
 runtime that reports less still draws. The TypeScript side mirrors these keys in
 ``src/model.ts`` (``Snapshot``).
+
+What the panel shows of an id is made here (`short_object_id`), so the rule lives in
+Python once and the TypeScript side only draws ``short_id`` (the full id on hover).
+The object count is what this server can see: carme's object store (an observer of a
+carme cluster sees no driver's inline results; they live in the driver that owns
+them, and its `%carme objects` lists them), or every object Ray's state API lists.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["TASK_BUCKETS", "bucket_of", "count_tasks", "panel_snapshot"]
+__all__ = ["TASK_BUCKETS", "bucket_of", "count_tasks", "object_scope", "panel_snapshot",
+           "short_object_id"]
 
 TASK_BUCKETS = ("pending", "running", "finished", "failed")
 
@@ -33,6 +40,38 @@ def bucket_of(state: object) -> str:
     if s in _RUNNING:
         return "running"
     return "pending"
+
+
+# carme: 8-byte process prefix, 8-byte counter, 4-byte return index (0: a put), in hex
+_CARME_ID_LEN = 40
+# Ray: a 24-byte task id (its first 8 bytes unique) and a 4-byte return index, in hex
+_RAY_ID_LEN = 56
+
+
+def short_object_id(object_id: str) -> str:
+    """The part of an object id that tells objects apart, e.g. ``7b0d…2a.3``.
+
+    All objects of one carme process share their first 16 hex digits, and all returns of
+    one task everything but the last 8, so neither the head nor the tail alone tells them
+    apart. Shown: 4 digits of the process (carme) or task (Ray), the call counter (carme)
+    and the return index after a dot (left out for carme's puts, index 0).
+    """
+    h = object_id.lower()
+    try:
+        int(h, 16)
+    except ValueError:
+        return h[:12]
+    if len(h) == _CARME_ID_LEN:
+        counter, index = int(h[16:32], 16), int(h[32:], 16)
+        return f"{h[:4]}…{counter:x}" + (f".{index}" if index else "")
+    if len(h) == _RAY_ID_LEN:
+        return f"{h[:8]}….{int(h[48:], 16)}"
+    return h[:12]
+
+
+def object_scope(engine: str) -> str:
+    """Which objects ``objects.count`` counts, as the panel says it."""
+    return "in the object store" if engine == "carme" else "in the cluster"
 
 
 def count_tasks(by_state: dict[str, int]) -> dict[str, int]:
@@ -102,8 +141,10 @@ def _actor(a: dict[str, Any]) -> dict[str, Any]:
 
 
 def _object(o: dict[str, Any]) -> dict[str, Any]:
+    oid = str(o.get("object_id") or "")
     return {
-        "object_id": str(o.get("object_id") or ""),
+        "object_id": oid,
+        "short_id": short_object_id(oid),
         "size": _num(o.get("object_size")),
         "type": o.get("type"),
         "call_site": o.get("call_site"),
@@ -147,12 +188,13 @@ def panel_snapshot(raw: dict[str, Any], address: str, now: float | None = None,
     objects = _dict(raw.get("objects"))
     resources = _dict(raw.get("resources"))
     by_state = _dict(raw.get("tasks_by_state"))
+    engine = str(raw.get("engine") or engine)
     t = _num(raw.get("time"))
     if t is None:
         t = now if now is not None else time.time()
     return {
         "address": address,
-        "engine": str(raw.get("engine") or engine),
+        "engine": engine,
         "version": raw.get("version") if isinstance(raw.get("version"), str) else None,
         "capabilities": _flags(raw.get("capabilities")),
         "notes": _notes(raw.get("notes")),
@@ -169,6 +211,7 @@ def panel_snapshot(raw: dict[str, Any], address: str, now: float | None = None,
             "used": _num(objects.get("used")),
             "capacity": _num(objects.get("capacity")),
             "count": objects.get("count"),
+            "scope": object_scope(engine),
             "largest": [_object(o) for o in _rows(objects.get("largest"))],
         },
         "events": [_event(e) for e in _rows(raw.get("events"))],
