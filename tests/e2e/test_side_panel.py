@@ -100,13 +100,14 @@ def _requirements() -> str | None:
 
 
 def _stale() -> bool:
-    """The panel is not built, or a source changed after the last build."""
-    built = LABEXT / "package.json"
-    if not built.exists():
-        return True
-    ext = ROOT / "extension"
-    sources = [*ext.glob("src/*.ts"), *ext.glob("style/*"), ext / "package.json"]
-    return max(p.stat().st_mtime for p in sources) > built.stat().st_mtime
+    """The panel's build is missing or incomplete, or a source changed after it was made
+    (the rule the wheel's build hook follows)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from hatch_build import is_stale, missing_parts
+    finally:
+        sys.path.remove(str(ROOT))
+    return bool(missing_parts(LABEXT)) or is_stale(ROOT)
 
 
 def _ensure_built() -> None:
