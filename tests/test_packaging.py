@@ -102,8 +102,9 @@ def _bin_without_npm(tmp: Path) -> Path:
 
 
 def _pip(*args: str, path: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """pip with build isolation (as users run it), `path` as PATH, its cache under `cwd`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_NO_BUILD_ISOLATION", "VIRTUAL_ENV"))}
-    env["PATH"] = path
+    env.update(PATH=path, PIP_CACHE_DIR=str(cwd / "pip-cache"))
     return subprocess.run([sys.executable, "-m", "pip", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=900)
 
