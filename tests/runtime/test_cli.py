@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,8 +27,8 @@ def test_human_bytes() -> None:
     assert human_bytes(None) == "?"
 
 
-def _snapshot(**over: object) -> dict:
-    snap = {"address": "127.0.0.1:6380", "nodes": [{}],
+def _snapshot(**over: object) -> dict[str, Any]:
+    snap: dict[str, Any] = {"address": "127.0.0.1:6380", "nodes": [{}],
             "resources": {"total": {"CPU": 2.0, "memory": 1.67394e10, "node:abc": 1.0},
                           "available": {"CPU": 1.0, "memory": 1.67394e10, "node:abc": 1.0}},
             "objects": {"used": 3_000_000, "capacity": 2 * 1024**3},
@@ -50,12 +51,8 @@ def test_status_without_tasks() -> None:
     assert "  tasks: none" in status_lines(_snapshot(tasks_by_state={}))
 
 
-def _columns(line: str, names: list[str], header: str) -> list[str]:
-    return [line[header.index(n):].split("  ")[0].strip() for n in names]
-
-
 def test_table_aligns_columns_of_different_widths() -> None:
-    rows = [{"node_id": "a" * 40, "state": "ALIVE", "is_head_node": True, "resources": {"CPU": 2}},
+    rows: list[dict[str, Any]] = [{"node_id": "a" * 40, "state": "ALIVE", "is_head_node": True, "resources": {"CPU": 2}},
             {"node_id": "b", "state": "DEAD", "is_head_node": False, "resources": {}},
             {"node_id": "c" * 7, "state": None, "is_head_node": False, "resources": {}}]
     lines = table(rows).splitlines()
