@@ -112,5 +112,6 @@ class PanelBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             if missing:
                 raise RuntimeError(f"the side panel build in {LABEXT} finished without "
                                    f"{', '.join(missing)}; run scripts/build-labextension to see why")
+        build_data["force_include"][LABEXT] = "carme_lab/labextension"
         build_data["shared_data"][LABEXT] = SHARE
         build_data["shared_data"][INSTALL_JSON] = f"{SHARE}/install.json"

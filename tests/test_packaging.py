@@ -6,8 +6,8 @@ without npm carme installs without the panel. The pure part (what a build lacks)
 is tested on small trees; then, for real, in a copy of the checkout (its git files
 only, as a fresh clone has them) and with pip's build isolation:
 
-- with a PATH that has no npm: ``pip wheel --no-deps`` makes a wheel of the three
-  Python packages without the panel, and ``pip install --no-deps`` of the checkout
+- with a PATH that has no npm and only part of a build there: ``pip wheel --no-deps``
+  makes a wheel of the three Python packages without the panel (nor its part), and ``pip install --no-deps`` of the checkout
   into a fresh venv succeeds;
 - with only part of a build there (``static/style.js``) and npm on PATH: the wheel
   is built again and carries the whole static build and ``install.json``.
@@ -119,6 +119,8 @@ def _wheel(dist: Path) -> zipfile.ZipFile:
 def test_without_npm_the_python_packages_install_without_the_panel(tmp_path: Path) -> None:
     src = _checkout(tmp_path / "src")
     assert not (src / LABEXT).exists()
+    (src / LABEXT / "static").mkdir(parents=True)  # what a build cut short leaves
+    (src / LABEXT / "static" / "style.js").write_text("/* left by a build cut short */\n")
     path = str(_bin_without_npm(tmp_path))
     out = _pip("wheel", "--no-deps", "-v", "-w", str(tmp_path / "dist"), str(src), path=path, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -126,7 +128,7 @@ def test_without_npm_the_python_packages_install_without_the_panel(tmp_path: Pat
     names = _wheel(tmp_path / "dist").namelist()
     for pkg in PACKAGES:
         assert pkg in names, pkg
-    assert not [n for n in names if "labextension" in n], "a panel that was never built"
+    assert not [n for n in names if "labextension" in n], "a panel that was never (wholly) built"
     assert any(n.endswith("jupyter_server_config.d/carme_lab.json") for n in names)
 
     # and `pip install .` of the checkout, as the issue tried, into a fresh venv
@@ -167,5 +169,7 @@ def test_with_npm_a_partial_build_is_rebuilt_and_the_wheel_carries_all_of_it(tmp
     assert (panel / "static" / "style.js").read_text() != "/* left by a build cut short */\n"
     assert missing_parts(panel) == [], "the wheel's panel lacks files its remoteEntry loads"
     assert len(list((panel / "static").glob("*.js"))) >= 3  # remoteEntry, style, chunks
+    load = json.loads((panel / "package.json").read_text())["jupyterlab"]["_build"]["load"]
+    assert f"carme_lab/labextension/{load}" in whl.namelist()  # `_jupyter_labextension_paths`
     install = json.loads((panel / "install.json").read_text())
     assert install["packageName"] == "carme" and install["packageManager"] == "python"
