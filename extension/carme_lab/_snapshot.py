@@ -8,8 +8,8 @@ tolerating missing fields (a node without metrics, a task never started), so a
 runtime that reports less still draws. The TypeScript side mirrors these keys in
 ``src/model.ts`` (``Snapshot``).
 
-What the panel shows of an id is made here (`short_object_id`), so the rule lives in
-Python once and the TypeScript side only draws ``short_id`` (the full id on hover).
+What the panel shows of an object id is made here (`short_object_id`, the kernel's
+rule), so the TypeScript side only draws ``short_id`` (the full id on hover).
 The object count is what this server can see: carme's object store (an observer of a
 carme cluster sees no driver's inline results; they live in the driver that owns
 them, and its `%carme objects` lists them), or every object Ray's state API lists.
@@ -42,31 +42,35 @@ def bucket_of(state: object) -> str:
     return "pending"
 
 
-# carme: 8-byte process prefix, 8-byte counter, 4-byte return index (0: a put), in hex
-_CARME_ID_LEN = 40
-# Ray: a 24-byte task id (its first 8 bytes unique) and a 4-byte return index, in hex
-_RAY_ID_LEN = 56
+_HEX = frozenset("0123456789abcdef")
 
 
 def short_object_id(object_id: str) -> str:
-    """The part of an object id that tells objects apart, e.g. ``7b0d…2a.3``.
+    """The part of ``object_id`` (hex) that tells objects apart, for a table cell.
 
-    All objects of one carme process share their first 16 hex digits, and all returns of
-    one task everything but the last 8, so neither the head nor the tail alone tells them
-    apart. Shown: 4 digits of the process (carme) or task (Ray), the call counter (carme)
-    and the return index after a dot (left out for carme's puts, index 0).
+    The same rule, to the letter, as ``carme.notebook.short_object_id`` of the kernel's
+    side (written on a branch of its own at the same time; once both are merged this
+    function should become ``from carme.notebook import short_object_id``):
+
+    * carme (40 hex: 16 of the process, 16 of a per-process counter, 8 of the
+      return index): the process's first 6, ``…``, the counter in hex without
+      leading zeros, and ``#INDEX`` for a task's return (a ``put`` has index 0
+      and no suffix): ``"d8d275…4#2"`` is return 2 of task 4 of process d8d275.
+    * Ray (56 hex: a 48-hex task id, then the 8-hex index): the task id's first
+      12 (its unique part), ``…``, ``#INDEX``: ``"0a1b2c3d4e5f…#1"``.
+    * anything else: as it is up to 20 characters, else the first 8, ``…``, the
+      last 8.
     """
-    h = object_id.lower()
-    try:
-        int(h, 16)
-    except ValueError:
-        return h[:12]
-    if len(h) == _CARME_ID_LEN:
-        counter, index = int(h[16:32], 16), int(h[32:], 16)
-        return f"{h[:4]}…{counter:x}" + (f".{index}" if index else "")
-    if len(h) == _RAY_ID_LEN:
-        return f"{h[:8]}….{int(h[48:], 16)}"
-    return h[:12]
+    text = str(object_id or "")
+    if len(text) in (40, 56) and set(text) <= _HEX:
+        index = int(text[-8:], 16)
+        suffix = f"#{index}" if index or len(text) == 56 else ""
+        if len(text) == 40:
+            return f"{text[:6]}…{text[16:32].lstrip('0') or '0'}{suffix}"
+        return f"{text[:12]}…{suffix}"
+    if len(text) <= 20:
+        return text
+    return f"{text[:8]}…{text[-8:]}"
 
 
 def object_scope(engine: str) -> str:

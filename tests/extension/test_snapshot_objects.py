@@ -1,7 +1,7 @@
 """What the panel shows of objects (issue 14): ids that tell objects apart, the count.
 
 The shortening rule is `carme_lab._snapshot.short_object_id` (the panel draws the
-``short_id`` the server sends). The count: a driver's `%carme objects`
+``short_id`` the server sends), the same as the kernel's ``carme.notebook.short_object_id``. The count: a driver's `%carme objects`
 (`carme.notebook.state_rows("objects")`) lists the objects it owns, inline results
 included, plus the object store's; the server, an observer, sees the store only.
 The panel says so (``scope``) and its count is the store's, the same objects the
@@ -26,7 +26,7 @@ from test_real_cluster import jp_server_config, state_dir  # noqa: F401
 
 from carme_lab._snapshot import panel_snapshot, short_object_id
 
-PID = "7b0d5bdb3ef353d0"  # a carme process's id prefix
+PID = "d8d275c194170a2c"  # a carme process's id prefix
 
 
 def _carme_id(counter: int, index: int) -> str:
@@ -34,30 +34,30 @@ def _carme_id(counter: int, index: int) -> str:
 
 
 def test_returns_of_one_task_get_distinct_short_ids() -> None:
-    returns = [_carme_id(0x2A, i) for i in (1, 2, 3)]
+    returns = [_carme_id(4, i) for i in (1, 2, 3)]
     assert len({r[:16] for r in returns}) == 1  # what the panel showed before: all alike
-    assert [short_object_id(r) for r in returns] == ["7b0d…2a.1", "7b0d…2a.2", "7b0d…2a.3"]
+    assert [short_object_id(r) for r in returns] == ["d8d275…4#1", "d8d275…4#2", "d8d275…4#3"]
 
 
 def test_a_put_has_no_return_index() -> None:
-    assert short_object_id(_carme_id(0x2B, 0)) == "7b0d…2b"
+    assert short_object_id(_carme_id(0x1234, 0)) == "d8d275…1234"
 
 
 def test_ray_ids_keep_the_task_and_the_return_index() -> None:
-    task = "a1b2c3d4e5f60718" + "ffffffffffffffff" + "01000000" * 2
-    assert len(task) == 48
-    assert short_object_id(task + "00000002") == "a1b2c3d4….2"
+    task = "a1b2c3d4e5f60718" + "f" * 24 + "01000000"
+    assert short_object_id(task + "00000002") == "a1b2c3d4e5f6…#2"
 
 
-def test_other_ids_are_cut() -> None:
-    assert short_object_id("not-a-hex-object-id") == "not-a-hex-ob"
+def test_other_ids() -> None:
     assert short_object_id("abc") == "abc"
+    assert short_object_id("x" * 30) == "xxxxxxxx…xxxxxxxx"
+    assert short_object_id("") == ""
 
 
 def test_snapshot_rows_carry_the_short_id_and_the_count_says_what_it_counts() -> None:
     raw = {"objects": {"count": 1, "largest": [{"object_id": _carme_id(3, 1), "object_size": 300025}]}}
     snap = panel_snapshot(raw, "127.0.0.1:1")
-    assert snap["objects"]["largest"][0]["short_id"] == "7b0d…3.1"
+    assert snap["objects"]["largest"][0]["short_id"] == "d8d275…3#1"
     assert snap["objects"]["largest"][0]["size"] == 300025
     assert snap["objects"]["scope"] == "in the object store"
     assert panel_snapshot(raw, "ray:127.0.0.1:1", engine="ray")["objects"]["scope"] == "in the cluster"
