@@ -87,6 +87,8 @@ export interface IActorInfo {
 
 export interface IObjectInfo {
   object_id: string;
+  /** The part of the id that tells objects apart (`_snapshot.short_object_id`). */
+  short_id: string;
   size: number | null;
   type: string | null;
   call_site: string | null;
@@ -133,6 +135,8 @@ export interface ISnapshot {
     used: number | null;
     capacity: number | null;
     count: number | null;
+    /** Which objects `count` counts, e.g. "in the object store". */
+    scope: string;
     largest: IObjectInfo[];
   };
   events: ITaskEvent[];

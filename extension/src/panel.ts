@@ -13,6 +13,7 @@ import { KubeRayModel, KubeRaySection } from './kubernetes';
 import {
   CAPABILITY_LABELS,
   ClusterModel,
+  IActorInfo,
   IClusterInfo,
   INodeInfo,
   ISnapshot,
@@ -303,9 +304,7 @@ export class CarmePanel extends Widget {
     const W = 300;
     const laneH = 10;
     const end = snap.time_ms;
-    // the window: back to the oldest recent run, between 5 s and 30 s
-    const oldest = Math.min(end, ...snap.events.map(e => e.start_ms ?? end));
-    const windowMs = Math.min(TIMELINE_WINDOW_MS, Math.max(TIMELINE_MIN_WINDOW_MS, (end - oldest) * 1.1));
+    const windowMs = timelineWindow(snap.events.map(e => e.start_ms), end);
     const start = end - windowMs;
     const lanes = new Map<string, number>();
     const rects: SVGElement[] = [];
@@ -335,10 +334,12 @@ export class CarmePanel extends Widget {
     const svg = s('svg', { class: 'clab-live-timeline', 'data-testid': 'carme-timeline',
       'data-events': rects.length, viewBox: `0 0 ${W} ${height}`, preserveAspectRatio: 'none',
       width: '100%', height }, ...rects);
-    return section(`Timeline (last ${Math.round(windowMs / 1000)} s)`, 'clab-timeline-section', [
+    // one window, said once in the title and once in the line below: they never disagree
+    const last = `the last ${Math.round(windowMs / 1000)} s`;
+    return section(`Timeline (${last})`, 'clab-timeline-section', [
       svg,
-      h('div', { class: 'clab-dim clab-small' },
-        rects.length ? `${rects.length} task runs on ${lanes.size} workers` : 'No task ran in the last 30 s.')
+      h('div', { class: 'clab-dim clab-small', 'data-testid': 'carme-timeline-summary' },
+        rects.length ? `${rects.length} task runs on ${lanes.size} workers` : `No task ran in ${last}.`)
     ]);
   }
 
@@ -346,31 +347,39 @@ export class CarmePanel extends Widget {
     if (snap.actors.length === 0) {
       return section('Actors', 'clab-actors', [h('p', { class: 'clab-dim' }, 'No actors.')]);
     }
-    const rows = snap.actors.map(a =>
-      h('tr', {}, h('td', {}, a.class_name ?? '?'), h('td', {}, a.name || shortId(a.actor_id)),
-        h('td', { class: `clab-state-${(a.state ?? '').toLowerCase()}` }, a.state ?? '?'),
-        h('td', {}, a.pid === null ? '' : String(a.pid)))
-    );
+    // ended actors (killed, dropped, exited) leave the list, folded away below it
+    const live = snap.actors.filter(a => a.state !== 'DEAD');
+    const ended = snap.actors.filter(a => a.state === 'DEAD');
     return section('Actors', 'clab-actors', [
-      h('table', { class: 'clab-table' },
-        h('tr', {}, h('th', {}, 'class'), h('th', {}, 'name'), h('th', {}, 'state'), h('th', {}, 'pid')),
-        ...rows)
+      live.length ? actorTable(live, 'carme-actors-live') : h('p', { class: 'clab-dim' }, 'No live actors.'),
+      ended.length
+        ? h('details', { class: 'clab-ended', 'data-testid': 'carme-actors-ended' },
+          h('summary', { class: 'clab-dim clab-small' }, `${ended.length} ended`),
+          actorTable(ended, 'carme-actors-ended-table'))
+        : null
     ]);
   }
 
   private _objects(snap: ISnapshot): HTMLElement {
     const o = snap.objects;
     const rows = o.largest.map(x =>
-      h('tr', {}, h('td', { title: x.object_id }, shortId(x.object_id, 10)), h('td', {}, bytes(x.size)),
-        h('td', {}, x.type ?? ''), h('td', {}, x.call_site ?? ''))
+      h('tr', {}, h('td', { title: x.object_id, class: 'clab-object-id' }, x.short_id),
+        h('td', { title: x.size === null ? '' : `${x.size} bytes` }, bytes(x.size)),
+        cell(x.type ?? ''), cell(x.call_site ?? ''))
     );
     return section('Object store', 'clab-objects', [
-      bar(percent(o.used, o.capacity), `${bytes(o.used)} / ${bytes(o.capacity)}${o.count === null ? '' : ` · ${o.count} objects`}`, 'store'),
+      bar(percent(o.used, o.capacity), `${bytes(o.used)} / ${bytes(o.capacity)}`, 'store'),
+      o.count === null ? null : h('div', { class: 'clab-small', 'data-testid': 'carme-object-count' },
+        `${o.count} ${o.count === 1 ? 'object' : 'objects'} ${o.scope}`),
       rows.length
-        ? h('table', { class: 'clab-table' },
+        ? h('table', { class: 'clab-table', 'data-testid': 'carme-objects' },
           h('tr', {}, h('th', {}, 'object'), h('th', {}, 'size'), h('th', {}, 'type'), h('th', {}, 'made by')),
           ...rows)
-        : h('p', { class: 'clab-dim' }, 'No objects.')
+        : h('p', { class: 'clab-dim' }, 'No objects.'),
+      snap.engine === 'carme'
+        ? h('div', { class: 'clab-dim clab-small' },
+          'Small results stay inline in the driver that owns them; %carme objects in its notebook lists them too.')
+        : null
     ]);
   }
 
@@ -413,7 +422,34 @@ function notebookName(c: IClusterInfo): string | null {
   return c.notebook === null ? null : c.notebook.split('/').pop() || c.notebook;
 }
 
-function section(title: string, cls: string, children: Node[]): HTMLElement {
+/**
+ * The live timeline's window in ms: back to the oldest recent run (plus 10%),
+ * between 5 s and 30 s.
+ */
+export function timelineWindow(starts: (number | null)[], end: number): number {
+  const oldest = Math.min(end, ...starts.map(t => t ?? end));
+  return Math.min(TIMELINE_WINDOW_MS, Math.max(TIMELINE_MIN_WINDOW_MS, (end - oldest) * 1.1));
+}
+
+/** A table of actors whose state column is never cut: long names wrap (base.css), the state does not. */
+function actorTable(actors: IActorInfo[], testid: string): HTMLElement {
+  const rows = actors.map(a =>
+    h('tr', { 'data-actor': a.actor_id },
+      cell(a.class_name ?? '?'), cell(a.name || shortId(a.actor_id)),
+      h('td', { class: `clab-state clab-state-${(a.state ?? '').toLowerCase()}` }, a.state ?? '?'),
+      cell(a.pid === null ? '' : String(a.pid)))
+  );
+  return h('table', { class: 'clab-table', 'data-testid': testid },
+    h('tr', {}, h('th', {}, 'class'), h('th', {}, 'name'), h('th', {}, 'state'), h('th', {}, 'pid')),
+    ...rows);
+}
+
+/** A table cell with its whole text also on hover. */
+function cell(text: string): HTMLElement {
+  return h('td', { title: text }, text);
+}
+
+function section(title: string, cls: string, children: (Node | null)[]): HTMLElement {
   return h('section', { class: `clab-section ${cls}` }, h('h3', {}, title), ...children);
 }
 

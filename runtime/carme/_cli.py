@@ -1,12 +1,30 @@
-"""The `carme` command line: start/stop clusters, look at them, install the kernel."""
+"""The `carme` command line: start/stop clusters, look at them, install the kernel.
+
+What it prints is made by small pure functions (`status_lines`, `table`,
+`human_bytes`) and written by the `cmd_*` shells. Like other Unix tools it stops
+quietly when the reader of its output goes away (`carme list tasks | head`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+# resources counted in bytes: shown in KiB, MiB, GiB
+BYTE_RESOURCES = ("memory", "object_store_memory")
+# exit status of a tool whose reader went away (128 + SIGPIPE), as the shell reports one
+EXIT_BROKEN_PIPE = 141
+NO_CLUSTER = ("no carme cluster is running on this machine. Start one with `carme start --head`, "
+              "or pass --address HOST:PORT of a running one.")
+
+
+class NoCluster(ConnectionError):
+    """No address given and no cluster of this machine to fall back on."""
 
 
 def _resources(text: str | None) -> dict[str, float] | None:
@@ -64,21 +82,56 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def _client(address: str | None) -> Any:
     from . import cluster
+    if not address and not cluster.list_local():
+        raise NoCluster(NO_CLUSTER)
     return cluster.connect(address or "auto")
+
+
+def human_bytes(n: float | None) -> str:
+    """1.67394e+10 -> '15.6 GiB' (binary units, as the panel shows them)."""
+    if n is None:
+        return "?"
+    v, units = float(n), ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+    i = 0
+    while abs(v) >= 1024 and i < len(units) - 1:
+        v /= 1024
+        i += 1
+    return f"{v:.0f} {units[i]}" if i == 0 else f"{v:.1f} {units[i]}"
+
+
+def _amount(key: str, value: float) -> str:
+    return human_bytes(value) if key in BYTE_RESOURCES else f"{value:g}"
+
+
+def status_lines(snap: Mapping[str, Any]) -> list[str]:
+    """`carme status`'s lines from `Client.snapshot()`."""
+    lines = [f"cluster {snap['address']}: {len(snap['nodes'])} node(s)"]
+    total, avail = snap["resources"]["total"], snap["resources"]["available"]
+    for k in sorted(total):
+        if k.startswith("node:"):
+            continue
+        used = total[k] - avail.get(k, 0)
+        lines.append(f"  {k}: {_amount(k, used)}/{_amount(k, total[k])} used")
+    objects = snap["objects"]
+    lines.append(f"  object store: {human_bytes(objects['used'])}/{human_bytes(objects['capacity'])} used")
+    tasks = snap["tasks_by_state"]
+    lines.append("  tasks: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(tasks.items())) or "none"))
+    lines.append(f"  actors: {len(snap['actors'])}")
+    return lines
+
+
+def table(rows: Sequence[Mapping[str, Any]], max_columns: int = 7) -> str:
+    """Rows of the state API as an aligned text table: the first row's scalar columns."""
+    from tabulate import tabulate
+    keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))][:max_columns]
+    body = [["" if r.get(k) is None else r.get(k) for k in keys] for r in rows]
+    return tabulate(body, headers=keys, tablefmt="simple", disable_numparse=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args.address) as c:
         snap = c.snapshot()
-    print(f"cluster {snap['address']}: {len(snap['nodes'])} node(s)")
-    total, avail = snap["resources"]["total"], snap["resources"]["available"]
-    for k in sorted(total):
-        if k.startswith("node:"):
-            continue
-        print(f"  {k}: {total[k] - avail.get(k, 0):g}/{total[k]:g} used")
-    print(f"  object store: {snap['objects']['used']:,} / {snap['objects']['capacity']:,} bytes")
-    print(f"  tasks: {snap['tasks_by_state'] or 'none'}")
-    print(f"  actors: {len(snap['actors'])}")
+    print("\n".join(status_lines(snap)))
     return 0
 
 
@@ -92,10 +145,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no {args.kind}")
         return 0
-    keys = [k for k in rows[0] if not isinstance(rows[0][k], (dict, list))][:7]
-    print("  ".join(keys))
-    for r in rows:
-        print("  ".join(str(r.get(k, "")) for k in keys))
+    print(table(rows))
     return 0
 
 
@@ -153,10 +203,27 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_kernel(argparse.Namespace(), argv[1:])
     args = ap.parse_args(argv)
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except (ConnectionError, ValueError) as e:
         print(f"carme {args.cmd}: {e}", file=sys.stderr)
         return 1
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (`| head`): stop quietly, as Unix tools do.
+
+    What is still buffered for stdout can never be written; pointing stdout at
+    /dev/null keeps Python's final flush from printing an error at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

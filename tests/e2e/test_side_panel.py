@@ -66,6 +66,11 @@ NOTEBOOK = {
              "blob = carme.put(bytes(3_000_000))\n"
              f"total = sum(carme.get([work.remote(i) for i in range({N_TASKS})]))\n"
              "print('total', total, 'tally', carme.get(tally.add.remote(total)))")},
+        # a %%remote namespace (an actor with a long name), then dropped: it leaves the list
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "%%remote --actor scratch\nkept = 1"},
+        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
+         "source": "%carme drop scratch\nprint('dropped', 'scratch')"},
     ],
     "metadata": {"kernelspec": {"name": "carme", "display_name": "carme", "language": "python"}},
     "nbformat": 4, "nbformat_minor": 5,
@@ -95,13 +100,14 @@ def _requirements() -> str | None:
 
 
 def _stale() -> bool:
-    """The panel is not built, or a source changed after the last build."""
-    built = LABEXT / "package.json"
-    if not built.exists():
-        return True
-    ext = ROOT / "extension"
-    sources = [*ext.glob("src/*.ts"), *ext.glob("style/*"), ext / "package.json"]
-    return max(p.stat().st_mtime for p in sources) > built.stat().st_mtime
+    """The panel's build is missing or incomplete, or a source changed after it was made
+    (the rule the wheel's build hook follows)."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from hatch_build import is_stale, missing_parts
+    finally:
+        sys.path.remove(str(ROOT))
+    return bool(missing_parts(LABEXT)) or is_stale(ROOT)
 
 
 def _ensure_built() -> None:
@@ -262,6 +268,18 @@ def _run_all(page: Any) -> None:
     pytest.fail("Run All Cells did not start the notebook's cells (twice)")
 
 
+def _assert_states_whole(page: Any) -> None:
+    """Every actor's state cell shows all of its text, inside the panel."""
+    cut = page.evaluate(
+        "() => { const panel = document.querySelector('#carme-side-panel').getBoundingClientRect();"
+        " return [...document.querySelectorAll('.clab-actors td.clab-state')]"
+        ".filter(td => td.getClientRects().length > 0)"
+        ".filter(td => td.scrollWidth > td.clientWidth || td.getBoundingClientRect().right > panel.right + 0.5)"
+        ".map(td => td.textContent); }")
+    assert page.locator(".clab-actors td.clab-state").count() >= 2
+    assert cut == [], f"actor states cut off: {cut}"
+
+
 @contextlib.contextmanager
 def _browser_page(lab: Lab, shots: Path) -> Iterator[Any]:
     """A Chromium page (fresh profile under the test's tmp dir); on failure a screenshot and
@@ -301,6 +319,11 @@ def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path)
         assert page.locator(".clab-node").count() == 1
         assert _count(page, "finished") == 0
         assert page.locator("[data-testid='carme-cluster-select']").input_value() == address
+        # no task ran yet: the title and the line under it speak of the same window
+        title = page.locator(".clab-timeline-section h3").inner_text()
+        window = re.fullmatch(r"Timeline \((the last \d+ s)\)", title)
+        assert window, title
+        assert _text(page, "carme-timeline-summary") == f"No task ran in {window.group(1)}."
         page.screenshot(path=str(shots / "02-started.png"))
 
         # a notebook opened now starts a kernel that joins the selected cluster
@@ -329,9 +352,22 @@ def test_side_panel_starts_watches_and_stops_a_cluster(lab: Lab, tmp_path: Path)
             "() => Number(document.querySelector(\"[data-testid='carme-timeline']\")"
             ".getAttribute('data-events')) > 0", timeout=15_000)
         assert int(timeline.get_attribute("data-events") or 0) >= 1
-        actors = page.locator(".clab-actors").inner_text()
-        assert "Tally" in actors and "ALIVE" in actors, actors
-        assert "bytes" in page.locator(".clab-objects").inner_text()
+        page.wait_for_selector("text=dropped scratch", timeout=60_000)
+        # the dropped namespace leaves the live list; it is folded under "1 ended", its state whole
+        ended = page.locator("[data-testid='carme-actors-ended']")
+        ended.wait_for(timeout=30_000)
+        live = page.locator("[data-testid='carme-actors-live']").inner_text()
+        assert "Tally" in live and "ALIVE" in live and "DEAD" not in live, live
+        assert "1 ended" in ended.inner_text()
+        ended.locator("summary").click()
+        _assert_states_whole(page)
+        count = _text(page, "carme-object-count")
+        assert re.fullmatch(r"\d+ objects? in the object store", count), count
+        ids = page.locator("[data-testid='carme-objects'] td.clab-object-id")
+        assert ids.count() >= 1
+        shown = [ids.nth(i).inner_text() for i in range(ids.count())]
+        full = [ids.nth(i).get_attribute("title") or "" for i in range(ids.count())]
+        assert len(set(shown)) == len(shown) and all(len(f) == 40 for f in full), (shown, full)
         assert _count(page, "failed") == 0
         page.locator("#carme-side-panel").screenshot(path=str(shots / "side-panel.png"))
         page.screenshot(path=str(shots / "03-tasks-ran.png"))
