@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 * **Joining.** Nothing connects at kernel start. :meth:`NotebookSession.connect`
   runs on first use (a magic, or a view) with the address from ``%carme
-  connect``, else ``CARME_ADDRESS``, else none (an embedded local carme
-  cluster). The address picks the engine (``engines.parse_target``: ``ray``,
+  connect``, else ``CARME_ADDRESS``, else the JupyterLab side panel's selection
+  as it is *now* (``carme.notebook.default_address``: the server gives kernels
+  the path of its selection file, never the address, so a restarted kernel
+  follows the panel), else none (an embedded local carme cluster). The address picks the engine (``engines.parse_target``: ``ray``,
   ``ray:HOST:PORT``, ``ray://HOST:PORT`` are Ray; anything else is carme), and
   the session talks to it only through its :class:`~carme_kernel.engines.NotebookBackend`.
   ``%carme connect`` also exports ``CARME_ADDRESS`` so a ``carme.init()`` the
@@ -50,6 +52,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
+
+from carme.notebook import Choice, default_address
 
 from . import engines
 from ._output import OutputRouter, Parent
@@ -96,6 +100,16 @@ def _export_ray_address(target: engines.Target, replace: bool = False) -> None:
         os.environ.setdefault("RAY_ADDRESS", target.address)
 
 
+def _use_choice(choice: Choice) -> None:
+    """Prepare for the cluster ``default_address()`` chose: for a Ray cluster, what its
+    drivers need (``RAY_AUTH_MODE`` from the panel's selection) and ``RAY_ADDRESS``."""
+    target = parse_target(choice.address)
+    if target.engine == "ray":
+        for name, value in choice.env.items():
+            os.environ.setdefault(name, value)
+        _export_ray_address(target)
+
+
 def _ray_installed() -> bool:
     return importlib.util.find_spec("ray") is not None
 
@@ -130,8 +144,8 @@ class NotebookSession:
         self._registered = True
         engines.set_active(self.backend)
         self.install_hooks()
-        with contextlib.suppress(ValueError):  # a bad CARME_ADDRESS is reported on connect
-            _export_ray_address(parse_target(os.environ.get("CARME_ADDRESS")))
+        with contextlib.suppress(ValueError):  # a bad address is reported on connect
+            _use_choice(default_address())
         if _ray_installed():
             from .engines._ray import watch_ray_init
 
@@ -208,8 +222,11 @@ class NotebookSession:
             if self.connected_to is None:
                 self.connected_to = "cluster joined by init() in a cell"
             return self.backend.attach()
-        text = address or self.address or os.environ.get("CARME_ADDRESS") or None
+        choice = None if address or self.address else default_address()
+        text = address or self.address or (choice.address if choice else None)
         target = parse_target(text)
+        if choice is not None:
+            _use_choice(choice)
         if target.engine != self.backend.engine or (
             target.engine == "ray" and getattr(self.backend, "client", False) != target.client
         ):

@@ -29,6 +29,13 @@ Questions and actions on the driver:
   plain dicts; :func:`timeline_events` — the timeline as Chrome trace events.
 * :func:`is_remote_object` ``(value)`` — True for an ``ObjectRef`` or
   ``ObjectRefGenerator`` (a notebook keeps those out of its output history).
+
+Which cluster to join (also used by ``carme.init()`` given no address):
+
+* :func:`default_address` ``()`` — a :class:`Choice` ``(address, source, env)``:
+  ``CARME_ADDRESS``, else the side panel's selection (the file named by
+  ``CARME_SELECTION_FILE``, read now), else ``None`` (embedded);
+  :func:`write_selection` ``(path, address, env)`` writes that file (0600, atomic).
 """
 
 from __future__ import annotations
@@ -50,12 +57,16 @@ from ._hooks import (
     timeline_events,
 )
 from ._objects import ObjectRef, ObjectRefGenerator
+from ._selection import SELECTION_ENV, Choice, default_address, write_selection
 
 __all__ = [
+    "Choice",
     "GetHook",
     "LogHandler",
+    "SELECTION_ENV",
     "TagProvider",
     "cancel_tagged",
+    "default_address",
     "get_hook",
     "invalidate_exports",
     "is_remote_object",
@@ -65,6 +76,7 @@ __all__ = [
     "set_task_tag_provider",
     "state_rows",
     "timeline_events",
+    "write_selection",
 ]
 
 

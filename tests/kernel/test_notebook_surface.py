@@ -10,10 +10,13 @@ from types import ModuleType
 import pytest
 
 EXPORTED = [
+    "Choice",
     "GetHook",
     "LogHandler",
+    "SELECTION_ENV",
     "TagProvider",
     "cancel_tagged",
+    "default_address",
     "get_hook",
     "invalidate_exports",
     "is_remote_object",
@@ -23,6 +26,7 @@ EXPORTED = [
     "set_task_tag_provider",
     "state_rows",
     "timeline_events",
+    "write_selection",
 ]
 
 KERNEL = Path(__file__).resolve().parents[2] / "kernel" / "carme_kernel"
@@ -90,3 +94,42 @@ def test_tags_states_cancel_and_exports(carme: ModuleType) -> None:
         assert carme.get(one.remote()) == 1  # ships again after the reset
     finally:
         notebook.set_task_tag_provider(None)
+
+
+def test_default_address_prefers_carme_address_then_the_selection_file(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from carme.notebook import SELECTION_ENV, default_address, write_selection
+
+    path = str(tmp_path / "selection.json")
+    assert default_address({}).address is None
+    assert default_address({SELECTION_ENV: path}).address is None  # no file yet: embedded
+    write_selection(path, "127.0.0.1:6380", {"RAY_AUTH_MODE": "token"})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    choice = default_address({SELECTION_ENV: path})
+    assert choice.address == "127.0.0.1:6380" and choice.from_panel and path in choice.source
+    assert choice.env == {"RAY_AUTH_MODE": "token"}
+    given = default_address({SELECTION_ENV: path, "CARME_ADDRESS": "10.0.0.1:7000"})
+    assert given.address == "10.0.0.1:7000" and given.source == "CARME_ADDRESS"
+    write_selection(path, None)
+    assert default_address({SELECTION_ENV: path}).address is None
+    for junk in ("{", "[1]", '{"address": 5}'):
+        with open(path, "w") as f:
+            f.write(junk)
+        assert default_address({SELECTION_ENV: path}).address is None, junk
+    assert os.listdir(tmp_path) == ["selection.json"]  # no temporary file left behind
+
+
+def test_init_names_where_a_ray_address_came_from(tmp_path: Path) -> None:
+    import carme
+    from carme.notebook import SELECTION_ENV, write_selection
+
+    path = str(tmp_path / "selection.json")
+    write_selection(path, "ray:127.0.0.1:6379")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("CARME_ADDRESS", raising=False)
+        mp.setenv(SELECTION_ENV, path)
+        with pytest.raises(ValueError, match=r"side panel.*is a Ray cluster.*address=\"local\""):
+            carme.init()
+    assert not carme.is_initialized()
