@@ -23,6 +23,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,12 @@ def test_notebook_runs_without_error(
         head = request.getfixturevalue("ray_cluster")
         monkeypatch.setenv("CARME_ADDRESS", f"ray:{head.gcs_address}")
         timeout = RAY_CELL_TIMEOUT_S
+    _execute(path, tmp_path, timeout)
+
+
+def _execute(path: Path, tmp_path: Path, timeout: int) -> None:
+    """Run the notebook at `path` under the kernel it names, in an empty working directory;
+    fail on an error output or a file left in that directory."""
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
     from nbclient import NotebookClient
@@ -129,3 +136,37 @@ def test_notebook_runs_without_error(
     assert not errors, f"{path.name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
     left = sorted(p.name for p in cwd.iterdir())
     assert not left, f"{path.name} wrote {left} next to itself: write outputs to a temporary directory"
+
+
+@pytest.fixture
+def panel_selects_a_cluster(
+    jupyter_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A `carme start` cluster selected in the side panel: a selection file, whose path
+    kernels carry (``CARME_SELECTION_FILE``), names it."""
+    import carme.cluster
+    from carme.notebook import SELECTION_ENV, write_selection
+
+    monkeypatch.setenv("CARME_STATE_DIR", str(tmp_path / "state"))
+    info = carme.cluster.start_head(num_cpus=2)
+    try:
+        path = tmp_path / "selection.json"
+        write_selection(str(path), info["address"])
+        monkeypatch.setenv(SELECTION_ENV, str(path))
+        yield info["address"]
+    finally:
+        carme.cluster.stop(info["address"])
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if not n.startswith("ray-")])
+def test_notebook_runs_with_a_cluster_selected_in_the_panel(
+    name: str, panel_selects_a_cluster: str, tmp_path: Path
+) -> None:
+    """The shipped notebooks run whichever way the panel is set: the quickstart asks for
+    its own embedded cluster (``address="local"``), the others join the selected one."""
+    import carme.cluster
+
+    _execute(NOTEBOOKS / name, tmp_path, CELL_TIMEOUT_S)
+    with carme.cluster.connect(panel_selects_a_cluster) as client:
+        ran_there = bool(client.rows("tasks"))
+    assert ran_there is (name != "quickstart.ipynb"), (name, ran_there)
