@@ -24,6 +24,7 @@ EXPORTED = [
     "set_get_hook",
     "set_log_handler",
     "set_task_tag_provider",
+    "short_object_id",
     "state_rows",
     "timeline_events",
     "write_selection",
@@ -133,3 +134,37 @@ def test_init_names_where_a_ray_address_came_from(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=r"side panel.*is a Ray cluster.*address=\"local\""):
             carme.init()
     assert not carme.is_initialized()
+
+
+def test_short_object_id_tells_apart_the_returns_of_one_task_and_of_one_process() -> None:
+    from carme.notebook import short_object_id
+
+    prefix = "d8d275c194170a2c"
+    ids = [prefix + f"{task:016x}" + f"{index:08x}" for task, index in
+           ((4, 1), (4, 2), (4, 3), (5, 1), (6, 0), (0x1234, 0))]
+    short = [short_object_id(i) for i in ids]
+    assert short == ["d8d275…4#1", "d8d275…4#2", "d8d275…4#3", "d8d275…5#1", "d8d275…6",
+                     "d8d275…1234"]
+    ray_task = "a1b2c3d4e5f60718" + "f" * 24 + "01000000"
+    assert short_object_id(ray_task + "00000001") == "a1b2c3d4e5f6…#1"
+    assert short_object_id(ray_task + "00000002") == "a1b2c3d4e5f6…#2"
+    assert short_object_id("abc") == "abc"
+    assert short_object_id("x" * 30) == "xxxxxxxx…xxxxxxxx"
+    assert short_object_id("") == ""
+
+
+@pytest.mark.processes
+def test_short_ids_of_real_objects_differ(carme: ModuleType) -> None:
+    from carme.notebook import short_object_id, state_rows
+
+    @carme.remote(num_returns=3)
+    def three() -> tuple[int, str, list[int]]:
+        return 1, "a" * 20, [1, 2]
+
+    refs = three.remote()
+    put = carme.put(5)
+    carme.get(refs)
+    ids = [r.hex() for r in [*refs, put]]
+    assert len({short_object_id(i) for i in ids}) == 4, ids
+    rows = {r["object_id"]: r for r in state_rows("objects")}
+    assert all(rows[i]["object_size"] for i in ids), [rows[i] for i in ids]  # inline ones too
