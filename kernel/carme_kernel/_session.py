@@ -25,8 +25,11 @@ Theory of operation
   ``stream`` messages parented to the launching cell. In a terminal IPython
   carme's default printing is kept.
 * **Interrupt.** A KeyboardInterrupt that ends a cell cancels every unfinished
-  task and actor call tagged with that cell (``post_run_cell``; ``%%remote``
-  also cancels before re-raising); a second interrupt of the same cell forces.
+  task and actor call tagged with that cell (IPython's custom exception handler,
+  else ``post_run_cell``; ``%%remote`` also cancels before re-raising); a second
+  interrupt of the same cell forces. The cell ends with a short traceback of the
+  user's own frames and the message "cancelled N remote tasks of this cell"
+  (``_interrupt``).
 * **Output history.** A displayed result that holds ObjectRefs is kept out of
   ``Out``/``_N`` (``_``, ``__``, ``___`` still rotate), so re-running a cell does
   not pin one more object per run.
@@ -55,7 +58,7 @@ from typing import Any
 
 from carme.notebook import Choice, default_address
 
-from . import engines
+from . import _interrupt, engines
 from ._output import OutputRouter, Parent
 from .engines import NotebookBackend, backend_for, parse_target
 
@@ -131,6 +134,8 @@ class NotebookSession:
         self._orig_update_user_ns: Callable[[Any], None] | None = None
         self._defs: dict[str, int] | None = None
         self._cancelled_runs: dict[str, tuple[float, bool]] = {}  # run -> (first cancel, forced)
+        self._cancel_counts: dict[str, int] = {}  # run -> tasks and calls cancelled
+        self._interrupt_handled: str | None = None  # the run whose interrupt was shown
 
     # -- registration ----------------------------------------------------------
     def register(self) -> None:
@@ -142,6 +147,7 @@ class NotebookSession:
         self._orig_update_user_ns = dh.update_user_ns
         dh.update_user_ns = self._update_user_ns
         self._registered = True
+        self.shell.set_custom_exc((KeyboardInterrupt,), _interrupt.handler(self._cancel_interrupted))
         engines.set_active(self.backend)
         self.install_hooks()
         with contextlib.suppress(ValueError):  # a bad address is reported on connect
@@ -159,6 +165,8 @@ class NotebookSession:
         if self._orig_update_user_ns is not None:
             self.shell.displayhook.update_user_ns = self._orig_update_user_ns
         self._registered = False
+        if tuple(getattr(self.shell, "custom_exceptions", ())) == (KeyboardInterrupt,):
+            self.shell.set_custom_exc((), None)
         self._remove_hooks(self.backend)
         if _ray_installed():
             from .engines._ray import watch_ray_init
@@ -314,10 +322,23 @@ class NotebookSession:
         self._current = None
         if tag is not None:
             self._last = tag
-        if tag is not None and isinstance(
-            getattr(result, "error_in_exec", None), KeyboardInterrupt
+        if (
+            tag is not None
+            and isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt)
+            and tag.get("run") != self._interrupt_handled
         ):
             self.cancel_cell(tag)
+
+    def _cancel_interrupted(self) -> int | None:
+        """A KeyboardInterrupt is ending the running cell: cancel its work; how many of its
+        tasks and actor calls were cancelled in all (None: no cluster joined)."""
+        tag = self._current
+        if tag is None or not self.backend.is_connected():
+            return None
+        self.cancel_cell(tag)
+        run = tag.get("run")
+        self._interrupt_handled = run if isinstance(run, str) else None
+        return self._cancel_counts.get(run, 0) if isinstance(run, str) else 0
 
     def _refresh_exports(self) -> None:
         """After a cell (re)defined a notebook function or class, re-ship remote functions.
@@ -363,6 +384,9 @@ class NotebookSession:
         if last is not None and not force:
             return 0
         count = int(backend.cancel_tagged(match, force=force))
+        if isinstance(run, str):
+            # a forced second interrupt cancels the same work again: count it once
+            self._cancel_counts[run] = max(self._cancel_counts.get(run, 0), count)
         stuck = backend.uninterruptible(match)
         if stuck:
             print(
