@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-An interrupt usually lands inside ``carme.get`` (or the ``%%remote`` magic), so
-IPython's traceback would walk through carme's and IPython's own frames: about
+An interrupt usually lands inside ``carme.get`` (``ray.get`` on the Ray engine, or
+the ``%%remote`` magic), so IPython's traceback would walk through carme's (or
+Ray's) and IPython's own frames: about
 2 KB that say nothing to the user. The session installs :func:`handler` for
 ``KeyboardInterrupt`` (IPython's ``set_custom_exc``); it cancels the cell's work
 first (``NotebookSession.cancel_cell``), then shows the traceback cut to the
@@ -25,7 +26,7 @@ __all__ = ["cancelled_text", "handler", "internal_dirs", "user_frames"]
 def internal_dirs() -> tuple[str, ...]:
     """Directories of the packages whose frames a user never needs to see."""
     out = []
-    for name in ("carme", "carme_kernel", "IPython", "ipykernel"):
+    for name in ("carme", "carme_kernel", "IPython", "ipykernel", "ray"):
         spec = importlib.util.find_spec(name)
         for location in (spec.submodule_search_locations or []) if spec else []:
             out.append(os.path.join(os.path.realpath(location), ""))
@@ -56,24 +57,27 @@ def user_frames(tb: TracebackType | None, dirs: tuple[str, ...]) -> TracebackTyp
     return chain
 
 
-def cancelled_text(count: int) -> str:
-    """The interrupt's message: what was cancelled."""
-    if count <= 0:
+def cancelled_text(count: int, live: bool = True) -> str:
+    """The interrupt's message: what was cancelled. ``live``: the engine's task state is
+    current (carme); Ray's lags, so its cancel goes on as tasks show up there."""
+    if count > 0:
+        return f"cancelled {count} remote task{'' if count == 1 else 's'} of this cell"
+    if live:
         return "no remote work of this cell was left to cancel"
-    return f"cancelled {count} remote task{'' if count == 1 else 's'} of this cell"
+    return "cancelling this cell's remote tasks as the engine's task state shows them"
 
 
-def handler(cancel: Callable[[], int | None]) -> Callable[..., list[str]]:
+def handler(cancel: Callable[[], tuple[int, bool] | None]) -> Callable[..., list[str]]:
     """IPython's custom handler for KeyboardInterrupt. ``cancel()`` cancels the cell's work
-    and returns how many of its tasks and actor calls were cancelled (None: the cluster
-    was never joined, so the message stays as it was)."""
+    and returns how many of its tasks and actor calls were cancelled and whether the
+    engine's task state is live (None: no cluster joined; the message stays as it was)."""
     dirs = internal_dirs()
 
     def on_interrupt(shell: Any, etype: type[BaseException], evalue: BaseException,
                      tb: TracebackType | None, tb_offset: int | None = None) -> list[str]:
-        count = cancel()
-        if count is not None:
-            evalue.args = (cancelled_text(count),)
+        done = cancel()
+        if done is not None:
+            evalue.args = (cancelled_text(*done),)
         frames = user_frames(tb, dirs)
         if frames is None:
             stb = [line.rstrip("\n") for line in shell.InteractiveTB.get_exception_only(etype, evalue)]

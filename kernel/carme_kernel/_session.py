@@ -329,16 +329,18 @@ class NotebookSession:
         ):
             self.cancel_cell(tag)
 
-    def _cancel_interrupted(self) -> int | None:
+    def _cancel_interrupted(self) -> tuple[int, bool] | None:
         """A KeyboardInterrupt is ending the running cell: cancel its work; how many of its
-        tasks and actor calls were cancelled in all (None: no cluster joined)."""
+        tasks and actor calls were cancelled in all, and whether the engine's task state is
+        live (None: no cluster joined)."""
         tag = self._current
         if tag is None or not self.backend.is_connected():
             return None
         self.cancel_cell(tag)
         run = tag.get("run")
         self._interrupt_handled = run if isinstance(run, str) else None
-        return self._cancel_counts.get(run, 0) if isinstance(run, str) else 0
+        count = self._cancel_counts.get(run, 0) if isinstance(run, str) else 0
+        return count, bool(self.backend.capabilities.live_state)
 
     def _refresh_exports(self) -> None:
         """After a cell (re)defined a notebook function or class, re-ship remote functions.
