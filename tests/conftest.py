@@ -266,6 +266,7 @@ def jupyter_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for k, v in env.items():
             mp.setenv(k, v)
         mp.delenv("CARME_ADDRESS", raising=False)
+        mp.delenv("CARME_SELECTION_FILE", raising=False)  # a JupyterLab terminal's selection
         try:
             from carme_kernel._install import install
         except ImportError:

@@ -9,7 +9,7 @@ A cluster is known by its id, which is also its address in the REST API:
 
 - ``HOST:PORT``: a carme cluster (``carme start --head``);
 - ``ray:HOST:PORT``: a Ray cluster, by its GCS address (what ``ray start`` prints,
-  and what kernels join through ``CARME_ADDRESS=ray:HOST:PORT``);
+  and what kernels join through ``CARME_ADDRESS=ray:HOST:PORT`` or the selection);
 - ``embedded:PID``: the embedded carme cluster of a running kernel (or any
   driver), whose node daemon runs as PID; only watched from here, never joined
   or stopped.
@@ -23,9 +23,10 @@ A cluster reaches the book from four origins:
 - ``connected``: a user gave its address (``POST /carme/api/connect``);
 - ``env``: the server was started with ``CARME_ADDRESS`` set.
 
-One address at most is *selected*; kernels started afterwards join it (the
-server shell exports it as ``CARME_ADDRESS``). No selection means kernels start
-an embedded cluster of their own. Stopping the selected cluster clears the
+One address at most is *selected*; kernels join it when they first join a
+cluster (the server shell writes it to a selection file whose path kernels
+carry, see `_service`). No selection means kernels start an embedded cluster of
+their own. Stopping the selected cluster clears the
 selection. Only clusters this server started, and carme clusters started on this
 machine, can be stopped from here.
 

@@ -17,13 +17,19 @@ start does not stall the live stream. Each call has a timeout (starting and
 stopping a longer one), so an unreachable address turns into an error message,
 not a hung request.
 
-Selecting a cluster exports its address as ``CARME_ADDRESS`` in this server's
-environment: jupyter_server starts kernels with a copy of ``os.environ``
-(`SessionManager.get_kernel_env`), so every kernel started afterwards joins the
-selected cluster (the carme kernel reads ``CARME_ADDRESS``; a plain Python kernel
-with ``carme.init(address=os.environ["CARME_ADDRESS"])`` does the same). With no
-selection the variable is removed and kernels start embedded clusters. The value
-the server started with is put back when the extension stops. The selection and
+The selection reaches kernels through a *selection file* (``carme._selection``,
+``carme.notebook.write_selection``): a 0600 JSON file in a 0700 directory of
+this server's own, rewritten on every change. jupyter_server starts kernels
+with a copy of ``os.environ`` (`SessionManager.get_kernel_env`), and a restarted
+kernel gets the same copy again, so an address exported there would be frozen
+at the kernel's first start. Only the file's path is exported
+(``CARME_SELECTION_FILE``), which never goes stale: a kernel reads the file
+when it first joins (``carme.init()`` with no address, the carme kernel's first
+magic or view), so it follows the current selection, also after Restart
+Kernel. A ``CARME_ADDRESS`` the server was started with becomes the initial
+selection and is taken out of the environment kernels inherit (it would win
+over the file); it and ``CARME_SELECTION_FILE`` are put back as they were when
+the extension stops. The selection and
 the addresses users gave are saved to `state_file` (in Jupyter's runtime
 directory), so a restarted server selects the same cluster again if it still
 runs: a started cluster outlives the server unless told otherwise.
@@ -42,9 +48,13 @@ import functools
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
+
+from carme.notebook import SELECTION_ENV, write_selection
 
 from ._bodies import BodyError, StartSpec, connect_body, start_spec
 from ._clusters import AddressError, ClusterBook, check_address, engine_of, kind_of
@@ -56,7 +66,7 @@ T = TypeVar("T")
 ENV_VAR = "CARME_ADDRESS"
 # Ray 2.60 drivers talk to a token-auth cluster only with RAY_AUTH_MODE=token set, though
 # `ray start` turns token auth on by default: kernels joining a selected Ray cluster get it
-# when this server has a Ray token and the variable is not set already.
+# (through the selection file's env) when this server has a Ray token.
 RAY_AUTH_MODE = "RAY_AUTH_MODE"
 
 
@@ -209,6 +219,8 @@ class LabService:
         self.backend = backend
         self.book = ClusterBook(given)
         self.state_file = state_file
+        self._selection_dir = tempfile.mkdtemp(prefix="carme-lab-")  # 0700, this server's own
+        self.selection_file = os.path.join(self._selection_dir, "selection.json")
         self.interval = interval
         self.call_timeout = call_timeout
         self.start_timeout = start_timeout
@@ -217,7 +229,7 @@ class LabService:
         # starting and stopping take seconds to minutes (a Ray head): a thread of their own,
         # so the listing and the live stream keep answering meanwhile
         self._slow_pool = ThreadPoolExecutor(1, thread_name_prefix="carme-lab-start")
-        self._env_before = {k: os.environ.get(k) for k in (ENV_VAR, RAY_AUTH_MODE)}
+        self._env_before = {k: os.environ.get(k) for k in (ENV_VAR, SELECTION_ENV)}
         self._subscribers: list[Subscriber] = []
         self._pump_task: asyncio.Task[None] | None = None
         self._load()
@@ -237,18 +249,22 @@ class LabService:
             raise LabError(504, f"{what} did not answer within {timeout:.0f} s") from None
 
     def _export(self) -> None:
-        """Export the selection to kernels started from now on, and save it for a restart."""
-        if self.book.selected:
-            os.environ[ENV_VAR] = self.book.selected
-        else:
-            os.environ.pop(ENV_VAR, None)
-        if self._env_before[RAY_AUTH_MODE] is None:
+        """Write the selection for kernels (the file, its path in the environment), and save
+        it for a restart of this server."""
+        selected = self.book.selected
+        env: dict[str, str] = {}
+        if selected and engine_of(selected) == "ray":
             from ._ray import ray_token
 
-            if self.book.selected and engine_of(self.book.selected) == "ray" and ray_token():
-                os.environ[RAY_AUTH_MODE] = "token"
-            else:
-                os.environ.pop(RAY_AUTH_MODE, None)
+            if ray_token():
+                env[RAY_AUTH_MODE] = "token"
+        try:
+            write_selection(self.selection_file, selected, env)
+        except OSError as e:
+            self.log.warning("carme_lab: could not write the selection for kernels to %s: %s",
+                             self.selection_file, e)
+        os.environ.pop(ENV_VAR, None)  # it would win over the file in every kernel
+        os.environ[SELECTION_ENV] = self.selection_file
         if self.state_file:
             try:
                 tmp = f"{self.state_file}.tmp"
@@ -356,7 +372,7 @@ class LabService:
             if select:
                 self.book.select(address)
         self._export()
-        return {"selected": self.book.selected, "address": os.environ.get(ENV_VAR)}
+        return {"selected": self.book.selected, "address": self.book.selected}
 
     async def view(self, body: dict[str, Any]) -> dict[str, Any]:
         """Show ``cluster`` in the panel without changing what kernels join (null: follow)."""
@@ -461,6 +477,7 @@ class LabService:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+        shutil.rmtree(self._selection_dir, ignore_errors=True)
 
 
 def _not_stoppable(address: str, kind: str, engine: str, local: bool) -> str:

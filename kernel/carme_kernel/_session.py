@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 * **Joining.** Nothing connects at kernel start. :meth:`NotebookSession.connect`
   runs on first use (a magic, or a view) with the address from ``%carme
-  connect``, else ``CARME_ADDRESS``, else none (an embedded local carme
-  cluster). The address picks the engine (``engines.parse_target``: ``ray``,
+  connect``, else ``CARME_ADDRESS``, else the JupyterLab side panel's selection
+  as it is *now* (``carme.notebook.default_address``: the server gives kernels
+  the path of its selection file, never the address, so a restarted kernel
+  follows the panel), else none (an embedded local carme cluster). The address picks the engine (``engines.parse_target``: ``ray``,
   ``ray:HOST:PORT``, ``ray://HOST:PORT`` are Ray; anything else is carme), and
   the session talks to it only through its :class:`~carme_kernel.engines.NotebookBackend`.
   ``%carme connect`` also exports ``CARME_ADDRESS`` so a ``carme.init()`` the
@@ -23,8 +25,11 @@ Theory of operation
   ``stream`` messages parented to the launching cell. In a terminal IPython
   carme's default printing is kept.
 * **Interrupt.** A KeyboardInterrupt that ends a cell cancels every unfinished
-  task and actor call tagged with that cell (``post_run_cell``; ``%%remote``
-  also cancels before re-raising); a second interrupt of the same cell forces.
+  task and actor call tagged with that cell (IPython's custom exception handler,
+  else ``post_run_cell``; ``%%remote`` also cancels before re-raising); a second
+  interrupt of the same cell forces. The cell ends with a short traceback of the
+  user's own frames and the message "cancelled N remote tasks of this cell"
+  (``_interrupt``).
 * **Output history.** A displayed result that holds ObjectRefs is kept out of
   ``Out``/``_N`` (``_``, ``__``, ``___`` still rotate), so re-running a cell does
   not pin one more object per run.
@@ -51,7 +56,9 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
-from . import engines
+from carme.notebook import Choice, default_address
+
+from . import _interrupt, engines
 from ._output import OutputRouter, Parent
 from .engines import NotebookBackend, backend_for, parse_target
 
@@ -96,6 +103,16 @@ def _export_ray_address(target: engines.Target, replace: bool = False) -> None:
         os.environ.setdefault("RAY_ADDRESS", target.address)
 
 
+def _use_choice(choice: Choice) -> None:
+    """Prepare for the cluster ``default_address()`` chose: for a Ray cluster, what its
+    drivers need (``RAY_AUTH_MODE`` from the panel's selection) and ``RAY_ADDRESS``."""
+    target = parse_target(choice.address)
+    if target.engine == "ray":
+        for name, value in choice.env.items():
+            os.environ.setdefault(name, value)
+        _export_ray_address(target)
+
+
 def _ray_installed() -> bool:
     return importlib.util.find_spec("ray") is not None
 
@@ -117,6 +134,8 @@ class NotebookSession:
         self._orig_update_user_ns: Callable[[Any], None] | None = None
         self._defs: dict[str, int] | None = None
         self._cancelled_runs: dict[str, tuple[float, bool]] = {}  # run -> (first cancel, forced)
+        self._cancel_counts: dict[str, int] = {}  # run -> tasks and calls cancelled
+        self._interrupt_handled: str | None = None  # the run whose interrupt was shown
 
     # -- registration ----------------------------------------------------------
     def register(self) -> None:
@@ -128,10 +147,11 @@ class NotebookSession:
         self._orig_update_user_ns = dh.update_user_ns
         dh.update_user_ns = self._update_user_ns
         self._registered = True
+        self.shell.set_custom_exc((KeyboardInterrupt,), _interrupt.handler(self._cancel_interrupted))
         engines.set_active(self.backend)
         self.install_hooks()
-        with contextlib.suppress(ValueError):  # a bad CARME_ADDRESS is reported on connect
-            _export_ray_address(parse_target(os.environ.get("CARME_ADDRESS")))
+        with contextlib.suppress(ValueError):  # a bad address is reported on connect
+            _use_choice(default_address())
         if _ray_installed():
             from .engines._ray import watch_ray_init
 
@@ -145,6 +165,8 @@ class NotebookSession:
         if self._orig_update_user_ns is not None:
             self.shell.displayhook.update_user_ns = self._orig_update_user_ns
         self._registered = False
+        if tuple(getattr(self.shell, "custom_exceptions", ())) == (KeyboardInterrupt,):
+            self.shell.set_custom_exc((), None)
         self._remove_hooks(self.backend)
         if _ray_installed():
             from .engines._ray import watch_ray_init
@@ -208,8 +230,11 @@ class NotebookSession:
             if self.connected_to is None:
                 self.connected_to = "cluster joined by init() in a cell"
             return self.backend.attach()
-        text = address or self.address or os.environ.get("CARME_ADDRESS") or None
+        choice = None if address or self.address else default_address()
+        text = address or self.address or (choice.address if choice else None)
         target = parse_target(text)
+        if choice is not None:
+            _use_choice(choice)
         if target.engine != self.backend.engine or (
             target.engine == "ray" and getattr(self.backend, "client", False) != target.client
         ):
@@ -297,10 +322,25 @@ class NotebookSession:
         self._current = None
         if tag is not None:
             self._last = tag
-        if tag is not None and isinstance(
-            getattr(result, "error_in_exec", None), KeyboardInterrupt
+        if (
+            tag is not None
+            and isinstance(getattr(result, "error_in_exec", None), KeyboardInterrupt)
+            and tag.get("run") != self._interrupt_handled
         ):
             self.cancel_cell(tag)
+
+    def _cancel_interrupted(self) -> tuple[int, bool] | None:
+        """A KeyboardInterrupt is ending the running cell: cancel its work; how many of its
+        tasks and actor calls were cancelled in all, and whether the engine's task state is
+        live (None: no cluster joined)."""
+        tag = self._current
+        if tag is None or not self.backend.is_connected():
+            return None
+        self.cancel_cell(tag)
+        run = tag.get("run")
+        self._interrupt_handled = run if isinstance(run, str) else None
+        count = self._cancel_counts.get(run, 0) if isinstance(run, str) else 0
+        return count, bool(self.backend.capabilities.live_state)
 
     def _refresh_exports(self) -> None:
         """After a cell (re)defined a notebook function or class, re-ship remote functions.
@@ -346,6 +386,9 @@ class NotebookSession:
         if last is not None and not force:
             return 0
         count = int(backend.cancel_tagged(match, force=force))
+        if isinstance(run, str):
+            # a forced second interrupt cancels the same work again: count it once
+            self._cancel_counts[run] = max(self._cancel_counts.get(run, 0), count)
         stuck = backend.uninterruptible(match)
         if stuck:
             print(

@@ -521,9 +521,9 @@ class CarmeMagics(Magics):
 
 
 def _env_address() -> str | None:
-    import os
+    from carme.notebook import default_address
 
-    return os.environ.get("CARME_ADDRESS") or None
+    return default_address().address
 
 
 def _unpicklable(values: dict[str, Any]) -> str | None:

@@ -43,12 +43,18 @@ class View:
     """A titled table: ``_repr_html_`` for notebooks, ``__repr__`` for terminals."""
 
     def __init__(
-        self, title: str, columns: Columns, rows: Iterable[Mapping[str, Any]], note: str = ""
+        self,
+        title: str,
+        columns: Columns,
+        rows: Iterable[Mapping[str, Any]],
+        note: str = "",
+        hover: Mapping[str, str] | None = None,
     ) -> None:
         self.title = title
         self.columns = list(columns)
         self.rows = [dict(r) for r in rows]
         self.note = note
+        self.hover = dict(hover or {})  # column key -> key of the row's value shown on hover
 
     def text_rows(self) -> list[list[str]]:
         return [[_cell(row.get(key)) for key, _ in self.columns] for row in self.rows]
@@ -59,9 +65,12 @@ class View:
         )
         body = "".join(
             "<tr>"
-            + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in row)
+            + "".join(
+                f"<td style='text-align:left'{self._title(row, key)}>{html.escape(c)}</td>"
+                for c, (key, _) in zip(cells, self.columns, strict=True)
+            )
             + "</tr>"
-            for row in self.text_rows()
+            for row, cells in zip(self.rows, self.text_rows(), strict=True)
         )
         if not self.rows:
             body = f"<tr><td colspan='{len(self.columns)}'><i>none</i></td></tr>"
@@ -70,6 +79,11 @@ class View:
             f"<div class='carme-view'><b>{html.escape(self.title)}</b>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}</div>"
         )
+
+    def _title(self, row: Mapping[str, Any], key: str) -> str:
+        source = self.hover.get(key)
+        value = row.get(source) if source else None
+        return f" title='{html.escape(_cell(value))}'" if value else ""
 
     def __repr__(self) -> str:
         rows = self.text_rows()
@@ -178,15 +192,28 @@ def gpus_view(nodes: Iterable[Mapping[str, Any]]) -> View:
 
 
 def objects_view(objects: Iterable[Mapping[str, Any]]) -> View:
+    """Objects with the short form of their ids (``carme.notebook.short_object_id``; the
+    full id on hover), carme's row keys or Ray's."""
+    from carme.notebook import short_object_id
+
     cols = [
-        ("object_id", "object id"),
+        ("short_id", "object id"),
         ("object_size", "size (bytes)"),
-        ("reference_type", "reference"),
+        ("reference", "reference"),
         ("task_status", "status"),
         ("call_site", "call site"),
-        ("node_ip_address", "node"),
+        ("node", "node"),
     ]
-    return View("Objects", cols, objects)
+    rows = [
+        {
+            **o,
+            "short_id": short_object_id(str(o.get("object_id") or "")),
+            "reference": o.get("reference_type") or o.get("location"),
+            "node": o.get("node_ip_address") or o.get("ip"),
+        }
+        for o in objects
+    ]
+    return View("Objects", cols, rows, hover={"short_id": "object_id"})
 
 
 def actors_view(actors: Iterable[Mapping[str, Any]]) -> View:

@@ -16,6 +16,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._context import STATE
 from ._objects import ObjectRef, ObjectRefGenerator
+from ._selection import default_address
 
 _IGNORED_INIT_ARGS = {
     "include_dashboard", "dashboard_host", "dashboard_port", "configure_logging",
@@ -74,12 +75,14 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                 raise ValueError(
                     f"object_store_memory={object_store_memory:,} is more than this machine's "
                     f"memory ({total:,} bytes); pass a smaller size or leave it unset.")
-        if address is None:
-            address = os.environ.get("CARME_ADDRESS") or None
+        source = "the address argument"
+        if address is None:  # CARME_ADDRESS, else the side panel's selection, else embedded
+            choice = default_address()
+            address, source = choice.address, choice.source
         from ._core import connect_core
         if address not in (None, "local"):
             return _join(address, namespace=namespace, runtime_env=runtime_env,
-                         log_to_driver=log_to_driver, given={
+                         log_to_driver=log_to_driver, source=source, given={
                              "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
                              "object_store_memory": object_store_memory})
         from ._node import default_resources, start_embedded
@@ -120,24 +123,39 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         return ctx
 
 
+_LOCAL_HINT = 'pass address="local" for an embedded cluster of this process instead'
+
+
 def _join(address: str, *, namespace: str | None, runtime_env: dict | None,
-          log_to_driver: bool, given: dict) -> CarmeContext:
-    """Connect this driver to a running cluster (`carme start --head`)."""
+          log_to_driver: bool, given: dict, source: str) -> CarmeContext:
+    """Connect this driver to a running cluster (`carme start --head`).
+
+    `source` says where `address` came from (the argument, ``CARME_ADDRESS``, the
+    side panel's selection), for the errors.
+    """
     from . import cluster
     from ._core import connect_core
     from ._hooks import _apply
+    if address == "ray" or address.startswith("ray:"):
+        raise ValueError(
+            f"carme.init() joins carme clusters, but the address {address!r} (from {source}) "
+            f"is a Ray cluster: join it with `import ray; ray.init()` (or `%carme connect "
+            f"{address}` in the carme kernel), or {_LOCAL_HINT}.")
     set_args = [k for k, v in given.items() if v is not None]
     if set_args:
         raise ValueError(
             f"When connecting to an existing cluster, {', '.join(set_args)} must not be "
-            f"provided: the cluster's resources were fixed when it started.")
+            f"provided: the cluster's resources were fixed when it started. The address "
+            f"{address} came from {source}; {_LOCAL_HINT} (with these resources), or leave "
+            f"out {', '.join(set_args)} to join that cluster.")
     address, token = cluster.resolve(address)
     try:
         core = connect_core(address=address, token=token, role="driver",
                             worker_id=secrets.token_hex(14), job_id=secrets.token_hex(4),
                             namespace=namespace or f"anon-{secrets.token_hex(6)}")
     except OSError as e:
-        raise ConnectionError(f"could not connect to the carme cluster at {address}: {e}") from e
+        raise ConnectionError(f"could not connect to the carme cluster at {address} (from "
+                              f"{source}): {e}; {_LOCAL_HINT}") from e
     core.job_runtime_env = runtime_env
     if not log_to_driver:
         core.quiet_logs = True

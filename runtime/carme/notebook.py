@@ -29,6 +29,16 @@ Questions and actions on the driver:
   plain dicts; :func:`timeline_events` — the timeline as Chrome trace events.
 * :func:`is_remote_object` ``(value)`` — True for an ``ObjectRef`` or
   ``ObjectRefGenerator`` (a notebook keeps those out of its output history).
+* :func:`short_object_id` ``(object_id)`` — the short form of an object id that
+  every table of objects shows (widgets, ``%carme objects``, the side panel),
+  with the full id on hover.
+
+Which cluster to join (also used by ``carme.init()`` given no address):
+
+* :func:`default_address` ``()`` — a :class:`Choice` ``(address, source, env)``:
+  ``CARME_ADDRESS``, else the side panel's selection (the file named by
+  ``CARME_SELECTION_FILE``, read now), else ``None`` (embedded);
+  :func:`write_selection` ``(path, address, env)`` writes that file (0600, atomic).
 """
 
 from __future__ import annotations
@@ -50,12 +60,16 @@ from ._hooks import (
     timeline_events,
 )
 from ._objects import ObjectRef, ObjectRefGenerator
+from ._selection import SELECTION_ENV, Choice, default_address, write_selection
 
 __all__ = [
+    "Choice",
     "GetHook",
     "LogHandler",
+    "SELECTION_ENV",
     "TagProvider",
     "cancel_tagged",
+    "default_address",
     "get_hook",
     "invalidate_exports",
     "is_remote_object",
@@ -63,11 +77,43 @@ __all__ = [
     "set_get_hook",
     "set_log_handler",
     "set_task_tag_provider",
+    "short_object_id",
     "state_rows",
     "timeline_events",
+    "write_selection",
 ]
 
 
 def is_remote_object(value: Any) -> bool:
     """True if ``value`` is a carme ``ObjectRef`` or ``ObjectRefGenerator``."""
     return isinstance(value, (ObjectRef, ObjectRefGenerator))
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def short_object_id(object_id: str) -> str:
+    """The part of ``object_id`` (hex) that tells objects apart, for a table cell.
+
+    A plain prefix does not: every object a process makes starts with the same
+    characters. The rule, by the id's layout:
+
+    * carme (40 hex: 16 of the process, 16 of a per-process counter, 8 of the
+      return index): the process's first 6, ``…``, the counter in hex without
+      leading zeros, and ``#INDEX`` for a task's return (a ``put`` has index 0
+      and no suffix): ``"d8d275…4#2"`` is return 2 of task 4 of process d8d275.
+    * Ray (56 hex: a 48-hex task id, then the 8-hex index): the task id's first
+      12 (its unique part), ``…``, ``#INDEX``: ``"0a1b2c3d4e5f…#1"``.
+    * anything else: as it is up to 20 characters, else the first 8, ``…``, the
+      last 8.
+    """
+    text = str(object_id or "")
+    if len(text) in (40, 56) and set(text) <= _HEX:
+        index = int(text[-8:], 16)
+        suffix = f"#{index}" if index or len(text) == 56 else ""
+        if len(text) == 40:
+            return f"{text[:6]}…{text[16:32].lstrip('0') or '0'}{suffix}"
+        return f"{text[:12]}…{suffix}"
+    if len(text) <= 20:
+        return text
+    return f"{text[:8]}…{text[-8:]}"

@@ -54,11 +54,12 @@ NOTEBOOK = {
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
          "source": "%carme status"},
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-         "source": "import os\nprint('kernel joins', os.environ.get('CARME_ADDRESS', 'nothing'))"},
+         "source": ("from carme.notebook import default_address\n"
+                    "print('kernel joins', default_address().address or 'nothing')")},
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
          "source": (
              "import time\nimport carme\n"
-             "carme.init(address=os.environ['CARME_ADDRESS'])\n\n"
+             "carme.init()  # the panel's selection, read now\n\n"
              "@carme.remote\ndef work(i):\n    time.sleep(0.5)\n    return i\n\n"
              "@carme.remote\nclass Tally:\n    def __init__(self):\n        self.n = 0\n"
              "    def add(self, k):\n        self.n += k\n        return self.n\n\n"

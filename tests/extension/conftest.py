@@ -21,14 +21,18 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403  (fixtures and hooks)
 
 @pytest.fixture(autouse=True)
 def _no_carme_address(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts without CARME_ADDRESS and leaves the environment as it was."""
-    before = os.environ.get("CARME_ADDRESS")
-    monkeypatch.delenv("CARME_ADDRESS", raising=False)
+    """Each test starts without CARME_ADDRESS or a selection file (what the server exports
+    to kernels) and leaves the environment as it was."""
+    names = ("CARME_ADDRESS", "CARME_SELECTION_FILE")
+    before = {name: os.environ.get(name) for name in names}
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
     yield
-    if before is None:
-        os.environ.pop("CARME_ADDRESS", None)
-    else:
-        os.environ["CARME_ADDRESS"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture  # type: ignore[no-redef]

@@ -27,3 +27,18 @@ async def call(jp_fetch: Any, *path: str, method: str = "GET", body: Any = None,
         assert e.response is not None
         return e.code, json.loads(e.response.body)
     return r.code, json.loads(r.body)
+
+
+def kernel_choice() -> Any:
+    """What a kernel the server starts now would join: its environment is a copy of the
+    server's, and it reads the selection file named there (`carme.notebook.default_address`)."""
+    import os
+
+    from carme.notebook import default_address
+
+    return default_address(dict(os.environ))
+
+
+def kernels_join() -> str | None:
+    """The address of `kernel_choice()` (None: an embedded cluster each)."""
+    return kernel_choice().address

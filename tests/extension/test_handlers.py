@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import pytest
-from lab_client import call
+from lab_client import call, kernel_choice, kernels_join
 
 
 async def test_empty_listing_says_nothing_is_selected(jp_fetch: Any) -> None:
@@ -22,7 +22,7 @@ async def test_start_selects_and_exports_the_address(jp_fetch: Any, service: Any
     assert code == 201
     assert data["origin"] == "started" and data["selected"] and data["local"]
     assert service.backend.calls[0] == ("start", (2, 0, {"disk": 1}))
-    assert os.environ["CARME_ADDRESS"] == data["address"]
+    assert kernels_join() == data["address"]
     code, listing = await call(jp_fetch, "clusters")
     assert listing["selected"] == data["address"]
     assert [c["id"] for c in listing["clusters"]] == [data["address"]]
@@ -69,7 +69,7 @@ async def test_start_a_ray_head_through_the_same_route(jp_fetch: Any, service: A
                             body={"engine": "ray", "num_cpus": 1, "port": 0})
     assert code == 201, data
     assert data["engine"] == "ray" and data["id"].startswith("ray:") and data["stoppable"]
-    assert os.environ["CARME_ADDRESS"] == data["id"]  # kernels join it through CARME_ADDRESS
+    assert kernels_join() == data["id"]  # kernels join it through CARME_ADDRESS
 
 
 async def test_view_shows_a_cluster_without_changing_what_kernels_join(
@@ -84,7 +84,7 @@ async def test_view_shows_a_cluster_without_changing_what_kernels_join(
     await call(jp_fetch, "connect", method="POST", body={"address": "127.0.0.1:6380"})
     code, data = await call(jp_fetch, "view", method="POST", body={"cluster": "embedded:77"})
     assert code == 200 and data == {"showing": "embedded:77", "selected": "127.0.0.1:6380"}
-    assert os.environ["CARME_ADDRESS"] == "127.0.0.1:6380"
+    assert kernels_join() == "127.0.0.1:6380"
     code, data = await call(jp_fetch, "view", method="POST", body={"cluster": None})
     assert data["showing"] == "127.0.0.1:6380"
     for body, status in (({"cluster": "embedded:78"}, 404), ({"cluster": "nonsense"}, 400),
@@ -100,7 +100,7 @@ async def test_stop_a_started_cluster_clears_the_selection(jp_fetch: Any) -> Non
     code, data = await call(jp_fetch, "clusters", started["id"], method="DELETE")
     assert code == 200
     assert data == {"id": started["id"], "stopped": True, "selected": None}
-    assert "CARME_ADDRESS" not in os.environ
+    assert kernels_join() is None
     _, listing = await call(jp_fetch, "clusters")
     assert listing == {"clusters": [], "selected": None, "showing": None}
 
@@ -127,13 +127,13 @@ async def test_local_clusters_are_listed_and_can_be_stopped(jp_fetch: Any, servi
 async def test_connect_remembers_selects_and_deselects(jp_fetch: Any) -> None:
     code, data = await call(jp_fetch, "connect", method="POST", body={"address": " 10.0.0.7:6380 "})
     assert code == 200 and data == {"selected": "10.0.0.7:6380", "address": "10.0.0.7:6380"}
-    assert os.environ["CARME_ADDRESS"] == "10.0.0.7:6380"
+    assert kernels_join() == "10.0.0.7:6380"
     _, listing = await call(jp_fetch, "clusters")
     assert listing["clusters"][0]["origin"] == "connected"
     assert listing["clusters"][0]["alive"] is None
     code, data = await call(jp_fetch, "connect", method="POST", body={"address": None})
     assert code == 200 and data == {"selected": None, "address": None}
-    assert "CARME_ADDRESS" not in os.environ
+    assert kernels_join() is None
     _, listing = await call(jp_fetch, "clusters")
     assert [c["address"] for c in listing["clusters"]] == ["10.0.0.7:6380"]
 
@@ -203,6 +203,10 @@ async def test_server_started_with_carme_address(
     listing = await service.listing()
     assert listing["selected"] == "10.1.1.1:6380"
     assert listing["clusters"][0]["origin"] == "env"
+    # kernels get it through the selection file, not a CARME_ADDRESS frozen at their start
+    assert "CARME_ADDRESS" not in os.environ and kernels_join() == "10.1.1.1:6380"
+    await service.connect({"address": None})
+    assert kernels_join() is None
 
 
 async def test_selection_survives_a_server_restart(tmp_path: Any) -> None:
@@ -215,11 +219,12 @@ async def test_selection_survives_a_server_restart(tmp_path: Any) -> None:
     first = LabService(backend, state_file=state)
     started = await first.start({})
     await first.close()
-    assert "CARME_ADDRESS" not in os.environ  # put back as it was
+    assert "CARME_SELECTION_FILE" not in os.environ  # put back as it was
+    assert not os.path.exists(first.selection_file)
     second = LabService(backend, state_file=state)  # the cluster outlived the server
     try:
         assert second.book.selected == started["address"]
-        assert os.environ["CARME_ADDRESS"] == started["address"]
+        assert kernels_join() == started["address"]
     finally:
         await second.close()
 
@@ -252,16 +257,17 @@ async def test_kernels_joining_a_ray_cluster_get_ray_token_auth(
     service = LabService(FakeBackend(), state_file=None)
     try:
         await service.connect({"address": "127.0.0.1:6380"})
-        assert "RAY_AUTH_MODE" not in os.environ
+        assert kernel_choice().env == {}
         await service.connect({"address": "ray:127.0.0.1:6379"})
-        assert os.environ["CARME_ADDRESS"] == "ray:127.0.0.1:6379"
-        assert os.environ["RAY_AUTH_MODE"] == "token"
-        await service.connect({"address": None})
+        assert kernels_join() == "ray:127.0.0.1:6379"
+        assert kernel_choice().env == {"RAY_AUTH_MODE": "token"}  # in the file, not frozen
         assert "RAY_AUTH_MODE" not in os.environ
+        await service.connect({"address": None})
+        assert kernel_choice().env == {}
         await service.connect({"address": "ray:127.0.0.1:6379"})
     finally:
         await service.close()
-    assert "RAY_AUTH_MODE" not in os.environ and "CARME_ADDRESS" not in os.environ
+    assert "RAY_AUTH_MODE" not in os.environ and kernels_join() is None
     # a mode the user set is theirs: left alone
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     service = LabService(FakeBackend(), state_file=None)

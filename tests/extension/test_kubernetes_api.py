@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from carme_lab_fakes import FakeBackend
 from k8s_fake import FakeKubeAPI, json_patch, write_kubeconfig
+from lab_client import kernels_join
 
 from carme_lab import _kubernetes
 from carme_lab._kubernetes import RAYCLUSTER_VERBS, KubeRayConfig, KubeRayService
@@ -133,7 +133,7 @@ def test_create_stores_a_valid_raycluster_marked_as_the_panels(env: Env, kube: F
     assert stored["spec"]["authOptions"] == {"mode": "token", "secretName": "carme-ray-auth"}
     # the real server is asked to refuse unknown fields instead of dropping them
     assert [q for verb, _, _, q in kube.requests if verb == "create"] == [{"fieldValidation": ["Strict"]}]
-    assert "CARME_ADDRESS" not in os.environ, "create without select leaves kernels alone"
+    assert kernels_join() is None, "create without select leaves kernels alone"
 
 
 def test_create_without_a_name_picks_one_and_a_taken_name_is_409(env: Env, kube: FakeKubeAPI) -> None:
@@ -146,7 +146,7 @@ def test_create_without_a_name_picks_one_and_a_taken_name_is_409(env: Env, kube:
 def test_create_with_select_exports_the_head_address_to_new_kernels(env: Env) -> None:
     row = env(env.svc.create({"name": "nb", "workers": 1, "cpus": 1, "select": True}))
     assert row["selected"] is True
-    assert os.environ["CARME_ADDRESS"] == "ray:nb-head-svc.carme.svc:6379"
+    assert kernels_join() == "ray:nb-head-svc.carme.svc:6379"
     listing = env(env.svc.listing())
     assert listing["selected"] == "ray:nb-head-svc.carme.svc:6379"
     assert [c["selected"] for c in listing["clusters"]] == [True]
@@ -174,17 +174,17 @@ def test_delete_only_what_the_panel_created_and_clear_its_selection(env: Env, ku
     env(env.svc.create({"name": "nb", "workers": 1, "cpus": 1, "select": True}))
     out = env(env.svc.delete("nb"))
     assert out == {"name": "nb", "deleted": True, "selected": None}
-    assert ("carme", "nb") not in kube.objects and "CARME_ADDRESS" not in os.environ
+    assert ("carme", "nb") not in kube.objects and kernels_join() is None
 
 
 def test_select_a_raycluster_for_new_kernels(env: Env, kube: FakeKubeAPI) -> None:
     kube.put(shipped_raycluster())
     row = env(env.svc.select({"name": "carme-ray"}))
     assert row["selected"] is True
-    assert os.environ["CARME_ADDRESS"] == "ray:carme-ray-head-svc.carme.svc:6379"
+    assert kernels_join() == "ray:carme-ray-head-svc.carme.svc:6379"
     err = env.error(env.svc.select({"name": "nope"}))
     assert err.status == 404
-    assert os.environ["CARME_ADDRESS"] == "ray:carme-ray-head-svc.carme.svc:6379"
+    assert kernels_join() == "ray:carme-ray-head-svc.carme.svc:6379"
 
 
 # ---------------------------------------------------------------------- RBAC and failures

@@ -4,7 +4,6 @@ client and a fake API server on 127.0.0.1; request bodies are checked strictly."
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from carme_lab_fakes import FakeBackend
 from k8s_fake import FakeKubeAPI, write_kubeconfig
 from lab_client import call as lab_call
+from lab_client import kernels_join
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
 import kube_schemas  # noqa: E402
@@ -62,14 +62,14 @@ async def test_list_create_scale_select_delete(jp_fetch: Any, kube: FakeKubeAPI)
 
     code, row = await call(jp_fetch, "select", method="POST", body={"name": "nb"})
     assert code == 200 and row["selected"] is True
-    assert os.environ["CARME_ADDRESS"] == "ray:nb-head-svc.carme.svc:6379"
+    assert kernels_join() == "ray:nb-head-svc.carme.svc:6379"
     # the main cluster list shows the selection too
     r = await jp_fetch("carme", "api", "clusters")
     assert json.loads(r.body)["selected"] == "ray:nb-head-svc.carme.svc:6379"
 
     code, out = await call(jp_fetch, "rayclusters", "nb", method="DELETE")
     assert code == 200 and out == {"name": "nb", "deleted": True, "selected": None}
-    assert "CARME_ADDRESS" not in os.environ and ("carme", "nb") not in kube.objects
+    assert kernels_join() is None and ("carme", "nb") not in kube.objects
 
     code, out = await call(jp_fetch, "rayclusters", "carme-ray", method="DELETE")
     assert code == 409 and "not created from this panel" in out["message"]
@@ -121,7 +121,7 @@ async def test_scale_and_select_reject_bad_bodies(
     assert code == 400, out
     assert field in out["message"], out["message"]
     assert json.dumps(sorted(kube.objects.items())) == before
-    assert "CARME_ADDRESS" not in os.environ
+    assert kernels_join() is None
 
 
 async def test_listing_says_why_when_the_api_server_refuses(jp_fetch: Any, kube: FakeKubeAPI) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 import pytest
-from lab_client import call
+from lab_client import call, kernels_join
 
 from ray_support import RayHead, requires_ray
 
@@ -89,7 +89,7 @@ async def test_start_and_stop_a_ray_head_from_the_server(
     rid = info["id"]
     assert rid.startswith("ray:127.0.0.1:")
     assert info["origin"] == "started" and info["stoppable"] and info["selected"]
-    assert os.environ["CARME_ADDRESS"] == rid
+    assert kernels_join() == rid
     [record] = os.listdir(state_dir / "ray")
     ray_start = json.loads((state_dir / "ray" / record).read_text())["pid"]
     tree = [psutil.Process(ray_start), *psutil.Process(ray_start).children(recursive=True)]
@@ -104,7 +104,7 @@ async def test_start_and_stop_a_ray_head_from_the_server(
 
     code, data = await call(jp_fetch, "clusters", rid, method="DELETE")
     assert code == 200 and data == {"id": rid, "stopped": True, "selected": None}
-    assert "CARME_ADDRESS" not in os.environ
+    assert kernels_join() is None
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert os.listdir(state_dir / "ray") == []
     _, listing = await call(jp_fetch, "clusters")
@@ -153,7 +153,7 @@ async def test_a_ray_cluster_on_this_machine_is_found_and_watched(
 
     # connecting selects it for kernels started from now on
     code, data = await call(jp_fetch, "connect", method="POST", body={"address": rid})
-    assert code == 200 and os.environ["CARME_ADDRESS"] == rid
+    assert code == 200 and kernels_join() == rid
 
     # an address not found on this machine: its dashboard is taken to be HOST:8265 unless
     # the user names it (127.0.0.2 stands for another host; the dashboard listens on .1)

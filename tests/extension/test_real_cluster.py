@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -12,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_client import call
+from lab_client import call, kernels_join
 
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(90)]
 
 DRIVER = textwrap.dedent("""
-    import os, carme
-    carme.init(address=os.environ["CARME_ADDRESS"])
+    import carme
+    carme.init()  # joins the panel's selection (the file named by CARME_SELECTION_FILE)
 
     @carme.remote
     def square(x):
@@ -70,7 +71,7 @@ async def test_start_run_watch_stop(jp_fetch: Any, state_dir: Path) -> None:
     code, started = await call(jp_fetch, "clusters", method="POST", body={"num_cpus": 2})
     assert code == 201, started
     address = started["address"]
-    assert os.environ["CARME_ADDRESS"] == address
+    assert kernels_join() == address
     _, listing = await call(jp_fetch, "clusters")
     assert listing["selected"] == address and carme_rows(listing)[0]["alive"] is True
 
@@ -79,9 +80,8 @@ async def test_start_run_watch_stop(jp_fetch: Any, state_dir: Path) -> None:
     assert snap["nodes"][0]["resources_total"]["CPU"] == 2.0
     assert snap["tasks"]["finished"] == 0
 
-    # a kernel started now would inherit CARME_ADDRESS: a driver process does the same
-    env = {**os.environ, "CARME_ADDRESS": address}
-    out = subprocess.run([sys.executable, "-c", DRIVER], env=env, capture_output=True,
+    # a kernel started now inherits this server's environment: a driver process does the same
+    out = subprocess.run([sys.executable, "-c", DRIVER], env=dict(os.environ), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
 
@@ -96,7 +96,7 @@ async def test_start_run_watch_stop(jp_fetch: Any, state_dir: Path) -> None:
 
     code, data = await call(jp_fetch, "clusters", address, method="DELETE")
     assert code == 200 and data["stopped"] is True and data["selected"] is None
-    assert "CARME_ADDRESS" not in os.environ
+    assert kernels_join() is None
     _, listing = await call(jp_fetch, "clusters")
     assert carme_rows(listing) == []
     code, data = await call(jp_fetch, "snapshot", params={"cluster": address})
@@ -187,3 +187,69 @@ async def test_a_killed_kernels_note_is_ignored_and_removed(jp_fetch: Any, state
     assert os.listdir(state_dir / "embedded") == [], "a stale note is removed when read"
     code, data = await call(jp_fetch, "snapshot", params={"cluster": entry["id"]})
     assert code == 503 and "has ended" in data["message"]
+
+
+async def _execute(jp_serverapp: Any, kernel_id: str, code: str) -> str:
+    """Run `code` in a kernel of the server; its stream output and errors, as text."""
+    client = jp_serverapp.kernel_manager.get_kernel(kernel_id).client()
+    client.start_channels()
+    out: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        content = msg["content"]
+        if msg["msg_type"] == "stream":
+            out.append(content["text"])
+        elif msg["msg_type"] == "error":
+            out.append(f"{content['ename']}: {content['evalue']}\n")
+
+    try:
+        await client.wait_for_ready(timeout=120)
+        await client.execute_interactive(code, output_hook=hook, timeout=120)
+    finally:
+        client.stop_channels()
+    return "".join(out)
+
+
+JOIN = textwrap.dedent("""
+    import carme
+    try:
+        carme.init(num_cpus=2)
+    except ValueError as e:
+        print("refused:", e)
+    else:
+        print("started:", carme.get_runtime_context().get_node_id() is not None)
+        carme.shutdown()
+    print("joined:", carme.init().address)
+    carme.shutdown()
+    print("local:", carme.init(address="local", num_cpus=1).address)
+    carme.shutdown()
+""")
+
+
+@pytest.mark.timeout(300)
+async def test_kernels_follow_the_panel_selection_also_after_a_restart(
+    jp_fetch: Any, jp_serverapp: Any, state_dir: Path
+) -> None:
+    """A kernel learns the selection when it joins, not from a value frozen at its start:
+    after Stop in the panel, Restart Kernel gives an embedded cluster again."""
+    code, started = await call(jp_fetch, "clusters", method="POST", body={"num_cpus": 1})
+    assert code == 201, started
+    address = started["address"]
+    r = await jp_fetch("api", "sessions", method="POST", body=json.dumps(
+        {"path": "work/panel.ipynb", "type": "notebook", "kernel": {"name": "python3"}}))
+    kernel_id = json.loads(r.body)["kernel"]["id"]
+    try:
+        out = await _execute(jp_serverapp, kernel_id, JOIN)
+        assert f"joined: {address}" in out, out
+        refused = next(line for line in out.splitlines() if line.startswith("refused:"))
+        assert "side panel" in refused and 'address="local"' in refused and address in refused
+        assert "local: " in out and f"local: {address}" not in out, out
+
+        code, data = await call(jp_fetch, "clusters", address, method="DELETE")
+        assert code == 200 and data["selected"] is None
+        await jp_fetch("api", "kernels", kernel_id, "restart", method="POST", body="")
+        out = await _execute(jp_serverapp, kernel_id, JOIN)
+        assert "started: True" in out and "refused" not in out, out
+        assert "joined: " in out and address not in out, out
+    finally:
+        await jp_serverapp.kernel_manager.shutdown_kernel(kernel_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -198,3 +199,23 @@ def test_version_mismatch_hint() -> None:
         "Version mismatch: The cluster was started with:\n Ray: 2.50.0\n Python: 3.12.1\n"))
     assert hint is not None and "different Ray or Python version" in hint
     assert "Install the cluster's Ray and Python versions" in hint
+
+
+def test_a_ray_cluster_selected_in_the_panel_prepares_ray_drivers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The panel's selection file carries what Ray drivers of that cluster need; a value the
+    user set stays theirs."""
+    from carme.notebook import Choice
+    from carme_kernel._session import _use_choice
+
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    _use_choice(Choice("ray:10.0.0.5:6379", "the panel", {"RAY_AUTH_MODE": "token"}))
+    assert os.environ["RAY_ADDRESS"] == "10.0.0.5:6379" and os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    _use_choice(Choice("ray:10.0.0.5:6379", "the panel", {"RAY_AUTH_MODE": "token"}))
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    _use_choice(Choice("127.0.0.1:6380", "the panel", {"RAY_AUTH_MODE": "token"}))
+    assert "RAY_AUTH_MODE" not in os.environ  # a carme cluster needs none of Ray's settings

@@ -73,3 +73,34 @@ def test_restart_on_a_shared_cluster_kills_this_kernels_actors(head, kernel) -> 
     kernel.ok(f"%carme connect {address}")
     kernel.ok("import carme\ncarme.kill(carme.get_actor('keeper', namespace='shared'))")
     assert "ALIVE" not in _actors(address).values()
+
+
+@pytest.fixture
+def selection(head: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A side panel's selection file, selecting nothing yet; kernels get its path only."""
+    from carme.notebook import write_selection
+
+    path = tmp_path / "selection.json"
+    write_selection(str(path), None)
+    monkeypatch.setenv("CARME_SELECTION_FILE", str(path))
+    return path
+
+
+def test_kernel_joins_the_panel_selection_as_it_is_when_it_joins(
+    head: dict[str, Any], selection: Path, kernel: Any
+) -> None:
+    from carme.notebook import write_selection
+
+    address = head["address"]
+    write_selection(str(selection), address)  # selected in the panel after the kernel started
+    kernel.ok("%%remote\n1")
+    assert address in kernel.ok("%carme status").result()["text/plain"]
+    kernel.ok("%carme disconnect")
+    err = kernel.run("import carme\ncarme.init(num_cpus=2)").error()
+    assert err is not None and err["ename"] == "ValueError", err
+    assert "side panel" in err["evalue"] and 'address="local"' in err["evalue"], err["evalue"]
+    kernel.ok("carme.init(address='local', num_cpus=1)\nassert carme.cluster_resources()['CPU'] == 1")
+    kernel.ok("%carme disconnect")
+    write_selection(str(selection), None)  # Stop in the panel
+    kernel.ok("%%remote\n1")
+    assert "embedded local cluster" in kernel.ok("%carme status").result()["text/plain"]

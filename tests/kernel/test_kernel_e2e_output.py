@@ -113,3 +113,44 @@ def test_interrupt_cancels_actor_calls(kernel) -> None:
         _interrupt_ends_cell(kernel, code)
         # the actor is free again: the interrupted call no longer runs
         assert kernel.value(after, timeout=30) in ("1", "2")
+
+
+def _interrupt_once_started(kernel, code: str) -> dict:
+    """Run ``code`` (whose remote work prints ``started``), interrupt once it printed, and
+    return the cell's error."""
+    msg_id = kernel.submit(code)
+    deadline = time.monotonic() + 60
+    while not any(
+        m["msg_type"] == "stream" and "started" in m["content"]["text"] for _, m in kernel.of(msg_id)
+    ):
+        assert time.monotonic() < deadline, "the remote work never started"
+        kernel.collect(0.2)
+    kernel.km.interrupt_kernel()
+    run = kernel.wait(msg_id, timeout=60)
+    [err] = [dict(m["content"]) for _, m in run.messages if m["msg_type"] == "error"]
+    assert err["ename"] == "KeyboardInterrupt" and "Custom TB" not in run.text(), (err, run.text())
+    assert run.reply["content"]["evalue"] == err["evalue"]
+    assert run.reply["content"]["traceback"] == err["traceback"]
+    return err
+
+
+def test_interrupt_ends_the_cell_with_a_short_traceback_saying_what_was_cancelled(kernel) -> None:
+    kernel.ok(
+        "import carme, time\n@carme.remote\ndef sleeper():\n    print('started', flush=True)\n"
+        "    time.sleep(60)\n\ndef run_all():\n    return carme.get([sleeper.remote() for _ in range(3)])"
+    )
+    err = _interrupt_once_started(kernel, "results = run_all()")
+    assert err["evalue"] == "cancelled 3 remote tasks of this cell", err
+    text = "\n".join(err["traceback"])
+    assert "run_all()" in text and "carme.get(" in text  # the user's frames stay
+    assert "_core.py" not in text and "_api.py" not in text and len(text) < 1200, text
+    err = _interrupt_once_started(
+        kernel, "%%remote --name one\nimport time\nprint('started', flush=True)\ntime.sleep(60)"
+    )
+    assert err["evalue"] == "cancelled 1 remote task of this cell", err
+    text = "\n".join(err["traceback"])
+    assert "run_cell_magic" not in text and "magics.py" not in text and len(text) < 300, text
+    # interrupting plain Python code says nothing about remote work
+    err = _interrupt_once_started(kernel, "print('started', flush=True)\ntime.sleep(60)")
+    assert err["evalue"] == "no remote work of this cell was left to cancel", err
+    assert kernel.value("carme.get(carme.put(1))") == "1"  # the kernel goes on

@@ -56,6 +56,34 @@ def test_cluster_objects_and_timeline_show_what_just_ran(carme: ModuleType) -> N
     del big
 
 
+def test_objects_of_one_task_are_told_apart_with_their_sizes(carme: ModuleType) -> None:
+    """One task's returns and the puts of one process used to show the same 16 characters
+    (the process's id prefix) in the object store widget and ``%carme objects``."""
+    from carme_kernel import views
+    from carme_kernel.widgets import ObjectStoreView, _html
+
+    @carme.remote(num_returns=3)
+    def three() -> tuple[int, str, list[int]]:
+        return 1, "a" * 20, [1, 2]
+
+    refs = [*three.remote(), carme.put("p" * 30)]
+    carme.get(refs)
+    ids = [r.hex() for r in refs]
+    ov = ObjectStoreView()
+    rows = {o["object_id"]: o for o in ov.model["objects"]}
+    shown = [rows[i]["short_id"] for i in ids]
+    assert len(set(shown)) == 4, shown
+    assert all(rows[i]["size"] for i in ids), [rows[i] for i in ids]  # inline results too
+    page = _html.objects_html(ov.model)
+    assert all(f"title='{i}'>{rows[i]['short_id']}<" in page for i in ids)  # full id on hover
+    ov.close()
+    view = views.objects_view(carme.notebook.state_rows("objects"))
+    page = view._repr_html_()
+    assert all(f"title='{i}'>{s}<" in page for i, s in zip(ids, shown, strict=True)), page
+    assert all(s in repr(view) for s in shown)
+    del refs
+
+
 def test_polling_refreshes_then_not_connected_after_shutdown(carme: ModuleType) -> None:
     from carme_kernel.widgets import ClusterView
 

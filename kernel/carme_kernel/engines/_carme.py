@@ -37,10 +37,8 @@ class CarmeBackend:
     def connect(self, address: str | None) -> ModuleType:
         carme = self.api()
         if not carme.is_initialized():
-            if address:
-                carme.init(address=address)
-            else:
-                carme.init()
+            # no address: the session found none (CARME_ADDRESS, the panel's selection)
+            carme.init(address=address or "local")
         self.address = address
         return carme
 

@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from carme.notebook import short_object_id
+
 from ._messages import (
     ClusterModel,
     ClusterTotals,
@@ -253,8 +255,10 @@ def object_row(r: Row) -> ObjectRow:
         holder_text = str(holders)
     else:
         holder_text = f"owner pid {pid}" if pid is not None and refs else ""
+    object_id = str(r.get("object_id") or "")
     return {
-        "object_id": str(r.get("object_id") or ""),
+        "object_id": object_id,
+        "short_id": short_object_id(object_id),
         "size": _int(r.get("object_size")),
         "type": str(r.get("type") or ""),
         "owner": f"pid {pid}" if pid is not None else str(r.get("owner_id") or ""),

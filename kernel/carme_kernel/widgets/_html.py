@@ -234,15 +234,20 @@ def objects_html(m: ObjectsModel, status: str = "") -> str:
     shown = m["objects"]
     rows = [
         [
-            o["object_id"][:16],
-            fmt_bytes(o["size"]),
-            o["type"],
-            o["owner"],
-            o["node_id"][:8],
-            fmt_num(o["references"]),
-            o["holders"],
-            "yes" if o["spilled"] else "no",
-            o["status"],
+            f"<span title='{esc(o['object_id'])}'>{esc(o['short_id'])}</span>",
+            *(
+                esc(c)
+                for c in (
+                    fmt_bytes(o["size"]),
+                    o["type"],
+                    o["owner"],
+                    o["node_id"][:8],
+                    fmt_num(o["references"]),
+                    o["holders"],
+                    "yes" if o["spilled"] else "no",
+                    o["status"],
+                )
+            ),
         ]
         for o in shown
     ]
@@ -253,7 +258,9 @@ def objects_html(m: ObjectsModel, status: str = "") -> str:
         f"{m['spilled_objects']} spilled · sorted by {esc(m['sort_by'])}</p>"
     )
     objs = table(
-        ["object", "size", "type", "owner", "node", "refs", "held by", "spilled", "status"], rows
+        ["object", "size", "type", "owner", "node", "refs", "held by", "spilled", "status"],
+        rows,
+        raw=True,
     )
     return box("carme object store", status, summary + stores + objs + note)
 

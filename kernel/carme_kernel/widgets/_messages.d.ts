@@ -85,6 +85,8 @@ export type SortKey = "size" | "created" | "type" | "owner" | "node" | "referenc
 
 export interface ObjectRow {
   object_id: string;
+  /** carme.notebook.short_object_id(object_id): what a table cell shows */
+  short_id: string;
   size: number | null;
   type: string;
   owner: string;

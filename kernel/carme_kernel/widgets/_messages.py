@@ -97,6 +97,7 @@ class StoreUse(TypedDict):
 
 class ObjectRow(TypedDict):
     object_id: str
+    short_id: str  # carme.notebook.short_object_id(object_id): what a table cell shows
     size: int | None
     type: str
     owner: str  # "pid 1234" of the owning process

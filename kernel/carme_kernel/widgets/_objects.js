@@ -33,7 +33,7 @@ function objectsDrawer(model) {
     const rows = h("tbody");
     for (const o of m.objects) {
       const created = o.created_ms ? new Date(o.created_ms).toLocaleTimeString() : "";
-      const cells = [o.object_id.slice(0, 16), fmtBytes(o.size), o.type, o.owner, o.node_id.slice(0, 8),
+      const cells = [o.short_id, fmtBytes(o.size), o.type, o.owner, o.node_id.slice(0, 8),
         fmtNum(o.references), o.holders, o.spilled ? "yes" : "no", o.status, created];
       const tr = h("tr", { title: `${o.object_id}\n${o.location}${o.call_site ? "\n" + o.call_site : ""}` });
       for (const c of cells) tr.append(h("td", {}, c));
