@@ -8,8 +8,8 @@ tolerating missing fields (a node without metrics, a task never started), so a
 runtime that reports less still draws. The TypeScript side mirrors these keys in
 ``src/model.ts`` (``Snapshot``).
 
-What the panel shows of an object id is made here (`short_object_id`, the kernel's
-rule), so the TypeScript side only draws ``short_id`` (the full id on hover).
+What the panel shows of an object id is made here (`carme.notebook.short_object_id`, the
+rule the kernel's widgets use too), so the TypeScript side only draws ``short_id`` (the full id on hover).
 The object count is what this server can see: carme's object store (an observer of a
 carme cluster sees no driver's inline results; they live in the driver that owns
 them, and its `%carme objects` lists them), or every object Ray's state API lists.
@@ -20,6 +20,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from typing import Any
+
+from carme.notebook import short_object_id
 
 __all__ = ["TASK_BUCKETS", "bucket_of", "count_tasks", "object_scope", "panel_snapshot",
            "short_object_id"]
@@ -42,35 +44,7 @@ def bucket_of(state: object) -> str:
     return "pending"
 
 
-_HEX = frozenset("0123456789abcdef")
 
-
-def short_object_id(object_id: str) -> str:
-    """The part of ``object_id`` (hex) that tells objects apart, for a table cell.
-
-    The same rule, to the letter, as ``carme.notebook.short_object_id`` of the kernel's
-    side (written on a branch of its own at the same time; once both are merged this
-    function should become ``from carme.notebook import short_object_id``):
-
-    * carme (40 hex: 16 of the process, 16 of a per-process counter, 8 of the
-      return index): the process's first 6, ``…``, the counter in hex without
-      leading zeros, and ``#INDEX`` for a task's return (a ``put`` has index 0
-      and no suffix): ``"d8d275…4#2"`` is return 2 of task 4 of process d8d275.
-    * Ray (56 hex: a 48-hex task id, then the 8-hex index): the task id's first
-      12 (its unique part), ``…``, ``#INDEX``: ``"0a1b2c3d4e5f…#1"``.
-    * anything else: as it is up to 20 characters, else the first 8, ``…``, the
-      last 8.
-    """
-    text = str(object_id or "")
-    if len(text) in (40, 56) and set(text) <= _HEX:
-        index = int(text[-8:], 16)
-        suffix = f"#{index}" if index or len(text) == 56 else ""
-        if len(text) == 40:
-            return f"{text[:6]}…{text[16:32].lstrip('0') or '0'}{suffix}"
-        return f"{text[:12]}…{suffix}"
-    if len(text) <= 20:
-        return text
-    return f"{text[:8]}…{text[-8:]}"
 
 
 def object_scope(engine: str) -> str:
