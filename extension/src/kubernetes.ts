@@ -306,7 +306,7 @@ export class KubeRaySection {
       { class: 'clab-kuberay-cluster', 'data-name': c.name },
       h('div', { class: 'clab-node-title' }, `${c.selected ? '● ' : ''}${c.name}`,
         h('span', { class: `clab-dim clab-state-${c.state}` }, ` ${c.state}${workers}${c.autoscaling ? ' · autoscaling' : ''}`)),
-      h('div', { class: 'clab-dim clab-small', title: 'CARME_ADDRESS of kernels that join it' }, c.address),
+      h('div', { class: 'clab-dim clab-small', title: 'the address kernels join while it is selected' }, c.address),
       c.reason ? h('div', { class: 'clab-action-error' }, c.reason) : null,
       ...groups,
       h('div', { class: 'clab-row' }, use, del)

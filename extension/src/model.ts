@@ -42,7 +42,7 @@ export interface IClusterInfo {
 
 export interface IClusterListing {
   clusters: IClusterInfo[];
-  /** What kernels started from now on join (`CARME_ADDRESS`), or null: embedded. */
+  /** What kernels join when they first connect (the server's selection file), or null: embedded. */
   selected: string | null;
   /** What the panel shows: the watched one, else the selected, else a kernel's newest. */
   showing: string | null;
@@ -459,7 +459,7 @@ function push<T>(list: T[], value: T): void {
 /** The code "Insert connection code" puts into a notebook. */
 export function connectionCode(address: string | null): string {
   if (address === null) {
-    return 'import carme\ncarme.init()  # no cluster selected in the carme panel: an embedded one';
+    return 'import carme\ncarme.init(address="local")  # an embedded cluster of this kernel';
   }
   if (address.startsWith('ray:')) {
     const gcs = address.slice('ray:'.length);

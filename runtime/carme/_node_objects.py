@@ -318,7 +318,8 @@ class ObjectTable:
 
     # ------------------------------------------------------------------ rows
     def rows(self, node_id: str) -> list[dict]:
-        return [{"object_id": oid.hex(), "object_size": e.size, "reference_count": e.count,
+        return [{"object_id": oid.hex(), "object_size": e.size if e.payload is not None else None,
+                 "reference_count": e.count,
                  "holders": sorted(e.holders),
                  "task_status": "FINISHED" if e.payload is not None else "PENDING",
                  "location": "shared_memory" if e.payload and e.payload[0] == M.SHARED else "inline",
