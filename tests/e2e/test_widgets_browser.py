@@ -178,7 +178,7 @@ def _finished(page: Any, give_up_on_error: bool = True) -> bool:
     """Wait for the last cell's output; False as soon as a cell shows an error instead."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if page.locator("text=wrote carme-timeline.json").count():
+        if page.locator(r"text=/wrote \/.*carme-timeline\.json: \d+ spans/").count():
             return True
         errors = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
         if give_up_on_error and page.locator(errors).count():

@@ -210,7 +210,8 @@ def test_a_ray_cluster_selected_in_the_panel_prepares_ray_drivers(
     from carme_kernel._session import _use_choice
 
     for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # so monkeypatch restores what was there (or nothing)
+        monkeypatch.delenv(name)
     _use_choice(Choice("ray:10.0.0.5:6379", "the panel", {"RAY_AUTH_MODE": "token"}))
     assert os.environ["RAY_ADDRESS"] == "10.0.0.5:6379" and os.environ["RAY_AUTH_MODE"] == "token"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")

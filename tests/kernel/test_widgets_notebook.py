@@ -93,4 +93,10 @@ def test_widgets_notebook_shows_the_cluster(jupyter_dirs: Path, tmp_path: Path) 
         if "text/html" in o.get("data", {})
     ]
     assert len(html) >= 5, "every widget also carries a static HTML snapshot"
-    assert (tmp_path / "carme-timeline.json").exists()
+    # the Chrome trace goes to a temporary directory of the notebook's, not next to it
+    wrote = [line for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+             for line in o.get("text", "").splitlines() if line.startswith("wrote ")]
+    assert len(wrote) == 1, wrote
+    path = Path(wrote[0][len("wrote "):].rsplit(": ", 1)[0])
+    assert path.name == "carme-timeline.json" and path.exists() and path.parent != tmp_path
+    assert not (tmp_path / "carme-timeline.json").exists()
