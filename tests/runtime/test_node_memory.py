@@ -1,0 +1,72 @@
+"""The memory monitor: the pure policy (fake readings), then one cluster that kills a worker."""
+
+from __future__ import annotations
+
+import pytest
+
+from carme._node_memory import MemoryMonitor, MemoryReading, WorkerUse
+
+GIB = 1 << 30
+
+
+def use(wid: str, started: float, *, retriable: bool = True, actor: bool = False, rss: int = 0) -> WorkerUse:
+    return WorkerUse(wid, pid=100 + int(started), started=started, retriable=retriable, actor=actor,
+                     what=f"task {wid}", rss=rss)
+
+
+def test_below_threshold_kills_nothing() -> None:
+    m = MemoryMonitor(threshold=0.9)
+    assert m.check(MemoryReading(8 * GIB, 10 * GIB), [use("a", 1)]) is None
+
+
+def test_newest_retriable_task_first_then_non_retriable_then_actors() -> None:
+    high = MemoryReading(99 * GIB, 100 * GIB)
+    workers = [use("old", 1), use("new", 2), use("nonretry", 3, retriable=False),
+               use("actor", 4, actor=True)]
+    m = MemoryMonitor(threshold=0.95)
+    order = []
+    while workers:
+        d = m.check(high, workers)
+        assert d is not None
+        order.append(d.worker.worker_id)
+        m.gone(d.worker.worker_id)
+        workers = [w for w in workers if w.worker_id != d.worker.worker_id]
+    assert order == ["new", "old", "nonretry", "actor"]
+
+
+def test_no_second_kill_until_the_first_worker_is_gone() -> None:
+    m = MemoryMonitor(threshold=0.5)
+    high = MemoryReading(9 * GIB, 10 * GIB)
+    first = m.check(high, [use("a", 1), use("b", 2)])
+    assert first is not None and first.worker.worker_id == "b"
+    assert m.check(high, [use("a", 1), use("b", 2)]) is None
+    m.gone("b")
+    second = m.check(high, [use("a", 1)])
+    assert second is not None and second.worker.worker_id == "a"
+
+
+def test_reason_names_the_task_the_figures_and_the_fix() -> None:
+    m = MemoryMonitor(threshold=0.9)
+    d = m.check(MemoryReading(95 * GIB, 100 * GIB, "cgroup"), [use("a", 1, rss=3 * GIB)])
+    assert d is not None
+    assert m.reason("a") == d.reason
+    for part in ("task a", "95.00 GiB used of 100.00 GiB", "95%", "cgroup", "90%", "memory=",
+                 "fewer tasks"):
+        assert part in d.reason
+    assert m.reason("other") is None
+
+
+def test_refresh_zero_disables_and_bad_settings_are_refused() -> None:
+    assert MemoryMonitor(refresh_ms=0).check(MemoryReading(10, 10), [use("a", 1)]) is None
+    with pytest.raises(ValueError, match=r"fraction of the node's memory in \(0, 1\]"):
+        MemoryMonitor(threshold=1.5)
+    with pytest.raises(ValueError, match="milliseconds"):
+        MemoryMonitor(refresh_ms=-1)
+
+
+def test_reasons_are_bounded() -> None:
+    m = MemoryMonitor(threshold=0.1)
+    for i in range(1100):
+        assert m.check(MemoryReading(9, 10), [use(f"w{i}", i)]) is not None
+        m.gone(f"w{i}")
+    assert m.reason("w0") is None and m.reason("w1099") is not None
