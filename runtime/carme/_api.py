@@ -86,12 +86,16 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                              "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
                              "object_store_memory": object_store_memory})
         from ._node import default_resources, start_embedded
+        from ._node_memory import memory_options
+        # Ray's _system_config names: memory_usage_threshold, memory_monitor_refresh_ms
+        daemon_options = memory_options(kwargs.get("_system_config"), os.environ)
         res = default_resources(num_cpus, num_gpus, resources)
         job_id = secrets.token_hex(4)
         namespace = namespace or f"anon-{secrets.token_hex(6)}"
         node = start_embedded(resources=res, object_store_memory=object_store_memory,
                               namespace=namespace, job_id=job_id,
-                              prestart=min(2, max(1, int(res.get("CPU", 1)))))
+                              prestart=min(2, max(1, int(res.get("CPU", 1)))),
+                              options=daemon_options)
         try:
             core = connect_core(address=node.address, token=node.token, role="driver",
                                 worker_id=secrets.token_hex(14), job_id=job_id,

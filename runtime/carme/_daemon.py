@@ -46,6 +46,13 @@ from ._node_conns import Sockets, log
 from ._node_core import NodeCore
 from ._node_envs import RuntimeEnvs
 from ._node_leases import LeaseTable, Refuse, Spill
+from ._node_memory import (
+    DEFAULT_REFRESH_MS,
+    DEFAULT_THRESHOLD,
+    MemoryMonitor,
+    MemoryReading,
+    WorkerUse,
+)
 from ._node_objects import ObjectTable
 from ._node_state import CLUSTER_KINDS, NodeFacts, NodeRows, head_node, parse_view, unknown_kind
 from ._node_workers import WorkerPool, WorkerRec
@@ -86,6 +93,12 @@ class NodeDaemon:
         from ._metrics import GpuMonitor
         self.gpus = GpuMonitor()
         self.envs = RuntimeEnvs(self.session_dir)
+        # the memory monitor (`_node_memory.py`); `_memory_reading_file` is for tests only
+        self.memory = MemoryMonitor(config.get("memory_usage_threshold", DEFAULT_THRESHOLD),
+                                    config.get("memory_monitor_refresh_ms", DEFAULT_REFRESH_MS))
+        self.memory_file: str | None = config.get("_memory_reading_file")
+        self.next_memory_check = 0.0
+        self.lease_started: dict[str, float] = {}  # lease id -> when this daemon first saw it held
         self.drivers: list[Connection] = []
         self.running = True
         self.started = time.time()
@@ -122,7 +135,7 @@ class NodeDaemon:
             M.Hello: self.on_hello, M.Lease: self.on_lease, M.CreateActor: self.on_create_actor,
             M.FnPut: lambda conn, msg: self.functions.__setitem__(msg.key, msg.blob),
             M.FnGet: self.on_fn_get, M.Events: lambda conn, msg: self.record_events(msg.events),
-            M.State: self.on_state,
+            M.State: self.on_state, M.WorkerDeath: self.on_worker_death,
         }
 
     # ------------------------------------------------------------------ loop
@@ -138,8 +151,9 @@ class NodeDaemon:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)  # nobody reads our stdout after the ready line
         os.close(devnull)
+        wait = min(1.0, self.memory.refresh_ms / 1000) if self.memory.enabled else 1.0
         while self.running:
-            for key, mask in self.io.sel.select(timeout=1.0):
+            for key, mask in self.io.sel.select(timeout=wait):
                 kind, obj = key.data
                 try:
                     if kind == "conn":
@@ -163,6 +177,7 @@ class NodeDaemon:
                     traceback.print_exc()
             self.reap()
             self.io.tick(time.monotonic())
+            self.check_memory(time.monotonic())
             if not self.standalone and os.getppid() != self.parent_pid:
                 self.running = False  # the driver that started us is gone
         self.shutdown()
@@ -203,6 +218,8 @@ class NodeDaemon:
             del self.peer_conns[nid]
         if conn in self.drivers:
             self.drivers.remove(conn)
+        if conn.meta.get("role") == "worker":
+            self.memory.gone(conn.meta["worker"].worker_id)
         client = self.client_of(conn)
         if not current:
             client.peer = None  # a replaced (or closed) connection to a node answers for nothing
@@ -300,6 +317,35 @@ class NodeDaemon:
                     self.running = False  # without a zygote this node cannot make workers
         except ChildProcessError:
             pass
+
+    # ------------------------------------------------------------------ memory
+    def check_memory(self, now: float) -> None:
+        """Every `memory_monitor_refresh_ms`: past the threshold, kill one worker."""
+        if not self.memory.enabled or now < self.next_memory_check:
+            return
+        self.next_memory_check = now + self.memory.refresh_ms / 1000
+        from ._metrics import memory_reading, process_rss
+        users, started = [], {}
+        for w in self.pool.workers.values():
+            if w.state == "LEASED" and w.lease_id:
+                started[w.lease_id] = self.lease_started.get(w.lease_id, now)
+                users.append(WorkerUse(w.worker_id, w.pid, started[w.lease_id],
+                                       what=f"a task (lease {w.lease_id[6:14]})",
+                                       rss=process_rss(w.pid)))
+            elif w.state == "ACTOR":
+                users.append(WorkerUse(w.worker_id, w.pid, w.started, retriable=False, actor=True,
+                                       what=f"actor {w.actor_id.hex()[:8] if w.actor_id else '?'}",
+                                       rss=process_rss(w.pid)))
+        self.lease_started = started
+        if not users or self.memory.pending is not None:
+            return
+        decision = self.memory.check(MemoryReading(*memory_reading(self.memory_file)), users)
+        if decision is not None:
+            log(decision.reason)
+            self.carry_out([E.Kill(decision.worker.pid)])
+
+    def on_worker_death(self, conn: Connection, msg: M.WorkerDeath) -> None:
+        self.reply(conn, msg.req, True, self.memory.reason(msg.worker_id))
 
     # ------------------------------------------------------------------ messages that need I/O
     def on_hello(self, conn: Connection, msg: M.Hello) -> None:

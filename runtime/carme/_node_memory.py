@@ -18,7 +18,9 @@ instead of `WorkerCrashedError`. No psutil, no os, no socket here: readings come
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_THRESHOLD = 0.95  # Ray's RAY_memory_usage_threshold
 DEFAULT_REFRESH_MS = 250  # Ray's RAY_memory_monitor_refresh_ms; 0 disables
@@ -118,3 +120,31 @@ class MemoryMonitor:
     def reason(self, worker_id: str) -> str | None:
         """Why this node killed that worker, if it did for memory."""
         return self.reasons.get(worker_id)
+
+
+ENV_THRESHOLD = "CARME_MEMORY_USAGE_THRESHOLD"
+ENV_REFRESH_MS = "CARME_MEMORY_MONITOR_REFRESH_MS"
+OPTION_NAMES = ("memory_usage_threshold", "memory_monitor_refresh_ms", "_memory_reading_file")
+
+
+def memory_options(given: Mapping[str, Any] | None, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The daemon options of the memory monitor: the environment (CARME_MEMORY_USAGE_THRESHOLD,
+    CARME_MEMORY_MONITOR_REFRESH_MS, Ray's knobs under carme's prefix), overridden by what was
+    given (`init(_system_config=...)`, Ray's names); checked here, before a daemon starts."""
+    out: dict[str, Any] = {}
+    for env, name, conv in ((ENV_THRESHOLD, "memory_usage_threshold", float),
+                            (ENV_REFRESH_MS, "memory_monitor_refresh_ms", int)):
+        if environ.get(env, "").strip():
+            try:
+                out[name] = conv(environ[env])
+            except ValueError:
+                raise ValueError(f"{env}={environ[env]!r} is not a number; set it to e.g. "
+                                 f"{'0.95' if conv is float else '250'} or unset it") from None
+    for name, value in (given or {}).items():
+        if name in OPTION_NAMES:
+            out[name] = value
+    if "memory_usage_threshold" in out:
+        check_threshold(out["memory_usage_threshold"], "memory_usage_threshold")
+    if "memory_monitor_refresh_ms" in out:
+        check_refresh_ms(out["memory_monitor_refresh_ms"], "memory_monitor_refresh_ms")
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from carme._node_memory import MemoryMonitor, MemoryReading, WorkerUse
@@ -70,3 +72,78 @@ def test_reasons_are_bounded() -> None:
         assert m.check(MemoryReading(9, 10), [use(f"w{i}", i)]) is not None
         m.gone(f"w{i}")
     assert m.reason("w0") is None and m.reason("w1099") is not None
+
+
+# ---------------------------------------------------------------------------- a real cluster
+# The daemon's memory reading comes from a test-controlled file (the test-only daemon
+# option `_memory_reading_file`, read once then removed): filling this shared machine's
+# memory for real would disturb everything else on it, and a threshold just above current
+# usage would depend on what other processes do meanwhile.
+
+
+HIGH = json.dumps({"used": 99 << 30, "total": 100 << 30})  # 99% of 100 GiB
+
+
+@pytest.fixture
+def oom_cluster(tmp_path):
+    import carme
+    reading = str(tmp_path / "reading.json")
+    carme.init(num_cpus=1, _system_config={"memory_usage_threshold": 0.9,
+                                           "memory_monitor_refresh_ms": 50,
+                                           "_memory_reading_file": reading})
+    try:
+        yield carme, tmp_path, reading
+    finally:
+        carme.shutdown()
+
+
+@pytest.mark.processes
+def test_a_task_past_the_threshold_fails_with_out_of_memory_and_the_driver_lives(oom_cluster):
+    carme, _, reading = oom_cluster
+    from carme import exceptions as exc
+
+    @carme.remote(max_retries=0)
+    def hog(path, high):
+        import os
+        import time
+        block = bytearray(64 << 20)  # allocates, then reports the node as nearly full
+        with open(path + ".tmp", "w") as f:
+            f.write(high)
+        os.replace(path + ".tmp", path)
+        while True:
+            time.sleep(0.05)
+        return len(block)
+
+    with pytest.raises(exc.OutOfMemoryError) as info:
+        carme.get(hog.remote(reading, HIGH), timeout=120)
+    text = str(info.value)
+    for part in ("'hog'", "99.00 GiB used of 100.00 GiB", "99%", "threshold of 90%", "memory=",
+                 "fewer tasks"):
+        assert part in text, (part, text)
+
+    @carme.remote
+    def ok():
+        return "alive"
+
+    assert carme.get(ok.remote(), timeout=120) == "alive"
+
+
+@pytest.mark.processes
+def test_a_retriable_task_killed_for_memory_is_retried(oom_cluster):
+    carme, tmp_path, reading = oom_cluster
+    marker = str(tmp_path / "first-attempt")
+
+    @carme.remote(max_retries=1)
+    def once_hog(path, marker, high):
+        import os
+        import time
+        if not os.path.exists(marker):  # the first attempt: the node looks full
+            open(marker, "w").close()
+            with open(path + ".tmp", "w") as f:
+                f.write(high)
+            os.replace(path + ".tmp", path)
+            while True:
+                time.sleep(0.05)
+        return "retried"
+
+    assert carme.get(once_hog.remote(reading, marker, HIGH), timeout=120) == "retried"
