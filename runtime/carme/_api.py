@@ -89,6 +89,12 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         from ._node_memory import memory_options
         # Ray's _system_config names: memory_usage_threshold, memory_monitor_refresh_ms
         daemon_options = memory_options(kwargs.get("_system_config"), os.environ)
+        if kwargs.get("_metrics_export_port") is not None:  # Ray's name: Prometheus metrics here
+            metrics_port = kwargs["_metrics_export_port"]
+            if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or not 0 <= metrics_port < 65536:
+                raise ValueError(f"_metrics_export_port must be a port number in 0..65535 (0: a free "
+                                 f"one), not {metrics_port!r}")
+            daemon_options["metrics_port"] = metrics_port
         res = default_resources(num_cpus, num_gpus, resources)
         job_id = secrets.token_hex(4)
         namespace = namespace or f"anon-{secrets.token_hex(6)}"

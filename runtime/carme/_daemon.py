@@ -144,10 +144,17 @@ class NodeDaemon:
             self.feed(E.WorkerStarted(self.spawn_worker(""), None))  # into the pool, as any worker
         if self.link is not None:
             self.link.start()
+        self.metrics_server: Any = None
+        if self.config.get("metrics_port") is not None:  # Prometheus text on its own thread
+            from ._metrics_http import MetricsServer
+            self.metrics_server = MetricsServer(int(self.config["metrics_port"]), self.fetch_snapshot,
+                                                self.config.get("metrics_host") or "127.0.0.1")
         print(json.dumps({"ready": True, "address": self.address, "tcp": self.tcp_address,
                           "pid": os.getpid(),
                           "grpc": self.link.grpc_address if self.link else None,
-                          "head": self.link.head_address if self.link else None}), flush=True)
+                          "head": self.link.head_address if self.link else None,
+                          "metrics_port": self.metrics_server.port if self.metrics_server else None}),
+              flush=True)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)  # nobody reads our stdout after the ready line
         os.close(devnull)
@@ -433,6 +440,33 @@ class NodeDaemon:
             self.feed(E.PeerFailed(eff.req, exc.NodeDiedError(
                 f"node {eff.node_id[:8]} is unreachable: {why}")))
 
+    def metrics_snapshot(self) -> dict:
+        """What the Prometheus endpoint shows (`_metrics_http.families`); on the loop."""
+        def by_state(rows: Any) -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r["state"]] = counts.get(r["state"], 0) + 1
+            return counts
+        return {**self.metrics(), "node_id": self.node_id, "store_used": self.arena.used_bytes,
+                "store_capacity": self.capacity, "store_spilled": 0,  # no spilling yet
+                "tasks": by_state(self.events.rows()), "actors": by_state(self.state.actors()),
+                "workers": by_state(self.state.workers()), "oom_kills": self.memory.kills}
+
+    def fetch_snapshot(self) -> dict | None:
+        """From the metrics server's thread: a snapshot taken on the loop (None if the
+        loop does not answer within 5 s)."""
+        done = threading.Event()
+        box: list[dict] = []
+
+        def take() -> None:
+            try:
+                box.append(self.metrics_snapshot())
+            finally:
+                done.set()
+        self.io.post(take)
+        done.wait(5.0)
+        return box[0] if box else None
+
     def heartbeat_snapshot(self) -> dict:
         m = self.metrics()
         m["object_store"] = {"capacity": self.capacity, "used": self.arena.used_bytes}
@@ -448,6 +482,8 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
+        if getattr(self, "metrics_server", None) is not None:
+            self.metrics_server.close()
         if self.link is not None:
             try:
                 self.link.stop()

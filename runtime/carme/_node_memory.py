@@ -78,6 +78,7 @@ class MemoryMonitor:
         self.refresh_ms = check_refresh_ms(refresh_ms, "memory_monitor_refresh_ms")
         self.pending: str | None = None  # the worker killed and not yet gone
         self.reasons: OrderedDict[str, str] = OrderedDict()
+        self.kills = 0
 
     @property
     def enabled(self) -> bool:
@@ -107,6 +108,7 @@ class MemoryMonitor:
             "the monitor off)."
         )
         self.pending = victim.worker_id
+        self.kills += 1
         self.reasons[victim.worker_id] = reason
         while len(self.reasons) > KEEP:
             self.reasons.popitem(last=False)
