@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from carme._node_memory import MemoryMonitor, MemoryReading, WorkerUse
+from carme._node_memory import MemoryMonitor, MemoryReading, WorkerUse, memory_options
 
 GIB = 1 << 30
 
@@ -64,6 +64,25 @@ def test_refresh_zero_disables_and_bad_settings_are_refused() -> None:
         MemoryMonitor(threshold=1.5)
     with pytest.raises(ValueError, match="milliseconds"):
         MemoryMonitor(refresh_ms=-1)
+
+
+def test_settings_come_from_the_environment_and_rays_system_config_names() -> None:
+    env = {"CARME_MEMORY_USAGE_THRESHOLD": "0.8", "CARME_MEMORY_MONITOR_REFRESH_MS": "100"}
+    assert memory_options(None, env) == {"memory_usage_threshold": 0.8, "memory_monitor_refresh_ms": 100}
+    given = {"memory_usage_threshold": 0.7, "object_spilling_config": "ignored"}
+    assert memory_options(given, env) == {"memory_usage_threshold": 0.7, "memory_monitor_refresh_ms": 100}
+    with pytest.raises(ValueError, match="CARME_MEMORY_USAGE_THRESHOLD='lots' is not a number"):
+        memory_options(None, {"CARME_MEMORY_USAGE_THRESHOLD": "lots"})
+    with pytest.raises(ValueError, match="memory_monitor_refresh_ms must be a whole number"):
+        memory_options({"memory_monitor_refresh_ms": 0.5}, {})
+
+
+@pytest.mark.processes
+def test_init_refuses_a_bad_threshold_before_starting_anything() -> None:
+    import carme
+    with pytest.raises(ValueError, match=r"memory_usage_threshold must be a fraction"):
+        carme.init(_system_config={"memory_usage_threshold": 2})
+    assert not carme.is_initialized()
 
 
 def test_reasons_are_bounded() -> None:
