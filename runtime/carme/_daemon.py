@@ -332,21 +332,23 @@ class NodeDaemon:
             return
         self.next_memory_check = now + self.memory.refresh_ms / 1000
         from ._metrics import memory_reading, process_rss
-        users, started = [], {}
-        for w in self.pool.workers.values():
-            if w.state == "LEASED" and w.lease_id:
-                started[w.lease_id] = self.lease_started.get(w.lease_id, now)
-                users.append(WorkerUse(w.worker_id, w.pid, started[w.lease_id],
-                                       what=f"a task (lease {w.lease_id[6:14]})",
-                                       rss=process_rss(w.pid)))
-            elif w.state == "ACTOR":
-                users.append(WorkerUse(w.worker_id, w.pid, w.started, retriable=False, actor=True,
-                                       what=f"actor {w.actor_id.hex()[:8] if w.actor_id else '?'}",
-                                       rss=process_rss(w.pid)))
-        self.lease_started = started
-        if not users or self.memory.pending is not None:
+        busy = [w for w in self.pool.workers.values()
+                if (w.state == "LEASED" and w.lease_id) or w.state == "ACTOR"]
+        self.lease_started = {w.lease_id: self.lease_started.get(w.lease_id, now)
+                              for w in busy if w.state == "LEASED" and w.lease_id}
+        if not busy or self.memory.pending is not None:
             return
-        decision = self.memory.check(MemoryReading(*memory_reading(self.memory_file)), users)
+        reading = MemoryReading(*memory_reading(self.memory_file))
+        if not self.memory.over(reading):
+            return  # the common case: no per-worker reads
+        users = [WorkerUse(w.worker_id, w.pid, self.lease_started[w.lease_id],
+                           what=f"a task (lease {w.lease_id[6:14]})", rss=process_rss(w.pid))
+                 if w.state == "LEASED" and w.lease_id else
+                 WorkerUse(w.worker_id, w.pid, w.started, retriable=False, actor=True,
+                           what=f"actor {w.actor_id.hex()[:8] if w.actor_id else '?'}",
+                           rss=process_rss(w.pid))
+                 for w in busy]
+        decision = self.memory.check(reading, users)
         if decision is not None:
             log(decision.reason)
             self.carry_out([E.Kill(decision.worker.pid)])

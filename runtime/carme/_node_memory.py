@@ -84,14 +84,16 @@ class MemoryMonitor:
     def enabled(self) -> bool:
         return self.refresh_ms > 0
 
+    def over(self, reading: MemoryReading) -> bool:
+        """Whether this reading is past the threshold (the daemon then reads its workers)."""
+        return self.enabled and reading.total > 0 and reading.used / reading.total >= self.threshold
+
     def check(self, reading: MemoryReading, workers: list[WorkerUse]) -> KillDecision | None:
         """The worker to kill now, or None (below the threshold, a kill pending, or
         nothing to kill)."""
-        if not self.enabled or reading.total <= 0 or self.pending is not None:
+        if self.pending is not None or not workers or not self.over(reading):
             return None
         fraction = reading.used / reading.total
-        if fraction < self.threshold or not workers:
-            return None
         # Ray's order: retriable tasks, then other tasks, actors last; newest first
         victim = min(workers, key=lambda w: (w.actor, not w.retriable, -w.started))
         others = sorted(workers, key=lambda w: -w.rss)[:3]
