@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import time
 from typing import Any
 
@@ -46,6 +47,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _check_port_free(host: str, port: int, what: str) -> None:
+    """Refuse a port already in use here, before any process starts."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: only a listener blocks
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"{what} {port}: cannot listen on {host}:{port} ({e.strerror}); another "
+                          f"process uses it. Pick a free port, or 0 for any free one.") from None
+
+
 def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
                resources: dict[str, float] | None = None, port: int = 0,
                host: str = "127.0.0.1", object_store_memory: int | None = None,
@@ -58,6 +70,8 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
         raise ValueError(f"port must be an integer in 0..65535, not {port!r}")
     if metrics_port is not None and (not isinstance(metrics_port, int) or not 0 <= metrics_port < 65536):
         raise ValueError(f"metrics_port must be an integer in 0..65535 (0: a free one), not {metrics_port!r}")
+    if metrics_port:
+        _check_port_free(host, metrics_port, "--metrics-port")
     res = default_resources(num_cpus, num_gpus, resources)
     proc, ready, token, session_dir, node_id = spawn_daemon(
         resources=res, object_store_memory=object_store_memory, namespace=namespace,

@@ -143,3 +143,15 @@ def test_bad_metrics_port_is_refused_before_anything_starts() -> None:
     import carme
     with pytest.raises(ValueError, match="_metrics_export_port must be a port number"):
         carme.init(_metrics_export_port=70000)
+
+
+def test_a_metrics_port_in_use_is_refused_before_anything_starts(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from carme import cluster
+    monkeypatch.setenv("CARME_STATE_DIR", str(tmp_path / "state"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(OSError, match=rf"--metrics-port {port}: cannot listen on 127.0.0.1:{port}"):
+            cluster.start_head(num_cpus=1, metrics_port=port)
