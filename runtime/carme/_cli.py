@@ -54,8 +54,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 0
     info = cluster.start_head(num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                               resources=_resources(args.resources), port=args.port,
-                              host=args.host, object_store_memory=args.object_store_memory)
+                              host=args.host, object_store_memory=args.object_store_memory,
+                              metrics_port=args.metrics_port)
     print(f"carme cluster started at {info['address']} (pid {info['pid']}).")
+    if info.get("metrics_port") is not None:
+        print(f"  Prometheus metrics: http://{args.host}:{info['metrics_port']}/metrics")
     print(f"  From a driver on this machine:  carme.init(address=\"{info['address']}\")  or  carme.init(address=\"auto\")")
     print(f"  The cluster token is in {info['token_file']} (readable by you only).")
     print(f"  Join another node to it:  carme start --address {info['address']}")
@@ -179,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--num-gpus", type=float)
     s.add_argument("--resources", help="custom resources as JSON, e.g. '{\"custom\": 2}'")
     s.add_argument("--object-store-memory", type=int)
+    s.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics of the head node on this port (0: a free one), on --host")
     s.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C")
     s.set_defaults(fn=cmd_start)
     s = sub.add_parser("stop", help="stop the clusters this machine's carme started")

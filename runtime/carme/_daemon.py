@@ -46,6 +46,13 @@ from ._node_conns import Sockets, log
 from ._node_core import NodeCore
 from ._node_envs import RuntimeEnvs
 from ._node_leases import LeaseTable, Refuse, Spill
+from ._node_memory import (
+    DEFAULT_REFRESH_MS,
+    DEFAULT_THRESHOLD,
+    MemoryMonitor,
+    MemoryReading,
+    WorkerUse,
+)
 from ._node_objects import ObjectTable
 from ._node_state import CLUSTER_KINDS, NodeFacts, NodeRows, head_node, parse_view, unknown_kind
 from ._node_workers import WorkerPool, WorkerRec
@@ -86,6 +93,12 @@ class NodeDaemon:
         from ._metrics import GpuMonitor
         self.gpus = GpuMonitor()
         self.envs = RuntimeEnvs(self.session_dir)
+        # the memory monitor (`_node_memory.py`); `_memory_reading_file` is for tests only
+        self.memory = MemoryMonitor(config.get("memory_usage_threshold", DEFAULT_THRESHOLD),
+                                    config.get("memory_monitor_refresh_ms", DEFAULT_REFRESH_MS))
+        self.memory_file: str | None = config.get("_memory_reading_file")
+        self.next_memory_check = 0.0
+        self.lease_started: dict[str, float] = {}  # lease id -> when this daemon first saw it held
         self.drivers: list[Connection] = []
         self.running = True
         self.started = time.time()
@@ -122,7 +135,7 @@ class NodeDaemon:
             M.Hello: self.on_hello, M.Lease: self.on_lease, M.CreateActor: self.on_create_actor,
             M.FnPut: lambda conn, msg: self.functions.__setitem__(msg.key, msg.blob),
             M.FnGet: self.on_fn_get, M.Events: lambda conn, msg: self.record_events(msg.events),
-            M.State: self.on_state,
+            M.State: self.on_state, M.WorkerDeath: self.on_worker_death,
         }
 
     # ------------------------------------------------------------------ loop
@@ -131,15 +144,23 @@ class NodeDaemon:
             self.feed(E.WorkerStarted(self.spawn_worker(""), None))  # into the pool, as any worker
         if self.link is not None:
             self.link.start()
+        self.metrics_server: Any = None
+        if self.config.get("metrics_port") is not None:  # Prometheus text on its own thread
+            from ._metrics_http import MetricsServer
+            self.metrics_server = MetricsServer(int(self.config["metrics_port"]), self.fetch_snapshot,
+                                                self.config.get("metrics_host") or "127.0.0.1")
         print(json.dumps({"ready": True, "address": self.address, "tcp": self.tcp_address,
                           "pid": os.getpid(),
                           "grpc": self.link.grpc_address if self.link else None,
-                          "head": self.link.head_address if self.link else None}), flush=True)
+                          "head": self.link.head_address if self.link else None,
+                          "metrics_port": self.metrics_server.port if self.metrics_server else None}),
+              flush=True)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)  # nobody reads our stdout after the ready line
         os.close(devnull)
+        wait = min(1.0, self.memory.refresh_ms / 1000) if self.memory.enabled else 1.0
         while self.running:
-            for key, mask in self.io.sel.select(timeout=1.0):
+            for key, mask in self.io.sel.select(timeout=wait):
                 kind, obj = key.data
                 try:
                     if kind == "conn":
@@ -163,6 +184,7 @@ class NodeDaemon:
                     traceback.print_exc()
             self.reap()
             self.io.tick(time.monotonic())
+            self.check_memory(time.monotonic())
             if not self.standalone and os.getppid() != self.parent_pid:
                 self.running = False  # the driver that started us is gone
         self.shutdown()
@@ -203,6 +225,8 @@ class NodeDaemon:
             del self.peer_conns[nid]
         if conn in self.drivers:
             self.drivers.remove(conn)
+        if conn.meta.get("role") == "worker":
+            self.memory.gone(conn.meta["worker"].worker_id)
         client = self.client_of(conn)
         if not current:
             client.peer = None  # a replaced (or closed) connection to a node answers for nothing
@@ -301,6 +325,37 @@ class NodeDaemon:
         except ChildProcessError:
             pass
 
+    # ------------------------------------------------------------------ memory
+    def check_memory(self, now: float) -> None:
+        """Every `memory_monitor_refresh_ms`: past the threshold, kill one worker."""
+        if not self.memory.enabled or now < self.next_memory_check:
+            return
+        self.next_memory_check = now + self.memory.refresh_ms / 1000
+        from ._metrics import memory_reading, process_rss
+        busy = [w for w in self.pool.workers.values()
+                if (w.state == "LEASED" and w.lease_id) or w.state == "ACTOR"]
+        self.lease_started = {w.lease_id: self.lease_started.get(w.lease_id, now)
+                              for w in busy if w.state == "LEASED" and w.lease_id}
+        if not busy or self.memory.pending is not None:
+            return
+        reading = MemoryReading(*memory_reading(self.memory_file))
+        if not self.memory.over(reading):
+            return  # the common case: no per-worker reads
+        users = [WorkerUse(w.worker_id, w.pid, self.lease_started[w.lease_id],
+                           what=f"a task (lease {w.lease_id[6:14]})", rss=process_rss(w.pid))
+                 if w.state == "LEASED" and w.lease_id else
+                 WorkerUse(w.worker_id, w.pid, w.started, retriable=False, actor=True,
+                           what=f"actor {w.actor_id.hex()[:8] if w.actor_id else '?'}",
+                           rss=process_rss(w.pid))
+                 for w in busy]
+        decision = self.memory.check(reading, users)
+        if decision is not None:
+            log(decision.reason)
+            self.carry_out([E.Kill(decision.worker.pid)])
+
+    def on_worker_death(self, conn: Connection, msg: M.WorkerDeath) -> None:
+        self.reply(conn, msg.req, True, self.memory.reason(msg.worker_id))
+
     # ------------------------------------------------------------------ messages that need I/O
     def on_hello(self, conn: Connection, msg: M.Hello) -> None:
         if conn.meta.get("role") != "worker":  # a worker's control connection keeps its identity
@@ -387,6 +442,33 @@ class NodeDaemon:
             self.feed(E.PeerFailed(eff.req, exc.NodeDiedError(
                 f"node {eff.node_id[:8]} is unreachable: {why}")))
 
+    def metrics_snapshot(self) -> dict:
+        """What the Prometheus endpoint shows (`_metrics_http.families`); on the loop."""
+        def by_state(rows: Any) -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for r in rows:
+                counts[r["state"]] = counts.get(r["state"], 0) + 1
+            return counts
+        return {**self.metrics(), "node_id": self.node_id, "store_used": self.arena.used_bytes,
+                "store_capacity": self.capacity, "store_spilled": 0,  # no spilling yet
+                "tasks": by_state(self.events.rows()), "actors": by_state(self.state.actors()),
+                "workers": by_state(self.state.workers()), "oom_kills": self.memory.kills}
+
+    def fetch_snapshot(self) -> dict | None:
+        """From the metrics server's thread: a snapshot taken on the loop (None if the
+        loop does not answer within 5 s)."""
+        done = threading.Event()
+        box: list[dict] = []
+
+        def take() -> None:
+            try:
+                box.append(self.metrics_snapshot())
+            finally:
+                done.set()
+        self.io.post(take)
+        done.wait(5.0)
+        return box[0] if box else None
+
     def heartbeat_snapshot(self) -> dict:
         m = self.metrics()
         m["object_store"] = {"capacity": self.capacity, "used": self.arena.used_bytes}
@@ -402,6 +484,8 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
+        if getattr(self, "metrics_server", None) is not None:
+            self.metrics_server.close()
         if self.link is not None:
             try:
                 self.link.stop()

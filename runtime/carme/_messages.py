@@ -12,7 +12,7 @@ driver/worker -> node daemon (requests carry a request id; the daemon answers RE
     HELLO, LEASE, RETURN_LEASE, ALLOC, EXPORT, INCREF, DECREF, GET_OBJECT, FN_PUT, FN_GET,
     CREATE_ACTOR, ACTOR_INFO, KILL_ACTOR, KILL_WORKER, BLOCKED, UNBLOCKED, EVENTS, STATE,
     PG_CREATE, PG_REMOVE, PG_INFO, PG_WAIT, STORE_STATS, NAMED_ACTORS, GET_REMOTE,
-    NODE_ADDRESS
+    NODE_ADDRESS, WORKER_DEATH
 daemon -> worker (its control socketpair): RUN_ACTOR, EXIT
 worker -> daemon: WORKER_READY, ACTOR_READY, ACTOR_FAILED
 submitter -> worker: PUSH, ACTOR_CALL, CANCEL
@@ -75,6 +75,7 @@ STORE_STATS = 23
 NAMED_ACTORS = 24
 GET_REMOTE = 25   # a local copy of an object whose primary is on another node
 NODE_ADDRESS = 26
+WORKER_DEATH = 27  # why did this node's worker die? (the memory monitor's reason, or None)
 
 RUN_ACTOR = 40
 EXIT = 41
@@ -558,6 +559,12 @@ class GetRemote(Msg):
 class NodeAddress(Msg):
     req: int
     node_id: str
+
+
+@message(WORKER_DEATH, req=int, worker_id=str)
+class WorkerDeath(Msg):
+    req: int
+    worker_id: str
 
 
 @message(WORKER_READY, address=str)

@@ -121,6 +121,7 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
 
     Embedded (standalone=False): its stdin stays a pipe from this process, and it exits
     when that pipe closes. Standalone: a session of its own that outlives the caller."""
+    from ._node_memory import memory_options
     session_dir = tempfile.mkdtemp(prefix="carme-")
     os.chmod(session_dir, 0o700)
     token = token or secrets.token_bytes(32)
@@ -133,6 +134,8 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
         "object_store_memory": int(object_store_memory or default_store_size()),
         "namespace": namespace, "job_id": job_id, "prestart_workers": prestart,
         "standalone": standalone, "tcp": tcp,
+        # the memory monitor's settings (CARME_MEMORY_USAGE_THRESHOLD, ...; `_node_memory.py`)
+        **memory_options(None, os.environ),
         # limits (auth_timeout, max_unauthenticated, stall_timeout, max_backlog, max_frame)
         **(options or {}),
     }
@@ -169,8 +172,9 @@ def _spawn(config: dict, session_dir: str, token: bytes, node_id: str, standalon
 
 
 def start_embedded(*, resources: dict[str, float], object_store_memory: int | None,
-                   namespace: str | None, job_id: str, prestart: int = 1) -> EmbeddedNode:
+                   namespace: str | None, job_id: str, prestart: int = 1,
+                   options: dict | None = None) -> EmbeddedNode:
     proc, ready, token, session_dir, node_id = spawn_daemon(
         resources=resources, object_store_memory=object_store_memory, namespace=namespace,
-        job_id=job_id, prestart=prestart)
+        job_id=job_id, prestart=prestart, options=options)
     return EmbeddedNode(proc, ready["address"], token, session_dir, node_id)

@@ -492,16 +492,28 @@ class TaskSubmitter:
                 q.leases.remove(lease)
             lost = list(lease.inflight.values())
             lease.inflight.clear()
-        for spec in lost:
-            if spec.cancelled:
-                self.fail(spec, exc.TaskCancelledError(spec.task_id.hex()))
-            elif spec.retries_left != 0:
-                self.retry(spec)
-            else:
-                self.fail(spec, exc.WorkerCrashedError(
-                    f"The worker running task {spec.name!r} (pid {lease.pid}) died unexpectedly "
-                    f"and the task has no retries left (max_retries)."))
-        self.dispatch(q)
+        if not lost:
+            self.dispatch(q)
+            return
+
+        def decide(ok: bool, oom_reason: Any) -> None:
+            # the worker's node says whether its memory monitor killed it (and why)
+            oom = oom_reason if ok and isinstance(oom_reason, str) else None
+            for spec in lost:
+                if spec.cancelled:
+                    self.fail(spec, exc.TaskCancelledError(spec.task_id.hex()))
+                elif spec.retries_left != 0:  # OOM kills too: Ray retries them up to max_retries
+                    self.retry(spec)
+                elif oom is not None:
+                    self.fail(spec, exc.OutOfMemoryError(
+                        f"Task {spec.name!r} failed and has no retries left (max_retries). {oom}"))
+                else:
+                    self.fail(spec, exc.WorkerCrashedError(
+                        f"The worker running task {spec.name!r} (pid {lease.pid}) died unexpectedly "
+                        f"and the task has no retries left (max_retries)."))
+            self.dispatch(q)
+
+        self.core.request_async(M.WORKER_DEATH, (lease.worker_id,), decide, conn=lease.daemon)
 
     def maybe_idle(self, lease: Lease) -> None:
         if lease.inflight or lease.dead:

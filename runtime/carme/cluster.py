@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import time
 from typing import Any
 
@@ -46,19 +47,37 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _check_port_free(host: str, port: int, what: str) -> None:
+    """Refuse a port already in use here, before any process starts."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: only a listener blocks
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"{what} {port}: cannot listen on {host}:{port} ({e.strerror}); another "
+                          f"process uses it. Pick a free port, or 0 for any free one.") from None
+
+
 def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
                resources: dict[str, float] | None = None, port: int = 0,
                host: str = "127.0.0.1", object_store_memory: int | None = None,
-               namespace: str | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """Start a standalone cluster on this machine; return its address and how to reach it."""
+               namespace: str | None = None, labels: dict[str, str] | None = None,
+               metrics_port: int | None = None) -> dict[str, Any]:
+    """Start a standalone cluster on this machine; return its address and how to reach it.
+    With `metrics_port`, the head serves Prometheus metrics at http://host:metrics_port/."""
     from ._node import default_resources, spawn_daemon
     if not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"port must be an integer in 0..65535, not {port!r}")
+    if metrics_port is not None and (not isinstance(metrics_port, int) or not 0 <= metrics_port < 65536):
+        raise ValueError(f"metrics_port must be an integer in 0..65535 (0: a free one), not {metrics_port!r}")
+    if metrics_port:
+        _check_port_free(host, metrics_port, "--metrics-port")
     res = default_resources(num_cpus, num_gpus, resources)
     proc, ready, token, session_dir, node_id = spawn_daemon(
         resources=res, object_store_memory=object_store_memory, namespace=namespace,
         job_id=secrets.token_hex(4), prestart=1, standalone=True, tcp=f"{host}:{port}",
-        cluster=True, host=host, labels=labels)
+        cluster=True, host=host, labels=labels,
+        options=None if metrics_port is None else {"metrics_port": metrics_port, "metrics_host": host})
     assert proc.stdout is not None and proc.stdin is not None
     proc.stdout.close()
     proc.stdin.close()
@@ -66,7 +85,7 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
     info = {"address": address, "unix_address": ready["address"], "pid": ready["pid"],
             "session_dir": session_dir, "node_id": node_id, "started": time.time(),
             "cluster_id": address.rsplit(":", 1)[1], "resources": res, "is_head": True,
-            "grpc_address": ready["grpc"]}
+            "grpc_address": ready["grpc"], "metrics_port": ready.get("metrics_port")}
     path = _cluster_file(info["cluster_id"])
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
