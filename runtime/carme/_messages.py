@@ -24,7 +24,8 @@ EXIT, LOG, CANCEL and PEER are built from their classes (`Reply(...).wire()`) an
 their receivers with `read` (same checks as `decode`). They are registered apart from the
 daemon-bound kinds (`inbound=False`), so the daemon still refuses them as unknown. The
 per-task messages between a submitter and a worker (PUSH, ACTOR_CALL, RESULT, ITEM) are
-still positional tuples: they are on the hot path of every task.
+typed in `_task_messages` (NamedTuples, read and checked by their receivers; they are on
+the path of every task).
 
 A failed REPLY carries an exception instance (`carme.exceptions`, picklable, with its own
 fields); older senders inside a process may still use a `(class name, message)` pair,
