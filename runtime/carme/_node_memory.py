@@ -19,16 +19,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_THRESHOLD = 0.95  # Ray's RAY_memory_usage_threshold
 DEFAULT_REFRESH_MS = 250  # Ray's RAY_memory_monitor_refresh_ms; 0 disables
 KEEP = 1024
 
 
-@dataclass(frozen=True)
-class WorkerUse:
+# records, not dataclasses: every driver imports this module at init(), and generating
+# dataclasses costs milliseconds there
+class WorkerUse(NamedTuple):
     """A worker that runs something: a task (under a lease) or an actor."""
 
     worker_id: str
@@ -40,15 +40,13 @@ class WorkerUse:
     rss: int = 0  # its resident memory, bytes (0 when unknown)
 
 
-@dataclass(frozen=True)
-class MemoryReading:
+class MemoryReading(NamedTuple):
     used: int
     total: int
     source: str = "system"  # "system", "cgroup", or a test's file
 
 
-@dataclass(frozen=True)
-class KillDecision:
+class KillDecision(NamedTuple):
     worker: WorkerUse
     reason: str
 
