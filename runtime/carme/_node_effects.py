@@ -10,16 +10,16 @@ kill, talk to another node, pull, record, log), with the scheduler's `Spill` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from ._node_leases import NeedWorker
 from ._node_objects import Answer
 from ._node_workers import WorkerRec
+from ._record import record
 from ._scheduler import Grant, LeaseRequest
 
 
-@dataclass(slots=True)
+@record
 class Client:
     """Who sent a message: its connection (opaque), holder id and pid; the worker record
     for a worker's own control connection; the node id for a connection this node opened
@@ -33,14 +33,14 @@ class Client:
 
 
 # ---------------------------------------------------------------------- effects
-@dataclass(slots=True)
+@record
 class Note:
     """Effect: a line for the daemon's log (something was refused)."""
 
     text: str
 
 
-@dataclass(slots=True)
+@record
 class Send:
     """Effect: send this wire message to a client."""
 
@@ -48,21 +48,21 @@ class Send:
     msg: tuple
 
 
-@dataclass(slots=True)
+@record
 class Retire:
     """Effect: tell this worker to exit (the pool has enough idle ones; it is forgotten)."""
 
     worker: WorkerRec
 
 
-@dataclass(slots=True)
+@record
 class Kill:
     """Effect: kill this process (a worker whose lease ended badly, or on request)."""
 
     pid: int
 
 
-@dataclass(slots=True)
+@record
 class SpawnWorker:
     """Effect: fork a worker for this runtime env, then feed `WorkerStarted` with
     `waiting` (the grant that waits for it)."""
@@ -71,7 +71,7 @@ class SpawnWorker:
     waiting: Any
 
 
-@dataclass(slots=True)
+@record
 class Event:
     """Effect: record a task event (the daemon stamps the time)."""
 
@@ -80,7 +80,7 @@ class Event:
     attrs: dict
 
 
-@dataclass(slots=True)
+@record
 class ToPeer:
     """Effect: send this wire message to another node's daemon (best effort)."""
 
@@ -88,7 +88,7 @@ class ToPeer:
     msg: tuple
 
 
-@dataclass(slots=True)
+@record
 class PeerRequest:
     """Effect: send this request to another node's daemon; if it cannot be sent, feed
     `PeerFailed(req, ...)`. Its `Reply` comes back as a message from that connection."""
@@ -98,14 +98,14 @@ class PeerRequest:
     msg: tuple
 
 
-@dataclass(slots=True)
+@record
 class ClosePeer:
     """Effect: the node is dead; close this node's connection to it (if any)."""
 
     node_id: str
 
 
-@dataclass(slots=True)
+@record
 class StartPull:
     """Effect: copy another node's object into this node's store (gRPC, in a thread);
     feed `Pulled` when done."""
@@ -115,7 +115,7 @@ class StartPull:
 
 
 # ---------------------------------------------------------------------- events
-@dataclass(slots=True)
+@record
 class LeaseRequested:
     """Event: a client asked for a worker lease; its runtime env is set up (`env_key`)."""
 
@@ -124,7 +124,7 @@ class LeaseRequested:
     request: LeaseRequest
 
 
-@dataclass(slots=True)
+@record
 class ActorCreation:
     """Event: a client asked to create an actor; its runtime env is set up (the spec
     carries its `env_key`)."""
@@ -134,7 +134,7 @@ class ActorCreation:
     spec: dict
 
 
-@dataclass(slots=True)
+@record
 class WorkerFound:
     """Event: a worker (idle, or just started) for a grant the scheduler made."""
 
@@ -142,7 +142,7 @@ class WorkerFound:
     worker: WorkerRec
 
 
-@dataclass(slots=True)
+@record
 class WorkerStarted:
     """Event: the daemon forked this worker (for `waiting`, a grant, or None)."""
 
@@ -150,7 +150,7 @@ class WorkerStarted:
     waiting: Any = None
 
 
-@dataclass(slots=True)
+@record
 class ActorStart:
     """A grant for an actor's creation, waiting for its worker (`WorkerPool.wait_for`)."""
 
@@ -158,14 +158,14 @@ class ActorStart:
     grant: Grant
 
 
-@dataclass(slots=True)
+@record
 class ClientGone:
     """Event: a client's connection closed (a worker's: the worker is gone too)."""
 
     client: Client
 
 
-@dataclass(slots=True)
+@record
 class PeerFailed:
     """Event: a request to another node (`PeerRequest`) could not be sent."""
 
@@ -173,14 +173,14 @@ class PeerFailed:
     error: BaseException
 
 
-@dataclass(slots=True)
+@record
 class ClusterView:
     """Event: the head's view of the cluster, as rows (`_node_state.parse_view`)."""
 
     rows: list[dict]
 
 
-@dataclass(slots=True)
+@record
 class Pulled:
     """Event: a pull (`StartPull`) ended: the copy's block, or the error."""
 
@@ -191,7 +191,7 @@ class Pulled:
     error: str | None
 
 
-@dataclass(slots=True)
+@record
 class PullDone:
     """Event: a peer finished reading an object it pulled from here (`pin_for_pull`)."""
 

@@ -13,21 +13,21 @@ more, harmlessly, at its end. Clients and workers are opaque values here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from . import exceptions as exc
+from ._record import record
 from ._scheduler import ClusterScheduler, Grant, Infeasible, LeaseRequest
 
 
-@dataclass(slots=True)
+@record
 class Spill:
     client: Any
     req: int
     node_id: str
 
 
-@dataclass(slots=True)
+@record
 class NeedWorker:
     grant: Grant
     client: Any
@@ -35,19 +35,19 @@ class NeedWorker:
     env_key: str
 
 
-@dataclass(slots=True)
+@record
 class Refuse:
     client: Any
     req: int
     error: BaseException
 
 
-@dataclass(slots=True)
+@record
 class ActorGrant:
     grant: Grant
 
 
-@dataclass(slots=True)
+@record
 class ActorInfeasible:
     actor_id: bytes
     message: str
