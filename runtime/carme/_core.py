@@ -36,7 +36,7 @@ from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
-from ._ownership import LocalObject, Ownership
+from ._ownership import LocalObject, Ownership, PayloadSet
 from ._protocol import Connection, connect
 from ._rpc import Rpc, _Waiter, error_from_reply
 from ._serialization import dumps, inline_payload
@@ -374,6 +374,10 @@ class CoreWorker:
         with self.lock:
             done = self.own.set_payload(oid, payload, self.daemon_lost)
             entry = self.objects.get(oid)
+        self.payload_set(oid, entry, done)
+
+    def payload_set(self, oid: bytes, entry: LocalObject | None, done: PayloadSet | None) -> None:
+        """After `Ownership.set_payload` (under the lock): seal, and run the waiters."""
         if done is None or entry is None:
             return
         if done.seal:

@@ -443,8 +443,7 @@ class TaskSubmitter:
         spec.done = True
         with self.lock:
             self.tasks.pop(spec.task_id, None)
-            self.tags.finished(spec.task_id)
-            self.core.actor_submitter.tags.finished(spec.task_id)
+            (self.tags if spec.actor_id is None else self.core.actor_submitter.tags).finished(spec.task_id)
         if spec.stream is not None:
             if payloads and payloads[0][3]:
                 # an error before or during generation: it is the next item
@@ -474,7 +473,8 @@ class TaskSubmitter:
                 if payload[0] == M.SHARED:
                     entry.held = True
                     entry.exported = True
-            core.set_payload(oid, payload)
+                done = core.own.set_payload(oid, payload, core.daemon_lost)
+            core.payload_set(oid, entry, done)
         spec.keep = []
         spec.arg_refs = []
 
