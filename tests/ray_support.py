@@ -60,6 +60,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from carme_lab._ray import free_port_range, free_ports
+
 __all__ = [
     "RayHead",
     "RayHeadError",
@@ -105,43 +107,6 @@ requires_ray = pytest.mark.skipif(
 
 class RayHeadError(RuntimeError):
     """The Ray head did not start, or a process it started survived stopping."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _free_range(n: int, taken: set[int]) -> int:
-    """First port of `n` consecutive free loopback ports (none in `taken`)."""
-    for _ in range(200):
-        base = secrets.randbelow(20000) + 30000
-        ports = range(base, base + n)
-        if taken & set(ports):
-            continue
-        socks = []
-        try:
-            for p in ports:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return base
-    raise RayHeadError(f"found no {n} consecutive free ports on 127.0.0.1")
-
-
-def _distinct_ports(n: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < n:
-        p = _free_port()
-        if p not in ports:
-            ports.append(p)
-    return ports
 
 
 @dataclass
@@ -291,8 +256,11 @@ def _start_once(num_cpus: int, timeout: float) -> RayHead:
         "gcs", "dashboard", "dashboard_agent_listen", "dashboard_agent_grpc", "client",
         "node_manager", "object_manager", "runtime_env_agent", "metrics_export",
     ]
-    ports = dict(zip(names, _distinct_ports(len(names)), strict=True))
-    ports["min_worker"] = _free_range(WORKER_PORTS, set(ports.values()))
+    ports = dict(zip(names, free_ports(len(names), set()), strict=True))
+    try:
+        ports["min_worker"] = free_port_range(WORKER_PORTS, set(ports.values()))
+    except RuntimeError as e:
+        raise RayHeadError(str(e)) from None
     ports["max_worker"] = ports["min_worker"] + WORKER_PORTS - 1
     cmd = [
         _ray_cli(), "start", "--head", "--block", "--disable-usage-stats",

@@ -76,26 +76,26 @@ def ray_token() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _free_ports(n: int, taken: set[int]) -> list[int]:
+def free_ports(n: int, taken: set[int]) -> list[int]:
     """`n` distinct free ports of 127.0.0.1, none in `taken` (Ray refuses a port twice)."""
     out: list[int] = []
     while len(out) < n:
-        port = _free_port()
+        port = free_port()
         if port not in taken and port not in out:
             out.append(port)
     return out
 
 
-def _free_range(n: int, taken: set[int]) -> int:
+def free_port_range(n: int, taken: set[int]) -> int:
     """First of `n` consecutive ports free on 127.0.0.1 and not in `taken` (worker ports)."""
     for _ in range(200):
-        base = _free_port()
+        base = free_port()
         if base + n >= 65536 or taken & set(range(base, base + n)):
             continue
         socks = []
@@ -309,7 +309,7 @@ class RayBackend:
                  "--dashboard-agent-grpc-port", "--metrics-export-port",
                  "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port")
         asked = {p for p in (spec.port, spec.dashboard_port) if p}
-        free = _free_ports(2 + len(flags), asked)
+        free = free_ports(2 + len(flags), asked)
         port = spec.port or free[0]
         dash = spec.dashboard_port or free[1]
         temp_dir = tempfile.mkdtemp(prefix="carme-ray-")
@@ -318,7 +318,7 @@ class RayBackend:
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                 f"--temp-dir={temp_dir}"]
         args += [f"{flag}={p}" for flag, p in zip(flags, free[2:], strict=True)]
-        workers = _free_range(WORKER_PORTS, asked | set(free))
+        workers = free_port_range(WORKER_PORTS, asked | set(free))
         args += [f"--min-worker-port={workers}", f"--max-worker-port={workers + WORKER_PORTS - 1}"]
         if spec.num_cpus is not None:
             args.append(f"--num-cpus={int(spec.num_cpus)}")
