@@ -539,8 +539,9 @@ class ActorHandle:
     def _ray_actor_id(self) -> Any:
         return _ActorID(self._actor_id)
 
-    def _call(self, method_name: str, args: tuple, kwargs: dict, opts: dict) -> Any:
-        core = _core()
+    def _call(self, method_name: str, args: tuple, kwargs: dict, opts: dict, core: Any = None) -> Any:
+        if core is None:
+            core = _core()
         spec = TaskSpec()
         tid = task_id()
         spec.task_id = tid
@@ -607,8 +608,10 @@ def _collect_with_handle(core: Any, handle: ActorHandle) -> None:
     def collected() -> None:
         if scope.escaped or not core.running:
             return
-        # from the I/O thread, not from inside whatever the collector interrupted
-        core.call_later(0, lambda: ActorHandle(*ident).__ray_terminate__.remote())
+        # from the I/O thread, not from inside whatever the collector interrupted; through
+        # this handle's own core (never auto_init: a shutdown may have begun meanwhile)
+        core.call_later(0, lambda: core.running and ActorHandle(*ident)._call(
+            "__ray_terminate__", (), {}, {}, core=core))
 
     weakref.finalize(handle, collected).atexit = False  # at exit the owner's end does it
 

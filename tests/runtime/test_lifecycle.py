@@ -100,6 +100,33 @@ def test_init_shutdown_init_and_double_init(carme) -> None:
     assert carme.get(one.remote()) == 1
 
 
+def test_an_actor_handle_collected_at_shutdown_starts_no_new_cluster() -> None:
+    """The collected handle's termination call runs on the I/O thread; when shutdown has
+    begun meanwhile it must go to its own (ending) cluster, never auto-start another one
+    (this left a stray embedded cluster behind for the rest of a test run)."""
+    import carme
+
+    @carme.remote
+    class Kept:
+        def f(self):
+            return 1
+
+    strays = 0
+    for _ in range(10):
+        carme.init(num_cpus=1)
+        try:
+            h = Kept.remote()
+            assert carme.get(h.f.remote()) == 1
+            del h
+        finally:
+            carme.shutdown()
+        time.sleep(0.2)
+        if carme.is_initialized():
+            strays += 1
+            carme.shutdown()
+    assert strays == 0
+
+
 def _store_used(carme) -> int:
     from carme import _messages as M
     from carme._context import core
