@@ -16,15 +16,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
 from ._metrics import detect_num_gpus
+from ._record import record
 
 
-@dataclass
+@record
 class EmbeddedNode:
     process: subprocess.Popen
     address: str

@@ -14,13 +14,13 @@ Workers, leases and sockets belong to the daemon; records hold them as opaque va
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import exceptions as exc
+from ._record import field, record
 
 
-@dataclass
+@record
 class ActorRec:
     actor_id: bytes
     spec: dict

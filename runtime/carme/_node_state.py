@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import _messages as M
@@ -26,6 +25,7 @@ from ._events import TaskEventLog
 from ._node_actors import ActorDirectory
 from ._node_objects import ObjectTable
 from ._node_workers import WorkerPool
+from ._record import field, record
 from ._scheduler import ClusterScheduler
 
 STATE_KINDS = ("tasks", "timeline", "summary", "nodes", "workers", "actors", "objects",
@@ -41,7 +41,7 @@ def unknown_kind(kind: Any) -> ValueError | None:
     return ValueError(f"unknown state kind {kind!r}; expected one of {', '.join(STATE_KINDS)}")
 
 
-@dataclass
+@record
 class NodeFacts:
     """What the rows say about this node itself."""
 
@@ -56,7 +56,7 @@ class NodeFacts:
     linked: bool = False  # in a cluster (the view names the other nodes)
 
 
-@dataclass
+@record
 class NodeRows:
     facts: NodeFacts
     events: TaskEventLog

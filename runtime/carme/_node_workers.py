@@ -13,11 +13,12 @@ Processes, sockets and signals are the daemon's business; records hold them opaq
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from ._record import field, record
 
-@dataclass
+
+@record
 class WorkerRec:
     worker_id: str
     pid: int

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+
+from ._record import field, record
 
 __all__ = [
     "UNIT",
@@ -113,7 +114,7 @@ def validate_bundles(bundles: object) -> list[dict[str, float]]:
     return out
 
 
-@dataclass
+@record
 class Allocation:
     """What one grant took from a pool: fixed-point amounts plus GPU instance shares."""
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from carme._resources import (
     Allocation,
@@ -33,6 +32,8 @@ from carme._resources import (
     to_float_shape,
     validate_bundles,
 )
+
+from ._record import field, record
 
 __all__ = [
     "BundleStrategy",
@@ -51,17 +52,17 @@ PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 _PG_SCHEDULING_STATE = {"CREATED": "FINISHED", "REMOVED": "REMOVED", "RESCHEDULING": "QUEUED"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DefaultStrategy:
     """Prefer the requester's node when it fits now, else the least loaded node."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SpreadStrategy:
     """Round-robin over the nodes that fit."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NodeAffinity:
     node_id: str
     soft: bool = False
@@ -69,7 +70,7 @@ class NodeAffinity:
     fail_on_unavailable: bool = False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NodeLabel:
     """Nodes whose labels match every ``hard`` term; prefer those matching ``soft``.
 
@@ -81,7 +82,7 @@ class NodeLabel:
     soft: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BundleStrategy:
     pg_id: str
     bundle_index: int = -1
@@ -90,7 +91,7 @@ class BundleStrategy:
 Strategy = DefaultStrategy | SpreadStrategy | NodeAffinity | NodeLabel | BundleStrategy
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LeaseRequest:
     request_id: str
     shape: dict[str, float]
@@ -99,7 +100,7 @@ class LeaseRequest:
     description: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Grant:
     request_id: str
     lease_id: str
@@ -108,7 +109,7 @@ class Grant:
     shape: dict[str, float]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Infeasible:
     request_id: str
     message: str
@@ -155,7 +156,7 @@ class _PG:
         self.tried_at = -1  # scheduler epoch of the last placement attempt
 
 
-@dataclass
+@record
 class _Lease:
     request_id: str
     node_id: str

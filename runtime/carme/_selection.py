@@ -28,7 +28,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+
+from ._record import field, record
 
 __all__ = ["ADDRESS_ENV", "SELECTION_ENV", "Choice", "default_address", "read_selection",
            "write_selection"]
@@ -38,7 +39,7 @@ SELECTION_ENV = "CARME_SELECTION_FILE"
 PANEL = "the JupyterLab side panel's selection"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Choice:
     """The address a driver joins and where it came from (for error messages)."""
 
