@@ -392,6 +392,14 @@ class CoreWorker:
             except Exception:
                 self._report_bug()
 
+    def wait_payload(self, oid: bytes) -> tuple:
+        """Block until the object has a payload again (it is being rebuilt) and return it."""
+        w = _Waiter()
+        if self.when_ready(oid, lambda: w.set(True, None)):
+            w.set(True, None)
+        w.wait(None)
+        return self.payload_of(oid) or lost_payload(oid)
+
     def payload_of(self, oid: bytes) -> tuple | None:
         entry = self.objects.get(oid)
         if entry is None:

@@ -37,7 +37,7 @@ _now = time.time
 class LocalObject:
     __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
                  "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
-                 "sealing", "orphan")
+                 "sealing", "orphan", "lineage", "actor_return")
 
     def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
         self.payload = payload          # None while pending
@@ -56,6 +56,8 @@ class LocalObject:
         self.copy = False               # we hold a local copy pulled from another node
         self.sealing = False            # its value is being handed to the daemon
         self.orphan = False             # no local reference left: let go once sealed
+        self.lineage: Any = None        # the TaskSpec that can make it again (`_lineage.py`)
+        self.actor_return = False       # returned by an actor method (cannot be made again)
 
 
 class ExportPlan(NamedTuple):
@@ -129,6 +131,7 @@ class Ownership:
         if entry.copy:
             self._decrefs.append(oid)
         entry.keep = []
+        entry.lineage = None  # its task's argument refs go with the spec's last return
 
     # ------------------------------------------------------------------ releases
     def release_holds(self, oids: list[bytes], node_id: str | None) -> None:

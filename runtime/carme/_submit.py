@@ -22,6 +22,7 @@ from typing import Any
 from . import _messages as M
 from . import exceptions as exc
 from ._ids import return_id
+from ._lineage import keeps_lineage, plan_rebuild
 from ._protocol import Connection, ConnectionClosed, connect
 from ._task_messages import Item, Push, Result, read_from_worker
 from ._task_tags import TaskTags
@@ -455,6 +456,9 @@ class TaskSubmitter:
             spec.stream.finish()
             spec.keep = []
             return
+        lineage = spec if keeps_lineage(spec, payloads) else None
+        if lineage is not None:
+            spec.lease = None  # what a re-run needs is the spec, not the worker it ran on
         for i, oid in enumerate(spec.return_ids):
             payload = payloads[i] if i < len(payloads) else payloads[0]
             with core.lock:
@@ -468,6 +472,8 @@ class TaskSubmitter:
                         core.release_blob_holds(contained[i], home)
                     continue
                 entry.home = home
+                entry.lineage = lineage
+                entry.actor_return = spec.actor_id is not None
                 if contained and i < len(contained) and contained[i]:
                     entry.contained_ids = contained[i]
                 if payload[0] == M.SHARED:
@@ -475,8 +481,27 @@ class TaskSubmitter:
                     entry.exported = True
                 done = core.own.set_payload(oid, payload, core.daemon_lost)
             core.payload_set(oid, entry, done)
-        spec.keep = []
-        spec.arg_refs = []
+        if lineage is None:
+            spec.keep = []
+            spec.arg_refs = []
+
+    def rebuild(self, oid: bytes, lost: exc.ObjectLostError) -> None:
+        """`oid`'s only copy was lost with its node: run the tasks that make it again
+        (`_lineage.py`), or raise the error that says why it cannot be rebuilt. Returns
+        once they are resubmitted; the object is pending until its new value comes."""
+        with self.core.lock:
+            plan = plan_rebuild(self.core.objects, oid, lost)
+        for spec in plan:
+            spec.retries_left -= 1 if spec.retries_left > 0 else 0
+            spec.attempt += 1
+            spec.done = spec.cancelled = False
+            spec.lease = None
+            with self.lock:
+                self.tasks[spec.task_id] = spec
+                if spec.tag is not None or spec.name:
+                    self.tags[spec.task_id] = (spec.tag, spec.name)
+            self.core.record(spec.task_id, "SUBMITTED", attempt=spec.attempt)
+            self.resolve_then(spec, self.enqueue)
 
     def fail(self, spec: TaskSpec, err: BaseException) -> None:
         from ._values import error_payload

@@ -82,21 +82,27 @@ class Values:
         core = self.core
         if payload[0] != M.SHARED or len(payload) < 5 or payload[4] == core.node_id:
             return payload
-        local = core.request(M.GET_REMOTE, oid, payload[4])
+        try:
+            local = core.request(M.GET_REMOTE, oid, payload[4])
+        except exc.ObjectLostError as lost:
+            # its node is gone: an object we own is made again from its lineage
+            core.submitter.rebuild(oid, lost)
+            return self.localize(oid, core.wait_payload(oid))
         with core.lock:
             core.own.add_copy(oid, payload)  # (a process holds a copy once, however often it asks)
         return local  # type: ignore[no-any-return]
 
     def deserialize(self, oid: bytes, payload: tuple) -> Any:
         core = self.core
-        if payload[0] == M.INLINE:
-            value, loaded = loads(payload[1], payload[2])
-        else:
+        if payload[0] != M.INLINE:
             if oid not in core.objects:
                 # a task argument: its submitter keeps it alive while the task runs;
                 # views that outlive the task get a hold of ours (protect_views)
                 core._unprotected.add(oid)
-            payload = core.localize(oid, payload)
+            payload = core.localize(oid, payload)  # (inline after a rebuild that failed)
+        if payload[0] == M.INLINE:
+            value, loaded = loads(payload[1], payload[2])
+        else:
             src = core.arena.readonly(payload[1], payload[2])
             data, bufs = read_layout(src)
             if bufs:

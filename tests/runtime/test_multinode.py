@@ -235,3 +235,67 @@ def test_names_and_placement_groups_are_cluster_wide(cluster) -> None:
     assert carme.get(make_on_b.remote(), timeout=60)
     assert carme.get(carme.get_actor("from-b").hello.remote(), timeout=60) == "hi"
     assert get_placement_group("pg-from-b").wait(10)
+
+
+def test_lost_task_returns_are_rebuilt_from_lineage(cluster, tmp_path: Path) -> None:
+    """Objects whose only copy was on a node that died are made again by re-running the
+    tasks that made them (and, first, the lost arguments those tasks need)."""
+    np = pytest.importorskip("numpy")
+    victim = cluster.add_node(num_cpus=1, resources={"spot": 1})
+    cluster.add_node(num_cpus=1, resources={"spot": 1})
+    cluster.connect()
+    import carme
+    from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+
+    on_victim = Affinity(victim.node_id, soft=True)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    @carme.remote(resources={"spot": 1}, max_retries=2)
+    def make(i: int) -> object:
+        (runs / f"make-{i}-{os.getpid()}").touch()
+        return np.full(64 * 1024, i, dtype=np.int64)  # 512 KB: kept in its node's store
+
+    @carme.remote(resources={"spot": 1}, max_retries=2)
+    def double(a) -> object:
+        return a * 2
+
+    made = [make.options(scheduling_strategy=on_victim).remote(i) for i in range(10)]
+    doubled = double.options(scheduling_strategy=on_victim).remote(made[3])  # a lost argument too
+    ready, _ = carme.wait(made + [doubled], num_returns=11, timeout=120, fetch_local=False)
+    assert len(ready) == 11
+    nodes_of = carme.get([carme.remote(lambda: carme.get_runtime_context().get_node_id())
+                          .options(scheduling_strategy=on_victim).remote()], timeout=60)
+    assert nodes_of == [victim.node_id]  # the soft affinity placed work on the victim
+    os.kill(victim.pid, signal.SIGKILL)
+    values = carme.get(made, timeout=120)
+    assert [int(v[0]) for v in values] == list(range(10))
+    assert all(len(v) == 64 * 1024 for v in values)
+    assert int(carme.get(doubled, timeout=120)[0]) == 6
+    assert len(list(runs.iterdir())) >= 20  # every make ran twice (once on the victim)
+    cluster.nodes.remove(victim)
+    from carme import cluster as cl
+    cl.stop_node(victim)
+
+
+def test_lost_objects_past_their_retries_say_so(cluster) -> None:
+    np = pytest.importorskip("numpy")
+    victim = cluster.add_node(num_cpus=1, resources={"spot": 1})
+    cluster.add_node(num_cpus=1, resources={"spot": 1})
+    cluster.connect()
+    import carme
+    from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+
+    @carme.remote(resources={"spot": 1}, max_retries=0)
+    def make() -> object:
+        return np.ones(64 * 1024)
+
+    ref = make.options(scheduling_strategy=Affinity(victim.node_id, soft=False)).remote()
+    carme.wait([ref], timeout=120, fetch_local=False)
+    os.kill(victim.pid, signal.SIGKILL)
+    with pytest.raises(carme.exceptions.ObjectReconstructionFailedMaxAttemptsExceededError,
+                       match="max_retries"):
+        carme.get(ref, timeout=120)
+    cluster.nodes.remove(victim)
+    from carme import cluster as cl
+    cl.stop_node(victim)
