@@ -25,7 +25,7 @@ from ._task_tags import TaskTags
 
 class ActorState:
     __slots__ = ("actor_id", "conn", "status", "queue", "inflight", "death", "class_name",
-                 "max_task_retries", "pid", "ordered")
+                 "max_task_retries", "pid", "ordered", "lost_pid")
 
     def __init__(self, actor_id: bytes, class_name: str, max_task_retries: int) -> None:
         self.actor_id = actor_id
@@ -37,6 +37,7 @@ class ActorState:
         self.class_name = class_name
         self.max_task_retries = max_task_retries
         self.pid: int | None = None
+        self.lost_pid: int | None = None  # the worker whose connection we saw drop
         # a sync actor runs calls in submission order, so each waits for the one before;
         # an async or threaded one gets every call as soon as its arguments are ready
         self.ordered = True
@@ -200,6 +201,7 @@ class ActorSubmitter:
                 return
             st.conn = None
             st.status = "unresolved"
+            st.lost_pid = st.pid
             lost = sorted(st.inflight.values(), key=lambda s: s.seq)
             st.inflight.clear()
             retry = [s for s in lost if s.retries_left != 0 and not s.cancelled]

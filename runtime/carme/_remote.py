@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import time
 import types
 import weakref
 from typing import Any
@@ -413,10 +414,9 @@ class ActorClass:
         name = opts.get("name")
         namespace = opts.get("namespace") or core.namespace
         if name and opts.get("get_if_exists"):
-            try:
-                return get_actor(name, namespace)
-            except ValueError:
-                pass
+            existing = _live_named(core, name, namespace)
+            if existing is not None:
+                return existing
         payload, ref_pos, arg_refs, keep = serialize_args(core, args, kwargs, f"actor {self._name}")
         # the constructor's ObjectRef arguments are resolved here, before creation
         if arg_refs:
@@ -580,6 +580,25 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     info = core.request(M.ACTOR_INFO, None, name, namespace or core.namespace, False,
                         conn=core.control())
     return _handle_from_spec(info["actor_id"], info["spec"])
+
+
+def _live_named(core: Any, name: str, namespace: str) -> ActorHandle | None:
+    """`get_if_exists`: the live actor of that name, or None. When this process saw the
+    connection to that actor's worker drop, its node may not have noticed yet and still
+    lists it: wait (up to 10 s) until the node frees the name (the actor is dead) or
+    lists another worker (it restarted), so the caller does not get a dead actor back."""
+    from . import _messages as M
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            info = core.request(M.ACTOR_INFO, None, name, namespace, False, conn=core.control())
+        except ValueError:
+            return None
+        st = core.actor_submitter.actors.get(info["actor_id"])
+        lost = getattr(st, "lost_pid", None)
+        if lost is None or info.get("pid") != lost or time.monotonic() > deadline:
+            return _handle_from_spec(info["actor_id"], info["spec"])
+        time.sleep(0.02)
 
 
 def _handle_from_spec(actor_id: bytes, s: dict) -> ActorHandle:

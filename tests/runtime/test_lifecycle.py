@@ -127,6 +127,33 @@ def test_an_actor_handle_collected_at_shutdown_starts_no_new_cluster() -> None:
     assert strays == 0
 
 
+def test_get_if_exists_after_the_named_actor_died_gives_a_live_one() -> None:
+    """The caller saw the actor's connection drop before its node reaped the worker: the
+    next get_if_exists must not hand back the dead actor (its calls would fail again)."""
+    import carme
+    carme.init(num_cpus=1)
+    try:
+        @carme.remote(max_restarts=0)
+        class Box:
+            def pid(self):
+                return os.getpid()
+
+            def die(self):
+                os._exit(1)
+
+        first = Box.options(name="box", get_if_exists=True).remote()
+        pids = {carme.get(first.pid.remote())}
+        for _ in range(15):
+            h = Box.options(name="box", get_if_exists=True).remote()
+            with pytest.raises(carme.exceptions.RayActorError):
+                carme.get(h.die.remote(), timeout=30)
+            h = Box.options(name="box", get_if_exists=True).remote()
+            pids.add(carme.get(h.pid.remote(), timeout=30))  # a fresh actor answers
+        assert len(pids) == 16
+    finally:
+        carme.shutdown()
+
+
 def _store_used(carme) -> int:
     from carme import _messages as M
     from carme._context import core
