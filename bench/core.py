@@ -5,6 +5,10 @@ Usage::
     .venv/bin/python bench/core.py                 # carme only
     .venv-bench/bin/python bench/core.py --vs ray  # carme and Ray, side by side
     .venv/bin/python bench/core.py --before REF    # this tree against git REF, alternating
+    .venv/bin/python bench/core.py --limit         # carme and the machine's floor
+
+The ``limit`` column (always with ``--vs``) runs the same loops with nothing but the
+machine: a bare ``ProcessPoolExecutor`` for tasks and actor calls, memcpy for puts.
 
 Theory of operation
 -------------------
@@ -53,6 +57,7 @@ WORKLOADS: dict[str, tuple[str, str, bool]] = {
     "actor_batch": ("actor calls, 1,000 then one get", "calls/s", True),
     "put_get_small": ("put+get of a small int", "ops/s", True),
     "put_100mb": ("put of a 100 MB numpy array", "GB/s", True),
+    "put_100mb_fresh": ("put of 100 MB into fresh store pages", "GB/s", True),
     "get_100mb": ("get of a 100 MB numpy array", "GB/s", True),
     "task_100mb_arg": ("tasks taking a 100 MB ObjectRef", "tasks/s", True),
     "idle_rss_mb": ("idle cluster RSS (driver excluded)", "MB", False),
@@ -71,7 +76,71 @@ def _init(ray: Any) -> None:
     ray.init()
 
 
+def _noop() -> None:
+    return None
+
+
+def _limit_startup() -> None:
+    """The machine's floor for a start: a bare process pool's first result."""
+    t0 = time.perf_counter()
+    from concurrent.futures import ProcessPoolExecutor
+    t1 = time.perf_counter()
+    with ProcessPoolExecutor(os.cpu_count()) as pool:
+        pool.submit(_noop).result()
+        t2 = time.perf_counter()
+    _emit({"import_s": t1 - t0, "init_first_result_s": t2 - t1})
+
+
+def _limit_workloads(reps: int, scale: float) -> None:
+    """The same workloads with nothing but the machine: a bare ProcessPoolExecutor (one
+    worker per core for tasks; one worker for the "actor"), and memcpy for puts (into
+    touched pages, and into fresh ones). Rows with no bare counterpart stay empty."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    import numpy as np
+
+    n_sync = max(10, int(500 * scale))
+    n_batch = max(10, int(1000 * scale))
+    samples: dict[str, list[float]] = {k: [] for k in WORKLOADS if k not in ("import_s", "init_first_result_s")}
+
+    def rate(n: int, fn: Any) -> float:
+        t = time.perf_counter()
+        fn()
+        return n / (time.perf_counter() - t)
+
+    with ProcessPoolExecutor(os.cpu_count()) as pool, ProcessPoolExecutor(1) as one:
+        # workers start (fork) before the arrays exist, so they do not share their pages
+        [f.result() for f in [pool.submit(_noop) for _ in range(20)]]
+        one.submit(_noop).result()
+        time.sleep(2.0)
+        rss_mb, nproc = _cluster_memory()
+        samples["idle_rss_mb"] = [rss_mb]
+        samples["idle_processes"] = [float(nproc)]
+        big = np.arange(MB100 // 8, dtype=np.float64)
+        touched = np.empty_like(big)
+        touched.fill(1.0)
+        for _ in range(reps):
+            samples["tasks_sync"].append(rate(n_sync, lambda: [pool.submit(_noop).result() for _ in range(n_sync)]))
+            samples["tasks_batch"].append(
+                rate(n_batch, lambda: [f.result() for f in [pool.submit(_noop) for _ in range(n_batch)]]))
+            samples["actor_sync"].append(rate(n_sync, lambda: [one.submit(_noop).result() for _ in range(n_sync)]))
+            samples["actor_batch"].append(
+                rate(n_batch, lambda: [f.result() for f in [one.submit(_noop) for _ in range(n_batch)]]))
+            t0 = time.perf_counter()
+            np.copyto(touched, big)
+            samples["put_100mb"].append(big.nbytes / (time.perf_counter() - t0) / 1e9)
+            fresh = np.empty_like(big)
+            t0 = time.perf_counter()
+            np.copyto(fresh, big)
+            samples["put_100mb_fresh"].append(big.nbytes / (time.perf_counter() - t0) / 1e9)
+            del fresh
+    _emit({"samples": samples, "zero_copy_get": None, "version": "ProcessPoolExecutor, memcpy"})
+
+
 def child_startup(impl: str) -> None:
+    if impl == "limit":
+        _limit_startup()
+        return
     t0 = time.perf_counter()
     ray = importlib.import_module(impl)
     t1 = time.perf_counter()
@@ -101,6 +170,9 @@ def _cluster_memory() -> tuple[float, int]:
 
 
 def child_workloads(impl: str, reps: int, scale: float) -> None:
+    if impl == "limit":
+        _limit_workloads(reps, scale)
+        return
     import numpy as np
 
     ray = importlib.import_module(impl)
@@ -140,6 +212,12 @@ def child_workloads(impl: str, reps: int, scale: float) -> None:
         return n / (time.perf_counter() - t)
 
     big = np.arange(MB100 // 8, dtype=np.float64)
+    fresh = []  # each lands in store pages no put touched before (all kept until the end)
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fresh.append(ray.put(big))
+        samples["put_100mb_fresh"].append(big.nbytes / (time.perf_counter() - t0) / 1e9)
+    del fresh
     zero_copy = None
     for _ in range(reps):
         samples["tasks_sync"].append(rate(n_sync, lambda: [ray.get(noop.remote()) for _ in range(n_sync)]))
@@ -219,7 +297,8 @@ def merge_results(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             samples.setdefault(k, []).extend(v)
     return {
         "version": rounds[0]["version"],
-        "zero_copy_get": all(r["zero_copy_get"] for r in rounds),
+        "zero_copy_get": None if any(r["zero_copy_get"] is None for r in rounds)
+        else all(r["zero_copy_get"] for r in rounds),
         "samples": samples,
         "median": {k: statistics.median(v) for k, v in samples.items() if v},
         "rounds": len(rounds),
@@ -277,19 +356,17 @@ def _fmt(v: float | None) -> str:
 
 
 def table(results: dict[str, Any], impls: list[str]) -> str:
-    head = ["workload", "unit", *impls]
-    if len(impls) == 2:
-        head.append(f"{impls[0]}/{impls[1]}")
+    head = ["workload", "unit", *impls, *(f"{impls[0]}/{i}" for i in impls[1:])]
     rows = [head]
     for key, (label, unit, higher) in WORKLOADS.items():
         vals = [results[i]["median"].get(key) for i in impls]
         cells = [(f"{v:.0f}" if unit == "count" and v is not None else _fmt(v)) for v in vals]
         row = [label, unit + (" ↑" if higher else " ↓"), *cells]
-        if len(impls) == 2:
-            a, b = vals
-            row.append(f"{a / b:.2f}" if a is not None and b else "-")
+        a = vals[0]
+        row += [f"{a / b:.2f}" if a is not None and b else "-" for b in vals[1:]]
         rows.append(row)
-    zc = ["get is zero-copy (view, read-only)", "", *(str(results[i]["zero_copy_get"]) for i in impls)]
+    zc = ["get is zero-copy (view, read-only)", "",
+          *("-" if results[i]["zero_copy_get"] is None else str(results[i]["zero_copy_get"]) for i in impls)]
     rows.append(zc + [""] * (len(head) - len(zc)))
     widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
@@ -304,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="scale operation counts (0.1 for a smoke run)")
     ap.add_argument("--before", metavar="REF", help="also run git REF's runtime, alternating with this tree")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds with --before (default 3)")
+    ap.add_argument("--limit", action="store_true",
+                    help="also measure the machine's floor: a bare process pool, memcpy (always with --vs)")
     ap.add_argument("--table", metavar="JSON", help="print the table of a saved result file and exit")
     ap.add_argument("--child", choices=["startup", "workloads"], help=argparse.SUPPRESS)
     ap.add_argument("--impl", default="carme", help=argparse.SUPPRESS)
@@ -325,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--before and --vs are separate runs: pass one of them")
     if args.rounds < 1:
         ap.error(f"--rounds must be at least 1, not {args.rounds}")
-    impls = ["carme"] + ([args.vs] if args.vs else []) + ([f"carme@{args.before}"] if args.before else [])
+    impls = (["carme"] + ([args.vs] if args.vs else []) + ([f"carme@{args.before}"] if args.before else [])
+             + (["limit"] if args.limit or args.vs else []))
     info = machine()
     print(
         f"machine: {info['cores']} cores, {info['cpu_model']}, {info['memory_gib']} GiB, "
