@@ -271,6 +271,34 @@ def restored_actors(rec: HeadRecord) -> list[RestoredActor]:
     return out
 
 
+def restore_actors(directory: Any, rec: HeadRecord) -> None:
+    """Put a restarted head's persisted actors into its (empty) `ActorDirectory`: one on
+    another node redirects there (never restarted by this head: the class itself was not
+    persisted; its own node still restarts its worker); one that ran on the head is dead,
+    with the reason, and its name is free."""
+    from .exceptions import ActorDiedError
+    for a in restored_actors(rec):
+        actor, _ = directory.create(a.actor_id, a.spec, None)
+        actor.no_restart = True
+        if a.remote_node is not None:
+            actor.state = "ALIVE"
+            actor.remote_node = a.remote_node
+        else:
+            directory.dead(actor, ActorDiedError(a.death))
+
+
+def persisted_actors(directory: Any, head_node_id: str) -> list[dict[str, Any]]:
+    """The live named or detached actors of the head's `ActorDirectory`, as ACTOR_FIELDS."""
+    out = []
+    for a in directory.actors.values():
+        if a.state == "DEAD" or not (a.spec.get("name") or a.spec.get("lifetime") == "detached"):
+            continue
+        ns, name = directory.name_of(a)
+        out.append(actor_entry(a.actor_id, a.spec, name, ns, a.remote_node or head_node_id))
+    return out
+
+
 __all__ = ["HeadRecord", "HeadStateError", "RestoredActor", "actor_entry", "decode", "encode",
-           "head_unreachable", "load", "merge_node", "node_entry", "remove", "restored_actors", "save", "snapshot",
+           "head_unreachable", "load", "merge_node", "node_entry", "persisted_actors", "remove", "restore_actors",
+           "restored_actors", "save", "snapshot",
            "state_file", "write_atomic"]

@@ -249,16 +249,7 @@ class ClusterLink:
             return
         assert self.head_state is not None
         self.head_state.restore({nid: e for nid, e in rec.nodes.items() if nid != self.daemon.node_id})
-        directory = self.daemon.directory
-        for a in hs.restored_actors(rec):
-            actor, _ = directory.create(a.actor_id, a.spec, None)
-            actor.no_restart = True  # its creation spec (the class) was not persisted
-            if a.remote_node is not None:
-                actor.state = "ALIVE"
-                actor.remote_node = a.remote_node
-            else:
-                from .exceptions import ActorDiedError
-                directory.dead(actor, ActorDiedError(a.death))
+        hs.restore_actors(self.daemon.directory, rec)
         self.saved_text = hs.encode(rec)
 
     def record(self) -> hs.HeadRecord:
@@ -268,14 +259,8 @@ class ClusterLink:
         base = hs.HeadRecord(port=int(d.tcp_address.rsplit(":", 1)[1]),
                              grpc_port=int(self.grpc_address.rsplit(":", 1)[1]), token=self.token.hex(),
                              node_id=d.node_id, job_id=d.job_id, host=d.host)
-        actors = []
-        for a in d.directory.actors.values():
-            if a.state == "DEAD" or not (a.spec.get("name") or a.spec.get("lifetime") == "detached"):
-                continue
-            ns, name = d.directory.name_of(a)
-            actors.append(hs.actor_entry(a.actor_id, a.spec, name, ns, a.remote_node or d.node_id))
-        return hs.snapshot(base, self.head_state.registry(), actors, d.scheduler.placement_groups(),
-                           d.state.jobs())
+        return hs.snapshot(base, self.head_state.registry(), hs.persisted_actors(d.directory, d.node_id),
+                           d.scheduler.placement_groups(), d.state.jobs())
 
     def persist(self) -> None:
         """In the heartbeat thread: write the state file if what it says changed."""
