@@ -29,6 +29,7 @@ import functools
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -237,9 +238,12 @@ class ClusterLink:
             self.head.ReportEvents(pb.EventBatch(events_json=json.dumps(events, default=str)),
                                    metadata=self.md, timeout=timeout)
         except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.INVALID_ARGUMENT:  # a refused batch is not sent again
-                with self.events_lock:
-                    self.events = (events + self.events)[-MAX_HELD_EVENTS:]
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:  # refused: never sent again
+                print(f"carme: the head refused {len(events)} task events: {e.details()}",
+                      file=sys.stderr, flush=True)
+                return
+            with self.events_lock:
+                self.events = (events + self.events)[-MAX_HELD_EVENTS:]
             raise
 
     # ------------------------------------------------------------------ the head's state file
