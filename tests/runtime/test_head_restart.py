@@ -140,12 +140,18 @@ def test_killed_head_is_noticed_and_restarted_head_is_rejoined(cluster_on_port, 
     assert carme.get(keeper.ping.remote(), timeout=60) == (pid, 2)
     wait_for(lambda: _gone(head), timeout=30)  # the killed head's store and session directory
 
-    # started again on the same port: same token, ports and node id, from its state file
-    again = cluster.start_head(num_cpus=1, resources={"head": 1}, port=port)
+    # started again on the same port (by the CLI): same token, ports and node id, from its state file
+    out = subprocess.run([sys.executable, "-m", "carme", "start", "--head", "--port", str(port),
+                          "--num-cpus", "1", "--resources", '{"head": 1}'],
+                         capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert out.returncode == 0, out.stderr
+    assert f"carme cluster head restarted at {head['address']}" in out.stdout
+    again = cluster._read(head["address"])
+    assert again is not None
     c["started"].append(again)
     assert again["restarted"] and again["address"] == head["address"]
     assert again["node_id"] == head["node_id"] and again["grpc_address"] == head["grpc_address"]
-    assert json.loads(Path(again["token_file"]).read_text())["token"] == token
+    assert again["token"] == token
 
     def found() -> Any:
         try:
