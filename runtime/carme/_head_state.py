@@ -19,7 +19,8 @@ The rest is pure: `snapshot` builds the record from the head's tables, `merge_no
 folds a node's registration into the registry entry the head already had, and
 `restored_actors` says how each persisted actor comes back (on another node: a record
 that redirects there; on the head itself: dead, since its worker died with the head).
-`head_unreachable` is what nodes and drivers say while the head does not answer.
+`restore_placement_groups` puts the groups back into the head's scheduler (their bundles
+placed again). `head_unreachable` is what nodes and drivers say while the head does not answer.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ NODE_FIELDS: dict[str, type | tuple[type, ...]] = {
 ACTOR_FIELDS: dict[str, type | tuple[type, ...]] = {
     "actor_id": str, "name": str, "namespace": str, "node_id": str, "detached": bool,
     "spec": dict,
+}
+PG_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "placement_group_id": str, "state": str, "strategy": str, "bundles": dict, "name": str,
 }
 # what of an actor's spec a restored record keeps (enough for handles and rows)
 ACTOR_SPEC_KEYS = ("class_name", "methods", "is_async", "max_task_retries", "method_options",
@@ -126,6 +130,22 @@ def _check_rows(where: str, rows: Any, fields: Mapping[str, type | tuple[type, .
     return rows
 
 
+def _check_pgs(rows: Any) -> list:
+    _check_rows("placement_groups", rows, PG_FIELDS)
+    for i, pg in enumerate(rows):
+        for k, shape in pg["bundles"].items():
+            _need(f"placement_groups[{i}].bundles key", k, str)
+            if not k.isdigit():
+                raise ValueError(f"placement_groups[{i}].bundles key must be a bundle index, not {k[:20]!r}")
+            _resources(f"placement_groups[{i}].bundles[{k}]", shape)
+    try:  # what the head's scheduler will be given: its own checks, on a scratch one
+        from ._scheduler import ClusterScheduler
+        restore_placement_groups(ClusterScheduler(), HeadRecord(1, 1, "", "", "", placement_groups=rows))
+    except ValueError as e:
+        raise ValueError(f"placement_groups: {e}") from None
+    return rows
+
+
 def decode(text: str | bytes, path: str) -> HeadRecord:
     """A head record from the text of its file; HeadStateError naming `path` and the field
     that is wrong (and how to go on) if anything does not check."""
@@ -145,7 +165,7 @@ def decode(text: str | bytes, path: str) -> HeadRecord:
             token=_hex("token", data.get("token"), 32), node_id=_hex("node_id", data.get("node_id")),
             job_id=_need("job_id", data.get("job_id"), str), host=_need("host", data.get("host"), str),
             nodes=data["nodes"], actors=data["actors"],
-            placement_groups=_check_rows("placement_groups", data.get("placement_groups"), None),
+            placement_groups=_check_pgs(data.get("placement_groups")),
             jobs=_check_rows("jobs", data.get("jobs"), None))
     except ValueError as e:  # JSONDecodeError included
         raise HeadStateError(
@@ -287,6 +307,21 @@ def restore_actors(directory: Any, rec: HeadRecord) -> None:
             directory.dead(actor, ActorDiedError(a.death))
 
 
+def restore_placement_groups(scheduler: Any, rec: HeadRecord) -> list[str]:
+    """Put a restarted head's placement groups back into its `ClusterScheduler`, by id,
+    name, strategy and bundles; their bundles are placed again (PENDING until nodes
+    that fit are back in the view, perhaps other nodes than before). Removed groups stay
+    out. Returns the ids restored."""
+    out = []
+    for pg in rec.placement_groups:
+        if pg["state"] == "REMOVED":
+            continue
+        bundles = [dict(pg["bundles"][k]) for k in sorted(pg["bundles"], key=int)]
+        scheduler.create_placement_group(pg["placement_group_id"], bundles, pg["strategy"], pg["name"])
+        out.append(pg["placement_group_id"])
+    return out
+
+
 def persisted_actors(directory: Any, head_node_id: str) -> list[dict[str, Any]]:
     """The live named or detached actors of the head's `ActorDirectory`, as ACTOR_FIELDS."""
     out = []
@@ -299,6 +334,6 @@ def persisted_actors(directory: Any, head_node_id: str) -> list[dict[str, Any]]:
 
 
 __all__ = ["HeadRecord", "HeadStateError", "RestoredActor", "actor_entry", "decode", "encode",
-           "head_unreachable", "load", "merge_node", "node_entry", "persisted_actors", "remove", "restore_actors",
-           "restored_actors", "save", "snapshot",
+           "head_unreachable", "load", "merge_node", "node_entry", "persisted_actors", "remove",
+           "restore_actors", "restore_placement_groups", "restored_actors", "save", "snapshot",
            "state_file", "write_atomic"]

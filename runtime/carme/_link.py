@@ -254,6 +254,7 @@ class ClusterLink:
         assert self.head_state is not None
         self.head_state.restore({nid: e for nid, e in rec.nodes.items() if nid != self.daemon.node_id})
         hs.restore_actors(self.daemon.directory, rec)
+        hs.restore_placement_groups(self.daemon.scheduler, rec)
         self.saved_text = hs.encode(rec)
 
     def record(self) -> hs.HeadRecord:

@@ -113,13 +113,17 @@ def test_killed_head_is_noticed_and_restarted_head_is_rejoined(cluster_on_port, 
 
     keeper = Keeper.options(name="keeper", lifetime="detached").remote()
     pid, _ = carme.get(keeper.ping.remote(), timeout=60)
+    from carme.util.placement_group import get_placement_group, placement_group
+    pg = placement_group([{"a": 0.5}], strategy="PACK", name="kept-pg")
+    assert pg.wait(60)
 
     # the head writes its state: 0600 in a 0700 directory, naming the actor and its node
     path = hs.state_file(str(state_dir), port)
 
     def saved() -> hs.HeadRecord | None:
         rec = hs.load(path)
-        return rec if rec is not None and rec.actors and node["node_id"] in rec.nodes else None
+        return (rec if rec is not None and rec.actors and rec.placement_groups
+                and node["node_id"] in rec.nodes else None)
     rec = wait_for(saved, timeout=30)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
@@ -163,6 +167,9 @@ def test_killed_head_is_noticed_and_restarted_head_is_rejoined(cluster_on_port, 
     wait_for(lambda: all(n["Alive"] for n in carme.nodes()), timeout=60)
     assert {n["NodeID"] for n in carme.nodes()} == {head["node_id"], node["node_id"]}
     assert _head_row(carme, head["node_id"]).get("state_message") is None
+    # the placement group is back by name, its bundle placed again
+    kept = get_placement_group("kept-pg")
+    assert kept.id == pg.id and kept.wait(60) and kept.bundle_specs == [{"a": 0.5}]
     # the restarted head runs work again (its "head" resource is only there)
     assert carme.get(where.options(resources={"head": 1}).remote(), timeout=60) == head["node_id"]
     carme.kill(handle)

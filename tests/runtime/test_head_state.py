@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def _record(**over: object) -> hs.HeadRecord:
                         actors=[hs.actor_entry(b"\x01" * 16, {"class_name": "K", "methods": {"ping": {}},
                                                               "lifetime": "detached", "max_restarts": 2},
                                                "keeper", "ns", NODE)],
-                        placement_groups=[{"placement_group_id": "pg1", "state": "CREATED"}],
+                        placement_groups=[{"placement_group_id": "pg1", "state": "CREATED", "strategy": "PACK",
+                                           "bundles": {"0": {"CPU": 1}}, "name": ""}],
                         jobs=[{"job_id": "0a0b0c0d", "status": "RUNNING"}])
     for k, v in over.items():
         setattr(rec, k, v)
@@ -187,3 +189,35 @@ def test_a_node_marks_an_unreachable_head_dead_with_a_message() -> None:
     for part in ("127.0.0.1:6380", "unreachable", "4 s", "carme status --address 127.0.0.1:6380",
                  "carme start --head --port 6380"):
         assert part in message
+
+
+def test_placement_groups_come_back_and_are_placed_again() -> None:
+    from carme._scheduler import ClusterScheduler
+    old = ClusterScheduler()
+    old.add_node(NODE, {"CPU": 4})
+    old.create_placement_group("pg-a", [{"CPU": 1}, {"CPU": 2}], "PACK", "alpha")
+    old.create_placement_group("pg-gone", [{"CPU": 1}], "SPREAD", "")
+    old.remove_placement_group("pg-gone")
+    rec = hs.decode(hs.encode(_record(placement_groups=old.placement_groups())), "f")
+    fresh = ClusterScheduler()
+    assert hs.restore_placement_groups(fresh, rec) == ["pg-a"]
+    assert fresh.placement_group("pg-a")["state"] == "PENDING"  # no node back yet
+    fresh.add_node(NODE, {"CPU": 4})
+    fresh.poll()
+    pg = fresh.placement_group("pg-a")
+    assert (pg["state"], pg["name"], pg["strategy"]) == ("CREATED", "alpha", "PACK")
+    assert pg["bundles"] == {0: {"CPU": 1.0}, 1: {"CPU": 2.0}}
+
+
+@pytest.mark.parametrize(("pg", "field"), [
+    ({"strategy": "SIDEWAYS"}, "Invalid placement group strategy 'SIDEWAYS'"),
+    ({"bundles": {"x": {"CPU": 1}}}, "must be a bundle index"),
+    ({"bundles": {"0": {"CPU": "1"}}}, "bundles[0]['CPU'] must be a finite number"),
+    ({"name": None}, "placement_groups[0].name must be str"),
+])
+def test_a_bad_placement_group_in_the_file_is_named(tmp_path: Path, pg: dict, field: str) -> None:
+    row = {"placement_group_id": "pg1", "state": "CREATED", "strategy": "PACK",
+           "bundles": {"0": {"CPU": 1}}, "name": "", **pg}
+    text = hs.encode(_record(placement_groups=[row]))
+    with pytest.raises(hs.HeadStateError, match=re.escape(field)):
+        hs.decode(text, str(tmp_path / "x.json"))
