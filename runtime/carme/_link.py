@@ -190,7 +190,11 @@ class ClusterLink:
                 self.last_view = view
                 self.post(("view", view))
                 if self.state_file:
-                    self.persist()
+                    try:
+                        self.persist()
+                    except OSError as e:  # disk full, permissions: say so, keep serving
+                        print(f"carme: could not write the head state file {self.state_file}: {e}",
+                              file=sys.stderr, flush=True)
             except grpc.RpcError as e:
                 if e.code() == grpc.StatusCode.NOT_FOUND:  # declared dead, or a new head: register again
                     try:
