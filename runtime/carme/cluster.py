@@ -120,6 +120,8 @@ def _restartable(host: str, port: int) -> Any:
     if running is not None and _alive(running.get("pid", -1)):
         raise OSError(f"a carme head already runs on port {port} (pid {running['pid']}); "
                       f"stop it with `carme stop --address {host}:{port}` first")
+    if running is not None:  # what the dead head left, if its zygote could not clean (killed too)
+        _cleanup(running, _cluster_file(port))
     return rec
 
 

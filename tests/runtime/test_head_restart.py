@@ -233,3 +233,36 @@ def test_a_running_head_is_not_started_twice(cluster_on_port, state_dir, wait_fo
     wait_for(lambda: hs.load(hs.state_file(str(state_dir), c["port"])), timeout=30)
     with pytest.raises(OSError, match=f"already runs on port {c['port']}"):
         cluster.start_head(num_cpus=1, port=c["port"])
+
+
+def test_a_head_killed_with_its_whole_group_is_cleaned_at_restart(cluster_on_port, wait_for) -> None:
+    """SIGKILL to the head's process group takes its zygote (the cleaner) too: the
+    store and session directory stay until the head is started again, which removes them."""
+    import psutil
+
+    from carme import cluster
+    c = cluster_on_port
+    head = c["head"]
+    group = [p.pid for p in psutil.process_iter() if _pgid(p.pid) == head["pid"]]
+    assert len(group) >= 2  # the daemon, its zygote (and workers)
+    os.killpg(head["pid"], signal.SIGKILL)
+    wait_for(lambda: not any(_running(pid) for pid in group), timeout=30)
+    assert os.path.exists(_store_of(head))  # nobody was left to clean
+    again = cluster.start_head(num_cpus=1, resources={"head": 1}, port=c["port"])
+    c["started"].append(again)
+    assert again["restarted"] and _gone(head)
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _running(pid: int) -> bool:
+    import psutil
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
