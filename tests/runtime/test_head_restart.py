@@ -194,6 +194,17 @@ def test_a_driver_of_a_killed_head_is_not_left_hanging(cluster_on_port) -> None:
         carme.get(ref, timeout=50)
     assert not isinstance(err.value, carme.exceptions.GetTimeoutError)
     carme.shutdown()
+    # started again, the head takes drivers at the same address with the same token
+    from carme import cluster
+    again = cluster.start_head(num_cpus=1, resources={"head": 1}, port=c["port"])
+    c["started"].append(again)
+    carme.init(address=c["head"]["address"])
+
+    @carme.remote(resources={"head": 1})
+    def quick() -> str:
+        return carme.get_runtime_context().get_node_id()
+    assert carme.get(quick.remote(), timeout=60) == c["head"]["node_id"]
+    carme.shutdown()
 
 
 def test_a_killed_node_leaves_nothing_behind(cluster_on_port, wait_for) -> None:

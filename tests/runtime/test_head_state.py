@@ -221,3 +221,29 @@ def test_a_bad_placement_group_in_the_file_is_named(tmp_path: Path, pg: dict, fi
     text = hs.encode(_record(placement_groups=[row]))
     with pytest.raises(hs.HeadStateError, match=re.escape(field)):
         hs.decode(text, str(tmp_path / "x.json"))
+
+
+def test_a_node_says_the_head_is_down_only_after_the_grace_and_once() -> None:
+    from carme._link import HEAD_GRACE, ClusterLink
+    link = ClusterLink.__new__(ClusterLink)  # just the heartbeat bookkeeping, no sockets
+    posted: list[tuple] = []
+    link.post = posted.append  # type: ignore[method-assign]
+    link.is_head, link.head_address = False, "127.0.0.1:7002"
+    link.head_down_since, link.head_marked_down = None, False
+    link.last_view = pb.ClusterView(nodes=[pb.NodeState(
+        info=_info(HEAD, is_head=True, address="127.0.0.1:6380"), state="ALIVE")])
+    link.head_failed()
+    assert posted == [] and link.head_down_since is not None  # one failure: not yet
+    link.head_down_since -= HEAD_GRACE
+    link.head_failed()
+    link.head_failed()
+    assert len(posted) == 1 and posted[0][0] == "view"  # said once, not every beat
+    (row,), _ = parse_view(posted[0][1])
+    assert row["state"] == "DEAD" and "127.0.0.1:6380" in row["metrics"]["state_message"]
+    # the head itself never marks itself down
+    head = ClusterLink.__new__(ClusterLink)
+    head.post = posted.append  # type: ignore[method-assign]
+    head.is_head, head.head_down_since, head.head_marked_down = True, 0.0, False
+    head.last_view = link.last_view
+    head.head_failed()
+    assert len(posted) == 1
