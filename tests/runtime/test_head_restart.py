@@ -277,3 +277,43 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_an_actor_whose_node_died_with_the_head_away_is_dead_after_restart(cluster_on_port, state_dir,
+                                                                          wait_for) -> None:
+    import carme
+    from carme import _head_state as hs
+    from carme import cluster
+    c = cluster_on_port
+    head, node, port = c["head"], c["node"], c["port"]
+    carme.init(address=head["address"])
+
+    @carme.remote(num_cpus=0, resources={"a": 1})
+    class Keeper:
+        def ping(self) -> int:
+            return os.getpid()
+
+    keeper = Keeper.options(name="keeper", lifetime="detached").remote()
+    carme.get(keeper.ping.remote(), timeout=60)
+    path = hs.state_file(str(state_dir), port)
+    wait_for(lambda: (rec := hs.load(path)) is not None and rec.actors, timeout=30)  # saved
+    carme.shutdown()
+    os.kill(head["pid"], signal.SIGKILL)
+    os.kill(node["pid"], signal.SIGKILL)  # its node goes while the head is away
+    wait_for(lambda: _gone(node), timeout=30)
+    again = cluster.start_head(num_cpus=1, resources={"head": 1}, port=port)
+    c["started"].append(again)
+    carme.init(address=head["address"])
+    # the persisted node never beats again: DEAD after the grace, and its actor with it
+    wait_for(lambda: not next(n for n in carme.nodes() if n["NodeID"] == node["node_id"])["Alive"], timeout=60)
+
+    def gone() -> bool:
+        try:
+            carme.get_actor("keeper")
+        except ValueError as e:
+            return "no live actor" in str(e)
+        return False
+    wait_for(gone, timeout=30)
+    from carme.util.state import list_actors
+    (row,) = [r for r in list_actors(detail=True) if r["name"] == "keeper"]
+    assert row["state"] == "DEAD" and node["node_id"][:8] in row["death_cause"]
