@@ -338,6 +338,20 @@ def connect(address: str, token: bytes | None = None) -> Client:
     from ._core import connect_core
     if token is None:
         address, token = resolve(address)
-    core = connect_core(address=address, token=token, role="observer",
-                        worker_id=secrets.token_hex(14), job_id="", namespace="")
+    try:
+        core = connect_core(address=address, token=token, role="observer",
+                            worker_id=secrets.token_hex(14), job_id="", namespace="")
+    except OSError as e:
+        raise ConnectionError(f"no carme cluster answers at {address} ({e}).{_restart_hint(address)}") from e
     return Client(core, address)
+
+
+def _restart_hint(address: str) -> str:
+    """For a cluster that does not answer: how to start its head again, if this machine
+    has its saved state."""
+    from . import _head_state as hs
+    port = address.rsplit(":", 1)[-1]
+    if not port.isdigit() or not os.path.exists(hs.state_file(state_dir(), port)):
+        return ""
+    return (f" Its head ran on this machine and its state is saved: start it again with "
+            f"`carme start --head --port {port}`; its live nodes rejoin it.")

@@ -194,6 +194,12 @@ def test_a_driver_of_a_killed_head_is_not_left_hanging(cluster_on_port) -> None:
         carme.get(ref, timeout=50)
     assert not isinstance(err.value, carme.exceptions.GetTimeoutError)
     carme.shutdown()
+    # `carme status` says how to bring the head back
+    out = subprocess.run([sys.executable, "-m", "carme", "status", "--address", c["head"]["address"]],
+                         capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"no carme cluster answers at {c['head']['address']}" in out.stderr
+    assert f"carme start --head --port {c['port']}" in out.stderr
     # started again, the head takes drivers at the same address with the same token
     from carme import cluster
     again = cluster.start_head(num_cpus=1, resources={"head": 1}, port=c["port"])
