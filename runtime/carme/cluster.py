@@ -120,6 +120,10 @@ def _restartable(host: str, port: int) -> Any:
     if running is not None and _alive(running.get("pid", -1)):
         raise OSError(f"a carme head already runs on port {port} (pid {running['pid']}); "
                       f"stop it with `carme stop --address {host}:{port}` first")
+    if rec.host != host:
+        raise ValueError(f"the head saved in {hs.state_file(state_dir(), port)} listened on "
+                         f"{rec.host}:{port}, its nodes look for it there: start it with --host "
+                         f"{rec.host}, or move that file away to start a new cluster on {host}:{port}")
     if running is not None:  # what the dead head left, if its zygote could not clean (killed too)
         _cleanup(running, _cluster_file(port))
     return rec

@@ -243,6 +243,18 @@ def test_a_bad_state_file_is_refused_with_its_name(state_dir: Path) -> None:
     assert path.read_text() == '{"format": 1, "port": "oops"}'  # nothing stored is lost
 
 
+def test_a_saved_head_is_not_restarted_on_another_host(state_dir: Path) -> None:
+    from carme import _head_state as hs
+    from carme import cluster
+    port = _free_port()
+    path = hs.state_file(str(state_dir), port)
+    hs.save(path, hs.HeadRecord(port=port, grpc_port=port, token="00" * 32, node_id="ab" * 28,
+                                job_id="01020304", host="127.0.0.9"))
+    with pytest.raises(ValueError, match=r"listened on 127\.0\.0\.9:.*--host 127\.0\.0\.9"):
+        cluster.start_head(num_cpus=1, port=port, host="127.0.0.1")
+    assert os.path.exists(path)
+
+
 def test_a_running_head_is_not_started_twice(cluster_on_port, state_dir, wait_for) -> None:
     from carme import _head_state as hs
     from carme import cluster
