@@ -56,7 +56,11 @@ def cmd_start(args: argparse.Namespace) -> int:
                               resources=_resources(args.resources), port=args.port,
                               host=args.host, object_store_memory=args.object_store_memory,
                               metrics_port=args.metrics_port)
-    print(f"carme cluster started at {info['address']} (pid {info['pid']}).")
+    if info.get("restarted"):
+        print(f"carme cluster head restarted at {info['address']} (pid {info['pid']}) from its saved "
+              f"state: same token and ports; its nodes rejoin as their heartbeats reach it.")
+    else:
+        print(f"carme cluster started at {info['address']} (pid {info['pid']}).")
     if info.get("metrics_port") is not None:
         print(f"  Prometheus metrics: http://{args.host}:{info['metrics_port']}/metrics")
     print(f"  From a driver on this machine:  carme.init(address=\"{info['address']}\")  or  carme.init(address=\"auto\")")
@@ -176,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("start", help="start a cluster on this machine")
     s.add_argument("--head", action="store_true", help="start a head node (a new cluster)")
     s.add_argument("--address", help="HEAD:PORT of the cluster to join")
-    s.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
+    s.add_argument("--port", type=int, default=0,
+                   help="TCP port (default: a free one). With --head and the saved state of a head "
+                        "that ran on this port ($CARME_STATE_DIR/heads/PORT.json), that head restarts")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     s.add_argument("--num-cpus", type=float)
     s.add_argument("--num-gpus", type=float)
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _reader_gone()
-    except (ConnectionError, ValueError) as e:
+    except (OSError, ValueError) as e:  # ConnectionError, HeadStateError, a port in use
         print(f"carme {args.cmd}: {e}", file=sys.stderr)
         return 1
 

@@ -8,6 +8,11 @@ node whose heartbeats stop for NODE_TIMEOUT seconds is marked DEAD in the view; 
 react to that (their leases on it are gone). Task events from every node are merged in
 one `TaskEventLog`, which backs `list_tasks()` and `timeline()` cluster-wide.
 
+A restarted head (`_head_state.py`) starts with the registry it persisted: each node of it
+counts as alive for one NODE_TIMEOUT, time for its heartbeats to reach the new head at
+the same address; one that stays silent is marked DEAD as usual, and a node the head
+does not know (any more) is told NOT_FOUND and registers again (`merge_node`).
+
 Every call must carry the cluster token in the "carme-token" metadata; the interceptor
 refuses a call without it before its request message is parsed. Every field that comes
 in is checked before anything is stored (`check_node_info`, `check_heartbeat`,
@@ -26,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from . import _head_state as hs
 from ._events import TaskEventLog
 from ._messages import BadMessage, check_events, check_shape
 from .protos import carme_pb2 as pb
@@ -93,11 +99,36 @@ class HeadState:
         self.version = 0
         self.events = TaskEventLog()
 
-    def register(self, info: pb.NodeInfo) -> None:
+    def register(self, info: pb.NodeInfo) -> str:
+        """A node (re-)registers: "new", "rejoined" or "restarted" (`merge_node`)."""
         with self.lock:
+            known = self.nodes.get(info.node_id)
+            _, how = hs.merge_node(None if known is None else registry_entry(known["info"]),
+                                   registry_entry(info))
             self.nodes[info.node_id] = {"info": info, "available": info.resources_json,
                                         "metrics": "{}", "state": "ALIVE", "last": time.time()}
             self.version += 1
+            return how
+
+    def restore(self, nodes: dict[str, dict[str, Any]]) -> None:
+        """Seed the registry with a restarted head's persisted nodes: alive until they
+        miss NODE_TIMEOUT of heartbeats, as if each had just beaten once."""
+        now = time.time()
+        with self.lock:
+            for nid, e in nodes.items():
+                info = pb.NodeInfo(node_id=nid, host=e["host"], address=e["address"],
+                                   grpc_address=e["grpc_address"], resources_json=json.dumps(e["resources"]),
+                                   labels_json=json.dumps(e["labels"]), store_file=e["store_file"],
+                                   object_store_memory=e["object_store_memory"], is_head=e["is_head"],
+                                   start_time=e["start_time"])
+                self.nodes[nid] = {"info": info, "available": info.resources_json, "metrics": "{}",
+                                   "state": "ALIVE", "last": now}
+            self.version += 1
+
+    def registry(self) -> dict[str, dict[str, Any]]:
+        """The live nodes' registry entries (what a head persists)."""
+        with self.lock:
+            return {nid: registry_entry(n["info"]) for nid, n in self.nodes.items() if n["state"] == "ALIVE"}
 
     def heartbeat(self, hb: pb.Heartbeat) -> bool:
         with self.lock:
@@ -129,6 +160,15 @@ class HeadState:
                 pb.NodeState(info=n["info"], available_json=n["available"],
                              metrics_json=n["metrics"], state=n["state"], last_heartbeat=n["last"])
                 for n in self.nodes.values()])
+
+
+def registry_entry(info: pb.NodeInfo) -> dict[str, Any]:
+    """A node's registration as a registry entry (`_head_state.NODE_FIELDS`)."""
+    return hs.node_entry({
+        "host": info.host, "address": info.address, "grpc_address": info.grpc_address,
+        "resources": json.loads(info.resources_json or "{}"), "labels": json.loads(info.labels_json or "{}"),
+        "store_file": info.store_file, "object_store_memory": int(info.object_store_memory),
+        "is_head": bool(info.is_head), "start_time": float(info.start_time)})
 
 
 class HeadServicer(pbg.HeadServicer):
@@ -199,8 +239,12 @@ def start_server(host: str, port: int, token: bytes, head: HeadServicer | None,
 
 
 def channel(address: str) -> grpc.Channel:
+    # reconnect attempts at most a second apart: a restarted head is found again at once,
+    # not after gRPC's default backoff (up to two minutes after a few failures)
     return grpc.insecure_channel(address, options=[
-        ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+        ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 1000)])
 
 
 def metadata(token: bytes) -> list[tuple[str, str]]:

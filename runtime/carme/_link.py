@@ -10,6 +10,17 @@ loop watches: threads never touch the daemon's state, they hand it functions to 
     gets back to the loop;
   * object transfer: serving `PullObject` (chunks read straight from the shared-memory
     store) and pulling another node's object into this node's store, once per node.
+
+A head that cannot be reached. When heartbeats fail for HEAD_GRACE seconds, the loop gets
+the last view with the head's row marked DEAD and a `state_message` saying since when it
+has not answered: the node stops sending work there, `carme.nodes()` shows it, and
+local work goes on. Heartbeats keep trying (gRPC reconnects at most a second apart); the
+first one a restarted head answers brings the real view back. Task events that could
+not be sent are kept (up to MAX_HELD_EVENTS) for the next beat.
+
+On the head, each beat also writes the head's state file when what it says changed
+(`_head_state.py`); a head started again from that file restores its registry and its
+named and detached actors here, before its gRPC server takes calls.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import functools
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +38,9 @@ from typing import Any
 
 import grpc
 
+from . import _head_state as hs
 from ._head import HeadServicer, HeadState, channel, metadata, start_server
+from ._head_state import head_unreachable
 from ._node_effects import PullDone, Pulled
 from ._node_state import HEAD_KINDS
 from ._store import SharedArena
@@ -36,6 +50,23 @@ from .protos import carme_pb2_grpc as pbg
 
 HEARTBEAT = 0.5
 CHUNK = 4 << 20
+HEAD_GRACE = 1.5  # seconds of failed heartbeats before a node says the head is unreachable
+MAX_HELD_EVENTS = 100_000  # task events kept for the head while it cannot be reached
+
+
+def mark_head_down(view: pb.ClusterView, message: str) -> pb.ClusterView:
+    """The last view, with the head's row DEAD and `message` as its state_message."""
+    out = pb.ClusterView()
+    out.CopyFrom(view)
+    for ns in out.nodes:
+        if ns.info.is_head:
+            ns.state = "DEAD"
+            try:
+                metrics = json.loads(ns.metrics_json or "{}")
+            except ValueError:
+                metrics = {}
+            ns.metrics_json = json.dumps({**metrics, "state_message": message})
+    return out
 
 
 class NodeServicer(pbg.NodeServicer):
@@ -75,6 +106,11 @@ class ClusterLink:
         os.set_blocking(self.wake_r, False)
         self.is_head = head_address is None
         self.head_state = HeadState() if self.is_head else None
+        state_dir = daemon.config.get("head_state_dir") if self.is_head and daemon.tcp_address else None
+        self.state_file = hs.state_file(state_dir, daemon.tcp_address.rsplit(":", 1)[1]) if state_dir else None
+        self.saved_text = ""
+        if self.state_file and daemon.config.get("head_restore"):
+            self.restore(hs.load(self.state_file))
         head_servicer = HeadServicer(self.head_state, {"job_id": daemon.job_id}) if self.head_state else None
         self.server, bound = start_server(host, port if self.is_head else 0, self.token,
                                           head_servicer, NodeServicer(self))
@@ -86,6 +122,9 @@ class ClusterLink:
         self.events_lock = threading.Lock()
         self.running = True
         self.peers: dict[str, dict[str, Any]] = {}
+        self.last_view: pb.ClusterView | None = None
+        self.head_down_since: float | None = None  # when heartbeats began to fail
+        self.head_marked_down = False
         self._thread = threading.Thread(target=self._heartbeats, name="carme-heartbeat", daemon=True)
 
     # ------------------------------------------------------------------ loop hand-off
@@ -138,46 +177,118 @@ class ClusterLink:
         self._thread.start()
 
     def _heartbeats(self) -> None:
-        failures = 0
         while self.running:
             try:
                 snap = self.call(self.daemon.heartbeat_snapshot, timeout=10)
-                with self.events_lock:
-                    events, self.events = self.events, []
-                if events:
-                    self.head.ReportEvents(pb.EventBatch(events_json=json.dumps(events, default=str)),
-                                           metadata=self.md, timeout=10)
+                self.flush_events(timeout=HEARTBEAT * 4)
                 view = self.head.SendHeartbeat(pb.Heartbeat(
                     node_id=self.daemon.node_id, available_json=json.dumps(snap["available"]),
                     metrics_json=json.dumps(snap["metrics"], default=str),
-                    pending_leases=snap["pending"]), metadata=self.md, timeout=10)
-                failures = 0
+                    pending_leases=snap["pending"]), metadata=self.md, timeout=HEARTBEAT * 4)
+                self.head_down_since = None
+                self.head_marked_down = False
+                self.last_view = view
                 self.post(("view", view))
+                if self.state_file:
+                    try:
+                        self.persist()
+                    except OSError as e:  # disk full, permissions: say so, keep serving
+                        print(f"carme: could not write the head state file {self.state_file}: {e}",
+                              file=sys.stderr, flush=True)
             except grpc.RpcError as e:
-                failures += 1
-                if e.code() == grpc.StatusCode.NOT_FOUND:  # declared dead: register again
+                if e.code() == grpc.StatusCode.NOT_FOUND:  # declared dead, or a new head: register again
                     try:
                         self.head.RegisterNode(self.node_info(), metadata=self.md, timeout=10)
                     except grpc.RpcError:
-                        pass
+                        self.head_failed()
+                else:
+                    self.head_failed()
             except Exception:  # noqa: BLE001 - keep beating; the loop may be busy
-                failures += 1
+                pass
             time.sleep(HEARTBEAT)
+
+    def head_failed(self) -> None:
+        """A heartbeat got no answer: past HEAD_GRACE, the loop hears the head is unreachable."""
+        now = time.time()
+        if self.head_down_since is None:
+            self.head_down_since = now
+        if self.head_marked_down or self.is_head or now - self.head_down_since < HEAD_GRACE:
+            return
+        if self.last_view is not None:
+            self.head_marked_down = True
+            message = head_unreachable(self.head_cluster_address(), now - self.head_down_since)
+            self.post(("view", mark_head_down(self.last_view, message)))
+
+    def head_cluster_address(self) -> str:
+        """The head's cluster address (its framed HOST:PORT, what `carme start` printed),
+        from the last view; its gRPC address if no view came yet."""
+        for ns in self.last_view.nodes if self.last_view is not None else ():
+            if ns.info.is_head and ns.info.address:
+                return str(ns.info.address)
+        return self.head_address
 
     def forward_events(self, events: list) -> None:
         with self.events_lock:
             self.events.extend(events)
 
-    def flush_events(self) -> None:
+    def flush_events(self, timeout: float = 10) -> None:
+        """Send the task events gathered for the head; if it does not take them, they wait
+        for the next try (the oldest dropped past MAX_HELD_EVENTS)."""
         with self.events_lock:
             events, self.events = self.events, []
-        if events:
+        if not events:
+            return
+        try:
             self.head.ReportEvents(pb.EventBatch(events_json=json.dumps(events, default=str)),
-                                   metadata=self.md, timeout=10)
+                                   metadata=self.md, timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:  # refused: never sent again
+                print(f"carme: the head refused {len(events)} task events: {e.details()}",
+                      file=sys.stderr, flush=True)
+                return
+            with self.events_lock:
+                self.events = (events + self.events)[-MAX_HELD_EVENTS:]
+            raise
+
+    # ------------------------------------------------------------------ the head's state file
+    def restore(self, rec: hs.HeadRecord | None) -> None:
+        """A restarted head: its persisted registry and actors (before gRPC serves calls)."""
+        if rec is None:
+            return
+        assert self.head_state is not None
+        self.head_state.restore({nid: e for nid, e in rec.nodes.items() if nid != self.daemon.node_id})
+        hs.restore_actors(self.daemon.directory, rec)
+        hs.restore_placement_groups(self.daemon.scheduler, rec)
+        self.saved_text = hs.encode(rec)
+
+    def record(self) -> hs.HeadRecord:
+        """On the loop: the head's state now (`_head_state.snapshot`)."""
+        d = self.daemon
+        assert self.head_state is not None
+        base = hs.HeadRecord(port=int(d.tcp_address.rsplit(":", 1)[1]),
+                             grpc_port=int(self.grpc_address.rsplit(":", 1)[1]), token=self.token.hex(),
+                             node_id=d.node_id, job_id=d.job_id, host=d.host)
+        return hs.snapshot(base, self.head_state.registry(), hs.persisted_actors(d.directory, d.node_id),
+                           d.scheduler.placement_groups(), d.state.jobs())
+
+    def persist(self) -> None:
+        """In the heartbeat thread: write the state file if what it says changed."""
+        assert self.state_file is not None
+        text = hs.encode(self.call(self.record, timeout=10))
+        if text != self.saved_text:
+            hs.write_atomic(self.state_file, text)
+            self.saved_text = text
 
     def head_rows(self, kind: str) -> Any:
-        self.flush_events()
-        reply = self.head.GetState(pb.StateRequest(kind=kind), metadata=self.md, timeout=30)
+        try:
+            self.flush_events()
+            reply = self.head.GetState(pb.StateRequest(kind=kind), metadata=self.md, timeout=30)
+        except grpc.RpcError as e:
+            if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            since = self.head_down_since
+            raise RaySystemError(head_unreachable(
+                self.head_cluster_address(), None if since is None else time.time() - since)) from None
         return json.loads(reply.rows_json)
 
     def cluster_rows(self, kind: str, done: Callable[[bool, Any], None]) -> None:

@@ -115,7 +115,7 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
                  log_file: str | None = None, cluster: bool = False,
                  head_address: str | None = None, token: bytes | None = None,
                  host: str = "127.0.0.1", labels: dict | None = None,
-                 grpc_port: int = 0, options: dict | None = None,
+                 grpc_port: int = 0, options: dict | None = None, node_id: str | None = None,
                  ) -> tuple[subprocess.Popen, dict, bytes, str, str]:
     """Start a node daemon; return (process, its ready message, token, session dir, node id).
 
@@ -125,7 +125,7 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
     session_dir = tempfile.mkdtemp(prefix="carme-")
     os.chmod(session_dir, 0o700)
     token = token or secrets.token_bytes(32)
-    node_id = secrets.token_hex(28)
+    node_id = node_id or secrets.token_hex(28)  # a restarted head keeps its id
     config = {
         "cluster": cluster, "head_address": head_address, "host": host, "labels": labels or {},
         "grpc_port": grpc_port,

@@ -142,6 +142,8 @@ def view_row(n: dict) -> dict:
         "labels": n["labels"], "start_time_ms": int(n["start_time"] * 1000),
         "object_store": n["metrics"].get("object_store") or {"capacity": n["store_capacity"], "used": 0},
         "metrics": n["metrics"],
+        # why it is not alive, when this node knows (the head unreachable: `_link.py`)
+        "state_message": n["metrics"].get("state_message"),
     }
 
 

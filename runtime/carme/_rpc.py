@@ -142,7 +142,11 @@ class Rpc:
         head = core.info.get("head_node")
         if not head or head == core.node_id:
             return core.daemon
-        return self.peer(head, core.info.get("head_address"))
+        try:
+            return self.peer(head, core.info.get("head_address"))
+        except OSError:  # refused, reset, no route: the head is down (or restarting)
+            from ._head_state import head_unreachable
+            raise exc.RaySystemError(head_unreachable(core.info.get("head_address") or head)) from None
 
     def request(self, kind: int, *args: Any, timeout: float | None = None,
                 conn: Connection | None = None) -> Any:

@@ -9,6 +9,11 @@ this user, `<state dir>/clusters/<port>.json` (state dir: $CARME_STATE_DIR, defa
 elsewhere pass it in $CARME_CLUSTER_TOKEN. `connect()` gives a read-only client of the
 state API for tools (the JupyterLab server extension, the CLI) that watch several
 clusters from one process.
+
+A head keeps its state in `<state dir>/heads/<port>.json` (`_head_state.py`). Started
+again on the same port after it died (SIGKILL, a crash, a reboot of the process), it
+comes back with the same token, gRPC port and node id, so live nodes and drivers find it
+again; `stop()` ends a cluster for good and removes that file.
 """
 
 from __future__ import annotations
@@ -73,11 +78,16 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
     if metrics_port:
         _check_port_free(host, metrics_port, "--metrics-port")
     res = default_resources(num_cpus, num_gpus, resources)
+    rec = _restartable(host, port)
+    options: dict[str, Any] = {"head_state_dir": state_dir(), "head_restore": rec is not None}
+    if metrics_port is not None:
+        options.update(metrics_port=metrics_port, metrics_host=host)
     proc, ready, token, session_dir, node_id = spawn_daemon(
         resources=res, object_store_memory=object_store_memory, namespace=namespace,
-        job_id=secrets.token_hex(4), prestart=1, standalone=True, tcp=f"{host}:{port}",
-        cluster=True, host=host, labels=labels,
-        options=None if metrics_port is None else {"metrics_port": metrics_port, "metrics_host": host})
+        job_id=rec.job_id if rec else secrets.token_hex(4), prestart=1, standalone=True,
+        tcp=f"{host}:{port}", cluster=True, host=host, labels=labels, options=options,
+        token=bytes.fromhex(rec.token) if rec else None, grpc_port=rec.grpc_port if rec else 0,
+        node_id=rec.node_id if rec else None)
     assert proc.stdout is not None and proc.stdin is not None
     proc.stdout.close()
     proc.stdin.close()
@@ -85,7 +95,8 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
     info = {"address": address, "unix_address": ready["address"], "pid": ready["pid"],
             "session_dir": session_dir, "node_id": node_id, "started": time.time(),
             "cluster_id": address.rsplit(":", 1)[1], "resources": res, "is_head": True,
-            "grpc_address": ready["grpc"], "metrics_port": ready.get("metrics_port")}
+            "grpc_address": ready["grpc"], "metrics_port": ready.get("metrics_port"),
+            "restarted": rec is not None}
     path = _cluster_file(info["cluster_id"])
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -93,6 +104,29 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
     # the daemon is not our child to wait for: let it be reaped by init
     proc.returncode = 0
     return {**info, "token_file": path}
+
+
+def _restartable(host: str, port: int) -> Any:
+    """The persisted state of a head that ran on `port` and is gone (None: a new cluster).
+    Refuses a port whose head still runs; a state file that cannot be used is a
+    HeadStateError naming it."""
+    from . import _head_state as hs
+    if not port:
+        return None
+    rec = hs.load(hs.state_file(state_dir(), port))
+    if rec is None:
+        return None
+    running = _read(f"{host}:{port}")
+    if running is not None and _alive(running.get("pid", -1)):
+        raise OSError(f"a carme head already runs on port {port} (pid {running['pid']}); "
+                      f"stop it with `carme stop --address {host}:{port}` first")
+    if rec.host != host:
+        raise ValueError(f"the head saved in {hs.state_file(state_dir(), port)} listened on "
+                         f"{rec.host}:{port}, its nodes look for it there: start it with --host "
+                         f"{rec.host}, or move that file away to start a new cluster on {host}:{port}")
+    if running is not None:  # what the dead head left, if its zygote could not clean (killed too)
+        _cleanup(running, _cluster_file(port))
+    return rec
 
 
 def start_node(address: str, num_cpus: float | None = None, num_gpus: float | None = None,
@@ -244,6 +278,8 @@ def stop(address: str, timeout: float = 10.0) -> bool:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
     _cleanup(info, path)
+    from . import _head_state as hs
+    hs.remove(hs.state_file(state_dir(), port))  # stopped for good: no restart from it
     return True
 
 
@@ -306,6 +342,20 @@ def connect(address: str, token: bytes | None = None) -> Client:
     from ._core import connect_core
     if token is None:
         address, token = resolve(address)
-    core = connect_core(address=address, token=token, role="observer",
-                        worker_id=secrets.token_hex(14), job_id="", namespace="")
+    try:
+        core = connect_core(address=address, token=token, role="observer",
+                            worker_id=secrets.token_hex(14), job_id="", namespace="")
+    except OSError as e:
+        raise ConnectionError(f"no carme cluster answers at {address} ({e}).{_restart_hint(address)}") from e
     return Client(core, address)
+
+
+def _restart_hint(address: str) -> str:
+    """For a cluster that does not answer: how to start its head again, if this machine
+    has its saved state."""
+    from . import _head_state as hs
+    port = address.rsplit(":", 1)[-1]
+    if not port.isdigit() or not os.path.exists(hs.state_file(state_dir(), port)):
+        return ""
+    return (f" Its head ran on this machine and its state is saved: start it again with "
+            f"`carme start --head --port {port}`; its live nodes rejoin it.")
