@@ -402,6 +402,12 @@ class TaskSubmitter:
     def handle_result(self, spec: TaskSpec, payloads: list, contained: list, info: dict) -> None:
         core = self.core
         failed = bool(payloads) and payloads[0][3]
+        if (failed and str(info.get("error_type", "")).startswith("Object") and not spec.cancelled
+                and self._rebuild_lost_arg(spec, payloads[0])):
+            for c in contained:
+                if c:
+                    core.release_blob_holds(c, info.get("node_id"))
+            return
         if failed and info.get("retryable") and not spec.cancelled and self._retry_ok(spec, payloads[0]):
             for c in contained:
                 if c:
@@ -417,6 +423,33 @@ class TaskSubmitter:
                     worker_pid=info.get("pid"), error_type=info.get("error_type"),
                     error_message=info.get("error_message"))
         self.finish(spec, payloads, contained, info.get("node_id"))
+
+    def _rebuild_lost_arg(self, spec: TaskSpec, payload: tuple) -> bool:
+        """The task failed because an argument of ours was lost with its node: make the
+        argument again from its lineage and run the task once it is back (the task's own
+        retries are not spent; the argument's task spends one of its own). False when
+        that is not what happened, or the argument cannot be rebuilt."""
+        try:
+            self.core.deserialize(b"", payload)
+        except exc.ObjectLostError as lost:
+            try:
+                oid = bytes.fromhex(lost.object_ref_hex)
+            except ValueError:
+                return False
+            if all(r._id != oid for r in spec.arg_refs):
+                return False
+            try:
+                self.rebuild(oid, lost)
+            except exc.ObjectLostError:
+                return False
+            spec.attempt += 1
+            spec.lease = None
+            self.core.record(spec.task_id, "SUBMITTED", attempt=spec.attempt)
+            self.resolve_then(spec, self.enqueue)
+            return True
+        except BaseException:  # noqa: BLE001 - any other error: the task's own failure
+            return False
+        return False
 
     def _retry_ok(self, spec: TaskSpec, payload: tuple) -> bool:
         if spec.retries_left == 0 or not spec.retry_exceptions:

@@ -262,8 +262,9 @@ def test_lost_task_returns_are_rebuilt_from_lineage(cluster, tmp_path: Path) -> 
 
     made = [make.options(scheduling_strategy=on_victim).remote(i) for i in range(10)]
     doubled = double.options(scheduling_strategy=on_victim).remote(made[3])  # a lost argument too
-    ready, _ = carme.wait(made + [doubled], num_returns=11, timeout=120, fetch_local=False)
-    assert len(ready) == 11
+    spare = make.options(scheduling_strategy=on_victim).remote(7)  # an argument of a later task
+    ready, _ = carme.wait(made + [doubled, spare], num_returns=12, timeout=120, fetch_local=False)
+    assert len(ready) == 12
     nodes_of = carme.get([carme.remote(lambda: carme.get_runtime_context().get_node_id())
                           .options(scheduling_strategy=on_victim).remote()], timeout=60)
     assert nodes_of == [victim.node_id]  # the soft affinity placed work on the victim
@@ -273,6 +274,9 @@ def test_lost_task_returns_are_rebuilt_from_lineage(cluster, tmp_path: Path) -> 
     assert all(len(v) == 64 * 1024 for v in values)
     assert int(carme.get(doubled, timeout=120)[0]) == 6
     assert len(list(runs.iterdir())) >= 20  # every make ran twice (once on the victim)
+    # a task submitted after the death, whose argument's only copy was on the victim:
+    # its worker cannot read the argument, so the argument is made again and it runs again
+    assert int(carme.get(double.remote(spare), timeout=120)[0]) == 14
     cluster.nodes.remove(victim)
     from carme import cluster as cl
     cl.stop_node(victim)
