@@ -91,6 +91,10 @@ class CoreWorker:
         self.rpc = Rpc(self)
         self.peers: dict[str, Connection] = {}
         self._events: list[tuple] = []
+        # RUNNING events of tasks this worker runs now, sent only if a flush comes before
+        # the task ends (its submitter reports RUNNING with the result anyway): a short
+        # task costs its node one event fewer
+        self._running_events: dict[bytes, tuple] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = itertools.count()
         self.sel = selectors.DefaultSelector()
@@ -280,6 +284,16 @@ class CoreWorker:
 
     def record(self, task_id: bytes, state: str, ts: float | None = None, **attrs: Any) -> None:
         self._events.append((task_id.hex(), state, ts or _now(), attrs))
+
+    def record_running(self, task_id: bytes, ts: float, **attrs: Any) -> None:
+        """A task started here: its RUNNING event goes out with the next flush, unless
+        the task ends first (`ran`)."""
+        with self.lock:
+            self._running_events[task_id] = (task_id.hex(), "RUNNING", ts, attrs)
+
+    def ran(self, task_id: bytes) -> None:
+        with self.lock:
+            self._running_events.pop(task_id, None)
 
     # ------------------------------------------------------------------ references
     def _on_ref_zero(self, oid: bytes) -> None:

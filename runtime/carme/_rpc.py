@@ -209,6 +209,9 @@ class Rpc:
         with core.lock:
             decrefs, local_blobs, peer_decrefs, blobs = core.own.take_releases()
             events, core._events = core._events, []
+            if core._running_events:  # tasks still running at this flush: say so now
+                events.extend(core._running_events.values())
+                core._running_events.clear()
         for node_id, oids in peer_decrefs.items():
             self.send_peer(node_id, (M.DECREF, oids))
         for peer_id, oids in blobs.items():

@@ -280,8 +280,8 @@ class Executor:
         info: dict[str, Any] = {"start": start, "worker_id": core.worker_id, "pid": self.pid,
                                 "node_id": core.node_id}
         token = CURRENT.set(ctx)
-        core.record(task_id, "RUNNING", ts=start, node_id=core.node_id, worker_id=core.worker_id,
-                    worker_pid=self.pid)
+        core.record_running(task_id, start, node_id=core.node_id, worker_id=core.worker_id,
+                            worker_pid=self.pid)
         core.current_task.submitter = conn.meta.get("peer")
         core.current_task.lease_id = ctx.lease_id
         core.current_task.task_id = task_id
@@ -329,6 +329,7 @@ class Executor:
         info["end"] = time.time()
         a, kw, result = [], {}, None  # the task's own references to its arguments end here
         core.protect_views()
+        core.ran(task_id)  # its submitter records RUNNING with the result
         try:
             conn.send(Result(M.RESULT, task_id, payloads, contained, info).wire())
         except ConnectionClosed:
@@ -523,8 +524,8 @@ class Executor:
         start = time.time()
         info: dict[str, Any] = {"start": start, "worker_id": self.core.worker_id, "pid": self.pid,
                                 "node_id": self.core.node_id}
-        self.core.record(task_id, "RUNNING", ts=start, node_id=self.core.node_id,
-                         worker_id=self.core.worker_id, worker_pid=self.pid)
+        self.core.record_running(task_id, start, node_id=self.core.node_id,
+                                 worker_id=self.core.worker_id, worker_pid=self.pid)
         payloads: list = []
         contained: list = []
         n = max(num_returns if isinstance(num_returns, int) else 1, 1)
@@ -567,6 +568,7 @@ class Executor:
         info["end"] = time.time()
         a, kw, result = [], {}, None  # the call's own references to its arguments end here
         self.core.protect_views()
+        self.core.ran(task_id)
         try:
             conn.send(Result(M.RESULT, task_id, payloads, contained, info).wire())
         except ConnectionClosed:
