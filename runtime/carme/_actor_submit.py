@@ -17,15 +17,17 @@ from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
-from ._protocol import Connection, ConnectionClosed, connect
+from ._protocol import Connection, ConnectionClosed, connect_first, worker_addresses
 from ._submit import TaskSpec
 from ._task_messages import ActorCall, Result
 from ._task_tags import TaskTags
 
+UNREACHABLE_TRIES = 8  # actor lookups in a row whose worker cannot be reached (about 7 s)
+
 
 class ActorState:
     __slots__ = ("actor_id", "conn", "status", "queue", "inflight", "death", "class_name",
-                 "max_task_retries", "pid", "ordered")
+                 "max_task_retries", "pid", "ordered", "unreachable")
 
     def __init__(self, actor_id: bytes, class_name: str, max_task_retries: int) -> None:
         self.actor_id = actor_id
@@ -40,6 +42,7 @@ class ActorState:
         # a sync actor runs calls in submission order, so each waits for the one before;
         # an async or threaded one gets every call as soon as its arguments are ready
         self.ordered = True
+        self.unreachable = 0  # lookups in a row whose worker address could not be connected to
 
 
 class ActorSubmitter:
@@ -158,22 +161,46 @@ class ActorSubmitter:
                 self.set_dead(st, death_error(st, info))
                 return
             try:
-                conn = connect(info["address"], self.core.token, M.Peer(self.core.worker_id).wire())
-            except OSError:
-                # the worker is going away; ask again (the daemon answers once it knows)
-                with self.lock:
-                    st.status = "unresolved"
-                self.core.call_later(0.05, lambda: self.drain(st))
+                conn = connect_first(worker_addresses(info, self.core.node_id), self.core.token,
+                                     M.Peer(self.core.worker_id).wire())
+            except OSError as e:
+                self.unreachable(st, info, e)
                 return
             with self.lock:
                 st.conn = conn
                 st.pid = info.get("pid")
                 st.status = "connected"
+                st.unreachable = 0
             self.core.register(conn, lambda c, msgs: self.on_msgs(st, c, msgs))
             self.drain(st)
 
         self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True), answered,
                                 conn=self.core.control())
+
+    def unreachable(self, st: ActorState, info: dict, err: OSError) -> None:
+        """The actor's worker could not be connected to. It may be going away (the daemon
+        answers once it knows): ask again after a pause that grows. After
+        UNREACHABLE_TRIES lookups in a row the queued calls fail with
+        ActorUnavailableError saying why; a later call looks the actor up afresh."""
+        fails: list[TaskSpec] = []
+        with self.lock:
+            st.status = "unresolved"
+            st.unreachable += 1
+            tries = st.unreachable
+            if tries >= UNREACHABLE_TRIES:
+                st.unreachable = 0
+                fails, st.queue = list(st.queue), deque()
+        if not fails:
+            self.core.call_later(min(0.05 * 2 ** (tries - 1), 2.0), lambda: self.drain(st))
+            return
+        error = exc.ActorUnavailableError(
+            f"the actor's worker on node {str(info.get('node_id'))[:12]} could not be reached "
+            f"{UNREACHABLE_TRIES} times in a row ({err}). A node that others reach over the "
+            f"network must be started with the address they reach it by (`carme start --host "
+            f"ADDRESS`).", st.actor_id.hex(), st.class_name)
+        for spec in fails:
+            self.ready.discard(spec.task_id)
+            self.core.submitter.fail(spec, error)
 
     def set_dead(self, st: ActorState, err: BaseException) -> None:
         with self.lock:

@@ -568,9 +568,10 @@ class WorkerDeath(Msg):
     worker_id: str
 
 
-@message(WORKER_READY, address=str)
+@message(WORKER_READY, address=str, tcp=str)
 class WorkerReady(Msg):
-    address: str
+    address: str  # its Unix socket (same-node submitters)
+    tcp: str = ""  # HOST:PORT where submitters on other nodes reach it ("" on a non-cluster node)
 
 
 @message(ACTOR_READY, actor_id=bytes)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import io
 import os
@@ -614,18 +615,36 @@ def worker_main(ctrl: socket.socket, cfg: dict) -> None:
     sys.stdout = executor.stdout
     sys.stderr = executor.stderr
     address = f"unix:{cfg['session_dir']}/w-{cfg['worker_id'][:12]}.sock"
-    lsock = listen(address)
-    lsock.setblocking(False)
-
-    def on_accept() -> None:
-        try:
-            s, _ = lsock.accept()
-        except BlockingIOError:
-            return
-        s.setblocking(True)
-        conn = Connection(s, "submitter", expect_token=token)
-        core.register(conn, executor.on_conn_msgs)
-
-    core.add_listener(lsock, on_accept)
-    daemon.send((M.WORKER_READY, address))
+    listeners = [listen(address)]
+    tcp = ""
+    if cfg.get("tcp_host"):  # a cluster node: submitters on other nodes come over TCP
+        listeners.append(listen(f"{cfg['tcp_host']}:0"))
+        host, port = listeners[-1].getsockname()[:2]
+        tcp = f"{host}:{port}"
+    for lsock in listeners:
+        lsock.setblocking(False)
+        core.add_listener(lsock, functools.partial(_accept, core, executor, lsock, token))
+    daemon.send((M.WORKER_READY, address, tcp))
     executor.serve()
+
+
+AUTH_TIMEOUT = 5.0  # seconds a connecting submitter has to present the token (as the daemon's)
+
+
+def _accept(core: CoreWorker, executor: Executor, lsock: socket.socket, token: bytes) -> None:
+    """A submitter connects: token first (checked before anything is unpickled), within
+    AUTH_TIMEOUT, or the connection is closed."""
+    try:
+        s, _ = lsock.accept()
+    except BlockingIOError:
+        return
+    s.setblocking(True)
+    if s.family != socket.AF_UNIX:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = Connection(s, "submitter", expect_token=token)
+    core.register(conn, executor.on_conn_msgs)
+
+    def deadline() -> None:
+        if conn.expect_token is not None and not conn.closed:
+            core.close_conn(conn)
+    core.call_later(AUTH_TIMEOUT, deadline)
