@@ -139,15 +139,22 @@ class ActorSubmitter:
         return out
 
     def resolve(self, st: ActorState) -> None:
-        def answered(ok: bool, info: Any) -> None:
+        def answered(ok: bool, info: Any, redirected: str | None = None) -> None:
             if ok and info.get("redirect"):
                 # it runs on another node: ask that node's daemon (it waits until it is up)
+                node = info["redirect"]
                 try:
-                    peer = self.core.peer(info["redirect"], info.get("address"))
-                    self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True), answered, conn=peer)
+                    peer = self.core.peer(node, info.get("address"))
+                    self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True),
+                                            lambda ok, info: answered(ok, info, node), conn=peer)
                     return
                 except (OSError, ConnectionClosed):
                     ok, info = False, ("NodeDiedError", "the actor's node is unreachable")
+            if not ok and redirected and _not_arrived(info):
+                # the owner forwarded the creation to that node over its own connection, and
+                # our lookup overtook it there (no order between two connections): ask again
+                self.unreachable(st, f"node {redirected[:12]} did not know the actor yet")
+                return
             if not ok and isinstance(info, tuple) and info[0] == "NodeDiedError":
                 with self.lock:
                     st.status = "unresolved"
@@ -164,7 +171,10 @@ class ActorSubmitter:
                 conn = connect_first(worker_addresses(info, self.core.node_id), self.core.token,
                                      M.Peer(self.core.worker_id).wire())
             except OSError as e:
-                self.unreachable(st, info, e)
+                self.unreachable(st, f"its worker on node {str(info.get('node_id'))[:12]} could not "
+                                     f"be connected to: {e}. A node that others reach over the network "
+                                     f"must be started with the address they reach it by "
+                                     f"(`carme start --host ADDRESS`)")
                 return
             with self.lock:
                 st.conn = conn
@@ -177,11 +187,12 @@ class ActorSubmitter:
         self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True), answered,
                                 conn=self.core.control())
 
-    def unreachable(self, st: ActorState, info: dict, err: OSError) -> None:
-        """The actor's worker could not be connected to. It may be going away (the daemon
-        answers once it knows): ask again after a pause that grows. After
-        UNREACHABLE_TRIES lookups in a row the queued calls fail with
-        ActorUnavailableError saying why; a later call looks the actor up afresh."""
+    def unreachable(self, st: ActorState, why: str) -> None:
+        """The actor could not be reached (`why`): its worker may be going away (the
+        daemon answers once it knows), or its creation is still on its way to its node.
+        Ask again after a pause that grows. After UNREACHABLE_TRIES lookups in a row the
+        queued calls fail with ActorUnavailableError saying why; a later call looks the
+        actor up afresh."""
         fails: list[TaskSpec] = []
         with self.lock:
             st.status = "unresolved"
@@ -194,10 +205,8 @@ class ActorSubmitter:
             self.core.call_later(min(0.05 * 2 ** (tries - 1), 2.0), lambda: self.drain(st))
             return
         error = exc.ActorUnavailableError(
-            f"the actor's worker on node {str(info.get('node_id'))[:12]} could not be reached "
-            f"{UNREACHABLE_TRIES} times in a row ({err}). A node that others reach over the "
-            f"network must be started with the address they reach it by (`carme start --host "
-            f"ADDRESS`).", st.actor_id.hex(), st.class_name)
+            f"actor {st.class_name} could not be reached {UNREACHABLE_TRIES} times in a row; "
+            f"the last time {why}.", st.actor_id.hex(), st.class_name)
         for spec in fails:
             self.ready.discard(spec.task_id)
             self.core.submitter.fail(spec, error)
@@ -286,3 +295,9 @@ def death_error(st: ActorState, info: dict) -> BaseException:
         return cls(message)  # type: ignore[no-any-return]
     except TypeError:
         return exc.ActorDiedError(message)
+
+
+def _not_arrived(reply: Any) -> bool:
+    """A daemon's failed ACTOR_INFO reply saying it does not know the actor."""
+    text = reply[1] if isinstance(reply, tuple) and len(reply) == 2 else reply
+    return isinstance(reply, (tuple, ValueError)) and str(text).startswith("unknown actor")
