@@ -31,6 +31,8 @@ import sys
 import time
 from typing import Any
 
+import psutil
+
 PREFIX = "carmetest-"
 SUBNET = "198.51.100"
 
@@ -42,6 +44,24 @@ def leftover_namespaces() -> set[str]:
     except (OSError, subprocess.SubprocessError):
         return set()
     return {line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)}
+
+
+def remove_namespace(name: str) -> list[str]:
+    """Kill every process in network namespace `name` (by PID) and delete it; says which
+    processes were there."""
+    r = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, timeout=10)
+    procs, said = [], []
+    for pid in r.stdout.split():
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(int(pid))
+            said.append(f"pid {p.pid} ({' '.join(p.cmdline())[:160] or p.name()})")
+            procs.append(p)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=5)
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=20)
+    return said
 
 
 def unavailable() -> str | None:
