@@ -138,7 +138,7 @@ class NodeCore(ActorCore):
                 return [Answer(client.conn, msg.req, False, table.lost(
                     oid, f"It lives on node {msg.node_id[:8]}, which is not alive."))]
             e = table.start_pull(oid)
-            out.append(StartPull(oid, peer["grpc_address"]))
+            out.append(StartPull(oid, peer["grpc_address"], peer.get("address") or ""))
         table.hold(oid, client.holder)
         e.waiters.append((client.conn, msg.req))
         return out
