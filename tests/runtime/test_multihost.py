@@ -171,6 +171,9 @@ print(json.dumps(out))
     assert seen["actor_first"] == [1, ids["b"]]
     assert seen["by_name"] == [11, ids["b"]]
     assert seen["from_a"] == [111, ids["b"], ids["a"]]
+    # a driver cannot use a node on another host directly: it is told to start one of its own
+    r = hosts.python("drv", f"import carme; carme.init(address={c.head!r})", env=c.env)
+    assert r.returncode != 0 and "a driver connects to a node on its own machine" in r.stderr, r.stderr
 
 
 def test_host_killed_tasks_retry_on_another_host(hosts: Hosts) -> None:
