@@ -54,11 +54,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 0
     info = cluster.start_head(num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                               resources=_resources(args.resources), port=args.port,
-                              host=args.host, object_store_memory=args.object_store_memory,
+                              host=args.host or "127.0.0.1", object_store_memory=args.object_store_memory,
                               metrics_port=args.metrics_port)
     print(f"carme cluster started at {info['address']} (pid {info['pid']}).")
     if info.get("metrics_port") is not None:
-        print(f"  Prometheus metrics: http://{args.host}:{info['metrics_port']}/metrics")
+        print(f"  Prometheus metrics: http://{args.host or '127.0.0.1'}:{info['metrics_port']}/metrics")
     print(f"  From a driver on this machine:  carme.init(address=\"{info['address']}\")  or  carme.init(address=\"auto\")")
     print(f"  The cluster token is in {info['token_file']} (readable by you only).")
     print(f"  Join another node to it:  carme start --address {info['address']}")
@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--head", action="store_true", help="start a head node (a new cluster)")
     s.add_argument("--address", help="HEAD:PORT of the cluster to join")
     s.add_argument("--port", type=int, default=0, help="TCP port (default: a free one)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--host", "--node-ip-address", dest="host",
+                   help="address this node listens on and others reach it by (default: 127.0.0.1 "
+                        "for a head; for a joining node, the address this machine reaches the head from)")
     s.add_argument("--num-cpus", type=float)
     s.add_argument("--num-gpus", type=float)
     s.add_argument("--resources", help="custom resources as JSON, e.g. '{\"custom\": 2}'")

@@ -29,6 +29,7 @@ from ._task_tags import TaskTags
 PIPELINE = 32
 SHORT_TASK = 0.002
 UNREACHABLE_TRIES = 5  # granted workers in a row that cannot be reached before the tasks fail
+NODE_UNREACHABLE_TRIES = 100  # lease requests in a row (0.3 s apart) to a node we cannot reach
 LEASE_IDLE = 0.05
 
 
@@ -158,7 +159,7 @@ class Lease:
 
 class SchedQueue:
     __slots__ = ("key", "shape", "strategy", "runtime_env", "tasks", "leases", "requesting", "desc",
-                 "avg_duration", "unreachable")
+                 "avg_duration", "unreachable", "unreachable_nodes")
 
     def __init__(self, key: Any, spec: TaskSpec) -> None:
         self.key = key
@@ -171,6 +172,7 @@ class SchedQueue:
         self.desc = f"task {spec.name}"
         self.avg_duration = 1.0  # unknown until the first result: assume long
         self.unreachable = 0  # granted workers in a row that could not be connected to
+        self.unreachable_nodes = 0  # lease requests in a row whose node could not be reached
 
 
 class TaskSubmitter:
@@ -284,10 +286,29 @@ class TaskSubmitter:
                 except (OSError, ConnectionClosed) as e:
                     ok, value = False, ("NodeDiedError", f"could not reach node {value['spillback'][:8]}: {e}")
             if not ok and isinstance(value, tuple) and value[0] == "NodeDiedError":
-                # that node is gone; once the cluster view says so, the lease goes elsewhere
+                # that node is gone; once the cluster view says so (NODE_TIMEOUT, 5 s), the
+                # lease goes elsewhere. A node that stays in the view but cannot be reached
+                # from here was started with an address this machine cannot reach.
                 with self.lock:
                     q.requesting = False
-                self.core.call_later(0.3, lambda: self.dispatch(q))
+                    q.unreachable_nodes += 1
+                    failed: list[TaskSpec] = []
+                    if q.unreachable_nodes >= NODE_UNREACHABLE_TRIES:
+                        q.unreachable_nodes = 0
+                        failed = list(q.tasks)
+                        q.tasks.clear()
+                if not failed:
+                    self.core.call_later(0.3, lambda: self.dispatch(q))
+                    return
+                error = exc.NodeDiedError(
+                    f"{q.desc}: the node chosen for it could not be reached from this process "
+                    f"{NODE_UNREACHABLE_TRIES} times in a row over about "
+                    f"{NODE_UNREACHABLE_TRIES * 0.3:.0f} s while the cluster still lists it as "
+                    f"alive ({value[1]}). A node that others reach over the network must listen "
+                    f"on an address they can reach: `carme start --address HEAD:PORT --host "
+                    f"<that address>` (by default it takes the address it reaches the head from)")
+                for spec in failed:
+                    self.fail(spec, error)
                 return
             if not ok:
                 with self.lock:
@@ -309,7 +330,7 @@ class TaskSubmitter:
             lease.daemon = self.core.peers.get(value["node_id"]) if value["node_id"] != self.core.node_id else None
             with self.lock:
                 q.requesting = False
-                q.unreachable = 0
+                q.unreachable = q.unreachable_nodes = 0
                 q.leases.append(lease)
             self.core.register(conn, lambda c, msgs, lease=lease: self.on_worker_msgs(lease, msgs))
             self.dispatch(q)

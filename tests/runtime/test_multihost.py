@@ -58,8 +58,10 @@ class Cluster:
         self.head = f"{h.ip['head']}:{PORT}"
         self.address: dict[str, str] = {"head": self.head}
         for host, args in nodes.items():
-            out = self._ok(host, [PY, "-m", "carme", "start", "--address", self.head,
-                                  "--host", h.ip[host], *self._args(args)])
+            # a joining node listens on the address it reaches the head from, unless told
+            where = ["--host", args["host"]] if "host" in args else []
+            out = self._ok(host, [PY, "-m", "carme", "start", "--address", self.head, *where,
+                                  *self._args(args)])
             m = re.search(r"node (\w+) joined .* \(listening on (\S+), pid (\d+)\)", out)
             assert m, out
             self.address[host], self.pids[host] = m.group(2), int(m.group(3))
@@ -230,6 +232,27 @@ print(json.dumps({"ids": IDS, "results": results, "started": carme.get(started.g
     assert ids["a"] in seen["started"]
     assert seen["results"] == [ids["b"], ids["b"]]  # retried on b
     assert not hosts.pids("a")  # nothing of host a lives on
+
+
+def test_node_others_cannot_reach_fails_tasks_clearly(hosts: Hosts) -> None:
+    """A node told to listen on its loopback joins (it reaches the head), but no other host
+    can reach it: a task that only it can run fails saying so, after a bounded number of
+    tries, instead of waiting forever."""
+    c = Cluster(hosts, {"head": {"num_cpus": 1},
+                        "b": {"num_cpus": 1, "resources": {"b": 1}, "host": "127.0.0.1"},
+                        "drv": {"num_cpus": 0}})
+    r = hosts.python("drv", c.prelude() + """
+@carme.remote(resources={"b": 1})
+def f():
+    return 1
+try:
+    carme.get(f.remote(), timeout=120)
+except carme.exceptions.NodeDiedError as e:
+    print("ERROR", e)
+""", env=c.env, timeout=240)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "ERROR" in r.stdout and "could not be reached from this process" in r.stdout, r.stdout
+    assert "--host" in r.stdout
 
 
 def _env() -> dict[str, str]:
