@@ -623,28 +623,40 @@ def worker_main(ctrl: socket.socket, cfg: dict) -> None:
         tcp = f"{host}:{port}"
     for lsock in listeners:
         lsock.setblocking(False)
-        core.add_listener(lsock, functools.partial(_accept, core, executor, lsock, token))
+        core.add_listener(lsock, Acceptor(core, executor, lsock, token).accept)
     daemon.send((M.WORKER_READY, address, tcp))
     executor.serve()
 
 
-AUTH_TIMEOUT = 5.0  # seconds a connecting submitter has to present the token (as the daemon's)
+class Acceptor:
+    """Submitters connecting to one listening socket, admitted as the daemon admits its
+    peers: the token first (checked before anything is unpickled), within AUTH_TIMEOUT,
+    and at most MAX_UNAUTHENTICATED connections waiting to present it; others are closed."""
 
+    AUTH_TIMEOUT = 5.0
+    MAX_UNAUTHENTICATED = 64
 
-def _accept(core: CoreWorker, executor: Executor, lsock: socket.socket, token: bytes) -> None:
-    """A submitter connects: token first (checked before anything is unpickled), within
-    AUTH_TIMEOUT, or the connection is closed."""
-    try:
-        s, _ = lsock.accept()
-    except BlockingIOError:
-        return
-    s.setblocking(True)
-    if s.family != socket.AF_UNIX:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn = Connection(s, "submitter", expect_token=token)
-    core.register(conn, executor.on_conn_msgs)
+    def __init__(self, core: CoreWorker, executor: Executor, lsock: socket.socket, token: bytes) -> None:
+        self.core, self.executor, self.lsock, self.token = core, executor, lsock, token
+        self.waiting: list[Connection] = []  # accepted, token not seen yet (I/O thread only)
 
-    def deadline() -> None:
+    def accept(self) -> None:
+        try:
+            s, _ = self.lsock.accept()
+        except BlockingIOError:
+            return
+        self.waiting = [c for c in self.waiting if c.expect_token is not None and not c.closed]
+        if len(self.waiting) >= self.MAX_UNAUTHENTICATED:
+            s.close()
+            return
+        s.setblocking(True)
+        if s.family != socket.AF_UNIX:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(s, "submitter", expect_token=self.token)
+        self.waiting.append(conn)
+        self.core.register(conn, self.executor.on_conn_msgs)
+        self.core.call_later(self.AUTH_TIMEOUT, functools.partial(self.deadline, conn))
+
+    def deadline(self, conn: Connection) -> None:
         if conn.expect_token is not None and not conn.closed:
-            core.close_conn(conn)
-    core.call_later(AUTH_TIMEOUT, deadline)
+            self.core.close_conn(conn)
