@@ -180,11 +180,25 @@ print(json.dumps(out))
 
 def test_host_killed_tasks_retry_on_another_host(hosts: Hosts) -> None:
     c = Cluster(hosts, {"head": {"num_cpus": 1, "resources": {"head": 1}},
-                        "a": {"num_cpus": 1, "resources": {"spot": 1}},
-                        "b": {"num_cpus": 1, "resources": {"spot": 1}},
+                        "a": {"num_cpus": 1, "resources": {"spot": 1, "box": 1}},
+                        "b": {"num_cpus": 1, "resources": {"spot": 1, "box": 1}},
                         "drv": {"num_cpus": 0}})
     script = c.prelude() + """
 import sys
+from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+
+@carme.remote
+class Where:
+    def __init__(self):
+        self.calls = 0
+    def where(self):
+        self.calls += 1
+        return node_id(), self.calls
+
+# an actor that may restart once, placed on a (soft: it may move when a is gone)
+movable = Where.options(resources={"box": 1}, num_cpus=0, max_restarts=1,
+                        scheduling_strategy=Affinity(A_ID, soft=True)).remote()
+before = carme.get(movable.where.remote(), timeout=60)
 
 @carme.remote(resources={"head": 1})
 class Started:
@@ -215,7 +229,18 @@ deadline = time.monotonic() + 30
 while any(n["NodeID"] == A_ID and n["Alive"] for n in carme.nodes()):
     assert time.monotonic() < deadline, "host a is still alive in the cluster view after 30 s"
     time.sleep(0.2)
-print(json.dumps({"ids": IDS, "results": results, "started": carme.get(started.get.remote(), timeout=60)}))
+deadline = time.monotonic() + 60
+while True:  # restarted on b, with fresh state (its old worker may answer once more)
+    try:
+        after = carme.get(movable.where.remote(), timeout=60)
+        if after[0] != A_ID:
+            break
+    except carme.exceptions.RayActorError:
+        pass
+    assert time.monotonic() < deadline, "the actor was not restarted on another host"
+    time.sleep(0.2)
+print(json.dumps({"ids": IDS, "results": results, "started": carme.get(started.get.remote(), timeout=60),
+                  "actor": [before, after]}))
 """.replace("A_ID", 'IDS["a"]')
     proc = subprocess.Popen(hosts.cmd("drv", [PY, "-c", script]), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
@@ -231,6 +256,7 @@ print(json.dumps({"ids": IDS, "results": results, "started": carme.get(started.g
     ids = seen["ids"]
     assert ids["a"] in seen["started"]
     assert seen["results"] == [ids["b"], ids["b"]]  # retried on b
+    assert seen["actor"] == [[ids["a"], 1], [ids["b"], 1]]
     assert not hosts.pids("a")  # nothing of host a lives on
 
 
