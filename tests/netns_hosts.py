@@ -75,7 +75,14 @@ def unavailable() -> str | None:
     r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=10)
     if r.returncode != 0:
         return f"`ip netns add` is not permitted here: {r.stderr.strip()}"
-    subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+    try:
+        r = subprocess.run(["ip", "netns", "exec", name, "unshare", "--mount", "--propagation", "private",
+                            "mount", "-t", "tmpfs", "tmpfs", "/tmp"], capture_output=True, text=True,
+                           timeout=10)
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+    if r.returncode != 0:
+        return f"a private /tmp (`unshare --mount` + tmpfs) is not permitted here: {r.stderr.strip()}"
     return None
 
 
