@@ -376,8 +376,11 @@ class NodeDaemon:
 
     def on_pull_object(self, conn: Connection, msg: M.PullObject) -> None:
         """Another node copies an object of ours: the connection leaves the loop and a
-        thread of the link streams the object down it (`_transfer.py`)."""
-        if self.link is None:
+        thread of the link streams the object down it (`_transfer.py`). Only as the first
+        message of a connection: one that said hello holds state the loop must clean up."""
+        if self.link is None or conn.meta.get("role") != "unknown":
+            log(f"refused PULL_OBJECT from {conn.meta.get('role')} pid {conn.meta.get('pid')}: "
+                f"it must be the first message of a connection of its own")
             self.io.drop(conn)
             return
         pinned = self.core.pin_for_pull(msg.object_id)

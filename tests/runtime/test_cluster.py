@@ -174,6 +174,27 @@ def test_worker_tcp_port_wants_the_token_first(head: dict, tmp_path: Path) -> No
         carme.shutdown()
 
 
+def test_pull_stream_only_on_a_connection_of_its_own(head: dict) -> None:
+    """PULL_OBJECT turns a fresh connection into an object stream (an object the node does
+    not have: the MISSING header); after a hello it is refused and the connection closed."""
+    from carme import _messages as M
+    from carme import _transfer as transfer
+    from carme._protocol import ConnectionClosed, connect
+    token = bytes.fromhex(json.loads(Path(head["token_file"]).read_text())["token"])
+    conn = connect(head["address"], token, (M.PULL_OBJECT, b"\x01" * 20))
+    conn.sock.settimeout(30)
+    assert transfer.read_header(conn.sock)[0] == transfer.MISSING
+    conn.close()
+    conn = connect(head["address"], token, (M.HELLO, 1, "observer", os.getpid(), {"worker_id": "t"}))
+    assert conn.recv()[0] == M.REPLY
+    conn.send((M.PULL_OBJECT, b"\x01" * 20))
+    conn.sock.settimeout(30)
+    with pytest.raises(ConnectionClosed) as e:
+        conn.recv()
+    assert "timed out" not in str(e.value)  # closed on us, not a stream that never ends
+    conn.close()
+
+
 def test_auto_without_cluster_says_how_to_start_one(state_dir: Path) -> None:
     import carme
     with pytest.raises(ConnectionError, match="carme start --head"):
