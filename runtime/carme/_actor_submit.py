@@ -22,7 +22,7 @@ from ._submit import TaskSpec
 from ._task_messages import ActorCall, Result
 from ._task_tags import TaskTags
 
-UNREACHABLE_TRIES = 8  # actor lookups in a row whose worker cannot be reached (about 7 s)
+UNREACHABLE_TRIES = 8  # actor lookups in a row that cannot reach the actor (pauses add up to ~5 s)
 
 
 class ActorState:
