@@ -7,7 +7,9 @@ snapshots the driver's child processes (recursively) and the `/dev/shm` entries
 whose name starts with ``carme`` before the work, samples which entries the
 test's processes use while it runs, and afterwards waits up to 5 s for every new
 process and every used new entry to disappear. Survivors fail the test by name
-and are then killed (by PID) or removed so later tests start clean.
+and are then killed (by PID) or removed so later tests start clean. Network
+namespaces of the multi-host tests (`netns_hosts.PREFIX`) that a test leaves
+fail it the same way, and are removed with every process still in them.
 
 - Tests marked ``processes`` get a function-scoped guard automatically
   (`_no_leaks`), unless they use `ray_impl`, whose cluster lives for a whole
@@ -42,6 +44,7 @@ from typing import Any
 import psutil
 import pytest
 
+from netns_hosts import leftover_namespaces, remove_namespace
 from ray_support import (
     in_ray_head,
     ray_cluster,  # noqa: F401  (session Ray head for Ray-engine tests)
@@ -175,6 +178,7 @@ class LeakGuard:
     def __init__(self) -> None:
         self.procs = _children()
         self.shm = _shm_entries()
+        self.netns = leftover_namespaces()
         self.sampler = _ShmSampler()
 
     def survivors(self, wait_s: float = LEAK_WAIT_S) -> tuple[list[psutil.Process], list[str]]:
@@ -203,12 +207,16 @@ class LeakGuard:
     def check(self, what: str, wait_s: float = LEAK_WAIT_S) -> str | None:
         """Return a failure message naming survivors (after killing them), or None."""
         procs, shm = self.survivors(wait_s)
-        if not procs and not shm:
+        netns = sorted(leftover_namespaces() - self.netns)
+        if not procs and not shm and not netns:
             return None
         lines = [f"{what} left resources behind after {wait_s:.0f} s:"]
         lines += [f"  process {_describe(p)}" for p in procs]
         lines += [f"  shared memory {SHM_DIR}/{n}" for n in shm]
+        lines += [f"  network namespace {n}" for n in netns]
         self.clean(procs, shm)
+        for n in netns:
+            lines += [f"    with process {p}" for p in remove_namespace(n)]
         return "\n".join(lines)
 
     @staticmethod

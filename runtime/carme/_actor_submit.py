@@ -17,15 +17,17 @@ from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
-from ._protocol import Connection, ConnectionClosed, connect
+from ._protocol import Connection, ConnectionClosed, connect_first, worker_addresses
 from ._submit import TaskSpec
 from ._task_messages import ActorCall, Result
 from ._task_tags import TaskTags
 
+UNREACHABLE_TRIES = 8  # actor lookups in a row that cannot reach the actor (pauses add up to ~5 s)
+
 
 class ActorState:
     __slots__ = ("actor_id", "conn", "status", "queue", "inflight", "death", "class_name",
-                 "max_task_retries", "pid", "ordered", "lost_pid")
+                 "max_task_retries", "pid", "ordered", "lost_pid", "unreachable")
 
     def __init__(self, actor_id: bytes, class_name: str, max_task_retries: int) -> None:
         self.actor_id = actor_id
@@ -41,6 +43,7 @@ class ActorState:
         # a sync actor runs calls in submission order, so each waits for the one before;
         # an async or threaded one gets every call as soon as its arguments are ready
         self.ordered = True
+        self.unreachable = 0  # lookups in a row whose worker address could not be connected to
 
 
 class ActorSubmitter:
@@ -137,15 +140,22 @@ class ActorSubmitter:
         return out
 
     def resolve(self, st: ActorState) -> None:
-        def answered(ok: bool, info: Any) -> None:
+        def answered(ok: bool, info: Any, redirected: str | None = None) -> None:
             if ok and info.get("redirect"):
                 # it runs on another node: ask that node's daemon (it waits until it is up)
+                node = info["redirect"]
                 try:
-                    peer = self.core.peer(info["redirect"], info.get("address"))
-                    self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True), answered, conn=peer)
+                    peer = self.core.peer(node, info.get("address"))
+                    self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True),
+                                            lambda ok, info: answered(ok, info, node), conn=peer)
                     return
                 except (OSError, ConnectionClosed):
                     ok, info = False, ("NodeDiedError", "the actor's node is unreachable")
+            if not ok and redirected and _not_arrived(info):
+                # the owner forwarded the creation to that node over its own connection, and
+                # our lookup overtook it there (no order between two connections): ask again
+                self.unreachable(st, f"node {redirected[:12]} did not know the actor yet")
+                return
             if not ok and isinstance(info, tuple) and info[0] == "NodeDiedError":
                 with self.lock:
                     st.status = "unresolved"
@@ -159,22 +169,48 @@ class ActorSubmitter:
                 self.set_dead(st, death_error(st, info))
                 return
             try:
-                conn = connect(info["address"], self.core.token, M.Peer(self.core.worker_id).wire())
-            except OSError:
-                # the worker is going away; ask again (the daemon answers once it knows)
-                with self.lock:
-                    st.status = "unresolved"
-                self.core.call_later(0.05, lambda: self.drain(st))
+                conn = connect_first(worker_addresses(info, self.core.node_id), self.core.token,
+                                     M.Peer(self.core.worker_id).wire())
+            except OSError as e:
+                self.unreachable(st, f"its worker on node {str(info.get('node_id'))[:12]} could not "
+                                     f"be connected to: {e}. A node that others reach over the network "
+                                     f"must be started with the address they reach it by "
+                                     f"(`carme start --host ADDRESS`)")
                 return
             with self.lock:
                 st.conn = conn
                 st.pid = info.get("pid")
                 st.status = "connected"
+                st.unreachable = 0
             self.core.register(conn, lambda c, msgs: self.on_msgs(st, c, msgs))
             self.drain(st)
 
         self.core.request_async(M.ACTOR_INFO, (st.actor_id, None, None, True), answered,
                                 conn=self.core.control())
+
+    def unreachable(self, st: ActorState, why: str) -> None:
+        """The actor could not be reached (`why`): its worker may be going away (the
+        daemon answers once it knows), or its creation is still on its way to its node.
+        Ask again after a pause that grows. After UNREACHABLE_TRIES lookups in a row the
+        queued calls fail with ActorUnavailableError saying why; a later call looks the
+        actor up afresh."""
+        fails: list[TaskSpec] = []
+        with self.lock:
+            st.status = "unresolved"
+            st.unreachable += 1
+            tries = st.unreachable
+            if tries >= UNREACHABLE_TRIES:
+                st.unreachable = 0
+                fails, st.queue = list(st.queue), deque()
+        if not fails:
+            self.core.call_later(min(0.05 * 2 ** (tries - 1), 2.0), lambda: self.drain(st))
+            return
+        error = exc.ActorUnavailableError(
+            f"actor {st.class_name} could not be reached {UNREACHABLE_TRIES} times in a row; "
+            f"the last time {why}.", st.actor_id.hex(), st.class_name)
+        for spec in fails:
+            self.ready.discard(spec.task_id)
+            self.core.submitter.fail(spec, error)
 
     def set_dead(self, st: ActorState, err: BaseException) -> None:
         with self.lock:
@@ -261,3 +297,9 @@ def death_error(st: ActorState, info: dict) -> BaseException:
         return cls(message)  # type: ignore[no-any-return]
     except TypeError:
         return exc.ActorDiedError(message)
+
+
+def _not_arrived(reply: Any) -> bool:
+    """A daemon's failed ACTOR_INFO reply saying it does not know the actor."""
+    text = reply[1] if isinstance(reply, tuple) and len(reply) == 2 else reply
+    return isinstance(reply, (tuple, ValueError)) and str(text).startswith("unknown actor")

@@ -54,7 +54,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 0
     info = cluster.start_head(num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                               resources=_resources(args.resources), port=args.port,
-                              host=args.host, object_store_memory=args.object_store_memory,
+                              host=args.host or "127.0.0.1", object_store_memory=args.object_store_memory,
                               metrics_port=args.metrics_port)
     if info.get("restarted"):
         print(f"carme cluster head restarted at {info['address']} (pid {info['pid']}) from its saved "
@@ -62,7 +62,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     else:
         print(f"carme cluster started at {info['address']} (pid {info['pid']}).")
     if info.get("metrics_port") is not None:
-        print(f"  Prometheus metrics: http://{args.host}:{info['metrics_port']}/metrics")
+        print(f"  Prometheus metrics: http://{args.host or '127.0.0.1'}:{info['metrics_port']}/metrics")
     print(f"  From a driver on this machine:  carme.init(address=\"{info['address']}\")  or  carme.init(address=\"auto\")")
     print(f"  The cluster token is in {info['token_file']} (readable by you only).")
     print(f"  Join another node to it:  carme start --address {info['address']}")
@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=0,
                    help="TCP port (default: a free one). With --head and the saved state of a head "
                         "that ran on this port ($CARME_STATE_DIR/heads/PORT.json), that head restarts")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--host", "--node-ip-address", dest="host",
+                   help="address this node listens on and others reach it by (default: 127.0.0.1 "
+                        "for a head; for a joining node, the address this machine reaches the head from)")
     s.add_argument("--num-cpus", type=float)
     s.add_argument("--num-gpus", type=float)
     s.add_argument("--resources", help="custom resources as JSON, e.g. '{\"custom\": 2}'")

@@ -632,6 +632,14 @@ def connect_core(*, address: str, token: bytes, role: str, worker_id: str, job_i
     conn.send((M.HELLO, 0, role, os.getpid(), {"worker_id": worker_id}))
     reply = conn.recv()
     info = reply[3]
+    if not os.path.exists(info["store_file"]):
+        conn.close()
+        raise ConnectionError(
+            f"the carme node at {address} runs on another machine (its object store "
+            f"{info['store_file']} is not on this one); a driver connects to a node on its own "
+            f"machine. Start one here with `carme start --address HEAD:PORT --host "
+            f"<this machine's address>` (--num-cpus 0 keeps tasks off it) and pass the address "
+            f"it prints to carme.init()")
     return CoreWorker(role=role, daemon_conn=conn, info=info, worker_id=worker_id,
                       job_id=job_id or info["job_id"], namespace=namespace or info["namespace"],
                       token=token)

@@ -136,6 +136,7 @@ class NodeDaemon:
             M.FnPut: lambda conn, msg: self.functions.__setitem__(msg.key, msg.blob),
             M.FnGet: self.on_fn_get, M.Events: lambda conn, msg: self.record_events(msg.events),
             M.State: self.on_state, M.WorkerDeath: self.on_worker_death,
+            M.PullObject: self.on_pull_object,
         }
 
     # ------------------------------------------------------------------ loop
@@ -277,7 +278,7 @@ class NodeDaemon:
                 if conn is not None:
                     self.io.drop(conn)
             elif isinstance(eff, E.StartPull):
-                self.link.pull(eff.oid, eff.grpc_address)
+                self.link.pull(eff.oid, eff.grpc_address, eff.address)
             else:
                 raise TypeError(f"the daemon cannot carry out {eff!r}")
 
@@ -372,6 +373,18 @@ class NodeDaemon:
             "head_grpc": self.link.head_address if self.link else None,
             **head_node(self.facts, self.peers),
         })
+
+    def on_pull_object(self, conn: Connection, msg: M.PullObject) -> None:
+        """Another node copies an object of ours: the connection leaves the loop and a
+        thread of the link streams the object down it (`_transfer.py`). Only as the first
+        message of a connection: one that said hello holds state the loop must clean up."""
+        if self.link is None or conn.meta.get("role") != "unknown":
+            log(f"refused PULL_OBJECT from {conn.meta.get('role')} pid {conn.meta.get('pid')}: "
+                f"it must be the first message of a connection of its own")
+            self.io.drop(conn)
+            return
+        pinned = self.core.pin_for_pull(msg.object_id)
+        self.link.serve_pull(self.io.release(conn), msg.object_id, pinned)
 
     def on_fn_get(self, conn: Connection, msg: M.FnGet) -> None:
         blob = self.functions.get(msg.key)

@@ -8,8 +8,9 @@ loop watches: threads never touch the daemon's state, they hand it functions to 
   * the heartbeat thread: registers with the head, then about twice a second sends this
     node's available resources, metrics and task events, and passes the cluster view it
     gets back to the loop;
-  * object transfer: serving `PullObject` (chunks read straight from the shared-memory
-    store) and pulling another node's object into this node's store, once per node.
+  * object transfer: pulling another node's object into this node's store, once per
+    node, over a TCP stream from that node's daemon (`_transfer.py`), and serving such
+    streams; gRPC `PullObject` (4 MB chunks) stays for a peer without a TCP address.
 
 A head that cannot be reached. When heartbeats fail for HEAD_GRACE seconds, the loop gets
 the last view with the head's row marked DEAD and a `state_message` saying since when it
@@ -29,6 +30,7 @@ import functools
 import json
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -39,10 +41,13 @@ from typing import Any
 import grpc
 
 from . import _head_state as hs
+from . import _messages as M
+from . import _transfer as transfer
 from ._head import HeadServicer, HeadState, channel, metadata, start_server
 from ._head_state import head_unreachable
 from ._node_effects import PullDone, Pulled
 from ._node_state import HEAD_KINDS
+from ._protocol import connect
 from ._store import SharedArena
 from .exceptions import RaySystemError
 from .protos import carme_pb2 as pb
@@ -118,6 +123,7 @@ class ClusterLink:
         self.head_address = head_address or self.grpc_address
         self.head = pbg.HeadStub(channel(self.head_address))
         self.arena = SharedArena(daemon.store_file)
+        self.store_fd = os.open(daemon.store_file, os.O_RDONLY)  # what `serve_pull` sends from
         self.events: list[tuple] = []
         self.events_lock = threading.Lock()
         self.running = True
@@ -317,9 +323,15 @@ class ClusterLink:
         return json.loads(reply.rows_json)
 
     # ------------------------------------------------------------------ objects
-    def pull(self, oid: bytes, grpc_address: str) -> None:
+    def pull(self, oid: bytes, grpc_address: str, address: str = "") -> None:
         """Copy another node's object into this node's store (in a thread)."""
         def run() -> None:
+            if address:
+                try:
+                    self.post(("pulled", oid, *self._pull_stream(oid, address), None))
+                except Exception as e:  # noqa: BLE001 - the waiting process gets the error
+                    self.post(("pulled", oid, None, 0, False, f"{type(e).__name__}: {e}"))
+                return
             try:
                 stub = pbg.NodeStub(channel(grpc_address))
                 offset = None
@@ -341,10 +353,42 @@ class ClusterLink:
 
         threading.Thread(target=run, name="carme-pull", daemon=True).start()
 
+    def _pull_stream(self, oid: bytes, address: str) -> tuple[int, int, bool]:
+        """The object's bytes from the daemon at `address` into a block of our store:
+        (offset, size, is_error)."""
+        conn = connect(address, self.token, (M.PULL_OBJECT, oid))
+        try:
+            conn.sock.settimeout(transfer.IDLE_TIMEOUT)
+            status, total, is_error = transfer.read_header(conn.sock)
+            if status != transfer.OK:
+                raise RuntimeError(f"object {oid.hex()} is not on the node at {address}")
+            offset = self.call(functools.partial(self.daemon.table.alloc_secondary, oid, total))
+            if offset is None:
+                raise RuntimeError("no room in this node's object store")
+            transfer.receive(conn.sock, self.arena.writable(offset, total), self.arena.map, offset)
+            return offset, total, is_error
+        finally:
+            conn.close()
+
+    def serve_pull(self, sock: socket.socket, oid: bytes, pinned: tuple | None) -> None:
+        """Stream a pinned object of ours down `sock` (in a thread); unpin it after."""
+        def run() -> None:
+            try:
+                sock.settimeout(transfer.IDLE_TIMEOUT)
+                transfer.serve(sock, self.store_fd, pinned)
+            except OSError:
+                pass  # the puller went away; it reports its own failure
+            finally:
+                sock.close()
+                if pinned is not None:
+                    self.post(("call", lambda: self.daemon.feed(PullDone(oid, pinned[0])), Future()))
+
+        threading.Thread(target=run, name="carme-serve-pull", daemon=True).start()
+
     def stop(self) -> None:
         self.running = False
         try:
             self.head.UnregisterNode(pb.NodeRef(node_id=self.daemon.node_id), metadata=self.md, timeout=2)
         except grpc.RpcError:
             pass
-        self.server.stop(0.5)
+        self.server.stop(0.5)  # (store_fd goes with the process: a serving thread may still read it)

@@ -13,6 +13,8 @@ driver/worker -> node daemon (requests carry a request id; the daemon answers RE
     CREATE_ACTOR, ACTOR_INFO, KILL_ACTOR, KILL_WORKER, BLOCKED, UNBLOCKED, EVENTS, STATE,
     PG_CREATE, PG_REMOVE, PG_INFO, PG_WAIT, STORE_STATS, NAMED_ACTORS, GET_REMOTE,
     NODE_ADDRESS, WORKER_DEATH
+node daemon -> node daemon, on a connection of its own: PULL_OBJECT (the connection then
+    carries the object's bytes, `_transfer.py`, and closes)
 daemon -> worker (its control socketpair): RUN_ACTOR, EXIT
 worker -> daemon: WORKER_READY, ACTOR_READY, ACTOR_FAILED
 submitter -> worker: PUSH, ACTOR_CALL, CANCEL
@@ -77,6 +79,7 @@ NAMED_ACTORS = 24
 GET_REMOTE = 25   # a local copy of an object whose primary is on another node
 NODE_ADDRESS = 26
 WORKER_DEATH = 27  # why did this node's worker die? (the memory monitor's reason, or None)
+PULL_OBJECT = 30   # another node's daemon copies an object of ours (`_transfer.py`)
 
 RUN_ACTOR = 40
 EXIT = 41
@@ -556,6 +559,11 @@ class GetRemote(Msg):
     node_id: str
 
 
+@message(PULL_OBJECT, object_id=bytes)
+class PullObject(Msg):
+    object_id: bytes
+
+
 @message(NODE_ADDRESS, req=int, node_id=str)
 class NodeAddress(Msg):
     req: int
@@ -568,9 +576,10 @@ class WorkerDeath(Msg):
     worker_id: str
 
 
-@message(WORKER_READY, address=str)
+@message(WORKER_READY, address=str, tcp=str)
 class WorkerReady(Msg):
-    address: str
+    address: str  # its Unix socket (same-node submitters)
+    tcp: str = ""  # HOST:PORT where submitters on other nodes reach it ("" on a non-cluster node)
 
 
 @message(ACTOR_READY, actor_id=bytes)

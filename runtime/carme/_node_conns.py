@@ -176,6 +176,20 @@ class Sockets:
         conn.close()
         self.gone(conn)
 
+    def release(self, conn: Connection) -> socket.socket:
+        """Take a connection's socket out of the loop (blocking again) for a thread of its
+        own; the loop forgets the connection without telling `gone`."""
+        self.unauthenticated.pop(conn, None)
+        self.backlogged.pop(conn, None)
+        conn.meta["gone"] = True
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.closed = True
+        conn.sock.setblocking(True)
+        return conn.sock
+
     def tick(self, now: float) -> None:
         """Once a loop turn: deadlines of unauthenticated and stalled peers."""
         for conn, since in list(self.unauthenticated.items()):

@@ -138,7 +138,7 @@ class NodeCore(ActorCore):
                 return [Answer(client.conn, msg.req, False, table.lost(
                     oid, f"It lives on node {msg.node_id[:8]}, which is not alive."))]
             e = table.start_pull(oid)
-            out.append(StartPull(oid, peer["grpc_address"]))
+            out.append(StartPull(oid, peer["grpc_address"], peer.get("address") or ""))
         table.hold(oid, client.holder)
         e.waiters.append((client.conn, msg.req))
         return out
@@ -224,7 +224,7 @@ class NodeCore(ActorCore):
         w.state = "LEASED"
         w.lease_id = g.lease_id
         return [Answer(need.client, need.req, True, {
-            "lease_id": g.lease_id, "worker_id": w.worker_id, "address": w.address,
+            "lease_id": g.lease_id, "worker_id": w.worker_id, "address": w.address, "tcp": w.tcp,
             "pid": w.pid, "gpu_ids": list(g.gpu_ids), "node_id": g.node_id})]
 
     def _worker_started(self, client: Client | None, ev: WorkerStarted) -> list[Any]:
@@ -240,7 +240,7 @@ class NodeCore(ActorCore):
             return []  # only a worker's own control connection says so
         assert self.pool is not None
         out: list[Any] = []
-        for waiting in self.pool.ready(w, msg.address):
+        for waiting in self.pool.ready(w, msg.address, msg.tcp):
             if isinstance(waiting, ActorStart):
                 out += self._start_actor(waiting, w)
             else:

@@ -136,6 +136,7 @@ class ActorCore:
                     "death": None, "restarts": actor.restarts, "node_id": actor.remote_node}
         return {"actor_id": actor.actor_id, "state": actor.state,
                 "address": w.address if w and actor.state == "ALIVE" else None,
+                "tcp": w.tcp if w and actor.state == "ALIVE" else None,
                 "pid": w.pid if w else None, "worker_id": w.worker_id if w else None,
                 "death": actor.death, "restarts": actor.restarts,
                 "incarnation": actor.restarts, "spec": self.public_spec(actor),

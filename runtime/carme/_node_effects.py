@@ -107,11 +107,13 @@ class ClosePeer:
 
 @record
 class StartPull:
-    """Effect: copy another node's object into this node's store (gRPC, in a thread);
+    """Effect: copy another node's object into this node's store (in a thread: a TCP
+    stream from the node's daemon at `address`, `_transfer.py`; gRPC when it has none);
     feed `Pulled` when done."""
 
     oid: bytes
     grpc_address: str
+    address: str = ""
 
 
 # ---------------------------------------------------------------------- events

@@ -24,7 +24,8 @@ class WorkerRec:
     pid: int
     conn: Any
     env_key: str
-    address: str = ""
+    address: str = ""  # its Unix socket, for submitters on this node
+    tcp: str = ""  # HOST:PORT for submitters on other nodes ("" when the node is not in a cluster)
     state: str = "STARTING"  # STARTING, IDLE, LEASED, ACTOR, DEAD
     lease_id: str | None = None
     actor_id: bytes | None = None
@@ -50,9 +51,10 @@ class WorkerPool:
         self.workers[w.worker_id] = w
         self.by_pid[w.pid] = w
 
-    def ready(self, w: WorkerRec, address: str) -> list[Any]:
-        """The worker listens at `address`: the grants waiting for it, or it goes idle."""
+    def ready(self, w: WorkerRec, address: str, tcp: str = "") -> list[Any]:
+        """The worker listens at `address` (and `tcp`): the grants waiting for it, or it goes idle."""
         w.address = address
+        w.tcp = tcp
         w.state = "IDLE"
         waiting, w.waiting = w.waiting, []
         if not waiting:

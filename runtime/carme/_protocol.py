@@ -35,6 +35,7 @@ from typing import Any
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 512 << 20          # the largest frame an authenticated peer may send
+CONNECT_TIMEOUT = 10.0        # seconds a TCP connect may take
 MAX_BACKLOG = 64 << 20         # bytes a buffered connection keeps for a peer that does not read
 _dumps = pickle.dumps
 _loads = pickle.loads
@@ -228,7 +229,9 @@ def _sock_for(address: str) -> socket.socket:
         s.connect(address[5:])
         return s
     host, _, port = address.rpartition(":")
-    s = socket.create_connection((host, int(port)))
+    # bounded: a host that dropped off the network must not stall the caller for minutes
+    s = socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT)
+    s.settimeout(None)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return s
 
@@ -240,6 +243,29 @@ def connect(address: str, token: bytes, hello: tuple | None = None) -> Connectio
     if hello is not None:
         conn.send(hello)
     return conn
+
+
+def worker_addresses(info: dict, here: str) -> list[str]:
+    """Where to reach the worker a lease grant or an actor lookup names, best first.
+
+    A worker listens on a Unix socket, and on a cluster node also on TCP (`info["tcp"]`,
+    HOST:PORT). A process on the worker's own node (`info["node_id"] == here`) uses the
+    Unix socket (the fast path) and TCP only if the socket is not there (another mount
+    namespace); a process on another node has its own /tmp and uses TCP."""
+    unix, tcp = info.get("address"), info.get("tcp")
+    order = [unix, tcp] if info.get("node_id") == here or not tcp else [tcp]
+    return [a for a in order if a]
+
+
+def connect_first(addresses: list[str], token: bytes, hello: tuple | None = None) -> Connection:
+    """Connect to the first of `addresses` that answers; OSError naming each failure."""
+    errors = []
+    for address in addresses:
+        try:
+            return connect(address, token, hello)
+        except OSError as e:
+            errors.append(f"{address}: {e}")
+    raise OSError("could not connect to " + ("; ".join(errors) or "(no address given)"))
 
 
 def listen(address: str) -> socket.socket:

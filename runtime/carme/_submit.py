@@ -23,12 +23,14 @@ from . import _messages as M
 from . import exceptions as exc
 from ._ids import return_id
 from ._lineage import keeps_lineage, plan_rebuild
-from ._protocol import Connection, ConnectionClosed, connect
+from ._protocol import Connection, ConnectionClosed, connect_first, worker_addresses
 from ._task_messages import Item, Push, Result, read_from_worker
 from ._task_tags import TaskTags
 
 PIPELINE = 32
 SHORT_TASK = 0.002
+UNREACHABLE_TRIES = 5  # granted workers in a row that cannot be reached before the tasks fail
+NODE_UNREACHABLE_TRIES = 100  # lease requests in a row (0.3 s apart) to a node we cannot reach
 LEASE_IDLE = 0.05
 
 
@@ -158,7 +160,7 @@ class Lease:
 
 class SchedQueue:
     __slots__ = ("key", "shape", "strategy", "runtime_env", "tasks", "leases", "requesting", "desc",
-                 "avg_duration")
+                 "avg_duration", "unreachable", "unreachable_nodes")
 
     def __init__(self, key: Any, spec: TaskSpec) -> None:
         self.key = key
@@ -170,6 +172,8 @@ class SchedQueue:
         self.requesting = False
         self.desc = f"task {spec.name}"
         self.avg_duration = 1.0  # unknown until the first result: assume long
+        self.unreachable = 0  # granted workers in a row that could not be connected to
+        self.unreachable_nodes = 0  # lease requests in a row whose node could not be reached
 
 
 class TaskSubmitter:
@@ -283,10 +287,29 @@ class TaskSubmitter:
                 except (OSError, ConnectionClosed) as e:
                     ok, value = False, ("NodeDiedError", f"could not reach node {value['spillback'][:8]}: {e}")
             if not ok and isinstance(value, tuple) and value[0] == "NodeDiedError":
-                # that node is gone; once the cluster view says so, the lease goes elsewhere
+                # that node is gone; once the cluster view says so (NODE_TIMEOUT, 5 s), the
+                # lease goes elsewhere. A node that stays in the view but cannot be reached
+                # from here was started with an address this machine cannot reach.
                 with self.lock:
                     q.requesting = False
-                self.core.call_later(0.3, lambda: self.dispatch(q))
+                    q.unreachable_nodes += 1
+                    failed: list[TaskSpec] = []
+                    if q.unreachable_nodes >= NODE_UNREACHABLE_TRIES:
+                        q.unreachable_nodes = 0
+                        failed = list(q.tasks)
+                        q.tasks.clear()
+                if not failed:
+                    self.core.call_later(0.3, lambda: self.dispatch(q))
+                    return
+                error = exc.NodeDiedError(
+                    f"{q.desc}: the node chosen for it could not be reached from this process "
+                    f"{NODE_UNREACHABLE_TRIES} times in a row over about "
+                    f"{NODE_UNREACHABLE_TRIES * 0.3:.0f} s while the cluster still lists it as "
+                    f"alive ({value[1]}). A node that others reach over the network must listen "
+                    f"on an address they can reach: `carme start --address HEAD:PORT --host "
+                    f"<that address>` (by default it takes the address it reaches the head from)")
+                for spec in failed:
+                    self.fail(spec, error)
                 return
             if not ok:
                 with self.lock:
@@ -299,20 +322,16 @@ class TaskSubmitter:
                     self.fail(spec, err)
                 return
             try:
-                conn = connect(value["address"], self.core.token, M.Peer(self.core.worker_id).wire())
-            except OSError:
-                with self.lock:
-                    q.requesting = False
-                if value["node_id"] != self.core.node_id and value["node_id"] in self.core.peers:
-                    self.core.peers[value["node_id"]].send((M.RETURN_LEASE, value["lease_id"], False))
-                else:
-                    self.core.daemon_send((M.RETURN_LEASE, value["lease_id"], False))
-                self.dispatch(q)
+                conn = connect_first(worker_addresses(value, self.core.node_id), self.core.token,
+                                     M.Peer(self.core.worker_id).wire())
+            except OSError as e:
+                self.unreachable(q, value, e)
                 return
             lease = Lease(value, conn, q)
             lease.daemon = self.core.peers.get(value["node_id"]) if value["node_id"] != self.core.node_id else None
             with self.lock:
                 q.requesting = False
+                q.unreachable = q.unreachable_nodes = 0
                 q.leases.append(lease)
             self.core.register(conn, lambda c, msgs, lease=lease: self.on_worker_msgs(lease, msgs))
             self.dispatch(q)
@@ -322,6 +341,39 @@ class TaskSubmitter:
             self.core.request_async(M.LEASE, (q.shape, q.strategy, q.runtime_env, q.desc), granted)
         except ConnectionClosed:
             granted(False, ("LocalRayletDiedError", "the node daemon is gone"))
+
+    def unreachable(self, q: SchedQueue, grant: dict, err: OSError) -> None:
+        """A granted worker could not be connected to: give the lease back and ask again
+        after a pause that grows, at most UNREACHABLE_TRIES times in a row; then the
+        queued tasks fail saying where the worker was and why it could not be reached
+        (never a loop of leases that fork workers nobody can use)."""
+        holder = self.core.peers.get(grant["node_id"]) if grant["node_id"] != self.core.node_id else None
+        try:
+            if holder is not None:
+                holder.send((M.RETURN_LEASE, grant["lease_id"], False))
+            else:
+                self.core.daemon_send((M.RETURN_LEASE, grant["lease_id"], False))
+        except (ConnectionClosed, exc.RayError):
+            pass  # that daemon is gone, and the lease with it
+        with self.lock:
+            q.requesting = False
+            q.unreachable += 1
+            tries = q.unreachable
+            failed: list[TaskSpec] = []
+            if tries >= UNREACHABLE_TRIES:
+                q.unreachable = 0
+                failed = list(q.tasks)
+                q.tasks.clear()
+        if not failed:
+            self.core.call_later(0.1 * 2 ** (tries - 1), lambda: self.dispatch(q))
+            return
+        error = exc.RaySystemError(
+            f"{q.desc}: node {grant['node_id'][:12]} granted a worker {UNREACHABLE_TRIES} times in "
+            f"a row that this process could not connect to ({err}). A node that others reach "
+            f"over the network must be started with the address they reach it by "
+            f"(`carme start --host ADDRESS`), and that address must be reachable from here.")
+        for spec in failed:
+            self.fail(spec, error)
 
     def push(self, lease: Lease, spec: TaskSpec) -> None:
         fn_blob = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import io
 import os
@@ -616,18 +617,48 @@ def worker_main(ctrl: socket.socket, cfg: dict) -> None:
     sys.stdout = executor.stdout
     sys.stderr = executor.stderr
     address = f"unix:{cfg['session_dir']}/w-{cfg['worker_id'][:12]}.sock"
-    lsock = listen(address)
-    lsock.setblocking(False)
+    listeners = [listen(address)]
+    tcp = ""
+    if cfg.get("tcp_host"):  # a cluster node: submitters on other nodes come over TCP
+        listeners.append(listen(f"{cfg['tcp_host']}:0"))
+        host, port = listeners[-1].getsockname()[:2]
+        tcp = f"{host}:{port}"
+    for lsock in listeners:
+        lsock.setblocking(False)
+        core.add_listener(lsock, Acceptor(core, executor, lsock, token).accept)
+    daemon.send((M.WORKER_READY, address, tcp))
+    executor.serve()
 
-    def on_accept() -> None:
+
+class Acceptor:
+    """Submitters connecting to one listening socket, admitted as the daemon admits its
+    peers: the token first (checked before anything is unpickled), within AUTH_TIMEOUT,
+    and at most MAX_UNAUTHENTICATED connections waiting to present it; others are closed."""
+
+    AUTH_TIMEOUT = 5.0
+    MAX_UNAUTHENTICATED = 64
+
+    def __init__(self, core: CoreWorker, executor: Executor, lsock: socket.socket, token: bytes) -> None:
+        self.core, self.executor, self.lsock, self.token = core, executor, lsock, token
+        self.waiting: list[Connection] = []  # accepted, token not seen yet (I/O thread only)
+
+    def accept(self) -> None:
         try:
-            s, _ = lsock.accept()
+            s, _ = self.lsock.accept()
         except BlockingIOError:
             return
+        self.waiting = [c for c in self.waiting if c.expect_token is not None and not c.closed]
+        if len(self.waiting) >= self.MAX_UNAUTHENTICATED:
+            s.close()
+            return
         s.setblocking(True)
-        conn = Connection(s, "submitter", expect_token=token)
-        core.register(conn, executor.on_conn_msgs)
+        if s.family != socket.AF_UNIX:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(s, "submitter", expect_token=self.token)
+        self.waiting.append(conn)
+        self.core.register(conn, self.executor.on_conn_msgs)
+        self.core.call_later(self.AUTH_TIMEOUT, functools.partial(self.deadline, conn))
 
-    core.add_listener(lsock, on_accept)
-    daemon.send((M.WORKER_READY, address))
-    executor.serve()
+    def deadline(self, conn: Connection) -> None:
+        if conn.expect_token is not None and not conn.closed:
+            self.core.close_conn(conn)

@@ -131,8 +131,12 @@ def _restartable(host: str, port: int) -> Any:
 
 def start_node(address: str, num_cpus: float | None = None, num_gpus: float | None = None,
                resources: dict[str, float] | None = None, object_store_memory: int | None = None,
-               host: str = "127.0.0.1", labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """Start another node daemon on this machine and join it to the cluster at `address`."""
+               host: str | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """Start another node daemon on this machine and join it to the cluster at `address`.
+
+    It listens (daemon, workers, object transfer) on `host`; by default on the address
+    this machine reaches the head from, so that the other nodes reach it back (127.0.0.1
+    for a head on this machine's loopback)."""
     from . import _messages as M
     from ._node import default_resources, spawn_daemon
     from ._protocol import connect
@@ -141,6 +145,8 @@ def start_node(address: str, num_cpus: float | None = None, num_gpus: float | No
         conn = connect(address, token)
         conn.send((M.HELLO, 1, "observer", os.getpid(), {"worker_id": "join-" + secrets.token_hex(6)}))
         hello = conn.recv()[3]
+        if host is None:
+            host = str(conn.sock.getsockname()[0])
         conn.close()
     except OSError as e:
         raise ConnectionError(f"could not reach the cluster at {address}: {e}") from e

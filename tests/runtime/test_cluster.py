@@ -132,6 +132,70 @@ def test_peer_without_token_is_refused_before_any_payload(head: dict, tmp_path: 
         assert len(c.rows("nodes")) == 1
 
 
+def _worker_tcp_ports(pids: list[int]) -> list[int]:
+    import psutil
+    return [c.laddr.port for pid in pids for c in psutil.Process(pid).net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.ip == "127.0.0.1"]
+
+
+def test_worker_tcp_port_wants_the_token_first(head: dict, tmp_path: Path) -> None:
+    """A cluster node's workers listen on TCP too (for submitters on other nodes); a peer
+    without the token is closed before any payload is read, and one that says nothing is
+    closed after the worker's auth deadline, while the worker goes on serving."""
+    import carme
+    carme.init(address=head["address"])
+    try:
+        @carme.remote
+        def pid() -> int:
+            return os.getpid()
+
+        worker = carme.get(pid.remote(), timeout=60)
+        ports = _worker_tcp_ports([worker])
+        assert len(ports) == 1, ports
+        marker = tmp_path / "unpickled"
+        payload = pickle.dumps(_Marker(str(marker)))
+        with socket.create_connection(("127.0.0.1", ports[0]), timeout=5) as s:
+            wrong = b"x" * 32
+            s.sendall(struct.pack(">I", len(wrong)) + wrong + struct.pack(">I", len(payload)) + payload)
+            s.settimeout(30)
+            try:
+                assert s.recv(1) == b""  # closed on us
+            except ConnectionResetError:
+                pass
+        with socket.create_connection(("127.0.0.1", ports[0]), timeout=5) as s:
+            s.settimeout(60)  # silent: closed once the auth deadline (5 s) passes
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                pass
+        assert not marker.exists()
+        assert carme.get(pid.remote(), timeout=60) == worker  # the same worker still serves
+    finally:
+        carme.shutdown()
+
+
+def test_pull_stream_only_on_a_connection_of_its_own(head: dict) -> None:
+    """PULL_OBJECT turns a fresh connection into an object stream (an object the node does
+    not have: the MISSING header); after a hello it is refused and the connection closed."""
+    from carme import _messages as M
+    from carme import _transfer as transfer
+    from carme._protocol import connect
+    token = bytes.fromhex(json.loads(Path(head["token_file"]).read_text())["token"])
+    conn = connect(head["address"], token, (M.PULL_OBJECT, b"\x01" * 20))
+    conn.sock.settimeout(30)
+    assert transfer.read_header(conn.sock)[0] == transfer.MISSING
+    conn.close()
+    conn = connect(head["address"], token, (M.HELLO, 1, "observer", os.getpid(), {"worker_id": "t"}))
+    assert conn.recv()[0] == M.REPLY
+    conn.send((M.PULL_OBJECT, b"\x01" * 20))
+    conn.sock.settimeout(30)
+    rest = bytes(conn._buf)
+    while chunk := conn.sock.recv(1 << 16):
+        rest += chunk
+    assert rest == b""  # closed on us without a byte of a stream
+    conn.close()
+
+
 def test_auto_without_cluster_says_how_to_start_one(state_dir: Path) -> None:
     import carme
     with pytest.raises(ConnectionError, match="carme start --head"):
