@@ -109,6 +109,7 @@ class CoreWorker:
         self.current_task: threading.local = threading.local()
         self.actor_context: dict[str, Any] = {}  # actor-wide values for any of its threads
         self._unprotected: set[bytes] = set()
+        self._unmaps: list[bytes] = []  # objects we finished reading: told to the daemon with the next send
         self.daemon_lost = False
         from ._actor_submit import ActorSubmitter
         from ._submit import TaskSubmitter
@@ -282,6 +283,11 @@ class CoreWorker:
         self._events.append((task_id.hex(), state, ts or _now(), attrs))
 
     # ------------------------------------------------------------------ references
+    def unmap_later(self, oid: bytes) -> None:
+        """We no longer read `oid` here (no views left): the daemon may spill it. Queued,
+        never sent from here: this runs in finalizers, maybe inside a send."""
+        self._unmaps.append(oid)
+
     def _on_ref_zero(self, oid: bytes) -> None:
         with self.lock:
             self.own.ref_zero(oid)
@@ -480,6 +486,15 @@ class CoreWorker:
         fut: concurrent.futures.Future = concurrent.futures.Future()
 
         def done() -> None:
+            payload = self.payload_of(ref._id)
+            if threading.current_thread() is self._io and payload is not None and payload[0] == M.SHARED:
+                # reading from the store asks the daemon where the value is: never on the
+                # I/O thread, which must stay free to read that answer
+                threading.Thread(target=finish, daemon=True).start()
+            else:
+                finish()
+
+        def finish() -> None:
             try:
                 fut.set_result(self.deserialize(ref._id, self.payload_of(ref._id)))  # type: ignore[arg-type]
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting code

@@ -54,10 +54,12 @@ from ._node_memory import (
     WorkerUse,
 )
 from ._node_objects import ObjectTable
+from ._node_spill import SpillSpace, spill_victims
 from ._node_state import CLUSTER_KINDS, NodeFacts, NodeRows, head_node, parse_view, unknown_kind
 from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import Connection, ConnectionClosed, connect
 from ._scheduler import ClusterScheduler, LeaseRequest, NodeAffinity
+from ._spill_files import SpillFiles, spill_directory
 from ._store import Arena, create_store_file, store_path
 from ._zygote import kill_pid, wait_gone
 
@@ -76,7 +78,9 @@ class NodeDaemon:
         self.namespace: str = config.get("namespace") or "default"
         # first, while this process has no threads: the zygote that forks workers
         from ._zygote import Zygote
-        self.zygote = Zygote(cleanup=(store_path(self.session), self.session_dir))
+        self.spill_dir = spill_directory(self.session_dir, self.session,
+                                         config.get("object_spilling_directory"))
+        self.zygote = Zygote(cleanup=(store_path(self.session), self.session_dir, self.spill_dir))
         self.io = Sockets(self.token, config, gone=self.on_disconnect)
         self.send = self.io.send  # queue a message for a connection (never blocks)
         self.scheduler = ClusterScheduler()
@@ -85,7 +89,10 @@ class NodeDaemon:
         self.store_file = store_path(self.session)
         create_store_file(self.store_file, self.capacity)
         self.arena = Arena(self.capacity)
-        self.table = ObjectTable(self.arena, self.node_id)
+        limit = config.get("object_spilling_max_bytes")
+        self.table = ObjectTable(self.arena, self.node_id,
+                                 SpillSpace(None if limit is None else int(limit)), self.spill_dir)
+        self.spill_files = SpillFiles(self.spill_dir, self.store_file)
         self.functions: dict[bytes, bytes] = {}
         self.pool = WorkerPool(max_idle=max(2, int(self.resources.get("CPU", 1)) + 1))
         self.directory = ActorDirectory(self.namespace)
@@ -136,6 +143,7 @@ class NodeDaemon:
             M.FnPut: lambda conn, msg: self.functions.__setitem__(msg.key, msg.blob),
             M.FnGet: self.on_fn_get, M.Events: lambda conn, msg: self.record_events(msg.events),
             M.State: self.on_state, M.WorkerDeath: self.on_worker_death,
+            M.Alloc: self.on_alloc, M.MapObject: self.on_map,
         }
 
     # ------------------------------------------------------------------ loop
@@ -280,6 +288,69 @@ class NodeDaemon:
                 self.link.pull(eff.oid, eff.grpc_address)
             else:
                 raise TypeError(f"the daemon cannot carry out {eff!r}")
+        if self.table.dropped_files:  # spill files of objects freed or restored
+            for oid in self.table.dropped_files:
+                self.spill_files.remove(oid)
+            self.table.dropped_files.clear()
+
+    # ------------------------------------------------------------------ spilling (`_node_spill.py`)
+    def make_room(self, size: int) -> bool:
+        """Room in the store for `size` bytes: cached copies of other nodes' objects go
+        first, then the least recently used objects nobody maps are written to disk.
+        False if that cannot make enough (the caller's allocation then fails with the
+        table's `full_text`). The writes happen here, on the loop: see the note in
+        docs/runtime.md (Spilling) on why and what it costs."""
+        table, arena = self.table, self.arena
+        if size > arena.capacity:
+            return False
+        while not arena.fits(size):
+            if table.cached:
+                self.carry_out(table.unhold(table.cached.pop(0), "cache"))
+                continue
+            victims = spill_victims(table.spill_candidates(), size - arena.largest_free(), table.spill)
+            if not victims:
+                return False
+            for v in victims:
+                try:
+                    self.spill_files.write(v.oid, v.offset, v.size)
+                except OSError as e:
+                    log(f"could not spill object {v.oid.hex()} to {self.spill_dir}: {e}")
+                    return False
+                table.mark_spilled(v.oid)
+        return True
+
+    def restore(self, oid: bytes) -> None:
+        """A spilled object back into the store (if there is room; the caller's map then
+        answers with where it is, or why it cannot be)."""
+        size = self.table.needs_restore(oid)
+        if size is None or not self.make_room(size):
+            return
+        offset = self.arena.allocate(size)
+        try:
+            self.spill_files.read(oid, offset, size)
+        except OSError as e:
+            self.arena.free(offset)
+            log(f"could not restore object {oid.hex()} from {self.spill_dir}: {e}")
+            return
+        self.table.mark_restored(oid, offset)
+
+    def on_alloc(self, conn: Connection, msg: M.Alloc) -> None:
+        self.make_room(msg.size)
+        self.carry_out(self.core.handle(self.client_of(conn), msg))
+
+    def on_map(self, conn: Connection, msg: M.MapObject) -> None:
+        self.restore(msg.oid)
+        self.carry_out(self.core.handle(self.client_of(conn), msg))
+
+    def pin_for_pull(self, oid: bytes) -> tuple | None:
+        """A peer pulls one of ours (from the link's thread, on the loop): restored first."""
+        self.restore(oid)
+        return self.core.pin_for_pull(oid)
+
+    def alloc_pulled(self, oid: bytes, total: int) -> int | None:
+        """Room for a copy pulled from another node (spilling here if need be)."""
+        self.make_room(total)
+        return self.table.alloc_secondary(oid, total)
 
     # ------------------------------------------------------------------ workers
     def spawn_worker(self, env_key: str) -> WorkerRec:
@@ -450,7 +521,8 @@ class NodeDaemon:
                 counts[r["state"]] = counts.get(r["state"], 0) + 1
             return counts
         return {**self.metrics(), "node_id": self.node_id, "store_used": self.arena.used_bytes,
-                "store_capacity": self.capacity, "store_spilled": 0,  # no spilling yet
+                "store_capacity": self.capacity, "store_spilled": self.table.spill.used,
+                "store_spilled_objects": len(self.table.spill.files),
                 "tasks": by_state(self.events.rows()), "actors": by_state(self.state.actors()),
                 "workers": by_state(self.state.workers()), "oom_kills": self.memory.kills}
 
@@ -497,6 +569,7 @@ class NodeDaemon:
         except FileNotFoundError:
             pass
         shutil.rmtree(self.session_dir, ignore_errors=True)
+        self.spill_files.close()
         pids = self.pool.pids()
         for pid in pids:
             kill_pid(pid)

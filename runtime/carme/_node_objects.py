@@ -9,6 +9,12 @@ or the node's cache of other nodes' objects ("cache") hold once per reference. A
 holds the entry goes: its shared-memory block returns to the `Arena`, the objects its
 value referred to lose the value's hold, and anyone still waiting is told it is lost.
 
+Spilling (`_node_spill.py` has the policy): an entry can be `spilled` (its value in a file,
+its block freed), and counts the processes that map it (`maps`). `spill_candidates`,
+`mark_spilled` and `mark_restored` are the steps the daemon takes around its file I/O;
+`map_object` answers a reader with where the value lives now. Files of freed or restored
+objects are listed in `dropped_files` for the daemon to remove.
+
 Nothing here touches a socket, a process or the clock beyond `time.time()` for the log.
 Methods that must tell clients something return `Answer` effects; the daemon (the I/O
 shell) sends them. Clients are opaque handles to this module. The last few events of
@@ -24,6 +30,7 @@ from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
+from ._node_spill import Candidate, SpillSpace, full_message
 from ._store import Arena, ArenaFull
 
 LOG_SIZE = 12          # events kept per object
@@ -58,11 +65,20 @@ class ObjEntry:
     secondary: int | None = None  # arena block reserved for a value being written or pulled
     stale: list[int] = field(default_factory=list)  # blocks of earlier attempts, freed with the entry
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
+    spilled: bool = False  # the value is in a spill file, not in the store
+    used: int = 0  # when last allocated, sealed or mapped (the table's counter): LRU order
+    maps: dict[str, int] = field(default_factory=dict)  # process -> readings/views in progress
 
 
 class ObjectTable:
-    def __init__(self, arena: Arena, node_id: str) -> None:
+    def __init__(self, arena: Arena, node_id: str, spill: SpillSpace | None = None,
+                 spill_dir: str = "") -> None:
         self.arena = arena
+        self.spill = spill if spill is not None else SpillSpace()
+        self.spill_dir = spill_dir
+        self.tick = 0
+        self.maps_by: dict[str, set[bytes]] = {}  # process -> the objects it maps
+        self.dropped_files: list[bytes] = []  # spill files the daemon should remove
         self.node_id = node_id
         self.objects: dict[bytes, ObjEntry] = {}
         # holder -> the objects it holds, so a holder that goes releases exactly those
@@ -174,6 +190,7 @@ class ObjectTable:
             if e.payload is None:
                 e.size = size
         e.secondary = off  # until sealed, the block belongs to the entry
+        e.used = self._tick()
         e.log.append(f"allocated {size} bytes at {off} for {holder}")
         self.hold(oid, holder)
         return off
@@ -205,6 +222,7 @@ class ObjectTable:
         if payload is not None and e.payload is None:
             e.payload = payload
             e.secondary = None
+            e.used = self._tick()
             e.size = payload[2] if payload[0] == M.SHARED else len(payload[1]) + sum(len(b) for b in payload[2])
             e.log.append("sealed")
             waiters, e.waiters = e.waiters, []
@@ -249,7 +267,16 @@ class ObjectTable:
                 held.discard(oid)
                 if not held:
                     del self.holds_by[h]
-        if e.payload is not None and e.payload[0] == M.SHARED and self.is_local(e.payload):
+        for h in e.maps:
+            mapped = self.maps_by.get(h)
+            if mapped is not None:
+                mapped.discard(oid)
+                if not mapped:
+                    del self.maps_by[h]
+        if e.spilled:
+            self.spill.remove(oid)
+            self.dropped_files.append(oid)
+        elif e.payload is not None and e.payload[0] == M.SHARED and self.is_local(e.payload):
             self.arena.free(e.payload[1])
         for block in ([e.secondary] if e.secondary is not None else []) + e.stale:
             self.arena.free(block)
@@ -269,9 +296,11 @@ class ObjectTable:
     def pin_for_pull(self, oid: bytes, key: str) -> tuple | None:
         """Hold a local shared object for a peer's pull; (offset, size, is_error) or None."""
         e = self.objects.get(oid)
-        if e is None or e.payload is None or e.payload[0] != M.SHARED or not self.is_local(e.payload):
+        if (e is None or e.payload is None or e.payload[0] != M.SHARED or not self.is_local(e.payload)
+                or e.spilled):
             return None
         self.hold(oid, key)
+        e.used = self._tick()
         return e.payload[1], e.payload[2], e.payload[3]
 
     def start_pull(self, oid: bytes) -> ObjEntry:
@@ -322,7 +351,95 @@ class ObjectTable:
                  "reference_count": e.count,
                  "holders": sorted(e.holders),
                  "task_status": "FINISHED" if e.payload is not None else "PENDING",
-                 "location": "shared_memory" if e.payload and e.payload[0] == M.SHARED else "inline",
+                 "location": ("spilled" if e.spilled else "shared_memory"
+                              if e.payload and e.payload[0] == M.SHARED else "inline"),
                  "pid": e.owner_pid, "node_id": node_id, "ip": "127.0.0.1",
-                 "type": e.type_name, "spilled": False,
+                 "type": e.type_name, "spilled": e.spilled,
                  "created_ms": int(e.created * 1000)} for oid, e in self.objects.items()]
+
+    # ------------------------------------------------------------------ spilling
+    def _tick(self) -> int:
+        self.tick += 1
+        return self.tick
+
+    def map_object(self, oid: bytes, holder: str) -> tuple[bool, Any]:
+        """A process is about to read an object here: (True, its payload as it is now),
+        counted until `unmap_object`; (False, error) if it is gone. A spilled object must
+        be restored first (the daemon does, see `needs_restore`)."""
+        e = self.objects.get(oid)
+        if e is None or e.payload is None:
+            return False, self.lost(oid, "It is not in this node's object store: every reference "
+                                         "to it was dropped, or its owner died.")
+        if e.spilled:
+            return False, exc.ObjectStoreFullError(
+                f"object {oid.hex()} is spilled to disk and could not be restored: " + self.full_text(e.size))
+        e.maps[holder] = e.maps.get(holder, 0) + 1
+        self.maps_by.setdefault(holder, set()).add(oid)
+        e.used = self._tick()
+        return True, e.payload
+
+    def unmap_object(self, oid: bytes, holder: str, n: int = 1) -> None:
+        e = self.objects.get(oid)
+        if e is None or holder not in e.maps:
+            return
+        left = e.maps[holder] - n
+        if left > 0:
+            e.maps[holder] = left
+            return
+        del e.maps[holder]
+        mapped = self.maps_by.get(holder)
+        if mapped is not None:
+            mapped.discard(oid)
+            if not mapped:
+                del self.maps_by[holder]
+
+    def unmap_holder(self, holder: str) -> None:
+        """A process went: it maps nothing any more."""
+        for oid in list(self.maps_by.pop(holder, ())):
+            e = self.objects.get(oid)
+            if e is not None:
+                e.maps.pop(holder, None)
+
+    def needs_restore(self, oid: bytes) -> int | None:
+        """The size of the block a spilled object needs to come back (None: not spilled)."""
+        e = self.objects.get(oid)
+        return e.payload[2] if e is not None and e.spilled and e.payload is not None else None
+
+    def spill_candidates(self) -> list[Candidate]:
+        """Sealed local objects in the store that no process maps and no peer pulls."""
+        out = []
+        for oid, e in self.objects.items():
+            p = e.payload
+            if (p is None or p[0] != M.SHARED or e.spilled or e.maps or e.secondary is not None
+                    or not self.is_local(p) or any(h.startswith(("pull:", "cache")) for h in e.holders)):
+                continue
+            out.append(Candidate(oid, e.used, p[1], p[2]))
+        return out
+
+    def mark_spilled(self, oid: bytes) -> None:
+        """The object's value is in its spill file now: its block goes back to the arena."""
+        e = self.objects[oid]
+        assert e.payload is not None and not e.spilled
+        self.arena.free(e.payload[1])
+        e.spilled = True
+        self.spill.add(oid, e.payload[2])
+        e.log.append(f"spilled {e.payload[2]} bytes to disk")
+
+    def mark_restored(self, oid: bytes, offset: int) -> None:
+        """The object's value was read back into the block at `offset` (from `allocate`)."""
+        e = self.objects[oid]
+        assert e.payload is not None and e.spilled
+        e.payload = (e.payload[0], offset, *e.payload[2:])
+        e.spilled = False
+        e.used = self._tick()
+        self.spill.remove(oid, restored=True)
+        self.dropped_files.append(oid)
+        e.log.append(f"restored from disk to {offset}")
+
+    def mapped_count(self) -> int:
+        return sum(1 for e in self.objects.values() if e.maps and not e.spilled)
+
+    def full_text(self, size: int) -> str:
+        a = self.arena
+        return full_message(size, a.capacity, a.used_bytes, a.largest_free(), a.allocations(),
+                            self.spill, self.spill_dir, self.mapped_count())

@@ -121,8 +121,10 @@ class Rpc:
             raise exc.LocalRayletDiedError()
         with core.lock:
             decrefs, blobs = core.own.take_daemon_releases()
-        if decrefs or blobs:
+            unmaps = take_unmaps(core)
+        if decrefs or blobs or unmaps:
             msgs: list[tuple] = [(M.DECREF, decrefs)] if decrefs else []
+            msgs += unmaps
             if blobs:
                 msgs.append((M.DECREF, blobs, core.worker_id + ":blob"))
             core.daemon.send_many([*msgs, msg])
@@ -205,11 +207,12 @@ class Rpc:
         with core.lock:
             decrefs, local_blobs, peer_decrefs, blobs = core.own.take_releases()
             events, core._events = core._events, []
+            unmaps = take_unmaps(core)
         for node_id, oids in peer_decrefs.items():
             self.send_peer(node_id, (M.DECREF, oids))
         for peer_id, oids in blobs.items():
             self.send_peer(peer_id, (M.DECREF, oids, core.worker_id + ":blob"))
-        msgs: list[tuple] = []
+        msgs: list[tuple] = unmaps
         if decrefs:
             msgs.append((M.DECREF, decrefs))
         if local_blobs:
@@ -230,3 +233,12 @@ class Rpc:
                 conn.send(msg)
             except ConnectionClosed:
                 pass
+
+
+def take_unmaps(core: Any) -> list[tuple]:
+    """The objects this process finished reading (`CoreWorker.unmap_later`), as messages."""
+    n = len(core._unmaps)
+    if not n:
+        return []
+    done, core._unmaps[:n] = core._unmaps[:n], []
+    return [(M.UNMAP_OBJECT, oid) for oid in done]

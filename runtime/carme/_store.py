@@ -84,6 +84,11 @@ class Arena:
         block = self._used.get(offset)
         return block is not None and size <= block
 
+    def fits(self, size: int) -> bool:
+        """Whether `allocate(size)` would succeed now."""
+        need = _aligned(max(size, 1))
+        return any(block >= need for block in self._free_sizes.values())
+
     def largest_free(self) -> int:
         return max(self._free_sizes.values(), default=0)
 
