@@ -294,7 +294,7 @@ class NodeDaemon:
             self.table.dropped_files.clear()
 
     # ------------------------------------------------------------------ spilling (`_node_spill.py`)
-    def make_room(self, size: int) -> bool:
+    def make_room(self, size: int, credit: int = 0) -> bool:
         """Room in the store for `size` bytes: cached copies of other nodes' objects go
         first, then the least recently used objects nobody maps are written to disk.
         False if that cannot make enough (the caller's allocation then fails with the
@@ -307,7 +307,8 @@ class NodeDaemon:
             if table.cached:
                 self.carry_out(table.unhold(table.cached.pop(0), "cache"))
                 continue
-            victims = spill_victims(table.spill_candidates(), size - arena.largest_free(), table.spill)
+            victims = spill_victims(table.spill_candidates(), size - arena.largest_free(), table.spill,
+                                    credit)
             if not victims:
                 return False
             for v in victims:
@@ -323,7 +324,8 @@ class NodeDaemon:
         """A spilled object back into the store (if there is room; the caller's map then
         answers with where it is, or why it cannot be)."""
         size = self.table.needs_restore(oid)
-        if size is None or not self.make_room(size):
+        # its own file goes once it is back: room on disk for what makes room for it
+        if size is None or not self.make_room(size, credit=size):
             return
         offset = self.arena.allocate(size)
         try:
@@ -543,7 +545,7 @@ class NodeDaemon:
 
     def heartbeat_snapshot(self) -> dict:
         m = self.metrics()
-        m["object_store"] = {"capacity": self.capacity, "used": self.arena.used_bytes}
+        m["object_store"] = self.state.store()
         return {"available": self.scheduler.available(self.node_id), "metrics": m,
                 "pending": len(self.core.leases.pending)}  # type: ignore[union-attr]
 

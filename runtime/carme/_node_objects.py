@@ -261,18 +261,13 @@ class ObjectTable:
             return []
         if "cache" in e.holders and oid in self.cached:
             self.cached.remove(oid)
-        for h in e.holders:
-            held = self.holds_by.get(h)
-            if held is not None:
-                held.discard(oid)
-                if not held:
-                    del self.holds_by[h]
-        for h in e.maps:
-            mapped = self.maps_by.get(h)
-            if mapped is not None:
-                mapped.discard(oid)
-                if not mapped:
-                    del self.maps_by[h]
+        for index, holders in ((self.holds_by, e.holders), (self.maps_by, e.maps)):
+            for h in holders:
+                held = index.get(h)
+                if held is not None:
+                    held.discard(oid)
+                    if not held:
+                        del index[h]
         if e.spilled:
             self.spill.remove(oid)
             self.dropped_files.append(oid)

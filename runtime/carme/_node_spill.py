@@ -66,16 +66,18 @@ class Candidate:
     size: int
 
 
-def spill_victims(candidates: Iterable[Candidate], need: int, space: SpillSpace) -> list[Candidate]:
+def spill_victims(candidates: Iterable[Candidate], need: int, space: SpillSpace,
+                  credit: int = 0) -> list[Candidate]:
     """The least recently used candidates whose sizes add up to `need` bytes (or all that
-    fit in the spill space, if fewer). Empty: nothing can go."""
+    fit in the spill space, if fewer). Empty: nothing can go. `credit`: bytes on disk that
+    go once the room is made (a restore makes room for the file it reads back)."""
     out: list[Candidate] = []
     freed = 0
     planned = 0
     for c in sorted(candidates, key=lambda c: c.used):
         if freed >= need:
             break
-        if not space.room_for(planned + c.size):
+        if not space.room_for(planned + c.size - credit):
             continue
         out.append(c)
         freed += c.size

@@ -1,0 +1,149 @@
+"""Spilling with real processes: a store filled twice over reads back right; the figures
+show in the state API, the object store widget, `carme status` and the node rows; spill
+files go when objects are freed, at shutdown, and after a SIGKILL of the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+STORE = 32 << 20
+ITEM = 4 << 20  # 16 items: twice the store
+
+
+def _wait(pred, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _stats() -> dict:
+    from carme import _context
+    from carme import _messages as M
+    return _context.core().request(M.STORE_STATS)  # type: ignore[no-any-return]
+
+
+def _files(d: Path) -> list[str]:
+    return sorted(os.listdir(d)) if d.is_dir() else []
+
+
+@pytest.mark.processes
+def test_twice_the_store_reads_back_and_spilled_figures_show_everywhere(tmp_path: Path) -> None:
+    import carme
+    from carme._cli import status_lines
+    from carme.cluster import Client
+    from carme.util import state
+    from carme_kernel.widgets import _data
+    from carme_kernel.widgets._html import objects_html
+    spill = tmp_path / "spill"
+    carme.init(num_cpus=1, object_store_memory=STORE,
+               _system_config={"object_spilling_directory": str(spill)})
+    try:
+        refs = [carme.put(np.full(ITEM, i, dtype=np.uint8)) for i in range(16)]
+        stats = _stats()
+        d = Path(stats["spill_directory"])
+        assert d.parent == spill and d.name.startswith("carme-spill-")
+        assert stats["spilled_bytes"] >= STORE // 2 and stats["spilled_objects"] >= 8
+        assert len(_files(d)) == stats["spilled_objects"]
+        # every value reads back right, in the driver and as a task's argument
+        for i, r in enumerate(refs):
+            a = carme.get(r)
+            assert a.shape == (ITEM,) and a[0] == i and a[-1] == i and int(a.sum()) == i * ITEM
+            del a
+
+        @carme.remote
+        def check(x: np.ndarray, i: int) -> bool:
+            return bool((x == i).all())
+        assert carme.get([check.remote(r, i) for i, r in enumerate(refs)]) == [True] * 16
+        stats = _stats()
+        assert stats["restored_total"] > 0 and stats["spilled_bytes"] > 0
+
+        # the state API: object rows and the node's store
+        rows = state.list_objects(limit=100, detail=True)
+        spilled_rows = [o for o in rows if o["spilled"]]
+        assert spilled_rows and all(o["location"] == "spilled" for o in spilled_rows)
+        node = state.list_nodes(detail=True)[0]
+        assert node["object_store"]["spilled"] == stats["spilled_bytes"] > 0
+        assert node["object_store"]["spilled_objects"] == stats["spilled_objects"]
+        # the widget's model and its static HTML (the spilled column, the store's spilled bytes)
+        model = _data.objects_model(rows, [node], "size", True, 100)
+        assert model["spilled_objects"] == len(spilled_rows) > 0
+        assert model["stores"][0]["spilled"] == stats["spilled_bytes"]
+        html = objects_html(model)
+        assert "spilled to disk" in html and f"{len(spilled_rows)} spilled" in html
+        # `carme status`'s lines from the same snapshot the CLI reads
+        from carme import _context
+        lines = status_lines(Client(_context.core(), "embedded").snapshot())
+        store_line = next(ln for ln in lines if "object store" in ln)
+        assert "spilled to disk" in store_line and f"({stats['spilled_objects']} objects)" in store_line
+
+        # freeing removes the files
+        del refs, rows, spilled_rows
+        _wait(lambda: _stats()["spilled_objects"] == 0 and not _files(d), "spill files of freed objects")
+    finally:
+        carme.shutdown()
+    assert not d.exists()  # and the session's spill directory goes at shutdown
+
+
+@pytest.mark.processes
+def test_store_full_only_when_spill_space_is_full_and_the_error_says_so() -> None:
+    import carme
+    from carme import exceptions as exc
+    carme.init(num_cpus=1, object_store_memory=STORE,
+               _system_config={"object_spilling_max_bytes": 3 * (ITEM + 4096)})
+    try:
+        # 7 items fit in memory (each has a small header), 3 more on disk
+        refs = [carme.put(np.full(ITEM, i, dtype=np.uint8)) for i in range(10)]
+        with pytest.raises(exc.ObjectStoreFullError) as info:
+            refs.append(carme.put(np.full(ITEM, 10, dtype=np.uint8)))
+        text = str(info.value)
+        assert "spilled to disk" in text and "the spill space is full" in text
+        assert "drop ObjectRefs" in text and "object_store_memory=" in text
+        # nothing already stored was lost
+        for i, r in enumerate(refs):
+            assert carme.get(r)[0] == i
+    finally:
+        carme.shutdown()
+
+
+@pytest.mark.processes
+def test_spill_files_go_after_a_sigkill_of_the_daemon(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    script = f"""
+import json, os, sys, numpy as np, carme
+from carme import _context, _messages as M
+carme.init(num_cpus=1, object_store_memory={STORE},
+           _system_config={{"object_spilling_directory": {str(spill)!r}}})
+refs = [carme.put(np.full({ITEM}, i, dtype=np.uint8)) for i in range(12)]
+stats = _context.core().request(M.STORE_STATS)
+print(json.dumps({{"dir": stats["spill_directory"], "n": stats["spilled_objects"],
+                  "daemon": _context.core().info.get("daemon_pid") or 0}}), flush=True)
+sys.stdin.readline()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        info = json.loads(proc.stdout.readline())
+        d = Path(info["dir"])
+        assert info["n"] > 0 and len(_files(d)) == info["n"]
+        import psutil
+        daemons = [c for c in psutil.Process(proc.pid).children() if "carme._daemon" in " ".join(c.cmdline())]
+        assert len(daemons) == 1
+        daemons[0].send_signal(signal.SIGKILL)
+        _wait(lambda: not d.exists(), "the spill directory to go after the daemon's SIGKILL")
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(timeout=60)
