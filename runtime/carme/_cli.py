@@ -118,9 +118,10 @@ def status_lines(snap: Mapping[str, Any]) -> list[str]:
         used = total[k] - avail.get(k, 0)
         lines.append(f"  {k}: {_amount(k, used)}/{_amount(k, total[k])} used")
     objects = snap["objects"]
-    lines.append(f"  object store: {human_bytes(objects['used'])}/{human_bytes(objects['capacity'])} used, "
-                 f"{human_bytes(objects.get('spilled', 0))} spilled to disk "
-                 f"({objects.get('spilled_objects', 0)} objects)")
+    line = f"  object store: {human_bytes(objects['used'])}/{human_bytes(objects['capacity'])} used"
+    if objects.get("spilled"):
+        line += f", {human_bytes(objects['spilled'])} spilled to disk ({objects.get('spilled_objects', 0)} objects)"
+    lines.append(line)
     tasks = snap["tasks_by_state"]
     lines.append("  tasks: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(tasks.items())) or "none"))
     lines.append(f"  actors: {len(snap['actors'])}")

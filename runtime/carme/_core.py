@@ -109,7 +109,6 @@ class CoreWorker:
         self.current_task: threading.local = threading.local()
         self.actor_context: dict[str, Any] = {}  # actor-wide values for any of its threads
         self._unprotected: set[bytes] = set()
-        self._unmaps: list[bytes] = []  # objects we finished reading: told to the daemon with the next send
         self.daemon_lost = False
         from ._actor_submit import ActorSubmitter
         from ._submit import TaskSubmitter
@@ -284,9 +283,8 @@ class CoreWorker:
 
     # ------------------------------------------------------------------ references
     def unmap_later(self, oid: bytes) -> None:
-        """We no longer read `oid` here (no views left): the daemon may spill it. Queued,
-        never sent from here: this runs in finalizers, maybe inside a send."""
-        self._unmaps.append(oid)
+        """We no longer read `oid` here (no views left): the daemon may spill it."""
+        self.rpc.unmap_later(oid)
 
     def _on_ref_zero(self, oid: bytes) -> None:
         with self.lock:

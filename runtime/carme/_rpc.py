@@ -67,6 +67,19 @@ class Rpc:
         self.core = core
         self.req_ids = itertools.count(1)
         self.requests: dict[int, Any] = {}
+        # objects this process finished reading (`unmap_later`): told with the next send
+        self.unmaps: list[bytes] = []
+
+    def unmap_later(self, oid: bytes) -> None:
+        """Queued, never sent from here: this runs in finalizers, maybe inside a send."""
+        self.unmaps.append(oid)
+
+    def take_unmaps(self) -> list[tuple]:
+        n = len(self.unmaps)
+        if not n:
+            return []
+        done, self.unmaps[:n] = self.unmaps[:n], []
+        return [(M.UNMAP_OBJECT, oid) for oid in done]
 
     def fail_requests(self, conn: Connection) -> None:
         """Another node's daemon went away: its unanswered requests fail with NodeDiedError."""
@@ -121,7 +134,7 @@ class Rpc:
             raise exc.LocalRayletDiedError()
         with core.lock:
             decrefs, blobs = core.own.take_daemon_releases()
-            unmaps = take_unmaps(core)
+            unmaps = self.take_unmaps()
         if decrefs or blobs or unmaps:
             msgs: list[tuple] = [(M.DECREF, decrefs)] if decrefs else []
             msgs += unmaps
@@ -207,7 +220,7 @@ class Rpc:
         with core.lock:
             decrefs, local_blobs, peer_decrefs, blobs = core.own.take_releases()
             events, core._events = core._events, []
-            unmaps = take_unmaps(core)
+            unmaps = self.take_unmaps()
         for node_id, oids in peer_decrefs.items():
             self.send_peer(node_id, (M.DECREF, oids))
         for peer_id, oids in blobs.items():
@@ -233,12 +246,3 @@ class Rpc:
                 conn.send(msg)
             except ConnectionClosed:
                 pass
-
-
-def take_unmaps(core: Any) -> list[tuple]:
-    """The objects this process finished reading (`CoreWorker.unmap_later`), as messages."""
-    n = len(core._unmaps)
-    if not n:
-        return []
-    done, core._unmaps[:n] = core._unmaps[:n], []
-    return [(M.UNMAP_OBJECT, oid) for oid in done]
