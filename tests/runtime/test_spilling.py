@@ -147,3 +147,35 @@ sys.stdin.readline()
         if proc.stdin is not None:
             proc.stdin.close()
         proc.wait(timeout=60)
+
+
+@pytest.mark.processes
+def test_another_node_pulls_objects_spilled_on_their_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARME_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.delenv("CARME_ADDRESS", raising=False)
+    from carme.testing import Cluster
+    c = Cluster(head_node_args={"num_cpus": 1, "resources": {"head": 1}})
+    try:
+        c.add_node(num_cpus=1, resources={"a": 1}, object_store_memory=STORE)
+        c.connect()
+        import carme
+        from carme.util import state
+
+        @carme.remote(resources={"a": 1})
+        def make(i: int) -> np.ndarray:
+            return np.full(ITEM, i, dtype=np.uint8)
+
+        refs = [make.remote(i) for i in range(12)]  # made and stored on node a: 1.5 stores
+        carme.wait(refs, num_returns=len(refs), timeout=120)
+
+        def a_spilled() -> int:  # node a's row, as the head's view has it (heartbeats)
+            return next(n["object_store"].get("spilled", 0) for n in state.list_nodes(detail=True)
+                        if n["object_store"]["capacity"] == STORE)
+        _wait(lambda: a_spilled() > 0, "node a's row to show spilled bytes")
+        # the driver, on the head node, pulls each one; those spilled on a come back first
+        for i, r in enumerate(refs):
+            v = carme.get(r, timeout=120)
+            assert v[0] == i and v[-1] == i and int(v.sum()) == i * ITEM
+            del v
+    finally:
+        c.shutdown()
