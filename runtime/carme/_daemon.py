@@ -35,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from . import _messages as M
@@ -54,12 +55,12 @@ from ._node_memory import (
     WorkerUse,
 )
 from ._node_objects import ObjectTable
-from ._node_spill import SpillSpace, spill_victims
+from ._node_spill import SpillSpace
 from ._node_state import CLUSTER_KINDS, NodeFacts, NodeRows, head_node, parse_view, unknown_kind
 from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import Connection, ConnectionClosed, connect
 from ._scheduler import ClusterScheduler, LeaseRequest, NodeAffinity
-from ._spill_files import SpillFiles, spill_directory
+from ._spill_files import Spiller, SpillFiles, spill_directory
 from ._store import Arena, create_store_file, store_path
 from ._zygote import kill_pid, wait_gone
 
@@ -92,7 +93,8 @@ class NodeDaemon:
         limit = config.get("object_spilling_max_bytes")
         self.table = ObjectTable(self.arena, self.node_id,
                                  SpillSpace(None if limit is None else int(limit)), self.spill_dir)
-        self.spill_files = SpillFiles(self.spill_dir, self.store_file)
+        self.spiller = Spiller(self.table, SpillFiles(self.spill_dir, self.store_file), self.io.post,
+                               self.carry_out, log)
         self.functions: dict[bytes, bytes] = {}
         self.pool = WorkerPool(max_idle=max(2, int(self.resources.get("CPU", 1)) + 1))
         self.directory = ActorDirectory(self.namespace)
@@ -290,69 +292,37 @@ class NodeDaemon:
                 raise TypeError(f"the daemon cannot carry out {eff!r}")
         if self.table.dropped_files:  # spill files of objects freed or restored
             for oid in self.table.dropped_files:
-                self.spill_files.remove(oid)
+                self.spiller.files.remove(oid)
             self.table.dropped_files.clear()
 
-    # ------------------------------------------------------------------ spilling (`_node_spill.py`)
-    def make_room(self, size: int, credit: int = 0) -> bool:
-        """Room in the store for `size` bytes: cached copies of other nodes' objects go
-        first, then the least recently used objects nobody maps are written to disk.
-        False if that cannot make enough (the caller's allocation then fails with the
-        table's `full_text`). The writes happen here, on the loop: see the note in
-        docs/runtime.md (Spilling) on why and what it costs."""
-        table, arena = self.table, self.arena
-        if size > arena.capacity:
-            return False
-        while not arena.fits(size):
-            if table.cached:
-                self.carry_out(table.unhold(table.cached.pop(0), "cache"))
-                continue
-            victims = spill_victims(table.spill_candidates(), size - arena.largest_free(), table.spill,
-                                    credit)
-            if not victims:
-                return False
-            for v in victims:
-                try:
-                    self.spill_files.write(v.oid, v.offset, v.size)
-                except OSError as e:
-                    log(f"could not spill object {v.oid.hex()} to {self.spill_dir}: {e}")
-                    return False
-                table.mark_spilled(v.oid)
-        return True
-
-    def restore(self, oid: bytes) -> None:
-        """A spilled object back into the store (if there is room; the caller's map then
-        answers with where it is, or why it cannot be)."""
-        size = self.table.needs_restore(oid)
-        # its own file goes once it is back: room on disk for what makes room for it
-        if size is None or not self.make_room(size, credit=size):
-            return
-        offset = self.arena.allocate(size)
-        try:
-            self.spill_files.read(oid, offset, size)
-        except OSError as e:
-            self.arena.free(offset)
-            log(f"could not restore object {oid.hex()} from {self.spill_dir}: {e}")
-            return
-        self.table.mark_restored(oid, offset)
-
+    # ------------------------------------------------------------------ spilling (`_spill_files.Spiller`)
     def on_alloc(self, conn: Connection, msg: M.Alloc) -> None:
-        self.make_room(msg.size)
-        self.carry_out(self.core.handle(self.client_of(conn), msg))
+        """Room first (spilling if need be; the writes run on the spill thread)."""
+        client = self.client_of(conn)
+        self.spiller.when_room(msg.size, lambda: self._if_open(conn, client, msg))
 
     def on_map(self, conn: Connection, msg: M.MapObject) -> None:
-        self.restore(msg.oid)
-        self.carry_out(self.core.handle(self.client_of(conn), msg))
+        """A spilled object comes back first (read on the spill thread)."""
+        client = self.client_of(conn)
+        self.spiller.when_resident(msg.oid, lambda: self._if_open(conn, client, msg))
 
-    def pin_for_pull(self, oid: bytes) -> tuple | None:
-        """A peer pulls one of ours (from the link's thread, on the loop): restored first."""
-        self.restore(oid)
-        return self.core.pin_for_pull(oid)
+    def _if_open(self, conn: Connection, client: E.Client, msg: Any) -> None:
+        if not conn.closed:  # a client that left while it waited takes nothing
+            self.carry_out(self.core.handle(client, msg))
 
-    def alloc_pulled(self, oid: bytes, total: int) -> int | None:
-        """Room for a copy pulled from another node (spilling here if need be)."""
-        self.make_room(total)
-        return self.table.alloc_secondary(oid, total)
+    def pin_for_pull(self, oid: bytes) -> Future:
+        """A peer pulls one of ours (asked from the link's thread, on the loop): a future
+        of `NodeCore.pin_for_pull`, once a spilled object is back."""
+        fut: Future = Future()
+        self.spiller.when_resident(oid, lambda: fut.set_result(self.core.pin_for_pull(oid)))
+        return fut
+
+    def alloc_pulled(self, oid: bytes, total: int) -> Future:
+        """Room for a copy pulled from another node (spilling here if need be): a future
+        of its offset, None if there is none."""
+        fut: Future = Future()
+        self.spiller.when_room(total, lambda: fut.set_result(self.table.alloc_secondary(oid, total)))
+        return fut
 
     # ------------------------------------------------------------------ workers
     def spawn_worker(self, env_key: str) -> WorkerRec:
@@ -571,7 +541,7 @@ class NodeDaemon:
         except FileNotFoundError:
             pass
         shutil.rmtree(self.session_dir, ignore_errors=True)
-        self.spill_files.close()
+        self.spiller.close()
         pids = self.pool.pids()
         for pid in pids:
             kill_pid(pid)

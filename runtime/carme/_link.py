@@ -44,7 +44,7 @@ class NodeServicer(pbg.NodeServicer):
 
     def PullObject(self, request: pb.PullRequest, context: Any) -> Any:
         link = self.link
-        pinned = link.call(lambda: link.daemon.pin_for_pull(request.object_id))
+        pinned = link.call(lambda: link.daemon.pin_for_pull(request.object_id)).result(600)
         if pinned is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"object {request.object_id.hex()} is not on this node")
         key, offset, size, is_error = pinned
@@ -218,7 +218,7 @@ class ClusterLink:
                     if offset is None:
                         total = chunk.total_size
                         is_error = chunk.is_error
-                        offset = self.call(functools.partial(self.daemon.alloc_pulled, oid, total))
+                        offset = self.call(functools.partial(self.daemon.alloc_pulled, oid, total)).result(600)
                         if offset is None:
                             raise RuntimeError("no room in this node's object store")
                         dest = self.arena.writable(offset, total)

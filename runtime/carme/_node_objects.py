@@ -66,6 +66,8 @@ class ObjEntry:
     stale: list[int] = field(default_factory=list)  # blocks of earlier attempts, freed with the entry
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
     spilled: bool = False  # the value is in a spill file, not in the store
+    spilling: bool = False  # its spill file is being written (the block stays until done)
+    restoring: int | None = None  # block being filled from its spill file
     used: int = 0  # when last allocated, sealed or mapped (the table's counter): LRU order
     maps: dict[str, int] = field(default_factory=dict)  # process -> readings/views in progress
 
@@ -273,6 +275,8 @@ class ObjectTable:
             self.dropped_files.append(oid)
         elif e.payload is not None and e.payload[0] == M.SHARED and self.is_local(e.payload):
             self.arena.free(e.payload[1])
+        if e.restoring is not None:
+            e.stale.append(e.restoring)
         for block in ([e.secondary] if e.secondary is not None else []) + e.stale:
             self.arena.free(block)
         e.log.append("freed")
@@ -398,18 +402,57 @@ class ObjectTable:
     def needs_restore(self, oid: bytes) -> int | None:
         """The size of the block a spilled object needs to come back (None: not spilled)."""
         e = self.objects.get(oid)
-        return e.payload[2] if e is not None and e.spilled and e.payload is not None else None
+        return (e.payload[2] if e is not None and e.spilled and e.restoring is None
+                and e.payload is not None else None)
 
     def spill_candidates(self) -> list[Candidate]:
         """Sealed local objects in the store that no process maps and no peer pulls."""
         out = []
         for oid, e in self.objects.items():
             p = e.payload
-            if (p is None or p[0] != M.SHARED or e.spilled or e.maps or e.secondary is not None
-                    or not self.is_local(p) or any(h.startswith(("pull:", "cache")) for h in e.holders)):
+            if (p is None or p[0] != M.SHARED or e.spilled or e.spilling or e.maps
+                    or e.secondary is not None or not self.is_local(p) or self._pulled(e)
+                    or "cache" in e.holders):
                 continue
             out.append(Candidate(oid, e.used, p[1], p[2]))
         return out
+
+    @staticmethod
+    def _pulled(e: ObjEntry) -> bool:
+        return any(h.startswith("pull:") for h in e.holders)
+
+    def start_spill(self, oid: bytes) -> None:
+        """Its spill file is being written: no second write, and it stays readable meanwhile."""
+        self.objects[oid].spilling = True
+
+    def finish_spill(self, oid: bytes, ok: bool) -> bool:
+        """The write of its spill file ended: True if the object is on disk now; False if
+        the write failed or the file is not wanted (the object was freed, or someone
+        mapped or pulled it meanwhile): the daemon then removes the file."""
+        e = self.objects.get(oid)
+        if e is None or not e.spilling:
+            return False
+        e.spilling = False
+        if not ok or e.maps or self._pulled(e):
+            return False
+        self.mark_spilled(oid)
+        return True
+
+    def start_restore(self, oid: bytes, offset: int) -> None:
+        """Its spill file is being read into the block at `offset` (from `allocate`)."""
+        self.objects[oid].restoring = offset
+
+    def finish_restore(self, oid: bytes, offset: int, ok: bool) -> None:
+        """The read ended: the object is back at `offset`, or (failed) the block goes."""
+        e = self.objects.get(oid)
+        if e is None or e.restoring != offset:
+            return  # freed meanwhile: `free` took the block
+        e.restoring = None
+        if ok:
+            self.mark_restored(oid, offset)
+        else:
+            self.arena.free(offset)
+            e.log.append("restore from disk failed")
 
     def mark_spilled(self, oid: bytes) -> None:
         """The object's value is in its spill file now: its block goes back to the arena."""

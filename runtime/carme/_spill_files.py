@@ -6,6 +6,10 @@ kernel, no copy through Python), falling back to `pread`/`pwrite` in 8 MiB steps
 the kernel refuses a copy between these two file systems. Which objects go and when is
 decided elsewhere (`_node_spill.py`, `_node_objects.py`); this module only moves bytes.
 
+`Spiller` runs the copies on a thread of its own and feeds their ends back to the
+daemon's loop; requests that need room (`ALLOC`) or a spilled object (`MAP_OBJECT`, a
+peer's pull) wait meanwhile, while the loop serves everyone else.
+
 The directory is the session directory's `spill/` by default, so every cleanup of the
 session (shutdown, the zygote's cleanup after a SIGKILL of the daemon, `carme stop`)
 takes the spill files with it. A directory the user names gets a subdirectory of its
@@ -14,8 +18,16 @@ own per session, `carme-spill-<session>`, that the same cleanups remove.
 
 from __future__ import annotations
 
+import functools
 import os
+import queue
 import shutil
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ._node_spill import spill_victims
 
 STEP = 8 << 20
 
@@ -46,6 +58,8 @@ class SpillFiles:
         self.store_file = store_file
         self._store_fd: int | None = None
         self._kernel_copy = hasattr(os, "copy_file_range")
+        self._made = False
+        self.closed = False
 
     def _store(self) -> int:
         if self._store_fd is None:
@@ -57,7 +71,11 @@ class SpillFiles:
 
     def write(self, oid: bytes, offset: int, size: int) -> None:
         """Copy the store's bytes [offset, offset+size) into the object's spill file."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        if self.closed:
+            raise OSError(f"spilling to {self.directory} has ended (the node is shutting down)")
+        if not self._made:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self._made = True
         fd = os.open(self.path(oid), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             self._copy(self._store(), offset, fd, 0, size)
@@ -99,6 +117,7 @@ class SpillFiles:
             pass
 
     def close(self) -> None:
+        self.closed = True
         if self._store_fd is not None:
             os.close(self._store_fd)
             self._store_fd = None
@@ -146,3 +165,129 @@ def spill_options(given: dict | None) -> dict:
             raise ValueError(f"object_spilling_max_bytes must be a number of bytes >= 0, not {limit!r}")
         out["object_spilling_max_bytes"] = limit
     return out
+
+
+class Spiller:
+    """The daemon's side of spilling: makes room and restores objects, with the file copies
+    on a thread of their own so the daemon's loop keeps serving while they run.
+
+    `when_room(size, then)` and `when_resident(oid, then)` run `then` (on the loop) once
+    the store has room for `size` bytes / once `oid` is back in the store, or once that
+    cannot be (then `then` answers with the table's error). Waiters for room are served in
+    order. A write's or read's end is posted back to the loop (`post`), where the table is
+    told (`finish_spill`, `finish_restore`) and waiters are retried.
+    """
+
+    def __init__(self, table: Any, files: SpillFiles, post: Callable[[Callable[[], None]], None],
+                 carry_out: Callable[[list], None], log: Callable[[str], None]) -> None:
+        self.table, self.files, self.post, self.carry_out, self.log = table, files, post, carry_out, log
+        self.room_waiters: deque[tuple[int, int, Callable[[], None]]] = deque()
+        self.restore_waiters: dict[bytes, list[Callable[[], None]]] = {}
+        self.writing: dict[bytes, int] = {}  # object id -> bytes being written
+        self.write_failed = False  # since the last write that went through
+        self.jobs: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ on the loop
+    def when_room(self, size: int, then: Callable[[], None], credit: int = 0) -> None:
+        arena = self.table.arena
+        if (arena.fits(size) or size > arena.capacity) and not self.room_waiters:
+            then()
+            return
+        self.room_waiters.append((size, credit, then))
+        self.pump()
+
+    def when_resident(self, oid: bytes, then: Callable[[], None]) -> None:
+        e = self.table.get_entry(oid)
+        if e is None or not e.spilled:
+            then()
+            return
+        first = oid not in self.restore_waiters
+        self.restore_waiters.setdefault(oid, []).append(then)
+        size = self.table.needs_restore(oid)
+        if first and size is not None:
+            # its own file goes once it is back: room on disk for what makes room for it
+            self.when_room(size, lambda: self._read(oid), credit=size)
+
+    def pump(self) -> None:
+        """Serve the waiters for room, in order, starting writes where needed."""
+        table, arena = self.table, self.table.arena
+        while self.room_waiters:
+            size, credit, then = self.room_waiters[0]
+            if arena.fits(size) or size > arena.capacity:
+                self.room_waiters.popleft()
+                then()
+                continue
+            if table.cached:  # copies of other nodes' objects go first
+                self.carry_out(table.unhold(table.cached.pop(0), "cache"))
+                continue
+            coming = sum(self.writing.values())
+            need = size - arena.largest_free() - coming
+            victims = [] if need <= 0 else spill_victims(table.spill_candidates(), need, table.spill,
+                                                           credit - coming)
+            if victims:
+                for v in victims:
+                    table.start_spill(v.oid)
+                    self.writing[v.oid] = v.size
+                    self._submit(("write", v.oid, v.offset, v.size))
+                return
+            if self.writing and not self.write_failed:
+                return  # what is being written may make the room
+            self.room_waiters.popleft()
+            then()  # no room can be made: the caller's answer says why
+
+    def _read(self, oid: bytes) -> None:
+        size = self.table.needs_restore(oid)
+        if size is None or not self.table.arena.fits(size):
+            self._restored(oid)  # gone, or no room: the waiters' answers say so
+            return
+        offset = self.table.arena.allocate(size)
+        self.table.start_restore(oid, offset)
+        self._submit(("read", oid, offset, size))
+
+    def _restored(self, oid: bytes) -> None:
+        for then in self.restore_waiters.pop(oid, []):
+            then()
+
+    def _written(self, oid: bytes, error: OSError | None) -> None:
+        self.writing.pop(oid, None)
+        if error is not None:
+            self.log(f"could not spill object {oid.hex()} to {self.files.directory}: {error}")
+        self.write_failed = error is not None
+        if not self.table.finish_spill(oid, error is None):
+            self.files.remove(oid)
+        self.pump()
+
+    def _read_done(self, oid: bytes, offset: int, error: OSError | None) -> None:
+        if error is not None:
+            self.log(f"could not restore object {oid.hex()} from {self.files.directory}: {error}")
+        self.table.finish_restore(oid, offset, error is None)
+        self.carry_out([])  # the restored object's file goes
+        self._restored(oid)
+        self.pump()
+
+    # ------------------------------------------------------------------ the copying thread
+    def _submit(self, job: tuple) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="carme-spill", daemon=True)
+            self.thread.start()
+        self.jobs.put(job)
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            kind, oid, offset, size = job
+            error: OSError | None = None
+            try:
+                (self.files.write if kind == "write" else self.files.read)(oid, offset, size)
+            except OSError as e:
+                error = e
+            if kind == "write":
+                self.post(functools.partial(self._written, oid, error))
+            else:
+                self.post(functools.partial(self._read_done, oid, offset, error))
+
+    def close(self) -> None:
+        if self.thread is not None:
+            self.jobs.put(None)
+            self.thread.join(5.0)
+        self.files.close()

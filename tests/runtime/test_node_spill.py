@@ -164,3 +164,69 @@ def test_a_restore_may_use_the_disk_space_its_own_file_frees():
     cands = [Candidate(_oid(1), 1, 0, MB)]
     assert spill_victims(cands, MB, space) == []
     assert [c.oid for c in spill_victims(cands, MB, space, credit=MB)] == [_oid(1)]
+
+
+# ---------------------------------------------------------------------------- the spill thread
+def test_spiller_writes_on_its_thread_and_serves_waiters_when_the_writes_end(tmp_path):
+    """The shell around the policy: real files, the copying thread, and the loop's side
+    run by hand (what the daemon's loop would run is collected from `post`)."""
+    import queue as q
+
+    from carme._spill_files import Spiller, SpillFiles
+    store = tmp_path / "store"
+    store.write_bytes(b"\0" * (4 * MB))
+    t = _table()
+    posted: q.Queue = q.Queue()
+    log: list[str] = []
+    files = SpillFiles(str(tmp_path / "spill"), str(store))
+    sp = Spiller(t, files, posted.put, lambda effects: None, log.append)
+    oids = []
+    with open(store, "r+b") as f:
+        for i in range(4):
+            oid = _put(t, i + 1)
+            f.seek(t.get_entry(oid).payload[1])
+            f.write(bytes([i + 1]) * MB)
+            oids.append(oid)
+    ran: list[str] = []
+    sp.when_room(MB, lambda: ran.append("room"))
+    assert ran == [] and t.get_entry(oids[0]).spilling  # the oldest is being written
+    assert t.map_object(oids[0], "w1")[0]  # and stays readable meanwhile...
+    t.unmap_object(oids[0], "w1")
+    posted.get(timeout=30)()  # the write's end, on "the loop"
+    assert ran == ["room"] and t.get_entry(oids[0]).spilled
+    assert (tmp_path / "spill" / oids[0].hex()).read_bytes() == b"\1" * MB
+    # the object comes back when read: room is made again (the next oldest goes)
+    t.alloc(_oid(9), MB, 1, "driver")  # the room is taken
+    sp.when_resident(oids[0], lambda: ran.append("back"))
+    posted.get(timeout=30)()  # oids[1] written
+    assert t.get_entry(oids[1]).spilled
+    posted.get(timeout=30)()  # oids[0] read back
+    assert ran == ["room", "back"] and not t.get_entry(oids[0]).spilled
+    off = t.get_entry(oids[0]).payload[1]
+    with open(store, "rb") as f:
+        f.seek(off)
+        assert f.read(MB) == b"\1" * MB
+    assert t.dropped_files == [oids[0]]  # its file goes (the daemon removes it)
+    sp.close()
+    assert not (tmp_path / "spill").exists() and log == []
+
+
+def test_a_write_whose_object_was_mapped_meanwhile_is_dropped(tmp_path):
+    import queue as q
+
+    from carme._spill_files import Spiller, SpillFiles
+    store = tmp_path / "store"
+    store.write_bytes(b"\0" * (4 * MB))
+    t = _table()
+    posted: q.Queue = q.Queue()
+    sp = Spiller(t, SpillFiles(str(tmp_path / "spill"), str(store)), posted.put, lambda e: None, print)
+    oids = [_put(t, i + 1) for i in range(4)]
+    ran: list[str] = []
+    sp.when_room(MB, lambda: ran.append("room"))
+    t.map_object(oids[0], "w1")  # read while being written: it stays in memory
+    posted.get(timeout=30)()
+    assert not t.get_entry(oids[0]).spilled and not (tmp_path / "spill" / oids[0].hex()).exists()
+    # the waiter is still served: the next candidate goes
+    posted.get(timeout=30)()
+    assert ran == ["room"] and t.get_entry(oids[1]).spilled
+    sp.close()
