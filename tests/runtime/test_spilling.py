@@ -179,3 +179,15 @@ def test_another_node_pulls_objects_spilled_on_their_node(tmp_path: Path, monkey
             del v
     finally:
         c.shutdown()
+
+
+def test_the_leak_guard_reports_and_removes_a_spill_directory_left_behind(tmp_path: Path) -> None:
+    from tests.conftest import LeakGuard
+    guard = LeakGuard([str(tmp_path)])
+    left = tmp_path / "spill" / "carme-spill-abc123"
+    left.mkdir(parents=True)
+    (left / "00ff").write_bytes(b"x")
+    guard.sampler.seen.add("carme-abc123-store")  # as if this test's processes used that store
+    msg = guard.check("this test", wait_s=0)
+    assert msg is not None and f"spill directory {left}" in msg
+    assert not left.exists()
