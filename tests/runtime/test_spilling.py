@@ -46,8 +46,10 @@ def test_twice_the_store_reads_back_and_spilled_figures_show_everywhere(tmp_path
     from carme.util import state
     from carme_kernel.widgets import _data
     from carme_kernel.widgets._html import objects_html
+    from tests.runtime.test_metrics_http import _free_port, _scrape
     spill = tmp_path / "spill"
-    carme.init(num_cpus=1, object_store_memory=STORE,
+    port = _free_port()
+    carme.init(num_cpus=1, object_store_memory=STORE, _metrics_export_port=port,
                _system_config={"object_spilling_directory": str(spill)})
     try:
         refs = [carme.put(np.full(ITEM, i, dtype=np.uint8)) for i in range(16)]
@@ -87,6 +89,10 @@ def test_twice_the_store_reads_back_and_spilled_figures_show_everywhere(tmp_path
         lines = status_lines(Client(_context.core(), "embedded").snapshot())
         store_line = next(ln for ln in lines if "object store" in ln)
         assert "spilled to disk" in store_line and f"({stats['spilled_objects']} objects)" in store_line
+
+        # the Prometheus gauge
+        gauge = _scrape(port)["carme_object_store_spilled_bytes"]
+        assert list(gauge.values()) == [stats["spilled_bytes"]]
 
         # freeing removes the files
         del refs, rows, spilled_rows
