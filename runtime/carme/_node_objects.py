@@ -9,11 +9,10 @@ or the node's cache of other nodes' objects ("cache") hold once per reference. A
 holds the entry goes: its shared-memory block returns to the `Arena`, the objects its
 value referred to lose the value's hold, and anyone still waiting is told it is lost.
 
-Spilling (`_node_spill.py` has the policy): an entry can be `spilled` (its value in a file,
-its block freed), and counts the processes that map it (`maps`). `spill_candidates`,
-`mark_spilled` and `mark_restored` are the steps the daemon takes around its file I/O;
-`map_object` answers a reader with where the value lives now. Files of freed or restored
-objects are listed in `dropped_files` for the daemon to remove.
+Spilling (the policy and the methods, `SpillingTable`, are in `_node_spill.py`): an entry
+can be `spilled` (its value in a file, its block freed), and counts the processes that map
+it (`maps`); `map_object` answers a reader with where the value lives now. Files of freed
+or restored objects are listed in `dropped_files` for the daemon to remove.
 
 Nothing here touches a socket, a process or the clock beyond `time.time()` for the log.
 Methods that must tell clients something return `Answer` effects; the daemon (the I/O
@@ -30,7 +29,7 @@ from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
-from ._node_spill import Candidate, SpillSpace, full_message
+from ._node_spill import SpillingTable, SpillSpace
 from ._store import Arena, ArenaFull
 
 LOG_SIZE = 12          # events kept per object
@@ -72,7 +71,7 @@ class ObjEntry:
     maps: dict[str, int] = field(default_factory=dict)  # process -> readings/views in progress
 
 
-class ObjectTable:
+class ObjectTable(SpillingTable):
     def __init__(self, arena: Arena, node_id: str, spill: SpillSpace | None = None,
                  spill_dir: str = "") -> None:
         self.arena = arena
@@ -355,129 +354,3 @@ class ObjectTable:
                  "pid": e.owner_pid, "node_id": node_id, "ip": "127.0.0.1",
                  "type": e.type_name, "spilled": e.spilled,
                  "created_ms": int(e.created * 1000)} for oid, e in self.objects.items()]
-
-    # ------------------------------------------------------------------ spilling
-    def _tick(self) -> int:
-        self.tick += 1
-        return self.tick
-
-    def map_object(self, oid: bytes, holder: str) -> tuple[bool, Any]:
-        """A process is about to read an object here: (True, its payload as it is now),
-        counted until `unmap_object`; (False, error) if it is gone. A spilled object must
-        be restored first (the daemon does, see `needs_restore`)."""
-        e = self.objects.get(oid)
-        if e is None or e.payload is None:
-            return False, self.lost(oid, "It is not in this node's object store: every reference "
-                                         "to it was dropped, or its owner died.")
-        if e.spilled:
-            return False, exc.ObjectStoreFullError(
-                f"object {oid.hex()} is spilled to disk and could not be restored: " + self.full_text(e.size))
-        e.maps[holder] = e.maps.get(holder, 0) + 1
-        self.maps_by.setdefault(holder, set()).add(oid)
-        e.used = self._tick()
-        return True, e.payload
-
-    def unmap_object(self, oid: bytes, holder: str, n: int = 1) -> None:
-        e = self.objects.get(oid)
-        if e is None or holder not in e.maps:
-            return
-        left = e.maps[holder] - n
-        if left > 0:
-            e.maps[holder] = left
-            return
-        del e.maps[holder]
-        mapped = self.maps_by.get(holder)
-        if mapped is not None:
-            mapped.discard(oid)
-            if not mapped:
-                del self.maps_by[holder]
-
-    def unmap_holder(self, holder: str) -> None:
-        """A process went: it maps nothing any more."""
-        for oid in list(self.maps_by.pop(holder, ())):
-            e = self.objects.get(oid)
-            if e is not None:
-                e.maps.pop(holder, None)
-
-    def needs_restore(self, oid: bytes) -> int | None:
-        """The size of the block a spilled object needs to come back (None: not spilled)."""
-        e = self.objects.get(oid)
-        return (e.payload[2] if e is not None and e.spilled and e.restoring is None
-                and e.payload is not None else None)
-
-    def spill_candidates(self) -> list[Candidate]:
-        """Sealed local objects in the store that no process maps and no peer pulls."""
-        out = []
-        for oid, e in self.objects.items():
-            p = e.payload
-            if (p is None or p[0] != M.SHARED or e.spilled or e.spilling or e.maps
-                    or e.secondary is not None or not self.is_local(p) or self._pulled(e)
-                    or "cache" in e.holders):
-                continue
-            out.append(Candidate(oid, e.used, p[1], p[2]))
-        return out
-
-    @staticmethod
-    def _pulled(e: ObjEntry) -> bool:
-        return any(h.startswith("pull:") for h in e.holders)
-
-    def start_spill(self, oid: bytes) -> None:
-        """Its spill file is being written: no second write, and it stays readable meanwhile."""
-        self.objects[oid].spilling = True
-
-    def finish_spill(self, oid: bytes, ok: bool) -> bool:
-        """The write of its spill file ended: True if the object is on disk now; False if
-        the write failed or the file is not wanted (the object was freed, or someone
-        mapped or pulled it meanwhile): the daemon then removes the file."""
-        e = self.objects.get(oid)
-        if e is None or not e.spilling:
-            return False
-        e.spilling = False
-        if not ok or e.maps or self._pulled(e):
-            return False
-        self.mark_spilled(oid)
-        return True
-
-    def start_restore(self, oid: bytes, offset: int) -> None:
-        """Its spill file is being read into the block at `offset` (from `allocate`)."""
-        self.objects[oid].restoring = offset
-
-    def finish_restore(self, oid: bytes, offset: int, ok: bool) -> None:
-        """The read ended: the object is back at `offset`, or (failed) the block goes."""
-        e = self.objects.get(oid)
-        if e is None or e.restoring != offset:
-            return  # freed meanwhile: `free` took the block
-        e.restoring = None
-        if ok:
-            self.mark_restored(oid, offset)
-        else:
-            self.arena.free(offset)
-            e.log.append("restore from disk failed")
-
-    def mark_spilled(self, oid: bytes) -> None:
-        """The object's value is in its spill file now: its block goes back to the arena."""
-        e = self.objects[oid]
-        assert e.payload is not None and not e.spilled
-        self.arena.free(e.payload[1])
-        e.spilled = True
-        self.spill.add(oid, e.payload[2])
-        e.log.append(f"spilled {e.payload[2]} bytes to disk")
-
-    def mark_restored(self, oid: bytes, offset: int) -> None:
-        """The object's value was read back into the block at `offset` (from `allocate`)."""
-        e = self.objects[oid]
-        assert e.payload is not None and e.spilled
-        e.payload = (e.payload[0], offset, *e.payload[2:])
-        e.spilled = False
-        e.used = self._tick()
-        self.spill.remove(oid, restored=True)
-        self.dropped_files.append(oid)
-        e.log.append(f"restored from disk to {offset}")
-
-    def mapped_count(self) -> int:
-        return sum(1 for e in self.objects.values() if e.maps and not e.spilled)
-
-    def full_text(self, size: int) -> str:
-        a = self.arena
-        return full_message(size, a.capacity, a.used_bytes, a.largest_free(), a.allocations(),
-                            self.spill, self.spill_dir, self.mapped_count())

@@ -12,7 +12,9 @@ it now lives.
 
 `SpillSpace` counts what is on disk (bytes and objects, with an optional limit: beyond it
 the store is really full and an allocation fails with `ObjectStoreFullError`).
-`spill_victims` picks, oldest use first, the objects whose blocks make room. Nothing here
+`spill_victims` picks, oldest use first, the objects whose blocks make room.
+`SpillingTable` is the spilling half of the node's object table (`ObjectTable` inherits
+it): maps, candidates, and the steps the daemon takes around its copies. Nothing here
 reads or writes a file: `_spill_files.py` does, in the daemon.
 """
 
@@ -20,6 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from . import _messages as M
+from . import exceptions as exc
+
+if TYPE_CHECKING:
+    from ._node_objects import ObjEntry
+    from ._store import Arena
 
 
 @dataclass
@@ -100,3 +110,149 @@ def full_message(size: int, capacity: int, used: int, largest_free: int, objects
             f"no longer need (and views of their values), start carme with a larger "
             f"object_store_memory=, or give spilling more room (object_spilling_directory= on a "
             f"larger disk, or a larger object_spilling_max_bytes=).")
+
+
+class SpillingTable:
+    """The spilling half of `ObjectTable` (`_node_objects.py`): maps, candidates, and the
+    steps around the daemon's file copies. An entry is `spilled` (value in a file, block
+    freed), `spilling` (file being written, block still there) or `restoring` (a block
+    being filled from its file)."""
+
+    objects: dict[bytes, ObjEntry]
+    arena: Arena
+    spill: SpillSpace
+    spill_dir: str
+    tick: int
+    maps_by: dict[str, set[bytes]]
+    dropped_files: list[bytes]
+
+    def lost(self, oid: bytes, why: str) -> exc.ObjectLostError:
+        raise NotImplementedError
+
+    def is_local(self, payload: tuple) -> bool:
+        raise NotImplementedError
+
+    def _tick(self) -> int:
+        self.tick += 1
+        return self.tick
+
+    def map_object(self, oid: bytes, holder: str) -> tuple[bool, Any]:
+        """A process is about to read an object here: (True, its payload as it is now),
+        counted until `unmap_object`; (False, error) if it is gone. A spilled object must
+        be restored first (the daemon does, see `needs_restore`)."""
+        e = self.objects.get(oid)
+        if e is None or e.payload is None:
+            return False, self.lost(oid, "It is not in this node's object store: every reference "
+                                         "to it was dropped, or its owner died.")
+        if e.spilled:
+            return False, exc.ObjectStoreFullError(
+                f"object {oid.hex()} is spilled to disk and could not be restored: " + self.full_text(e.size))
+        e.maps[holder] = e.maps.get(holder, 0) + 1
+        self.maps_by.setdefault(holder, set()).add(oid)
+        e.used = self._tick()
+        return True, e.payload
+
+    def unmap_object(self, oid: bytes, holder: str, n: int = 1) -> None:
+        e = self.objects.get(oid)
+        if e is None or holder not in e.maps:
+            return
+        left = e.maps[holder] - n
+        if left > 0:
+            e.maps[holder] = left
+            return
+        del e.maps[holder]
+        mapped = self.maps_by.get(holder)
+        if mapped is not None:
+            mapped.discard(oid)
+            if not mapped:
+                del self.maps_by[holder]
+
+    def unmap_holder(self, holder: str) -> None:
+        """A process went: it maps nothing any more."""
+        for oid in list(self.maps_by.pop(holder, ())):
+            e = self.objects.get(oid)
+            if e is not None:
+                e.maps.pop(holder, None)
+
+    def needs_restore(self, oid: bytes) -> int | None:
+        """The size of the block a spilled object needs to come back (None: not spilled)."""
+        e = self.objects.get(oid)
+        return (e.payload[2] if e is not None and e.spilled and e.restoring is None
+                and e.payload is not None else None)
+
+    def spill_candidates(self) -> list[Candidate]:
+        """Sealed local objects in the store that no process maps and no peer pulls."""
+        out = []
+        for oid, e in self.objects.items():
+            p = e.payload
+            if (p is None or p[0] != M.SHARED or e.spilled or e.spilling or e.maps
+                    or e.secondary is not None or not self.is_local(p) or self._pulled(e)
+                    or "cache" in e.holders):
+                continue
+            out.append(Candidate(oid, e.used, p[1], p[2]))
+        return out
+
+    @staticmethod
+    def _pulled(e: ObjEntry) -> bool:
+        return any(h.startswith("pull:") for h in e.holders)
+
+    def start_spill(self, oid: bytes) -> None:
+        """Its spill file is being written: no second write, and it stays readable meanwhile."""
+        self.objects[oid].spilling = True
+
+    def finish_spill(self, oid: bytes, ok: bool) -> bool:
+        """The write of its spill file ended: True if the object is on disk now; False if
+        the write failed or the file is not wanted (the object was freed, or someone
+        mapped or pulled it meanwhile): the daemon then removes the file."""
+        e = self.objects.get(oid)
+        if e is None or not e.spilling:
+            return False
+        e.spilling = False
+        if not ok or e.maps or self._pulled(e):
+            return False
+        self.mark_spilled(oid)
+        return True
+
+    def start_restore(self, oid: bytes, offset: int) -> None:
+        """Its spill file is being read into the block at `offset` (from `allocate`)."""
+        self.objects[oid].restoring = offset
+
+    def finish_restore(self, oid: bytes, offset: int, ok: bool) -> None:
+        """The read ended: the object is back at `offset`, or (failed) the block goes."""
+        e = self.objects.get(oid)
+        if e is None or e.restoring != offset:
+            return  # freed meanwhile: `free` took the block
+        e.restoring = None
+        if ok:
+            self.mark_restored(oid, offset)
+        else:
+            self.arena.free(offset)
+            e.log.append("restore from disk failed")
+
+    def mark_spilled(self, oid: bytes) -> None:
+        """The object's value is in its spill file now: its block goes back to the arena."""
+        e = self.objects[oid]
+        assert e.payload is not None and not e.spilled
+        self.arena.free(e.payload[1])
+        e.spilled = True
+        self.spill.add(oid, e.payload[2])
+        e.log.append(f"spilled {e.payload[2]} bytes to disk")
+
+    def mark_restored(self, oid: bytes, offset: int) -> None:
+        """The object's value was read back into the block at `offset` (from `allocate`)."""
+        e = self.objects[oid]
+        assert e.payload is not None and e.spilled
+        e.payload = (e.payload[0], offset, *e.payload[2:])
+        e.spilled = False
+        e.used = self._tick()
+        self.spill.remove(oid, restored=True)
+        self.dropped_files.append(oid)
+        e.log.append(f"restored from disk to {offset}")
+
+    def mapped_count(self) -> int:
+        return sum(1 for e in self.objects.values() if e.maps and not e.spilled)
+
+    def full_text(self, size: int) -> str:
+        a = self.arena
+        return full_message(size, a.capacity, a.used_bytes, a.largest_free(), a.allocations(),
+                            self.spill, self.spill_dir, self.mapped_count())
