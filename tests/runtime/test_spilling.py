@@ -40,13 +40,14 @@ def _files(d: Path) -> list[str]:
 
 @pytest.mark.processes
 def test_twice_the_store_reads_back_and_spilled_figures_show_everywhere(tmp_path: Path) -> None:
+    from tests.runtime.test_metrics_http import _free_port, _scrape
+
     import carme
     from carme._cli import status_lines
     from carme.cluster import Client
     from carme.util import state
     from carme_kernel.widgets import _data
     from carme_kernel.widgets._html import objects_html
-    from tests.runtime.test_metrics_http import _free_port, _scrape
     spill = tmp_path / "spill"
     port = _free_port()
     carme.init(num_cpus=1, object_store_memory=STORE, _metrics_export_port=port,
