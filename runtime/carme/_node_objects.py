@@ -269,9 +269,10 @@ class ObjectTable(SpillingTable):
                     held.discard(oid)
                     if not held:
                         del index[h]
-        if e.spilled:
-            self.spill.remove(oid)
+        if self.spill.remove(oid):
             self.dropped_files.append(oid)
+        if e.spilled:
+            pass  # its block went when it was spilled
         elif e.payload is not None and e.payload[0] == M.SHARED and self.is_local(e.payload):
             self.arena.free(e.payload[1])
         if e.restoring is not None:

@@ -50,15 +50,17 @@ class SpillSpace:
         self.used += size
         self.spilled_total += size
 
-    def remove(self, oid: bytes, restored: bool = False) -> bool:
-        """Forget a file (its object was restored or freed); False if there was none."""
+    def remove(self, oid: bytes) -> bool:
+        """Forget a file (its object was freed, or restored and the space is short);
+        False if there was none."""
         size = self.files.pop(oid, None)
         if size is None:
             return False
         self.used -= size
-        if restored:
-            self.restored_total += size
         return True
+
+    def over(self) -> bool:
+        return self.limit is not None and self.used > self.limit
 
     def stats(self) -> dict:
         return {"spilled_bytes": self.used, "spilled_objects": len(self.files),
@@ -74,6 +76,7 @@ class Candidate:
     used: int
     offset: int
     size: int
+    on_disk: bool = False  # restored earlier and its file kept: it goes without a write
 
 
 def spill_victims(candidates: Iterable[Candidate], need: int, space: SpillSpace,
@@ -87,11 +90,12 @@ def spill_victims(candidates: Iterable[Candidate], need: int, space: SpillSpace,
     for c in sorted(candidates, key=lambda c: c.used):
         if freed >= need:
             break
-        if not space.room_for(planned + c.size - credit):
+        cost = 0 if c.on_disk else c.size
+        if cost and not space.room_for(planned + cost - credit):
             continue
         out.append(c)
         freed += c.size
-        planned += c.size
+        planned += cost
     return out
 
 
@@ -189,7 +193,7 @@ class SpillingTable:
                     or e.secondary is not None or not self.is_local(p) or self._pulled(e)
                     or "cache" in e.holders):
                 continue
-            out.append(Candidate(oid, e.used, p[1], p[2]))
+            out.append(Candidate(oid, e.used, p[1], p[2], oid in self.spill.files))
         return out
 
     @staticmethod
@@ -235,8 +239,11 @@ class SpillingTable:
         assert e.payload is not None and not e.spilled
         self.arena.free(e.payload[1])
         e.spilled = True
-        self.spill.add(oid, e.payload[2])
-        e.log.append(f"spilled {e.payload[2]} bytes to disk")
+        if oid in self.spill.files:
+            e.log.append("dropped from memory (its spill file was kept)")
+        else:
+            self.spill.add(oid, e.payload[2])
+            e.log.append(f"spilled {e.payload[2]} bytes to disk")
 
     def mark_restored(self, oid: bytes, offset: int) -> None:
         """The object's value was read back into the block at `offset` (from `allocate`)."""
@@ -245,8 +252,12 @@ class SpillingTable:
         e.payload = (e.payload[0], offset, *e.payload[2:])
         e.spilled = False
         e.used = self._tick()
-        self.spill.remove(oid, restored=True)
-        self.dropped_files.append(oid)
+        self.spill.restored_total += e.payload[2]
+        # the file stays, so the object can leave memory again without a write, unless
+        # the spill space is short (room for this restore may have counted on its file)
+        if self.spill.over():
+            self.spill.remove(oid)
+            self.dropped_files.append(oid)
         e.log.append(f"restored from disk to {offset}")
 
     def mapped_count(self) -> int:

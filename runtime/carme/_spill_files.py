@@ -226,11 +226,18 @@ class Spiller:
             victims = [] if need <= 0 else spill_victims(table.spill_candidates(), need, table.spill,
                                                            credit - coming)
             if victims:
+                wrote = False
                 for v in victims:
+                    if v.on_disk:  # its file is still there: no write
+                        table.mark_spilled(v.oid)
+                        continue
                     table.start_spill(v.oid)
                     self.writing[v.oid] = v.size
                     self._submit(("write", v.oid, v.offset, v.size))
-                return
+                    wrote = True
+                if wrote:
+                    return
+                continue
             if self.writing and not self.write_failed:
                 return  # what is being written may make the room
             self.room_waiters.popleft()

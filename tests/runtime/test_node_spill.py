@@ -75,7 +75,7 @@ def test_lru_order_follows_reads():
     assert order == [b, c, a]
 
 
-def test_spill_and_restore_account_and_list_files_to_remove():
+def test_spill_and_restore_account_and_keep_the_file():
     t = _table()
     a = _put(t, 1)
     used = t.arena.used_bytes
@@ -89,11 +89,37 @@ def test_spill_and_restore_account_and_list_files_to_remove():
     assert t.needs_restore(a) == MB
     off = t.arena.allocate(MB)
     t.mark_restored(a, off)
-    assert t.needs_restore(a) is None and t.dropped_files == [a]
+    assert t.needs_restore(a) is None and t.dropped_files == []  # the file stays
     ok, payload = t.map_object(a, "w1")
     assert ok and payload[1] == off and payload[2] == MB
     s = t.spill.stats()
-    assert (s["spilled_bytes"], s["spilled_objects"], s["spilled_total"], s["restored_total"]) == (0, 0, MB, MB)
+    assert (s["spilled_bytes"], s["spilled_objects"], s["spilled_total"], s["restored_total"]) == (MB, 1, MB, MB)
+    assert t.rows(NODE)[0]["spilled"] is False
+    # leaving memory again needs no write: the candidate says its file is there
+    t.unmap_object(a, "w1")
+    assert [(c.oid, c.on_disk) for c in t.spill_candidates()] == [(a, True)]
+    t.mark_spilled(a)
+    assert t.spill.stats()["spilled_total"] == MB and t.rows(NODE)[0]["spilled"] is True
+    t.decref([a], "driver")
+    assert t.dropped_files == [a] and t.spill.used == 0
+
+
+def test_a_restore_drops_its_file_when_the_spill_space_is_short():
+    t = _table(limit=MB)
+    a, b = _put(t, 1), _put(t, 2)
+    t.mark_spilled(a)
+    # room for a's restore: b must go to disk, which only fits once a's file goes
+    assert [c.oid for c in spill_victims(t.spill_candidates(), MB, t.spill)] == []
+    assert [c.oid for c in spill_victims(t.spill_candidates(), MB, t.spill, credit=MB)] == [b]
+    t.mark_spilled(b)
+    t.mark_restored(a, t.arena.allocate(MB))
+    assert t.dropped_files == [a] and t.spill.used == MB and list(t.spill.files) == [b]
+
+
+def test_victims_already_on_disk_cost_no_spill_space():
+    space = SpillSpace(limit=0)
+    cands = [Candidate(_oid(1), 1, 0, MB, on_disk=True), Candidate(_oid(2), 2, 0, MB)]
+    assert [c.oid for c in spill_victims(cands, 2 * MB, space)] == [_oid(1)]
 
 
 def test_freeing_a_spilled_object_removes_its_file_not_a_block():
@@ -206,7 +232,7 @@ def test_spiller_writes_on_its_thread_and_serves_waiters_when_the_writes_end(tmp
     with open(store, "rb") as f:
         f.seek(off)
         assert f.read(MB) == b"\1" * MB
-    assert t.dropped_files == [oids[0]]  # its file goes (the daemon removes it)
+    assert t.dropped_files == [] and (tmp_path / "spill" / oids[0].hex()).exists()  # kept
     sp.close()
     assert not (tmp_path / "spill").exists() and log == []
 
