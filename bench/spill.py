@@ -66,10 +66,13 @@ def child(impl: str, reps: int, scale: float, directory: str) -> None:
     rt.init(num_cpus=1, object_store_memory=store, _system_config=cfg, **extra)
     arrays = [np.full(item, i % 251, dtype=np.uint8) for i in range(COUNT)]
     samples: dict[str, list[float]] = {k: [] for k in WORKLOADS}
+    on_disk: list[int] = []  # bytes in files under the spill directory after the puts
     for rep in range(reps + 1):  # the first is a warm-up
         t0 = time.perf_counter()
         refs = [rt.put(a) for a in arrays]
         t1 = time.perf_counter()
+        on_disk.append(_disk_bytes(directory))  # (not timed)
+        t1b = time.perf_counter()
         for i, r in enumerate(refs):
             v = rt.get(r)
             assert v[0] == i % 251 and v[-1] == i % 251
@@ -79,9 +82,21 @@ def child(impl: str, reps: int, scale: float, directory: str) -> None:
         time.sleep(0.5)  # let the frees reach the store
         if rep:
             samples["put_spill"].append(item * COUNT / (t1 - t0) / 1e9)
-            samples["get_restore"].append(item * COUNT / (t2 - t1) / 1e9)
+            samples["get_restore"].append(item * COUNT / (t2 - t1b) / 1e9)
     rt.shutdown()
-    print(MARK + json.dumps({"samples": samples, "store": store, "item": item}), flush=True)
+    print(MARK + json.dumps({"samples": samples, "store": store, "item": item, "on_disk": on_disk}),
+          flush=True)
+
+
+def _disk_bytes(directory: str) -> int:
+    total = 0
+    for dirpath, _, names in os.walk(directory):
+        for n in names:
+            try:
+                total += os.stat(os.path.join(dirpath, n)).st_blocks * 512
+            except OSError:
+                pass
+    return total
 
 
 def run_child(impl: str, reps: int, scale: float, base: str) -> dict[str, Any]:
@@ -127,6 +142,9 @@ def main() -> None:
     out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                            "python": platform.python_version()},
                                "args": vars(args), "medians": medians, "results": results}, indent=1))
+    for i in impls:
+        mb = statistics.median(results[i]["on_disk"]) / (1 << 20)
+        print(f"{i}: {mb:,.0f} MiB in files under its spill directory after the puts (median)")
     print(f"written to {out.relative_to(HERE.parent)}")
 
 

@@ -207,3 +207,38 @@ def test_the_leak_guard_reports_and_removes_a_spill_directory_left_behind(tmp_pa
     msg = guard.check("this test", wait_s=0)
     assert msg is not None and f"spill directory {left}" in msg
     assert not left.exists()
+
+
+@pytest.mark.processes
+def test_carme_start_spills_where_told_and_carme_status_says_how_much(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import carme
+    state = tmp_path / "state"
+    spill = tmp_path / "spill"
+    monkeypatch.setenv("CARME_STATE_DIR", str(state))
+    monkeypatch.delenv("CARME_ADDRESS", raising=False)
+    env = {**os.environ, "CARME_STATE_DIR": str(state)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "carme", *args], capture_output=True, text=True,
+                              env=env, timeout=60)
+    out = cli("start", "--head", "--num-cpus", "1", "--object-store-memory", str(STORE),
+              "--object-spilling-directory", str(spill))
+    assert out.returncode == 0, out.stderr
+    try:
+        carme.init(address="auto")
+        try:
+            refs = [carme.put(np.full(ITEM, i, dtype=np.uint8)) for i in range(12)]
+            (d,) = spill.iterdir()
+            assert d.name.startswith("carme-spill-") and _files(d)
+            status = cli("status")
+            assert status.returncode == 0, status.stderr
+            line = next(ln for ln in status.stdout.splitlines() if "object store" in ln)
+            assert "spilled to disk" in line and f"({len(_files(d))} objects)" in line, line
+            assert carme.get(refs[0])[0] == 0
+        finally:
+            carme.shutdown()
+    finally:
+        stopped = cli("stop")
+    assert "stopped 1 cluster" in stopped.stdout
+    _wait(lambda: not d.exists(), "the spill directory to go with the cluster")
