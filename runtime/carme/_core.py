@@ -89,6 +89,7 @@ class CoreWorker:
         self.refs = RefTable(self.own, self._on_ref_zero)
         self.lock = threading.RLock()
         self.rpc = Rpc(self)
+        self.rpc.maps.idle_limit = self.arena.capacity // 8  # idle mappings keep little from spilling
         self.peers: dict[str, Connection] = {}
         self._events: list[tuple] = []
         self._timers: list[tuple[float, int, Callable[[], None]]] = []

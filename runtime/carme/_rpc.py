@@ -19,11 +19,13 @@ import itertools
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _messages as M
 from . import exceptions as exc
+from ._maps import MapCache
 from ._protocol import Connection, ConnectionClosed, connect
 
 if TYPE_CHECKING:
@@ -67,19 +69,40 @@ class Rpc:
         self.core = core
         self.req_ids = itertools.count(1)
         self.requests: dict[int, Any] = {}
-        # objects this process finished reading (`unmap_later`): told with the next send
-        self.unmaps: list[bytes] = []
+        # the objects this process maps in the store (`_maps.py`); users that went
+        # (`unmap_later`, from finalizers: only appended here) and maps given back at once
+        self.maps = MapCache()
+        self.released: list[bytes] = []
+        self.extra_unmaps: list[bytes] = []
 
     def unmap_later(self, oid: bytes) -> None:
-        """Queued, never sent from here: this runs in finalizers, maybe inside a send."""
-        self.unmaps.append(oid)
+        """A reader or view of `oid` is gone. Queued, never sent from here: this runs in
+        finalizers, maybe inside a send."""
+        self.released.append(oid)
+
+    def map_object(self, oid: bytes) -> tuple:
+        """Where `oid` lives in our store now, mapped (no round trip while it is mapped)."""
+        core = self.core
+        with core.lock:
+            payload = self.maps.acquire(oid)
+        if payload is not None:
+            return payload
+        payload = self.request(M.MAP_OBJECT, oid)
+        with core.lock:
+            if not self.maps.add(oid, payload):
+                self.extra_unmaps.append(oid)  # mapped meanwhile by another thread
+        return payload  # type: ignore[no-any-return]
 
     def take_unmaps(self) -> list[tuple]:
-        n = len(self.unmaps)
-        if not n:
+        """(Under the core's lock) the unmaps due now: users gone past the idle bound,
+        mappings idle for long enough, and extra maps."""
+        rel = _drain(self.released)
+        extra = _drain(self.extra_unmaps)
+        if not (rel or extra or self.maps.idle):
             return []
-        done, self.unmaps[:n] = self.unmaps[:n], []
-        return [(M.UNMAP_OBJECT, oid) for oid in done]
+        now = time.monotonic()
+        out = self.maps.release(rel, now) + self.maps.expired(now) + extra
+        return [(M.UNMAP_OBJECT, oid) for oid in out]
 
     def fail_requests(self, conn: Connection) -> None:
         """Another node's daemon went away: its unanswered requests fail with NodeDiedError."""
@@ -246,3 +269,12 @@ class Rpc:
                 conn.send(msg)
             except ConnectionClosed:
                 pass
+
+
+def _drain(items: list) -> list:
+    """Take what a list holds now (others may append meanwhile: slicing is atomic)."""
+    n = len(items)
+    if not n:
+        return []
+    out, items[:n] = items[:n], []
+    return out

@@ -101,7 +101,7 @@ class Values:
             if oid:
                 # where the value lives now (the daemon brings a spilled one back); mapped
                 # until our views of it are gone, so it is not spilled under them
-                payload = core.request(M.MAP_OBJECT, oid)
+                payload = core.rpc.map_object(oid)
             bufs: list = []
             try:
                 src = core.arena.readonly(payload[1], payload[2])
