@@ -96,7 +96,8 @@ class NodeCore(ActorCore):
         # the submitter's (the worker names it); a return its owner already exported
         # while pending keeps its entry (holds, waiters)
         try:
-            off = self.table.alloc(msg.oid, msg.size, msg.owner_pid, msg.holder or client.holder)
+            off = self.table.alloc(msg.oid, msg.size, msg.owner_pid, msg.holder or client.holder,
+                                   writer=client.holder)
         except ArenaFull:
             return [Answer(client.conn, msg.req, False, exc.ObjectStoreFullError(self.table.full_text(msg.size)))]
         return [Answer(client.conn, msg.req, True, off)]

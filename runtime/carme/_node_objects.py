@@ -175,12 +175,13 @@ class ObjectTable(SpillingTable):
                     raise
                 self.unhold(self.cached.pop(0), "cache")
 
-    def alloc(self, oid: bytes, size: int, owner_pid: int, holder: str) -> int:
+    def alloc(self, oid: bytes, size: int, owner_pid: int, holder: str, writer: str | None = None) -> int:
         """A block in the store for an object's value, and a hold of `holder` (the
         creator's, or for a task return the submitter's). A new object starts pending; a
         task return its owner already exported while pending keeps its entry (holds,
         waiters); a block an earlier attempt took and never sealed stays reserved until
-        the entry goes (its writer may still be at it). Raises ArenaFull."""
+        the entry goes (its writer may still be at it). The `writer` maps the object from
+        here on, until it says otherwise (`unmap_object`). Raises ArenaFull."""
         off = self.allocate(size)
         e = self.objects.get(oid)
         if e is None:
@@ -194,6 +195,9 @@ class ObjectTable(SpillingTable):
         e.used = self._tick()
         e.log.append(f"allocated {size} bytes at {off} for {holder}")
         self.hold(oid, holder)
+        if writer is not None:
+            e.maps[writer] = e.maps.get(writer, 0) + 1
+            self.maps_by.setdefault(writer, set()).add(oid)
         return off
 
     def export(self, oid: bytes, payload: tuple | None, contained: list[bytes], add: int,

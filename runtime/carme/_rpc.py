@@ -80,6 +80,17 @@ class Rpc:
         finalizers, maybe inside a send."""
         self.released.append(oid)
 
+    def unmap_now(self, oid: bytes) -> None:
+        """Give back a map this process does not keep (sent with the next message)."""
+        self.extra_unmaps.append(oid)
+
+    def written(self, oid: bytes, payload: tuple) -> None:
+        """We wrote `oid` (mapped since its ALLOC): keep it mapped a while, so a get of
+        what we just put needs no round trip."""
+        with self.core.lock:
+            self.maps.add(oid, payload)
+            self.extra_unmaps.extend(self.maps.release([oid], time.monotonic()))
+
     def map_object(self, oid: bytes) -> tuple:
         """Where `oid` lives in our store now, mapped (no round trip while it is mapped)."""
         core = self.core

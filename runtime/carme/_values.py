@@ -64,6 +64,8 @@ class Values:
         payload = (M.SHARED, off, total, is_error, core.node_id)
         # sealed at the node before anyone can hear of it, so peers can pull it at once
         core.request(M.EXPORT, oid, payload, [], 0, type(value).__name__)
+        # mapped since its ALLOC; a retried task's second value may not be the one kept
+        core.rpc.unmap_now(oid)
         return payload, contained
 
     def protect_views(self) -> None:
@@ -149,6 +151,7 @@ class Values:
             entry.payload = (M.SHARED, off, total, False, core.node_id)
             entry.held = entry.exported = True
             core.daemon_send((M.EXPORT, None, oid, entry.payload, [r._id for r in contained], 0, entry.type_name))
+            core.rpc.written(oid, entry.payload)  # mapped since its ALLOC: a get needs no round trip
         return ref
 
 

@@ -256,3 +256,12 @@ def test_a_write_whose_object_was_mapped_meanwhile_is_dropped(tmp_path):
     posted.get(timeout=30)()
     assert ran == ["room"] and t.get_entry(oids[1]).spilled
     sp.close()
+
+
+def test_the_writer_maps_an_object_from_its_alloc_until_it_unmaps():
+    t = _table()
+    off = t.alloc(_oid(1), MB, 1, "driver", writer="driver")
+    t.export(_oid(1), (M.SHARED, off, MB, False, NODE), [], 0, "ndarray", "driver", 1)
+    assert t.spill_candidates() == []  # its writer may read it without asking
+    t.unmap_object(_oid(1), "driver")
+    assert [c.oid for c in t.spill_candidates()] == [_oid(1)]
