@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ._maps import LINGER_S
 from ._node_spill import spill_victims
 
 STEP = 8 << 20
@@ -181,7 +182,9 @@ class Spiller:
     def __init__(self, table: Any, files: SpillFiles, post: Callable[[Callable[[], None]], None],
                  carry_out: Callable[[list], None], log: Callable[[str], None]) -> None:
         self.table, self.files, self.post, self.carry_out, self.log = table, files, post, carry_out, log
-        self.room_waiters: deque[tuple[int, int, Callable[[], None]]] = deque()
+        # (size, credit, then, whether it already waited for mappings to lapse)
+        self.room_waiters: deque[list] = deque()
+        self.timer: threading.Timer | None = None
         self.restore_waiters: dict[bytes, list[Callable[[], None]]] = {}
         self.writing: dict[bytes, int] = {}  # object id -> bytes being written
         self.write_failed = False  # since the last write that went through
@@ -194,7 +197,7 @@ class Spiller:
         if (arena.fits(size) or size > arena.capacity) and not self.room_waiters:
             then()
             return
-        self.room_waiters.append((size, credit, then))
+        self.room_waiters.append([size, credit, then, False])
         self.pump()
 
     def when_resident(self, oid: bytes, then: Callable[[], None]) -> None:
@@ -213,7 +216,7 @@ class Spiller:
         """Serve the waiters for room, in order, starting writes where needed."""
         table, arena = self.table, self.table.arena
         while self.room_waiters:
-            size, credit, then = self.room_waiters[0]
+            size, credit, then, waited = self.room_waiters[0]
             if arena.fits(size) or size > arena.capacity:
                 self.room_waiters.popleft()
                 then()
@@ -240,6 +243,14 @@ class Spiller:
                 continue
             if self.writing and not self.write_failed:
                 return  # what is being written may make the room
+            if not waited and table.mapped_count():
+                # objects only mapped may be processes' idle mappings (`_maps.py`), given
+                # back within LINGER_S: look again once, a little after that
+                self.room_waiters[0][3] = True
+                self.timer = threading.Timer(LINGER_S + 0.5, self.post, (self.pump,))
+                self.timer.daemon = True
+                self.timer.start()
+                return
             self.room_waiters.popleft()
             then()  # no room can be made: the caller's answer says why
 
@@ -294,6 +305,8 @@ class Spiller:
                 self.post(functools.partial(self._read_done, oid, offset, error))
 
     def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         if self.thread is not None:
             self.jobs.put(None)
             self.thread.join(5.0)

@@ -265,3 +265,32 @@ def test_the_writer_maps_an_object_from_its_alloc_until_it_unmaps():
     assert t.spill_candidates() == []  # its writer may read it without asking
     t.unmap_object(_oid(1), "driver")
     assert [c.oid for c in t.spill_candidates()] == [_oid(1)]
+
+
+def test_room_waits_once_for_mappings_to_lapse_before_giving_up(tmp_path):
+    """Objects only mapped may be a process's idle mappings, given back within a second:
+    a waiter for room looks again once after that, then gives up if they are still mapped."""
+    import queue as q
+
+    from carme._spill_files import Spiller, SpillFiles
+    store = tmp_path / "store"
+    store.write_bytes(b"\0" * (2 * MB))
+    t = _table(capacity=2 * MB)
+    posted: q.Queue = q.Queue()
+    sp = Spiller(t, SpillFiles(str(tmp_path / "spill"), str(store)), posted.put, lambda e: None, print)
+    a, b = _put(t, 1), _put(t, 2)
+    t.map_object(a, "w1")
+    t.map_object(b, "w2")
+    ran: list[str] = []
+    sp.when_room(MB, lambda: ran.append("first"))
+    assert ran == []  # waiting
+    t.unmap_object(a, "w1")  # w1's idle mapping lapsed
+    posted.get(timeout=30)()  # the look again: a is written
+    posted.get(timeout=30)()  # its write ends
+    assert ran == ["first"] and t.get_entry(a).spilled
+    t.alloc(_oid(3), MB, 1, "driver")  # the room is taken; only b (mapped) is left
+    sp.when_room(MB, lambda: ran.append("second"))
+    assert ran == ["first"]
+    posted.get(timeout=30)()  # looked again: b still mapped, so it gives up
+    assert ran == ["first", "second"]
+    sp.close()
