@@ -127,8 +127,10 @@ class NodeCore(ActorCore):
             **self.table.spill.stats(), "spill_directory": self.table.spill_dir})]
 
     def _map_object(self, client: Client, msg: M.MapObject) -> list[Any]:
-        ok, value = self.table.map_object(msg.oid, client.holder)
-        return [Answer(client.conn, msg.req, ok, value)]
+        got = self.table.map_object(msg.oid, client.holder, client.conn, msg.req)
+        if got is None:
+            return []  # not sealed yet: answered when it is
+        return [Answer(client.conn, msg.req, got[0], got[1])]
 
     def _get_remote(self, client: Client, msg: M.GetRemote) -> list[Any]:
         """Another node's object, for a process here: the local copy, or a pull (once)."""

@@ -69,6 +69,7 @@ class ObjEntry:
     restoring: int | None = None  # block being filled from its spill file
     used: int = 0  # when last allocated, sealed or mapped (the table's counter): LRU order
     maps: dict[str, int] = field(default_factory=dict)  # process -> readings/views in progress
+    map_waiters: list[tuple[Any, int, str]] = field(default_factory=list)  # (client, req, holder) until sealed
 
 
 class ObjectTable(SpillingTable):
@@ -232,6 +233,7 @@ class ObjectTable(SpillingTable):
             e.log.append("sealed")
             waiters, e.waiters = e.waiters, []
             out += [Answer(c, r, True, payload) for c, r in waiters]
+            out += self.grant_map_waiters(oid, e)
         elif local_shared and e.secondary is not None:
             # a second value for a sealed object (a retried task): the first one stays
             self.arena.free(e.secondary)
@@ -258,6 +260,8 @@ class ObjectTable(SpillingTable):
         for e in self.objects.values():
             if e.waiters:
                 e.waiters = [(c, r) for c, r in e.waiters if c is not client]
+            if e.map_waiters:
+                e.map_waiters = [w for w in e.map_waiters if w[0] is not client]
 
     # ------------------------------------------------------------------ freeing
     def free(self, oid: bytes) -> list[Answer]:
@@ -288,7 +292,7 @@ class ObjectTable(SpillingTable):
         while len(self.freed) > FREED_KEPT:
             self.freed.popitem(last=False)
         out = [Answer(c, r, False, self.lost(oid, "The object was freed: no reference to it remains."))
-               for c, r in e.waiters]
+               for c, r in e.waiters + [w[:2] for w in e.map_waiters]]
         if e.contained:
             key = "obj:" + oid.hex()
             for c in e.contained:

@@ -140,11 +140,16 @@ class SpillingTable:
         self.tick += 1
         return self.tick
 
-    def map_object(self, oid: bytes, holder: str) -> tuple[bool, Any]:
+    def map_object(self, oid: bytes, holder: str, client: Any = None, req: int = 0) -> tuple[bool, Any] | None:
         """A process is about to read an object here: (True, its payload as it is now),
         counted until `unmap_object`; (False, error) if it is gone. A spilled object must
-        be restored first (the daemon does, see `needs_restore`)."""
+        be restored first (the daemon does, see `needs_restore`). An object not sealed yet
+        (its writer's EXPORT may come on another connection after the reader's MAP): None,
+        and `client` is answered once it is (`grant_map_waiters`)."""
         e = self.objects.get(oid)
+        if e is not None and e.payload is None and client is not None:
+            e.map_waiters.append((client, req, holder))
+            return None
         if e is None or e.payload is None:
             return False, self.lost(oid, "It is not in this node's object store: every reference "
                                          "to it was dropped, or its owner died.")
@@ -155,6 +160,17 @@ class SpillingTable:
         self.maps_by.setdefault(holder, set()).add(oid)
         e.used = self._tick()
         return True, e.payload
+
+    def grant_map_waiters(self, oid: bytes, e: ObjEntry) -> list:
+        """The object was sealed: the maps asked for meanwhile, granted."""
+        from ._node_objects import Answer
+        waiters, e.map_waiters = e.map_waiters, []
+        out = []
+        for client, req, holder in waiters:
+            got = self.map_object(oid, holder)
+            assert got is not None  # sealed now: answered at once
+            out.append(Answer(client, req, *got))
+        return out
 
     def unmap_object(self, oid: bytes, holder: str, n: int = 1) -> None:
         e = self.objects.get(oid)

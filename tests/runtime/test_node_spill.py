@@ -294,3 +294,29 @@ def test_room_waits_once_for_mappings_to_lapse_before_giving_up(tmp_path):
     posted.get(timeout=30)()  # looked again: b still mapped, so it gives up
     assert ran == ["first", "second"]
     sp.close()
+
+
+def test_a_map_that_comes_before_the_seal_is_answered_by_it():
+    """A reader's MAP may reach the daemon before the writer's EXPORT (another connection)."""
+    t = _table()
+    core = NodeCore(t, node_id=NODE)
+    oid = _oid(1)
+    off = t.alloc(oid, MB, 1, "driver")
+    reader = Client("wconn", "w1", 5, None, None)
+    assert core.handle(reader, M.MapObject(7, oid)) == []  # waits
+    answers = core.handle(Client("dconn", "driver", 1, None, None),
+                          M.Export(None, oid, (M.SHARED, off, MB, False, NODE), [], 0, "ndarray"))
+    granted = [a for a in answers if a.client == "wconn"]
+    assert len(granted) == 1 and granted[0].ok and granted[0].req == 7 and granted[0].value[1] == off
+    assert t.get_entry(oid).maps == {"w1": 1}
+
+
+def test_a_map_waiting_for_a_seal_hears_when_the_object_is_freed_instead():
+    t = _table()
+    core = NodeCore(t, node_id=NODE)
+    oid = _oid(1)
+    t.alloc(oid, MB, 1, "driver")
+    core.handle(Client("wconn", "w1", 5, None, None), M.MapObject(7, oid))
+    answers = t.release_holder("driver")
+    assert [(a.client, a.req, a.ok) for a in answers] == [("wconn", 7, False)]
+    assert isinstance(answers[0].value, exc.ObjectLostError)
