@@ -146,8 +146,9 @@ def test_spill_files_go_after_a_sigkill_of_the_daemon(tmp_path: Path) -> None:
     script = f"""
 import json, os, sys, numpy as np, carme
 from carme import _context, _messages as M
-carme.init(num_cpus=1, object_store_memory={STORE},
-           _system_config={{"object_spilling_directory": {str(spill)!r}}})
+# Ray's shape of the setting
+cfg = json.dumps({{"type": "filesystem", "params": {{"directory_path": {str(spill)!r}}}}})
+carme.init(num_cpus=1, object_store_memory={STORE}, _system_config={{"object_spilling_config": cfg}})
 refs = [carme.put(np.full({ITEM}, i, dtype=np.uint8)) for i in range(12)]
 stats = _context.core().request(M.STORE_STATS)
 print(json.dumps({{"dir": stats["spill_directory"], "n": stats["spilled_objects"],
@@ -160,6 +161,7 @@ sys.stdin.readline()
         assert proc.stdout is not None and proc.stdin is not None
         info = json.loads(proc.stdout.readline())
         d = Path(info["dir"])
+        assert d.parent == spill
         assert info["n"] > 0 and len(_files(d)) == info["n"]
         import psutil
         daemons = [c for c in psutil.Process(proc.pid).children() if "carme._daemon" in " ".join(c.cmdline())]
