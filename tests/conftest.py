@@ -99,6 +99,22 @@ def _shm_entries() -> set[str]:
         return set()
 
 
+SPILL_PREFIX = "carme-spill-"  # a spill directory the user named gets one of these per session
+
+
+def _spill_dirs(roots: Iterable[str], sessions: set[str]) -> list[str]:
+    """`carme-spill-<session>` directories of `sessions` within two levels under `roots`."""
+    found = []
+    for root in roots:
+        for dirpath, dirnames, _ in os.walk(root):
+            for d in dirnames:
+                if d.startswith(SPILL_PREFIX) and d[len(SPILL_PREFIX):] in sessions:
+                    found.append(os.path.join(dirpath, d))
+            if dirpath[len(root):].count(os.sep) >= 2:
+                dirnames[:] = []
+    return sorted(found)
+
+
 def _children() -> dict[int, psutil.Process]:
     procs = {}
     for p in psutil.Process().children(recursive=True):
@@ -175,11 +191,14 @@ def _describe(p: psutil.Process) -> str:
 class LeakGuard:
     """Before/after check that no new child process or carme shm segment survives."""
 
-    def __init__(self) -> None:
+    def __init__(self, spill_roots: Iterable[str] = ()) -> None:
         self.procs = _children()
         self.shm = _shm_entries()
         self.netns = leftover_namespaces()
         self.sampler = _ShmSampler()
+        # where spill directories outside the session directory may be (the default one
+        # is inside it): the temp directory and the test's tmp_path
+        self.spill_roots = [tempfile.gettempdir(), *spill_roots]
 
     def survivors(self, wait_s: float = LEAK_WAIT_S) -> tuple[list[psutil.Process], list[str]]:
         """New live child processes, and new shm entries this tree used, still there after `wait_s`."""
@@ -208,15 +227,20 @@ class LeakGuard:
         """Return a failure message naming survivors (after killing them), or None."""
         procs, shm = self.survivors(wait_s)
         netns = sorted(leftover_namespaces() - self.netns)
-        if not procs and not shm and not netns:
+        sessions = {n[len(SHM_PREFIX) + 1 : -len("-store")] for n in self.sampler.seen if n.endswith("-store")}
+        spill = _spill_dirs(self.spill_roots, sessions) if sessions else []
+        if not procs and not shm and not netns and not spill:
             return None
         lines = [f"{what} left resources behind after {wait_s:.0f} s:"]
         lines += [f"  process {_describe(p)}" for p in procs]
         lines += [f"  shared memory {SHM_DIR}/{n}" for n in shm]
         lines += [f"  network namespace {n}" for n in netns]
+        lines += [f"  spill directory {d}" for d in spill]
         self.clean(procs, shm)
         for n in netns:
             lines += [f"    with process {p}" for p in remove_namespace(n)]
+        for d in spill:
+            shutil.rmtree(d, ignore_errors=True)
         return "\n".join(lines)
 
     @staticmethod
@@ -246,7 +270,7 @@ def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     } & set(request.fixturenames):
         yield
         return
-    guard = LeakGuard()
+    guard = LeakGuard([str(request.getfixturevalue("tmp_path"))] if "tmp_path" in request.fixturenames else [])
     yield
     msg = guard.check(f"test {request.node.nodeid}")
     if msg:

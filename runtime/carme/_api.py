@@ -89,6 +89,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
         from ._node_memory import memory_options
         # Ray's _system_config names: memory_usage_threshold, memory_monitor_refresh_ms
         daemon_options = memory_options(kwargs.get("_system_config"), os.environ)
+        from ._spill_files import spill_options  # object_spilling_config, object_spilling_directory
+        daemon_options.update(spill_options(kwargs.get("_system_config")))
         if kwargs.get("_metrics_export_port") is not None:  # Ray's name: Prometheus metrics here
             metrics_port = kwargs["_metrics_export_port"]
             if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or not 0 <= metrics_port < 65536:

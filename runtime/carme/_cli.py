@@ -48,14 +48,16 @@ def cmd_start(args: argparse.Namespace) -> int:
             return 2
         node = cluster.start_node(args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                                   resources=_resources(args.resources), host=args.host,
-                                  object_store_memory=args.object_store_memory)
+                                  object_store_memory=args.object_store_memory,
+                                  object_spilling_directory=args.object_spilling_directory)
         print(f"carme node {node['node_id'][:12]} joined the cluster at {args.address} "
               f"(listening on {node['address']}, pid {node['pid']}).")
         return 0
     info = cluster.start_head(num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                               resources=_resources(args.resources), port=args.port,
                               host=args.host or "127.0.0.1", object_store_memory=args.object_store_memory,
-                              metrics_port=args.metrics_port)
+                              metrics_port=args.metrics_port,
+                              object_spilling_directory=args.object_spilling_directory)
     if info.get("restarted"):
         print(f"carme cluster head restarted at {info['address']} (pid {info['pid']}) from its saved "
               f"state: same token and ports; its nodes rejoin as their heartbeats reach it.")
@@ -120,7 +122,10 @@ def status_lines(snap: Mapping[str, Any]) -> list[str]:
         used = total[k] - avail.get(k, 0)
         lines.append(f"  {k}: {_amount(k, used)}/{_amount(k, total[k])} used")
     objects = snap["objects"]
-    lines.append(f"  object store: {human_bytes(objects['used'])}/{human_bytes(objects['capacity'])} used")
+    line = f"  object store: {human_bytes(objects['used'])}/{human_bytes(objects['capacity'])} used"
+    if objects.get("spilled"):
+        line += f", {human_bytes(objects['spilled'])} spilled to disk ({objects.get('spilled_objects', 0)} objects)"
+    lines.append(line)
     tasks = snap["tasks_by_state"]
     lines.append("  tasks: " + (", ".join(f"{n} {s.lower()}" for s, n in sorted(tasks.items())) or "none"))
     lines.append(f"  actors: {len(snap['actors'])}")
@@ -192,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--object-store-memory", type=int)
     s.add_argument("--metrics-port", type=int,
                    help="serve Prometheus metrics of the head node on this port (0: a free one), on --host")
+    s.add_argument("--object-spilling-directory",
+                   help="spill objects that do not fit in the store here (default: the session directory)")
     s.add_argument("--block", action="store_true", help="stay in the foreground until Ctrl-C")
     s.set_defaults(fn=cmd_start)
     s = sub.add_parser("stop", help="stop the clusters this machine's carme started")

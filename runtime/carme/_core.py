@@ -89,6 +89,7 @@ class CoreWorker:
         self.refs = RefTable(self.own, self._on_ref_zero)
         self.lock = threading.RLock()
         self.rpc = Rpc(self)
+        self.rpc.maps.idle_limit = self.arena.capacity // 8  # idle mappings keep little from spilling
         self.peers: dict[str, Connection] = {}
         self._events: list[tuple] = []
         # RUNNING events of tasks this worker runs now, sent only if a flush comes before
@@ -296,6 +297,10 @@ class CoreWorker:
             self._running_events.pop(task_id, None)
 
     # ------------------------------------------------------------------ references
+    def unmap_later(self, oid: bytes) -> None:
+        """We no longer read `oid` here (no views left): the daemon may spill it."""
+        self.rpc.unmap_later(oid)
+
     def _on_ref_zero(self, oid: bytes) -> None:
         with self.lock:
             self.own.ref_zero(oid)
@@ -502,6 +507,15 @@ class CoreWorker:
         fut: concurrent.futures.Future = concurrent.futures.Future()
 
         def done() -> None:
+            payload = self.payload_of(ref._id)
+            if threading.current_thread() is self._io and payload is not None and payload[0] == M.SHARED:
+                # reading from the store asks the daemon where the value is: never on the
+                # I/O thread, which must stay free to read that answer
+                threading.Thread(target=finish, daemon=True).start()
+            else:
+                finish()
+
+        def finish() -> None:
             try:
                 fut.set_result(self.deserialize(ref._id, self.payload_of(ref._id)))  # type: ignore[arg-type]
             except BaseException as e:  # noqa: BLE001 - handed to the awaiting code

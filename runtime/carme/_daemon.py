@@ -35,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from . import _messages as M
@@ -54,10 +55,12 @@ from ._node_memory import (
     WorkerUse,
 )
 from ._node_objects import ObjectTable
+from ._node_spill import SpillSpace
 from ._node_state import CLUSTER_KINDS, NodeFacts, NodeRows, head_node, parse_view, unknown_kind
 from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import Connection, ConnectionClosed, connect
 from ._scheduler import ClusterScheduler, LeaseRequest, NodeAffinity
+from ._spill_files import Spiller, SpillFiles, spill_directory
 from ._store import Arena, create_store_file, store_path
 from ._zygote import kill_pid, wait_gone
 
@@ -76,7 +79,9 @@ class NodeDaemon:
         self.namespace: str = config.get("namespace") or "default"
         # first, while this process has no threads: the zygote that forks workers
         from ._zygote import Zygote
-        self.zygote = Zygote(cleanup=(store_path(self.session), self.session_dir))
+        self.spill_dir = spill_directory(self.session_dir, self.session,
+                                         config.get("object_spilling_directory"))
+        self.zygote = Zygote(cleanup=(store_path(self.session), self.session_dir, self.spill_dir))
         self.io = Sockets(self.token, config, gone=self.on_disconnect)
         self.send = self.io.send  # queue a message for a connection (never blocks)
         self.scheduler = ClusterScheduler()
@@ -85,7 +90,11 @@ class NodeDaemon:
         self.store_file = store_path(self.session)
         create_store_file(self.store_file, self.capacity)
         self.arena = Arena(self.capacity)
-        self.table = ObjectTable(self.arena, self.node_id)
+        limit = config.get("object_spilling_max_bytes")
+        self.table = ObjectTable(self.arena, self.node_id,
+                                 SpillSpace(None if limit is None else int(limit)), self.spill_dir)
+        self.spiller = Spiller(self.table, SpillFiles(self.spill_dir, self.store_file), self.io.post,
+                               self.carry_out, log)
         self.functions: dict[bytes, bytes] = {}
         self.pool = WorkerPool(max_idle=max(2, int(self.resources.get("CPU", 1)) + 1))
         self.directory = ActorDirectory(self.namespace)
@@ -137,6 +146,7 @@ class NodeDaemon:
             M.FnGet: self.on_fn_get, M.Events: lambda conn, msg: self.record_events(msg.events),
             M.State: self.on_state, M.WorkerDeath: self.on_worker_death,
             M.PullObject: self.on_pull_object,
+            M.Alloc: self.on_alloc, M.MapObject: self.on_map,
         }
 
     # ------------------------------------------------------------------ loop
@@ -281,6 +291,39 @@ class NodeDaemon:
                 self.link.pull(eff.oid, eff.grpc_address, eff.address)
             else:
                 raise TypeError(f"the daemon cannot carry out {eff!r}")
+        if self.table.dropped_files:  # spill files of objects freed or restored
+            for oid in self.table.dropped_files:
+                self.spiller.files.remove(oid)
+            self.table.dropped_files.clear()
+
+    # ------------------------------------------------------------------ spilling (`_spill_files.Spiller`)
+    def on_alloc(self, conn: Connection, msg: M.Alloc) -> None:
+        """Room first (spilling if need be; the writes run on the spill thread)."""
+        client = self.client_of(conn)
+        self.spiller.when_room(msg.size, lambda: self._if_open(conn, client, msg))
+
+    def on_map(self, conn: Connection, msg: M.MapObject) -> None:
+        """A spilled object comes back first (read on the spill thread)."""
+        client = self.client_of(conn)
+        self.spiller.when_resident(msg.oid, lambda: self._if_open(conn, client, msg))
+
+    def _if_open(self, conn: Connection, client: E.Client, msg: Any) -> None:
+        if not conn.closed:  # a client that left while it waited takes nothing
+            self.carry_out(self.core.handle(client, msg))
+
+    def pin_for_pull(self, oid: bytes) -> Future:
+        """A peer pulls one of ours (asked from the link's thread, on the loop): a future
+        of `NodeCore.pin_for_pull`, once a spilled object is back."""
+        fut: Future = Future()
+        self.spiller.when_resident(oid, lambda: fut.set_result(self.core.pin_for_pull(oid)))
+        return fut
+
+    def alloc_pulled(self, oid: bytes, total: int) -> Future:
+        """Room for a copy pulled from another node (spilling here if need be): a future
+        of its offset, None if there is none."""
+        fut: Future = Future()
+        self.spiller.when_room(total, lambda: fut.set_result(self.table.alloc_secondary(oid, total)))
+        return fut
 
     # ------------------------------------------------------------------ workers
     def spawn_worker(self, env_key: str) -> WorkerRec:
@@ -383,8 +426,9 @@ class NodeDaemon:
                 f"it must be the first message of a connection of its own")
             self.io.drop(conn)
             return
-        pinned = self.core.pin_for_pull(msg.object_id)
-        self.link.serve_pull(self.io.release(conn), msg.object_id, pinned)
+        sock, oid = self.io.release(conn), msg.object_id
+        # a spilled object comes back into the store first (`_spill_files.Spiller`)
+        self.spiller.when_resident(oid, lambda: self.link.serve_pull(sock, oid, self.core.pin_for_pull(oid)))
 
     def on_fn_get(self, conn: Connection, msg: M.FnGet) -> None:
         blob = self.functions.get(msg.key)
@@ -463,7 +507,8 @@ class NodeDaemon:
                 counts[r["state"]] = counts.get(r["state"], 0) + 1
             return counts
         return {**self.metrics(), "node_id": self.node_id, "store_used": self.arena.used_bytes,
-                "store_capacity": self.capacity, "store_spilled": 0,  # no spilling yet
+                "store_capacity": self.capacity, "store_spilled": self.table.spill.used,
+                "store_spilled_objects": len(self.table.spill.files),
                 "tasks": by_state(self.events.rows()), "actors": by_state(self.state.actors()),
                 "workers": by_state(self.state.workers()), "oom_kills": self.memory.kills}
 
@@ -484,7 +529,7 @@ class NodeDaemon:
 
     def heartbeat_snapshot(self) -> dict:
         m = self.metrics()
-        m["object_store"] = {"capacity": self.capacity, "used": self.arena.used_bytes}
+        m["object_store"] = self.state.store()
         return {"available": self.scheduler.available(self.node_id), "metrics": m,
                 "pending": len(self.core.leases.pending)}  # type: ignore[union-attr]
 
@@ -510,6 +555,7 @@ class NodeDaemon:
         except FileNotFoundError:
             pass
         shutil.rmtree(self.session_dir, ignore_errors=True)
+        self.spiller.close()
         pids = self.pool.pids()
         for pid in pids:
             kill_pid(pid)

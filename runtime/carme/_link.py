@@ -80,7 +80,7 @@ class NodeServicer(pbg.NodeServicer):
 
     def PullObject(self, request: pb.PullRequest, context: Any) -> Any:
         link = self.link
-        pinned = link.call(lambda: link.daemon.core.pin_for_pull(request.object_id))
+        pinned = link.call(lambda: link.daemon.pin_for_pull(request.object_id)).result(600)
         if pinned is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"object {request.object_id.hex()} is not on this node")
         key, offset, size, is_error = pinned
@@ -341,7 +341,7 @@ class ClusterLink:
                     if offset is None:
                         total = chunk.total_size
                         is_error = chunk.is_error
-                        offset = self.call(functools.partial(self.daemon.table.alloc_secondary, oid, total))
+                        offset = self.call(functools.partial(self.daemon.alloc_pulled, oid, total)).result(600)
                         if offset is None:
                             raise RuntimeError("no room in this node's object store")
                         dest = self.arena.writable(offset, total)
@@ -362,7 +362,8 @@ class ClusterLink:
             status, total, is_error = transfer.read_header(conn.sock)
             if status != transfer.OK:
                 raise RuntimeError(f"object {oid.hex()} is not on the node at {address}")
-            offset = self.call(functools.partial(self.daemon.table.alloc_secondary, oid, total))
+            # room in our store (spilling here if need be)
+            offset = self.call(functools.partial(self.daemon.alloc_pulled, oid, total)).result(600)
             if offset is None:
                 raise RuntimeError("no room in this node's object store")
             transfer.receive(conn.sock, self.arena.writable(offset, total), self.arena.map, offset)

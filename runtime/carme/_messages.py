@@ -79,6 +79,8 @@ NAMED_ACTORS = 24
 GET_REMOTE = 25   # a local copy of an object whose primary is on another node
 NODE_ADDRESS = 26
 WORKER_DEATH = 27  # why did this node's worker die? (the memory monitor's reason, or None)
+MAP_OBJECT = 28    # a process is about to read an object: where is it now? (restored if spilled)
+UNMAP_OBJECT = 29  # ... and is done with it (no views left)
 PULL_OBJECT = 30   # another node's daemon copies an object of ours (`_transfer.py`)
 
 RUN_ACTOR = 40
@@ -562,6 +564,17 @@ class GetRemote(Msg):
 @message(PULL_OBJECT, object_id=bytes)
 class PullObject(Msg):
     object_id: bytes
+
+
+@message(MAP_OBJECT, req=int, oid=bytes)
+class MapObject(Msg):
+    req: int
+    oid: bytes
+
+
+@message(UNMAP_OBJECT, oid=bytes)
+class UnmapObject(Msg):
+    oid: bytes
 
 
 @message(NODE_ADDRESS, req=int, node_id=str)

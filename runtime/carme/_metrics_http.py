@@ -38,7 +38,7 @@ def families(snap: dict[str, Any]) -> list[Metric]:
                node, snap["store_used"]),
         _gauge("carme_object_store_capacity_bytes", "size of the node's object store",
                node, snap["store_capacity"]),
-        _gauge("carme_object_store_spilled_bytes", "bytes of objects spilled to disk (0: no spilling yet)",
+        _gauge("carme_object_store_spilled_bytes", "bytes of objects spilled to disk now",
                node, snap.get("store_spilled", 0)),
     ]
     util = GaugeMetricFamily("carme_node_gpu_utilization_percent", "GPU utilization, percent",

@@ -99,14 +99,55 @@ def default_resources(num_cpus: float | None, num_gpus: float | None,
     return {k: v for k, v in out.items() if v > 0}
 
 
-def default_store_size() -> int:
+MIN_STORE = 16 << 20
+
+
+def store_size(requested: int | None, memory: int, shm_free: int, as_limit: int | None,
+               vms: int) -> int:
+    """The store's size (pure). Default: 30% of memory (the cgroup's limit where lower),
+    at most 80% of free /dev/shm. Every carme process maps the whole store, so under an
+    address-space limit (`ulimit -v`, RLIMIT_AS; `as_limit`, with `vms` already used by
+    this process) the store takes at most half of what is left. A size that cannot fit
+    is refused with how to fix it."""
+    room = None if as_limit is None else max(0, (as_limit - vms) // 2)
+    if requested is None:
+        size = int(min(memory * 0.3, shm_free * 0.8))
+        if room is not None and room < size:
+            size = room
+            if size < MIN_STORE:
+                raise ValueError(
+                    f"the object store does not fit in this process's address space: the limit "
+                    f"(ulimit -v / RLIMIT_AS) is {as_limit:,} bytes and {vms:,} are in use, leaving "
+                    f"{room:,} bytes for a store that every carme process maps (at least "
+                    f"{MIN_STORE:,} needed). Raise the limit (ulimit -v) or run without it.")
+        return size
+    if room is not None and requested > room:
+        raise ValueError(
+            f"object_store_memory={requested:,} does not fit in this process's address space: "
+            f"the limit (ulimit -v / RLIMIT_AS) is {as_limit:,} bytes, {vms:,} are in use, and "
+            f"every carme process maps the whole store. Pass at most object_store_memory="
+            f"{room:,}, leave it unset (carme then sizes the store to fit), or raise the limit.")
+    return requested
+
+
+def default_store_size(requested: int | None = None) -> int:
+    """`store_size` with this machine's and this process's figures."""
+    import resource
+
+    from ._metrics import _cgroup_limit
     total = psutil.virtual_memory().total
+    cgroup = _cgroup_limit()
+    if cgroup is not None:
+        total = min(total, cgroup[1])
     try:
         shm = os.statvfs("/dev/shm")
         shm_size = shm.f_bavail * shm.f_frsize
     except OSError:
         shm_size = total
-    return int(min(total * 0.3, shm_size * 0.8))
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    as_limit = None if soft == resource.RLIM_INFINITY else soft
+    vms = psutil.Process().memory_info().vms if as_limit is not None else 0
+    return store_size(requested, total, shm_size, as_limit, vms)
 
 
 def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None,
@@ -122,6 +163,7 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
     Embedded (standalone=False): its stdin stays a pipe from this process, and it exits
     when that pipe closes. Standalone: a session of its own that outlives the caller."""
     from ._node_memory import memory_options
+    store = default_store_size(object_store_memory)  # refused before anything is made
     session_dir = tempfile.mkdtemp(prefix="carme-")
     os.chmod(session_dir, 0o700)
     token = token or secrets.token_bytes(32)
@@ -131,7 +173,7 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
         "grpc_port": grpc_port,
         "session_dir": session_dir, "session": os.path.basename(session_dir)[6:],
         "token": token.hex(), "node_id": node_id, "resources": resources,
-        "object_store_memory": int(object_store_memory or default_store_size()),
+        "object_store_memory": store,
         "namespace": namespace, "job_id": job_id, "prestart_workers": prestart,
         "standalone": standalone, "tcp": tcp,
         # the memory monitor's settings (CARME_MEMORY_USAGE_THRESHOLD, ...; `_node_memory.py`)

@@ -96,9 +96,10 @@ class NodeCore(ActorCore):
         # the submitter's (the worker names it); a return its owner already exported
         # while pending keeps its entry (holds, waiters)
         try:
-            off = self.table.alloc(msg.oid, msg.size, msg.owner_pid, msg.holder or client.holder)
-        except ArenaFull as e:
-            return [Answer(client.conn, msg.req, False, exc.ObjectStoreFullError(str(e)))]
+            off = self.table.alloc(msg.oid, msg.size, msg.owner_pid, msg.holder or client.holder,
+                                   writer=client.holder)
+        except ArenaFull:
+            return [Answer(client.conn, msg.req, False, exc.ObjectStoreFullError(self.table.full_text(msg.size)))]
         return [Answer(client.conn, msg.req, True, off)]
 
     def _export(self, client: Client, msg: M.Export) -> list[Any]:
@@ -122,7 +123,14 @@ class NodeCore(ActorCore):
         arena = self.table.arena
         return [Answer(client.conn, msg.req, True, {
             "capacity": arena.capacity, "used": arena.used_bytes,
-            "shared_objects": arena.allocations(), "objects": len(self.table)})]
+            "shared_objects": arena.allocations(), "objects": len(self.table),
+            **self.table.spill.stats(), "spill_directory": self.table.spill_dir})]
+
+    def _map_object(self, client: Client, msg: M.MapObject) -> list[Any]:
+        got = self.table.map_object(msg.oid, client.holder, client.conn, msg.req)
+        if got is None:
+            return []  # not sealed yet: answered when it is
+        return [Answer(client.conn, msg.req, got[0], got[1])]
 
     def _get_remote(self, client: Client, msg: M.GetRemote) -> list[Any]:
         """Another node's object, for a process here: the local copy, or a pull (once)."""
@@ -268,6 +276,7 @@ class NodeCore(ActorCore):
         if c.peer is not None:
             out += self._peer_gone(c.peer, "went away")
         self.table.drop_client(c.conn)
+        self.table.unmap_holder(c.holder)
         out += self.table.release_holder(c.holder)
         out += self.table.release_holder(c.holder + ":blob")
         if self.leases is not None:
@@ -371,7 +380,8 @@ class NodeCore(ActorCore):
         M.Alloc: _alloc, M.Export: _export, M.Incref: _incref,
         M.Decref: lambda self, c, m: list(self.table.decref(m.oids, m.holder or c.holder)),
         M.GetObject: lambda self, c, m: list(self.table.get(c.conn, m.req, m.oid)),
-        M.StoreStats: _store_stats, M.GetRemote: _get_remote, PullDone: _pull_done, Pulled: _pulled,
+        M.StoreStats: _store_stats, M.MapObject: _map_object,
+        M.UnmapObject: lambda self, c, m: self.table.unmap_object(m.oid, c.holder) or [], M.GetRemote: _get_remote, PullDone: _pull_done, Pulled: _pulled,
         **dict.fromkeys((M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, LeaseRequested,
                          WorkerFound), _lease_event),
         WorkerStarted: _worker_started, M.WorkerReady: _worker_ready,

@@ -9,6 +9,11 @@ or the node's cache of other nodes' objects ("cache") hold once per reference. A
 holds the entry goes: its shared-memory block returns to the `Arena`, the objects its
 value referred to lose the value's hold, and anyone still waiting is told it is lost.
 
+Spilling (the policy and the methods, `SpillingTable`, are in `_node_spill.py`): an entry
+can be `spilled` (its value in a file, its block freed), and counts the processes that map
+it (`maps`); `map_object` answers a reader with where the value lives now. Files of freed
+or restored objects are listed in `dropped_files` for the daemon to remove.
+
 Nothing here touches a socket, a process or the clock beyond `time.time()` for the log.
 Methods that must tell clients something return `Answer` effects; the daemon (the I/O
 shell) sends them. Clients are opaque handles to this module. The last few events of
@@ -24,6 +29,7 @@ from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
+from ._node_spill import SpillingTable, SpillSpace
 from ._store import Arena, ArenaFull
 
 LOG_SIZE = 12          # events kept per object
@@ -58,11 +64,23 @@ class ObjEntry:
     secondary: int | None = None  # arena block reserved for a value being written or pulled
     stale: list[int] = field(default_factory=list)  # blocks of earlier attempts, freed with the entry
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
+    spilled: bool = False  # the value is in a spill file, not in the store
+    spilling: bool = False  # its spill file is being written (the block stays until done)
+    restoring: int | None = None  # block being filled from its spill file
+    used: int = 0  # when last allocated, sealed or mapped (the table's counter): LRU order
+    maps: dict[str, int] = field(default_factory=dict)  # process -> readings/views in progress
+    map_waiters: list[tuple[Any, int, str]] = field(default_factory=list)  # (client, req, holder) until sealed
 
 
-class ObjectTable:
-    def __init__(self, arena: Arena, node_id: str) -> None:
+class ObjectTable(SpillingTable):
+    def __init__(self, arena: Arena, node_id: str, spill: SpillSpace | None = None,
+                 spill_dir: str = "") -> None:
         self.arena = arena
+        self.spill = spill if spill is not None else SpillSpace()
+        self.spill_dir = spill_dir
+        self.tick = 0
+        self.maps_by: dict[str, set[bytes]] = {}  # process -> the objects it maps
+        self.dropped_files: list[bytes] = []  # spill files the daemon should remove
         self.node_id = node_id
         self.objects: dict[bytes, ObjEntry] = {}
         # holder -> the objects it holds, so a holder that goes releases exactly those
@@ -158,12 +176,13 @@ class ObjectTable:
                     raise
                 self.unhold(self.cached.pop(0), "cache")
 
-    def alloc(self, oid: bytes, size: int, owner_pid: int, holder: str) -> int:
+    def alloc(self, oid: bytes, size: int, owner_pid: int, holder: str, writer: str | None = None) -> int:
         """A block in the store for an object's value, and a hold of `holder` (the
         creator's, or for a task return the submitter's). A new object starts pending; a
         task return its owner already exported while pending keeps its entry (holds,
         waiters); a block an earlier attempt took and never sealed stays reserved until
-        the entry goes (its writer may still be at it). Raises ArenaFull."""
+        the entry goes (its writer may still be at it). The `writer` maps the object from
+        here on, until it says otherwise (`unmap_object`). Raises ArenaFull."""
         off = self.allocate(size)
         e = self.objects.get(oid)
         if e is None:
@@ -174,8 +193,12 @@ class ObjectTable:
             if e.payload is None:
                 e.size = size
         e.secondary = off  # until sealed, the block belongs to the entry
+        e.used = self._tick()
         e.log.append(f"allocated {size} bytes at {off} for {holder}")
         self.hold(oid, holder)
+        if writer is not None:
+            e.maps[writer] = e.maps.get(writer, 0) + 1
+            self.maps_by.setdefault(writer, set()).add(oid)
         return off
 
     def export(self, oid: bytes, payload: tuple | None, contained: list[bytes], add: int,
@@ -205,10 +228,12 @@ class ObjectTable:
         if payload is not None and e.payload is None:
             e.payload = payload
             e.secondary = None
+            e.used = self._tick()
             e.size = payload[2] if payload[0] == M.SHARED else len(payload[1]) + sum(len(b) for b in payload[2])
             e.log.append("sealed")
             waiters, e.waiters = e.waiters, []
             out += [Answer(c, r, True, payload) for c, r in waiters]
+            out += self.grant_map_waiters(oid, e)
         elif local_shared and e.secondary is not None:
             # a second value for a sealed object (a retried task): the first one stays
             self.arena.free(e.secondary)
@@ -235,6 +260,8 @@ class ObjectTable:
         for e in self.objects.values():
             if e.waiters:
                 e.waiters = [(c, r) for c, r in e.waiters if c is not client]
+            if e.map_waiters:
+                e.map_waiters = [w for w in e.map_waiters if w[0] is not client]
 
     # ------------------------------------------------------------------ freeing
     def free(self, oid: bytes) -> list[Answer]:
@@ -243,14 +270,21 @@ class ObjectTable:
             return []
         if "cache" in e.holders and oid in self.cached:
             self.cached.remove(oid)
-        for h in e.holders:
-            held = self.holds_by.get(h)
-            if held is not None:
-                held.discard(oid)
-                if not held:
-                    del self.holds_by[h]
-        if e.payload is not None and e.payload[0] == M.SHARED and self.is_local(e.payload):
+        for index, holders in ((self.holds_by, e.holders), (self.maps_by, e.maps)):
+            for h in holders:
+                held = index.get(h)
+                if held is not None:
+                    held.discard(oid)
+                    if not held:
+                        del index[h]
+        if self.spill.remove(oid):
+            self.dropped_files.append(oid)
+        if e.spilled:
+            pass  # its block went when it was spilled
+        elif e.payload is not None and e.payload[0] == M.SHARED and self.is_local(e.payload):
             self.arena.free(e.payload[1])
+        if e.restoring is not None:
+            e.stale.append(e.restoring)
         for block in ([e.secondary] if e.secondary is not None else []) + e.stale:
             self.arena.free(block)
         e.log.append("freed")
@@ -258,7 +292,7 @@ class ObjectTable:
         while len(self.freed) > FREED_KEPT:
             self.freed.popitem(last=False)
         out = [Answer(c, r, False, self.lost(oid, "The object was freed: no reference to it remains."))
-               for c, r in e.waiters]
+               for c, r in e.waiters + [w[:2] for w in e.map_waiters]]
         if e.contained:
             key = "obj:" + oid.hex()
             for c in e.contained:
@@ -269,9 +303,11 @@ class ObjectTable:
     def pin_for_pull(self, oid: bytes, key: str) -> tuple | None:
         """Hold a local shared object for a peer's pull; (offset, size, is_error) or None."""
         e = self.objects.get(oid)
-        if e is None or e.payload is None or e.payload[0] != M.SHARED or not self.is_local(e.payload):
+        if (e is None or e.payload is None or e.payload[0] != M.SHARED or not self.is_local(e.payload)
+                or e.spilled):
             return None
         self.hold(oid, key)
+        e.used = self._tick()
         return e.payload[1], e.payload[2], e.payload[3]
 
     def start_pull(self, oid: bytes) -> ObjEntry:
@@ -322,7 +358,8 @@ class ObjectTable:
                  "reference_count": e.count,
                  "holders": sorted(e.holders),
                  "task_status": "FINISHED" if e.payload is not None else "PENDING",
-                 "location": "shared_memory" if e.payload and e.payload[0] == M.SHARED else "inline",
+                 "location": ("spilled" if e.spilled else "shared_memory"
+                              if e.payload and e.payload[0] == M.SHARED else "inline"),
                  "pid": e.owner_pid, "node_id": node_id, "ip": "127.0.0.1",
-                 "type": e.type_name, "spilled": False,
+                 "type": e.type_name, "spilled": e.spilled,
                  "created_ms": int(e.created * 1000)} for oid, e in self.objects.items()]

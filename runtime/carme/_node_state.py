@@ -71,8 +71,9 @@ class NodeRows:
         return _ROWS[kind](self, metrics)
 
     def store(self) -> dict:
-        arena = self.table.arena
-        return {"capacity": arena.capacity, "used": arena.used_bytes}
+        arena, spill = self.table.arena, self.table.spill
+        return {"capacity": arena.capacity, "used": arena.used_bytes, "spilled": spill.used,
+                "spilled_objects": len(spill.files)}
 
     def own_node(self, metrics: Callable[[], dict]) -> dict:
         f, s = self.facts, self.scheduler

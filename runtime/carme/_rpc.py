@@ -19,11 +19,13 @@ import itertools
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _messages as M
 from . import exceptions as exc
+from ._maps import MapCache
 from ._protocol import Connection, ConnectionClosed, connect
 
 if TYPE_CHECKING:
@@ -67,6 +69,51 @@ class Rpc:
         self.core = core
         self.req_ids = itertools.count(1)
         self.requests: dict[int, Any] = {}
+        # the objects this process maps in the store (`_maps.py`); users that went
+        # (`unmap_later`, from finalizers: only appended here) and maps given back at once
+        self.maps = MapCache()
+        self.released: list[bytes] = []
+        self.extra_unmaps: list[bytes] = []
+
+    def unmap_later(self, oid: bytes) -> None:
+        """A reader or view of `oid` is gone. Queued, never sent from here: this runs in
+        finalizers, maybe inside a send."""
+        self.released.append(oid)
+
+    def unmap_now(self, oid: bytes) -> None:
+        """Give back a map this process does not keep (sent with the next message)."""
+        self.extra_unmaps.append(oid)
+
+    def written(self, oid: bytes, payload: tuple) -> None:
+        """We wrote `oid` (mapped since its ALLOC): keep it mapped a while, so a get of
+        what we just put needs no round trip."""
+        with self.core.lock:
+            self.maps.add(oid, payload)
+            self.extra_unmaps.extend(self.maps.release([oid], time.monotonic()))
+
+    def map_object(self, oid: bytes) -> tuple:
+        """Where `oid` lives in our store now, mapped (no round trip while it is mapped)."""
+        core = self.core
+        with core.lock:
+            payload = self.maps.acquire(oid)
+        if payload is not None:
+            return payload
+        payload = self.request(M.MAP_OBJECT, oid)
+        with core.lock:
+            if not self.maps.add(oid, payload):
+                self.extra_unmaps.append(oid)  # mapped meanwhile by another thread
+        return payload  # type: ignore[no-any-return]
+
+    def take_unmaps(self) -> list[tuple]:
+        """(Under the core's lock) the unmaps due now: users gone past the idle bound,
+        mappings idle for long enough, and extra maps."""
+        rel = _drain(self.released)
+        extra = _drain(self.extra_unmaps)
+        if not (rel or extra or self.maps.idle):
+            return []
+        now = time.monotonic()
+        out = self.maps.release(rel, now) + self.maps.expired(now) + extra
+        return [(M.UNMAP_OBJECT, oid) for oid in out]
 
     def fail_requests(self, conn: Connection) -> None:
         """Another node's daemon went away: its unanswered requests fail with NodeDiedError."""
@@ -121,8 +168,10 @@ class Rpc:
             raise exc.LocalRayletDiedError()
         with core.lock:
             decrefs, blobs = core.own.take_daemon_releases()
-        if decrefs or blobs:
+            unmaps = self.take_unmaps()
+        if decrefs or blobs or unmaps:
             msgs: list[tuple] = [(M.DECREF, decrefs)] if decrefs else []
+            msgs += unmaps
             if blobs:
                 msgs.append((M.DECREF, blobs, core.worker_id + ":blob"))
             core.daemon.send_many([*msgs, msg])
@@ -212,11 +261,12 @@ class Rpc:
             if core._running_events:  # tasks still running at this flush: say so now
                 events.extend(core._running_events.values())
                 core._running_events.clear()
+            unmaps = self.take_unmaps()
         for node_id, oids in peer_decrefs.items():
             self.send_peer(node_id, (M.DECREF, oids))
         for peer_id, oids in blobs.items():
             self.send_peer(peer_id, (M.DECREF, oids, core.worker_id + ":blob"))
-        msgs: list[tuple] = []
+        msgs: list[tuple] = unmaps
         if decrefs:
             msgs.append((M.DECREF, decrefs))
         if local_blobs:
@@ -237,3 +287,12 @@ class Rpc:
                 conn.send(msg)
             except ConnectionClosed:
                 pass
+
+
+def _drain(items: list) -> list:
+    """Take what a list holds now (others may append meanwhile: slicing is atomic)."""
+    n = len(items)
+    if not n:
+        return []
+    out, items[:n] = items[:n], []
+    return out

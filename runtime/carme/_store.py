@@ -84,6 +84,11 @@ class Arena:
         block = self._used.get(offset)
         return block is not None and size <= block
 
+    def fits(self, size: int) -> bool:
+        """Whether `allocate(size)` would succeed now."""
+        need = _aligned(max(size, 1))
+        return any(block >= need for block in self._free_sizes.values())
+
     def largest_free(self) -> int:
         return max(self._free_sizes.values(), default=0)
 
@@ -110,8 +115,18 @@ class SharedArena:
         fd = os.open(path, os.O_RDWR)
         try:
             self.capacity = os.fstat(fd).st_size
-            self.map = mmap.mmap(fd, self.capacity, mmap.MAP_SHARED,
-                                 mmap.PROT_READ | mmap.PROT_WRITE)
+            try:
+                self.map = mmap.mmap(fd, self.capacity, mmap.MAP_SHARED,
+                                     mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError as e:
+                import resource
+                soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+                limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft:,} bytes"
+                raise OSError(e.errno, (
+                    f"cannot map the node's object store ({self.capacity:,} bytes) into this "
+                    f"process: {e.strerror}. Every carme process maps the whole store; this "
+                    f"process's address-space limit (ulimit -v / RLIMIT_AS) is {limit}. Raise the "
+                    f"limit, or start the cluster with a smaller object_store_memory=")) from None
         finally:
             os.close(fd)
         self.view = memoryview(self.map)

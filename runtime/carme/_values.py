@@ -16,6 +16,7 @@ lock, ownership table, arena and requests it uses; `CoreWorker.serialize`, `dese
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _messages as M
@@ -63,6 +64,8 @@ class Values:
         payload = (M.SHARED, off, total, is_error, core.node_id)
         # sealed at the node before anyone can hear of it, so peers can pull it at once
         core.request(M.EXPORT, oid, payload, [], 0, type(value).__name__)
+        # mapped since its ALLOC; a retried task's second value may not be the one kept
+        core.rpc.unmap_now(oid)
         return payload, contained
 
     def protect_views(self) -> None:
@@ -100,14 +103,23 @@ class Values:
                 # views that outlive the task get a hold of ours (protect_views)
                 core._unprotected.add(oid)
             payload = core.localize(oid, payload)  # (inline after a rebuild that failed)
+            if oid and payload[0] != M.INLINE:
+                # where the value lives now (the daemon brings a spilled one back); mapped
+                # until our views of it are gone, so it is not spilled under them
+                payload = core.rpc.map_object(oid)
         if payload[0] == M.INLINE:
             value, loaded = loads(payload[1], payload[2])
         else:
-            src = core.arena.readonly(payload[1], payload[2])
-            data, bufs = read_layout(src)
-            if bufs:
-                bufs = pinned(bufs, oid, core.refs)
-            value, loaded = loads(data, bufs)
+            bufs: list = []
+            try:
+                src = core.arena.readonly(payload[1], payload[2])
+                data, bufs = read_layout(src)
+                if bufs:
+                    bufs = pinned(bufs, oid, core.refs, core.unmap_later if oid else None)
+                value, loaded = loads(data, bufs)
+            finally:
+                if oid and not bufs:
+                    core.unmap_later(oid)
             if not core.refs.count(oid):
                 core._on_ref_zero(oid)  # no view and no ref keeps it: let go at once
         if loaded:
@@ -145,11 +157,13 @@ class Values:
             entry.payload = (M.SHARED, off, total, False, core.node_id)
             entry.held = entry.exported = True
             core.daemon_send((M.EXPORT, None, oid, entry.payload, [r._id for r in contained], 0, entry.type_name))
+            core.rpc.written(oid, entry.payload)  # mapped since its ALLOC: a get needs no round trip
         return ref
 
 
-def pinned(bufs: list, oid: bytes, refs: Any) -> list:
-    """Wrap zero-copy buffers so the object stays allocated while any view of it lives.
+def pinned(bufs: list, oid: bytes, refs: Any, unmap: Callable[[bytes], None] | None = None) -> list:
+    """Wrap zero-copy buffers so the object stays allocated while any view of it lives,
+    and (`unmap`, once the last of them is gone) stays mapped, so it is not spilled.
 
     numpy keeps the exact object it was handed as the base of the arrays it rebuilds
     (but makes its own memoryview of a memoryview), so when numpy is there the buffers
@@ -159,9 +173,16 @@ def pinned(bufs: list, oid: bytes, refs: Any) -> list:
         out = [np.frombuffer(b, dtype=np.uint8) for b in bufs]
     except ImportError:
         out = bufs
+    left = list(range(len(out)))  # list.pop is atomic: finalizers may run in any thread
+
+    def release() -> None:
+        refs.remove(oid)
+        left.pop()
+        if not left and unmap is not None:
+            unmap(oid)
     for b in out:
         refs.add(oid)
-        weakref.finalize(b, refs.remove, oid)
+        weakref.finalize(b, release)
     return out
 
 

@@ -67,10 +67,14 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
                resources: dict[str, float] | None = None, port: int = 0,
                host: str = "127.0.0.1", object_store_memory: int | None = None,
                namespace: str | None = None, labels: dict[str, str] | None = None,
-               metrics_port: int | None = None) -> dict[str, Any]:
+               metrics_port: int | None = None,
+               object_spilling_directory: str | None = None) -> dict[str, Any]:
     """Start a standalone cluster on this machine; return its address and how to reach it.
-    With `metrics_port`, the head serves Prometheus metrics at http://host:metrics_port/."""
+    With `metrics_port`, the head serves Prometheus metrics at http://host:metrics_port/.
+    Objects that do not fit in the store are spilled to `object_spilling_directory` (default:
+    the session directory)."""
     from ._node import default_resources, spawn_daemon
+    from ._spill_files import spill_options
     if not isinstance(port, int) or not 0 <= port < 65536:
         raise ValueError(f"port must be an integer in 0..65535, not {port!r}")
     if metrics_port is not None and (not isinstance(metrics_port, int) or not 0 <= metrics_port < 65536):
@@ -79,7 +83,8 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
         _check_port_free(host, metrics_port, "--metrics-port")
     res = default_resources(num_cpus, num_gpus, resources)
     rec = _restartable(host, port)
-    options: dict[str, Any] = {"head_state_dir": state_dir(), "head_restore": rec is not None}
+    options: dict[str, Any] = spill_options({"object_spilling_directory": object_spilling_directory})
+    options.update(head_state_dir=state_dir(), head_restore=rec is not None)
     if metrics_port is not None:
         options.update(metrics_port=metrics_port, metrics_host=host)
     proc, ready, token, session_dir, node_id = spawn_daemon(
@@ -131,12 +136,15 @@ def _restartable(host: str, port: int) -> Any:
 
 def start_node(address: str, num_cpus: float | None = None, num_gpus: float | None = None,
                resources: dict[str, float] | None = None, object_store_memory: int | None = None,
-               host: str | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+               host: str | None = None, labels: dict[str, str] | None = None,
+               object_spilling_directory: str | None = None) -> dict[str, Any]:
     """Start another node daemon on this machine and join it to the cluster at `address`.
 
     It listens (daemon, workers, object transfer) on `host`; by default on the address
     this machine reaches the head from, so that the other nodes reach it back (127.0.0.1
     for a head on this machine's loopback)."""
+    from ._spill_files import spill_options
+    options = spill_options({"object_spilling_directory": object_spilling_directory})
     from . import _messages as M
     from ._node import default_resources, spawn_daemon
     from ._protocol import connect
@@ -156,7 +164,7 @@ def start_node(address: str, num_cpus: float | None = None, num_gpus: float | No
     proc, ready, _, session_dir, node_id = spawn_daemon(
         resources=res, object_store_memory=object_store_memory, namespace=None,
         job_id=hello["job_id"], prestart=1, standalone=True, tcp=f"{host}:0", cluster=True,
-        head_address=hello["head_grpc"], token=token, host=host, labels=labels)
+        head_address=hello["head_grpc"], token=token, host=host, labels=labels, options=options)
     assert proc.stdout is not None and proc.stdin is not None
     proc.stdout.close()
     proc.stdin.close()
@@ -330,6 +338,8 @@ class Client:
             "tasks_by_state": by_state, "actors": self.rows("actors"),
             "objects": {"used": sum(n["object_store"]["used"] for n in nodes),
                         "capacity": sum(n["object_store"]["capacity"] for n in nodes),
+                        "spilled": sum(n["object_store"].get("spilled", 0) for n in nodes),
+                        "spilled_objects": sum(n["object_store"].get("spilled_objects", 0) for n in nodes),
                         "count": len(objects), "largest": objs[:largest]},
             "events": sorted(tasks, key=lambda t: -(t.get("creation_time_ms") or 0))[:recent],
         }

@@ -47,6 +47,12 @@ def test_status_speaks_human_units() -> None:
     assert not any("e+" in line or "node:" in line for line in lines), lines
 
 
+def test_status_shows_spilled_bytes_when_there_are_some() -> None:
+    snap = _snapshot()
+    snap["objects"].update(spilled=3 << 30, spilled_objects=12)
+    assert "  object store: 2.9 MiB/2.0 GiB used, 3.0 GiB spilled to disk (12 objects)" in status_lines(snap)
+
+
 def test_status_without_tasks() -> None:
     assert "  tasks: none" in status_lines(_snapshot(tasks_by_state={}))
 

@@ -315,6 +315,7 @@ def objects_model(
                 "name": node_name(n),
                 "used": _int(store.get("used")) or 0,
                 "capacity": _int(store.get("capacity")) or 0,
+                "spilled": _int(store.get("spilled")) or 0,
                 "objects": sum(1 for o in rows if o["node_id"] == nid),
             }
         )

@@ -218,13 +218,14 @@ def objects_html(m: ObjectsModel, status: str = "") -> str:
     if not m:
         return box("carme object store", status or "not connected", "<p>no data yet</p>")
     stores = table(
-        ["node", "store used / capacity", "objects"],
+        ["node", "store used / capacity", "spilled to disk", "objects"],
         [
             [
                 esc(s["name"]),
                 bar(
                     s["used"], s["capacity"], f"{fmt_bytes(s['used'])} / {fmt_bytes(s['capacity'])}"
                 ),
+                esc(fmt_bytes(s.get("spilled", 0))),
                 esc(s["objects"]),
             ]
             for s in m["stores"]

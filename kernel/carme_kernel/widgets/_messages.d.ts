@@ -78,6 +78,7 @@ export interface StoreUse {
   name: string;
   used: number;
   capacity: number;
+  spilled: number; // bytes of this node's objects spilled to disk
   objects: number;
 }
 

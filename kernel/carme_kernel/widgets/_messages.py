@@ -92,6 +92,7 @@ class StoreUse(TypedDict):
     name: str
     used: int
     capacity: int
+    spilled: int  # bytes of this node's objects spilled to disk
     objects: int
 
 

@@ -16,7 +16,7 @@ function objectsDrawer(model) {
     const stores = h("div", { class: "carme-cards" });
     for (const s of m.stores) {
       stores.append(h("div", { class: "carme-card" }, h("b", {}, s.name), h("br"),
-        meter(s.used, s.capacity, `${fmtBytes(s.used)} / ${fmtBytes(s.capacity)} · ${s.objects} objects`, "#9b59b6")));
+        meter(s.used, s.capacity, `${fmtBytes(s.used)} / ${fmtBytes(s.capacity)} · ${fmtBytes(s.spilled)} spilled · ${s.objects} objects`, "#9b59b6")));
     }
     const head = h("tr");
     for (const [title, key] of OBJECT_COLUMNS) {
