@@ -114,4 +114,7 @@ class PanelBuildHook(BuildHookInterface):  # type: ignore[type-arg]
                                    f"{', '.join(missing)}; run scripts/build-labextension to see why")
         build_data["force_include"][LABEXT] = "carme_lab/labextension"
         build_data["shared_data"][LABEXT] = SHARE
-        build_data["shared_data"][INSTALL_JSON] = f"{SHARE}/install.json"
+        if not (root / LABEXT / "install.json").exists():
+            # (JupyterLab's builder copies it into the build; then it comes with the folder,
+            # and adding it again would put two files at one path in the wheel)
+            build_data["shared_data"][INSTALL_JSON] = f"{SHARE}/install.json"
