@@ -35,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Any
 
@@ -108,6 +109,8 @@ class NodeDaemon:
         self.memory_file: str | None = config.get("_memory_reading_file")
         self.next_memory_check = 0.0
         self.lease_started: dict[str, float] = {}  # lease id -> when this daemon first saw it held
+        # lease requests whose tasks cannot run again (max_retries=0), newest last
+        self.nonretriable: OrderedDict[str, None] = OrderedDict()
         self.drivers: list[Connection] = []
         self.running = True
         self.started = time.time()
@@ -386,6 +389,7 @@ class NodeDaemon:
         if not self.memory.over(reading):
             return  # the common case: no per-worker reads
         users = [WorkerUse(w.worker_id, w.pid, self.lease_started[w.lease_id],
+                           retriable=self.scheduler.request_of(w.lease_id) not in self.nonretriable,
                            what=f"a task (lease {w.lease_id[6:14]})", rss=process_rss(w.pid))
                  if w.state == "LEASED" and w.lease_id else
                  WorkerUse(w.worker_id, w.pid, w.started, retriable=False, actor=True,
@@ -446,6 +450,10 @@ class NodeDaemon:
             self.fail(conn, msg.req, exc.RuntimeEnvSetupError(f"could not set up runtime_env: {e}"))
             return
         request_id = f"lease-{os.urandom(8).hex()}"
+        if not msg.retriable:  # the memory monitor kills these tasks' workers after the others'
+            self.nonretriable[request_id] = None
+            while len(self.nonretriable) > 10_000:
+                self.nonretriable.popitem(last=False)
         self.carry_out(self.core.handle(self.client_of(conn), E.LeaseRequested(
             msg.req, env_key, LeaseRequest(request_id, msg.shape, strategy, self.node_id, msg.desc))))
 

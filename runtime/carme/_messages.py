@@ -336,7 +336,7 @@ class Hello(Msg):
             raise BadMessage(f"Hello.info['worker_id'] must be a string, not {_short(wid)}")
 
 
-@message(LEASE, req=int, shape=dict, runtime_env=(dict, None), desc=str, no_spill=bool)
+@message(LEASE, req=int, shape=dict, runtime_env=(dict, None), desc=str, no_spill=bool, retriable=bool)
 class Lease(Msg):
     req: int
     shape: dict
@@ -344,6 +344,7 @@ class Lease(Msg):
     runtime_env: dict | None
     desc: str
     no_spill: bool = False
+    retriable: bool = True  # its tasks may run again (max_retries != 0): the memory monitor's order
 
     def validate(self) -> None:
         check_shape("Lease.shape", self.shape)

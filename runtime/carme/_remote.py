@@ -210,8 +210,10 @@ class _PlanCache:
         plan.strategy = _strategy(core, opts)
         plan.pg_capture = _pg_capture(core, opts, plan.strategy)
         plan.runtime_env = _merge_env(core, opts.get("runtime_env"))
+        # retriable tasks (max_retries != 0) get leases of their own, so the node's memory
+        # monitor knows which workers it may kill first (`_node_memory.py`)
         plan.queue_key = (tuple(sorted(plan.shape.items())), repr(plan.strategy),
-                          repr(plan.runtime_env) if plan.runtime_env else "")
+                          repr(plan.runtime_env) if plan.runtime_env else "", plan.retries != 0)
         self.plan = plan
         return plan
 

@@ -291,6 +291,11 @@ class ClusterScheduler:
     def pending(self) -> list[LeaseRequest]:
         return [req for _, req in self._requests.values()]
 
+    def request_of(self, lease_id: str) -> str | None:
+        """The request a live lease was granted for (None: not a live lease)."""
+        lease = self._leases.get(lease_id)
+        return lease.request_id if lease is not None else None
+
     def release(self, lease_id: str) -> None:
         lease = self._leases.pop(lease_id, None)
         if lease is not None:

@@ -160,7 +160,7 @@ class Lease:
 
 class SchedQueue:
     __slots__ = ("key", "shape", "strategy", "runtime_env", "tasks", "leases", "requesting", "desc",
-                 "avg_duration", "unreachable", "unreachable_nodes")
+                 "avg_duration", "unreachable", "unreachable_nodes", "retriable")
 
     def __init__(self, key: Any, spec: TaskSpec) -> None:
         self.key = key
@@ -171,6 +171,7 @@ class SchedQueue:
         self.leases: list[Lease] = []
         self.requesting = False
         self.desc = f"task {spec.name}"
+        self.retriable = spec.retries_left != 0  # (part of the key: every task of the queue)
         self.avg_duration = 1.0  # unknown until the first result: assume long
         self.unreachable = 0  # granted workers in a row that could not be connected to
         self.unreachable_nodes = 0  # lease requests in a row whose node could not be reached
@@ -281,7 +282,8 @@ class TaskSubmitter:
                 # another node fits: ask it (it grants there or queues, never bounces)
                 try:
                     peer = self.core.peer(value["spillback"], value.get("address"))
-                    self.core.request_async(M.LEASE, (q.shape, q.strategy, q.runtime_env, q.desc, True),
+                    self.core.request_async(M.LEASE, (q.shape, q.strategy, q.runtime_env, q.desc, True,
+                                                      q.retriable),
                                             granted, conn=peer)
                     return
                 except (OSError, ConnectionClosed) as e:
@@ -338,7 +340,8 @@ class TaskSubmitter:
             self.maybe_idle(lease)
 
         try:
-            self.core.request_async(M.LEASE, (q.shape, q.strategy, q.runtime_env, q.desc), granted)
+            self.core.request_async(M.LEASE, (q.shape, q.strategy, q.runtime_env, q.desc, False,
+                                              q.retriable), granted)
         except ConnectionClosed:
             granted(False, ("LocalRayletDiedError", "the node daemon is gone"))
 

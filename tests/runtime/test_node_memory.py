@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
@@ -166,3 +168,45 @@ def test_a_retriable_task_killed_for_memory_is_retried(oom_cluster):
         return "retried"
 
     assert carme.get(once_hog.remote(reading, marker, HIGH), timeout=120) == "retried"
+
+
+@pytest.mark.processes
+def test_the_monitor_kills_a_retriable_tasks_worker_before_a_newer_non_retriable_one(tmp_path):
+    """Ray's order needs to know which tasks may run again: the driver says so in its lease
+    requests (max_retries=0 tasks get leases of their own)."""
+    import carme
+    reading = str(tmp_path / "reading.json")
+    carme.init(num_cpus=2, _system_config={"memory_usage_threshold": 0.9,
+                                           "memory_monitor_refresh_ms": 50,
+                                           "_memory_reading_file": reading})
+    try:
+        @carme.remote
+        def sleeper(name, d):
+            import os
+            import time
+            first = not os.path.exists(f"{d}/{name}-started")
+            with open(f"{d}/{name}-started", "a") as f:
+                f.write("x")
+            if name == "a" and not first:
+                return "a retried"
+            while not os.path.exists(f"{d}/release"):
+                time.sleep(0.05)
+            return f"{name} done"
+
+        def started(name):
+            deadline = time.monotonic() + 60
+            while not (tmp_path / f"{name}-started").exists():
+                assert time.monotonic() < deadline, f"task {name} did not start"
+                time.sleep(0.05)
+
+        a = sleeper.options(max_retries=1).remote("a", str(tmp_path))  # older, retriable
+        started("a")
+        b = sleeper.options(max_retries=0).remote("b", str(tmp_path))  # newer, not retriable
+        started("b")
+        (tmp_path / "reading.tmp").write_text(HIGH)
+        os.replace(tmp_path / "reading.tmp", reading)
+        assert carme.get(a, timeout=120) == "a retried"  # its worker went first; it ran again
+        (tmp_path / "release").touch()
+        assert carme.get(b, timeout=120) == "b done"     # never killed
+    finally:
+        carme.shutdown()
