@@ -27,7 +27,7 @@ UNREACHABLE_TRIES = 8  # actor lookups in a row that cannot reach the actor (pau
 
 class ActorState:
     __slots__ = ("actor_id", "conn", "status", "queue", "inflight", "death", "class_name",
-                 "max_task_retries", "pid", "ordered", "lost_pid", "unreachable")
+                 "max_task_retries", "pid", "ordered", "lost_pid", "unreachable", "worker_id", "node_id")
 
     def __init__(self, actor_id: bytes, class_name: str, max_task_retries: int) -> None:
         self.actor_id = actor_id
@@ -40,6 +40,8 @@ class ActorState:
         self.max_task_retries = max_task_retries
         self.pid: int | None = None
         self.lost_pid: int | None = None  # the worker whose connection we saw drop
+        self.worker_id: str | None = None  # its worker, and that worker's node (to ask why it died)
+        self.node_id: str | None = None
         # a sync actor runs calls in submission order, so each waits for the one before;
         # an async or threaded one gets every call as soon as its arguments are ready
         self.ordered = True
@@ -180,6 +182,8 @@ class ActorSubmitter:
             with self.lock:
                 st.conn = conn
                 st.pid = info.get("pid")
+                st.lost_pid = None
+                st.worker_id, st.node_id = info.get("worker_id"), info.get("node_id")
                 st.status = "connected"
                 st.unreachable = 0
             self.core.register(conn, lambda c, msgs: self.on_msgs(st, c, msgs))
@@ -247,19 +251,38 @@ class ActorSubmitter:
                 s.attempt += 1
                 st.queue.appendleft(s)
                 self.ready.add(s.task_id)
-        for s in lost:
-            if s in retry:
-                continue
+        failed = [s for s in lost if s not in retry]
+        for s in failed:
             if s.cancelled:
                 self.core.submitter.fail(s, exc.TaskCancelledError(s.task_id.hex()))
-            else:
-                self.core.submitter.fail(s, exc.ActorDiedError(
-                    f"The actor {st.class_name} (pid {st.pid}) died while running {s.name!r}; "
-                    f"the call has no retries left (max_task_retries)."))
+        failed = [s for s in failed if not s.cancelled]
+        if failed:
+            self.fail_died(st, failed)
         with self.lock:
             pending = bool(st.queue)
         if pending:
             self.drain(st)
+
+    def fail_died(self, st: ActorState, failed: list[TaskSpec]) -> None:
+        """Calls that were running when the actor's worker died: they fail with
+        `ActorDiedError`, saying why when the worker's node knows (its memory monitor)."""
+        pid = st.pid
+
+        def decide(ok: bool, reason: Any) -> None:
+            why = f" Its node's memory monitor killed it: {reason}" if ok and isinstance(reason, str) else ""
+            for s in failed:
+                self.core.submitter.fail(s, exc.ActorDiedError(
+                    f"The actor {st.class_name} (pid {pid}) died while running {s.name!r}; "
+                    f"the call has no retries left (max_task_retries).{why}"))
+
+        daemon = None if st.node_id in (None, self.core.node_id) else self.core.peers.get(st.node_id)
+        if st.worker_id is None or (st.node_id not in (None, self.core.node_id) and daemon is None):
+            decide(False, None)
+            return
+        try:
+            self.core.request_async(M.WORKER_DEATH, (st.worker_id,), decide, conn=daemon)
+        except ConnectionClosed:
+            decide(False, None)
 
     def cancel(self, spec: TaskSpec, force: bool, recursive: bool) -> bool:
         st = self.actors.get(spec.actor_id or b"")

@@ -399,6 +399,12 @@ class NodeDaemon:
         decision = self.memory.check(reading, users)
         if decision is not None:
             log(decision.reason)
+            if decision.worker.actor:  # its callers learn why (ActorDiedError's text)
+                w = self.pool.workers.get(decision.worker.worker_id)
+                actors = self.core.actors
+                actor = actors.get(w.actor_id) if actors is not None and w is not None and w.actor_id else None
+                if actor is not None:
+                    actor.spec["kill_reason"] = f"the node's memory monitor killed its worker. {decision.reason}"
             self.carry_out([E.Kill(decision.worker.pid)])
 
     def on_worker_death(self, conn: Connection, msg: M.WorkerDeath) -> None:

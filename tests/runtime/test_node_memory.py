@@ -210,3 +210,25 @@ def test_the_monitor_kills_a_retriable_tasks_worker_before_a_newer_non_retriable
         assert carme.get(b, timeout=120) == "b done"     # never killed
     finally:
         carme.shutdown()
+
+
+@pytest.mark.processes
+def test_an_actor_killed_for_memory_says_so_to_its_callers(oom_cluster):
+    carme, _, reading = oom_cluster
+
+    @carme.remote
+    class Hog:
+        def fill(self, path, high):
+            import os
+            import time
+            self.block = bytearray(64 << 20)
+            with open(path + ".tmp", "w") as f:
+                f.write(high)
+            os.replace(path + ".tmp", path)
+            while True:
+                time.sleep(0.05)
+
+    h = Hog.remote()
+    with pytest.raises(carme.exceptions.ActorDiedError, match="memory monitor") as info:
+        carme.get(h.fill.remote(reading, HIGH), timeout=120)
+    assert "threshold of 90%" in str(info.value)
