@@ -232,3 +232,22 @@ def test_an_actor_killed_for_memory_says_so_to_its_callers(oom_cluster):
     with pytest.raises(carme.exceptions.ActorDiedError, match="memory monitor") as info:
         carme.get(h.fill.remote(reading, HIGH), timeout=120)
     assert "threshold of 90%" in str(info.value)
+
+
+@pytest.mark.processes
+def test_a_low_threshold_on_the_real_reading_kills_a_running_task():
+    """The node's real memory reading (psutil, or the cgroup's), not a test file: with a
+    threshold of 1% any machine is past it as soon as a task runs."""
+    import carme
+    carme.init(num_cpus=1, _system_config={"memory_usage_threshold": 0.01,
+                                           "memory_monitor_refresh_ms": 50})
+    try:
+        @carme.remote(max_retries=0)
+        def sleeps():
+            import time
+            time.sleep(60)
+
+        with pytest.raises(carme.exceptions.OutOfMemoryError, match="threshold of 1%"):
+            carme.get(sleeps.remote(), timeout=120)
+    finally:
+        carme.shutdown()
