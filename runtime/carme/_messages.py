@@ -402,14 +402,21 @@ class Export(Msg):
             raise BadMessage(f"Export.add must be >= 0, not {self.add}")
 
 
-@message(INCREF, req=(int, None), oids=list, holder=(str, None))
+@message(INCREF, req=(int, None), oids=list, holder=(str, None), homes=(dict, None))
 class Incref(Msg):
+    """Holds on `oids`; `homes` names the node whose daemon has the entry of those that
+    may live elsewhere (refs read out of a value that crossed nodes)."""
     req: int | None
     oids: list
     holder: str | None = None
+    homes: dict | None = None
 
     def validate(self) -> None:
         check_id_list("Incref", "oids", self.oids)
+        for oid, home in (self.homes or {}).items():
+            if not isinstance(oid, bytes) or not isinstance(home, str) or len(home) > 64:
+                raise BadMessage("Incref.homes must map object ids (bytes) to node ids (str), "
+                                 f"not {type(oid).__name__} -> {type(home).__name__}")
 
 
 @message(DECREF, oids=list, holder=(str, None))

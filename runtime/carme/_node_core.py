@@ -37,6 +37,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._node_actors import ActorDirectory
 from ._node_core_actors import ActorCore, as_error
+from ._node_core_refs import RefCore
 from ._node_effects import (
     ActorCreation,
     ActorStart,
@@ -66,7 +67,7 @@ from ._node_workers import WorkerPool, WorkerRec
 from ._store import ArenaFull
 
 
-class NodeCore(ActorCore):
+class NodeCore(ActorCore, RefCore):
     def __init__(self, table: ObjectTable, leases: LeaseTable | None = None,
                  pool: WorkerPool | None = None, actors: ActorDirectory | None = None,
                  node_id: str = "", peers: dict[str, dict[str, Any]] | None = None,
@@ -81,6 +82,7 @@ class NodeCore(ActorCore):
         self.pg_waiters: dict[str, list[tuple[Any, int]]] = {}
         self._pull_keys = itertools.count(1)
         self._init_actors()
+        self._init_refs()
 
     def handle(self, client: Client | None, msg: Any) -> list[Any]:
         """Effects of a client's message, or of an event (`client` may be None for
@@ -88,7 +90,10 @@ class NodeCore(ActorCore):
         handler = self._handlers.get(type(msg))
         if handler is None:
             raise TypeError(f"NodeCore does not handle {type(msg).__name__}")
-        return handler(self, client, msg)  # type: ignore[no-any-return]
+        out: list[Any] = handler(self, client, msg)
+        if self.table.remote_releases:
+            out += self.remote_releases()
+        return out
 
     # ------------------------------------------------------------------ objects
     def _alloc(self, client: Client, msg: M.Alloc) -> list[Any]:
@@ -115,6 +120,8 @@ class NodeCore(ActorCore):
         return effects
 
     def _incref(self, client: Client, msg: M.Incref) -> list[Any]:
+        if msg.homes:
+            return self.incref_homes(client, msg)
         missing = self.table.incref(msg.oids, msg.holder or client.holder)
         return [] if msg.req is None else [Answer(client.conn, msg.req, True, missing)]
 
@@ -132,12 +139,15 @@ class NodeCore(ActorCore):
             table.hold(oid, client.holder)
             return [Answer(client.conn, msg.req, True, e.payload)]
         out: list[Any] = []
+        if e is not None and e.home is not None and e.payload is not None:
+            e.payload, e.fetching = None, True  # a proxy's copy: pulled into its entry
+            e = None
         if e is None:
             peer = self.peers.get(msg.node_id)
             if peer is None or peer["state"] != "ALIVE" or not self.linked:
                 return [Answer(client.conn, msg.req, False, table.lost(
                     oid, f"It lives on node {msg.node_id[:8]}, which is not alive."))]
-            e = table.start_pull(oid)
+            e = table.get_entry(oid) or table.start_pull(oid)
             out.append(StartPull(oid, peer["grpc_address"]))
         table.hold(oid, client.holder)
         e.waiters.append((client.conn, msg.req))
@@ -344,7 +354,7 @@ class NodeCore(ActorCore):
                 scheduler.set_remote_usage(nid, row["available"])
             elif nid in known:
                 scheduler.remove_node(nid)
-                out += [ClosePeer(nid), *self._peer_died(nid)]
+                out += [ClosePeer(nid), *self._peer_died(nid), *self.node_holds_gone(nid)]
         return out + self.poll()
 
     def _node_address(self, client: Client, msg: M.NodeAddress) -> list[Any]:
@@ -354,6 +364,10 @@ class NodeCore(ActorCore):
         return [Answer(client.conn, msg.req, True, peer["address"])]
 
     # ------------------------------------------------------------------ dispatch
+    def _peer_reply(self, client: Client, msg: M.Reply | PeerFailed) -> list[Any]:
+        mine = self.ref_reply(client, msg)
+        return self._forwarded_reply(client, msg) if mine is None else mine
+
     def _kill_actor_msg(self, client: Client, msg: M.KillActor) -> list[Any]:
         assert self.actors is not None
         actor = self.actors.get(msg.actor_id)
@@ -370,7 +384,7 @@ class NodeCore(ActorCore):
     _handlers: dict[type, Any] = {
         M.Alloc: _alloc, M.Export: _export, M.Incref: _incref,
         M.Decref: lambda self, c, m: list(self.table.decref(m.oids, m.holder or c.holder)),
-        M.GetObject: lambda self, c, m: list(self.table.get(c.conn, m.req, m.oid)),
+        M.GetObject: RefCore.get_proxy,
         M.StoreStats: _store_stats, M.GetRemote: _get_remote, PullDone: _pull_done, Pulled: _pulled,
         **dict.fromkeys((M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, LeaseRequested,
                          WorkerFound), _lease_event),
@@ -379,7 +393,7 @@ class NodeCore(ActorCore):
         M.ActorInfo: ActorCore._actor_query, M.NamedActors: ActorCore._actor_query,
         M.ActorReady: ActorCore._actor_report, M.ActorFailed: ActorCore._actor_report,
         M.KillActor: _kill_actor_msg, ActorCreation: ActorCore._create_actor,
-        M.Reply: ActorCore._forwarded_reply, PeerFailed: ActorCore._forwarded_reply,
+        M.Reply: _peer_reply, PeerFailed: _peer_reply,
         **dict.fromkeys((M.PgCreate, M.PgRemove, M.PgInfo, M.PgWait), _pg),
         ClusterView: _cluster_view, M.NodeAddress: _node_address,
     }

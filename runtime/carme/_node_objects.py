@@ -9,6 +9,13 @@ or the node's cache of other nodes' objects ("cache") hold once per reference. A
 holds the entry goes: its shared-memory block returns to the `Arena`, the objects its
 value referred to lose the value's hold, and anyone still waiting is told it is lost.
 
+A *proxy* entry stands for an object whose entry lives on another node's daemon (its
+`home`): holders here count as usual, and this node holds the object at its home once
+(holder "node:<this node>"), taken by the caller before a proxy is used; when the proxy
+goes, that hold is released there (`take_remote_releases`, sent by the shell). So a
+reference nested in a value that crossed nodes keeps its object alive on its home node
+as long as anything on this node holds it, and no longer.
+
 Nothing here touches a socket, a process or the clock beyond `time.time()` for the log.
 Methods that must tell clients something return `Answer` effects; the daemon (the I/O
 shell) sends them. Clients are opaque handles to this module. The last few events of
@@ -57,6 +64,8 @@ class ObjEntry:
     type_name: str = ""
     secondary: int | None = None  # arena block reserved for a value being written or pulled
     stale: list[int] = field(default_factory=list)  # blocks of earlier attempts, freed with the entry
+    home: str | None = None  # a proxy: the node whose daemon has the object's entry
+    fetching: bool = False  # a proxy's value is being asked of its home
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
 
 
@@ -69,6 +78,7 @@ class ObjectTable:
         self.holds_by: dict[str, set[bytes]] = {}
         self.cached: list[bytes] = []  # copies pulled from other nodes, oldest first
         self.freed: OrderedDict[bytes, list[str]] = OrderedDict()
+        self.remote_releases: dict[str, list[bytes]] = {}  # home node -> proxies gone
 
     # ------------------------------------------------------------------ lookups
     def __len__(self) -> int:
@@ -147,6 +157,18 @@ class ObjectTable:
             out += self.unhold(oid, holder)
         return out
 
+    # ------------------------------------------------------------------ proxies
+    def proxy(self, oid: bytes, home: str) -> ObjEntry:
+        """An entry for another node's object (its home holds it for this node)."""
+        e = self.objects[oid] = ObjEntry(owner_pid=0, home=home)
+        e.log.append(f"proxy of node {home[:8]}'s object")
+        return e
+
+    def take_remote_releases(self) -> dict[str, list[bytes]]:
+        """Holds of this node to release at other nodes (proxies that went)."""
+        out, self.remote_releases = self.remote_releases, {}
+        return out
+
     # ------------------------------------------------------------------ creating
     def allocate(self, size: int) -> int:
         """Arena space, evicting cached copies of other nodes' objects if need be."""
@@ -198,8 +220,11 @@ class ObjectTable:
             self.hold(oid, holder, add)
         if contained and not e.contained:
             e.contained = list(contained)
+            key = "obj:" + oid.hex()
             for c in contained:  # the stored value holds what it refers to
-                self.hold(c, "obj:" + oid.hex())
+                held = self.objects.get(c)
+                if held is None or key not in held.holders:  # (unless taken before: a proxy's)
+                    self.hold(c, key)
         if type_name:
             e.type_name = type_name
         if payload is not None and e.payload is None:
@@ -254,6 +279,8 @@ class ObjectTable:
         for block in ([e.secondary] if e.secondary is not None else []) + e.stale:
             self.arena.free(block)
         e.log.append("freed")
+        if e.home is not None:
+            self.remote_releases.setdefault(e.home, []).append(oid)
         self.freed[oid] = list(e.log)
         while len(self.freed) > FREED_KEPT:
             self.freed.popitem(last=False)
@@ -303,6 +330,12 @@ class ObjectTable:
         if err is not None or offset is None:
             waiters, e.waiters = e.waiters, []
             e.log.append(f"pull failed: {err}")
+            if e.home is not None:  # a proxy stays (its holds count); a later get asks again
+                if e.secondary is not None:
+                    self.arena.free(e.secondary)
+                e.payload, e.secondary, e.fetching = None, None, False
+                return [Answer(c, r, False, self.lost(oid, f"It could not be fetched from its node: {err}."))
+                        for c, r in waiters]
             self.objects.pop(oid, None)
             self.freed[oid] = list(e.log)
             return [Answer(c, r, False, self.lost(oid, f"It could not be fetched from its node: {err}."))
@@ -310,9 +343,11 @@ class ObjectTable:
         e.payload = (M.SHARED, offset, total, is_error, self.node_id)
         e.secondary = None
         e.log.append("pulled")
-        # keep the copy for the next task here that needs it; evicted under pressure
-        self.hold(oid, "cache")
-        self.cached.append(oid)
+        if e.home is None:
+            # keep the copy for the next task here that needs it; evicted under pressure
+            self.hold(oid, "cache")
+            self.cached.append(oid)
+        # (a proxy's copy lives as long as the proxy: its holders keep both)
         waiters, e.waiters = e.waiters, []
         return [Answer(c, r, True, e.payload) for c, r in waiters]
 

@@ -169,11 +169,14 @@ class Ownership:
         entry = self.objects.get(oid)
         if entry is None or entry.exported:
             return None
+        home = entry.home
+        if not entry.held:
+            entry.home = None  # our hold is at our own daemon from now on
         entry.exported = True
         entry.held = True
         blob_holds = entry.contained_ids
         entry.contained_ids = []
-        return ExportPlan(entry.payload, entry.keep, blob_holds, entry.type_name, entry.home)
+        return ExportPlan(entry.payload, entry.keep, blob_holds, entry.type_name, home)
 
     def borrow(self, oids: list[bytes]) -> list[bytes]:
         """References just deserialized: those we did not know get an entry held at our
@@ -235,6 +238,14 @@ class Ownership:
         `ref_zero`)."""
         entry.sealing = False
         return entry.orphan
+
+    def home_of(self, oid: bytes) -> str:
+        """The node whose daemon has the object's entry, as a pickled reference names
+        it: where we hold it, else ours (a reference leaving is exported to our daemon)."""
+        entry = self.objects.get(oid)
+        if entry is not None and entry.held and entry.home:
+            return entry.home
+        return self.node_id
 
     def pending(self) -> list[bytes]:
         return [oid for oid, entry in self.objects.items() if entry.payload is None]
