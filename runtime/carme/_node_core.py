@@ -91,7 +91,7 @@ class NodeCore(ActorCore, RefCore):
         if handler is None:
             raise TypeError(f"NodeCore does not handle {type(msg).__name__}")
         out: list[Any] = handler(self, client, msg)
-        if self.table.remote_releases:
+        if self.table.remote_releases or self.table.remote_holds:
             out += self.remote_releases()
         return out
 

@@ -115,10 +115,12 @@ class RefCore:
         return out
 
     def remote_releases(self) -> list[Any]:
-        """Our holds at other nodes that go (proxies freed), as messages to them."""
-        return [ToPeer(home, (M.DECREF, oids))
-                for home, oids in self.table.take_remote_releases().items()
-                if self._home_alive(home)]
+        """Our holds at other nodes to take and to let go (proxies freed), as messages."""
+        take, release = self.table.take_remote_releases()
+        return [*(ToPeer(home, (M.INCREF, None, oids)) for home, oids in take.items()
+                  if self._home_alive(home)),
+                *(ToPeer(home, (M.DECREF, oids)) for home, oids in release.items()
+                  if self._home_alive(home))]
 
     def node_holds_gone(self, node_id: str) -> list[Any]:
         """A node died: the holds it had here go."""

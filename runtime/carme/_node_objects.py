@@ -79,6 +79,7 @@ class ObjectTable:
         self.cached: list[bytes] = []  # copies pulled from other nodes, oldest first
         self.freed: OrderedDict[bytes, list[str]] = OrderedDict()
         self.remote_releases: dict[str, list[bytes]] = {}  # home node -> proxies gone
+        self.remote_holds: dict[str, list[bytes]] = {}  # node -> entries that hold its copy
 
     # ------------------------------------------------------------------ lookups
     def __len__(self) -> int:
@@ -164,10 +165,12 @@ class ObjectTable:
         e.log.append(f"proxy of node {home[:8]}'s object")
         return e
 
-    def take_remote_releases(self) -> dict[str, list[bytes]]:
-        """Holds of this node to release at other nodes (proxies that went)."""
+    def take_remote_releases(self) -> tuple[dict[str, list[bytes]], dict[str, list[bytes]]]:
+        """Holds of this node to take (entries now holding another node's copy) and to
+        release (proxies that went) at other nodes."""
+        take, self.remote_holds = self.remote_holds, {}
         out, self.remote_releases = self.remote_releases, {}
-        return out
+        return take, out
 
     # ------------------------------------------------------------------ creating
     def allocate(self, size: int) -> int:
@@ -228,6 +231,11 @@ class ObjectTable:
         if type_name:
             e.type_name = type_name
         if payload is not None and e.payload is None:
+            if payload[0] == M.SHARED and not self.is_local(payload) and e.home is None:
+                # a value exported while pending, written on another node: this entry
+                # holds that node's copy while it lives (released when it goes)
+                e.home = payload[4]
+                self.remote_holds.setdefault(e.home, []).append(oid)
             e.payload = payload
             e.secondary = None
             e.size = payload[2] if payload[0] == M.SHARED else len(payload[1]) + sum(len(b) for b in payload[2])

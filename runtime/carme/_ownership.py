@@ -37,7 +37,7 @@ _now = time.time
 class LocalObject:
     __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
                  "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
-                 "sealing", "orphan")
+                 "sealing", "orphan", "held_here")
 
     def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
         self.payload = payload          # None while pending
@@ -56,6 +56,7 @@ class LocalObject:
         self.copy = False               # we hold a local copy pulled from another node
         self.sealing = False            # its value is being handed to the daemon
         self.orphan = False             # no local reference left: let go once sealed
+        self.held_here = False          # exported to our daemon, then written on `home`: held at both
 
 
 class ExportPlan(NamedTuple):
@@ -124,6 +125,8 @@ class Ownership:
         del self.objects[oid]
         if entry.held:
             self.release_holds([oid], entry.home)
+        if entry.held_here:
+            self._decrefs.append(oid)
         if entry.contained_ids:
             self.release_blob_holds(entry.contained_ids, entry.home)
         if entry.copy:
@@ -237,6 +240,8 @@ class Ownership:
         """The daemon has the value; True if no local reference is left (call
         `ref_zero`)."""
         entry.sealing = False
+        if entry.payload is not None and entry.payload[0] != SHARED:
+            entry.home = None  # an inline value: our only hold is the export's, at our daemon
         return entry.orphan
 
     def home_of(self, oid: bytes) -> str:

@@ -467,6 +467,9 @@ class TaskSubmitter:
                     if contained and i < len(contained) and contained[i]:
                         core.release_blob_holds(contained[i], home)
                     continue
+                if entry.exported and entry.home is None and payload[0] == M.SHARED \
+                        and home and home != core.node_id:
+                    entry.held_here = True  # (our daemon's entry holds the copy on `home`)
                 entry.home = home
                 if contained and i < len(contained) and contained[i]:
                     entry.contained_ids = contained[i]
