@@ -13,6 +13,7 @@ driver/worker -> node daemon (requests carry a request id; the daemon answers RE
     CREATE_ACTOR, ACTOR_INFO, KILL_ACTOR, KILL_WORKER, BLOCKED, UNBLOCKED, EVENTS, STATE,
     PG_CREATE, PG_REMOVE, PG_INFO, PG_WAIT, STORE_STATS, NAMED_ACTORS, GET_REMOTE,
     NODE_ADDRESS, WORKER_DEATH
+node daemon -> node daemon: PG_RESERVE (bundles the placing daemon put on that node)
 daemon -> worker (its control socketpair): RUN_ACTOR, EXIT
 worker -> daemon: WORKER_READY, ACTOR_READY, ACTOR_FAILED
 submitter -> worker: PUSH, ACTOR_CALL, CANCEL
@@ -77,6 +78,7 @@ NAMED_ACTORS = 24
 GET_REMOTE = 25   # a local copy of an object whose primary is on another node
 NODE_ADDRESS = 26
 WORKER_DEATH = 27  # why did this node's worker die? (the memory monitor's reason, or None)
+PG_RESERVE = 28  # node -> node: reserve these bundles of a group here ({}: the group went)
 
 RUN_ACTOR = 40
 EXIT = 41
@@ -523,6 +525,18 @@ class PgCreate(Msg):
     def validate(self) -> None:
         for i, b in enumerate(self.bundles):
             check_shape(f"PgCreate.bundles[{i}]", b)
+
+
+@message(PG_RESERVE, pg_id=str, bundles=dict)
+class PgReserve(Msg):
+    pg_id: str
+    bundles: dict
+
+    def validate(self) -> None:
+        for i, b in self.bundles.items():
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 10_000:
+                raise BadMessage(f"PgReserve.bundles keys must be bundle indices (int), not {_short(i)}")
+            check_shape(f"PgReserve.bundles[{i}]", b)
 
 
 @message(PG_REMOVE, req=int, pg_id=str)

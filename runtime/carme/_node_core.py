@@ -80,6 +80,7 @@ class NodeCore(ActorCore, RefCore):
         self.peers = peers if peers is not None else {}  # other nodes (the cluster view)
         self.linked = linked  # in a cluster: other nodes' objects can be pulled
         self.pg_waiters: dict[str, list[tuple[Any, int]]] = {}
+        self.pg_mirrored: dict[str, set[str]] = {}  # group -> other nodes told to reserve its bundles
         self._pull_keys = itertools.count(1)
         self._init_actors()
         self._init_refs()
@@ -203,7 +204,7 @@ class NodeCore(ActorCore, RefCore):
                 out += self._actor_infeasible(d)
             else:  # Spill, Refuse
                 out.append(d)
-        return out + self._check_pgs()
+        return out + self._check_pgs() + self._tell_bundle_nodes()
 
     def give_back(self, w: WorkerRec) -> list[Any]:
         """A worker's lease ended: it goes idle, or retires if enough are idle."""
@@ -302,15 +303,7 @@ class NodeCore(ActorCore, RefCore):
             return [Answer(conn, req, True, msg.pg_id), *self.poll()]
         if isinstance(msg, M.PgRemove):
             lost = scheduler.remove_placement_group(msg.pg_id)
-            out: list[Any] = []
-            for lease_id in lost:
-                entry = self.leases.leases.get(lease_id)
-                if entry and entry[0] is not None:
-                    out.append(Kill(entry[0].pid))
-            for actor in self.actors.actors.values():
-                if actor.lease_id in lost:
-                    actor.no_restart = True
-            return [*out, Answer(conn, req, True, None), *self.poll()]
+            return [*self._void_leases(lost), Answer(conn, req, True, None), *self.poll()]
         if isinstance(msg, M.PgWait):
             self.pg_waiters.setdefault(msg.pg_id, []).append((conn, req))
             return self._check_pgs()
@@ -322,6 +315,45 @@ class NodeCore(ActorCore, RefCore):
                     msg.name and pg.get("name") == msg.name and pg["state"] != "REMOVED"):
                 return [Answer(conn, req, True, pg)]
         return [Answer(conn, req, False, ValueError(f"no placement group {msg.pg_id or msg.name!r}"))]
+
+    def _tell_bundle_nodes(self) -> list[Any]:
+        """Groups placed here that changed: the nodes holding their bundles reserve them
+        there too (`PgReserve`), and nodes no longer holding any let them go."""
+        assert self.leases is not None
+        scheduler = self.leases.scheduler
+        out: list[Any] = []
+        for pg_id in scheduler.placement_group_changes():
+            now = scheduler.bundles_on(pg_id, self.node_id)
+            before = self.pg_mirrored.pop(pg_id, set())
+            for nid, bundles in now.items():
+                if nid in self.peers:
+                    out.append(ToPeer(nid, (M.PG_RESERVE, pg_id, bundles)))
+            out += [ToPeer(nid, (M.PG_RESERVE, pg_id, {})) for nid in before - set(now)
+                    if self.peers.get(nid, {}).get("state") == "ALIVE"]
+            if now:
+                self.pg_mirrored[pg_id] = set(now)
+        return out
+
+    def _pg_reserve(self, client: Client, msg: M.PgReserve) -> list[Any]:
+        """Another node placed bundles of a group here: this node reserves them."""
+        assert self.leases is not None and self.actors is not None
+        if not client.holder.startswith("node:"):
+            return [Note(f"refused PgReserve from pid {client.pid}: only another node's daemon may send it")]
+        void = self.leases.scheduler.mirror_bundles(msg.pg_id, msg.bundles, self.node_id)
+        return [*self._void_leases(void), *self.poll()]
+
+    def _void_leases(self, lost: list[str]) -> list[Any]:
+        """Leases inside a removed group: their workers are killed, actors not restarted."""
+        assert self.leases is not None and self.actors is not None
+        out: list[Any] = []
+        for lease_id in lost:
+            entry = self.leases.leases.get(lease_id)
+            if entry and entry[0] is not None:
+                out.append(Kill(entry[0].pid))
+        for actor in self.actors.actors.values():
+            if actor.lease_id in lost:
+                actor.no_restart = True
+        return out
 
     def _check_pgs(self) -> list[Any]:
         """Answer the waits for groups now created (True) or removed (False)."""
@@ -394,7 +426,7 @@ class NodeCore(ActorCore, RefCore):
         M.ActorReady: ActorCore._actor_report, M.ActorFailed: ActorCore._actor_report,
         M.KillActor: _kill_actor_msg, ActorCreation: ActorCore._create_actor,
         M.Reply: _peer_reply, PeerFailed: _peer_reply,
-        **dict.fromkeys((M.PgCreate, M.PgRemove, M.PgInfo, M.PgWait), _pg),
+        **dict.fromkeys((M.PgCreate, M.PgRemove, M.PgInfo, M.PgWait), _pg), M.PgReserve: _pg_reserve,
         ClusterView: _cluster_view, M.NodeAddress: _node_address,
     }
 
