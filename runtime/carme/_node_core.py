@@ -121,7 +121,7 @@ class NodeCore(ActorCore, RefCore):
         return effects
 
     def _incref(self, client: Client, msg: M.Incref) -> list[Any]:
-        if msg.homes:
+        if msg.homes or self.needs_confirming(msg.oids):
             return self.incref_homes(client, msg)
         missing = self.table.incref(msg.oids, msg.holder or client.holder)
         return [] if msg.req is None else [Answer(client.conn, msg.req, True, missing)]

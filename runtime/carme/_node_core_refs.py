@@ -33,39 +33,46 @@ class RefCore:
     _peer_req_ids: Any
 
     def _init_refs(self) -> None:
-        # peer request id -> ("incref", client conn, client req, missing so far, requests left)
-        #                  | ("get", oid)
-        self.ref_reqs: dict[int, list[Any]] = {}
+        # peer request id -> ("incref", [oids asked]) | ("get", oid)
+        self.ref_reqs: dict[int, tuple[str, Any]] = {}
+        # a proxy whose hold at its home is not confirmed yet -> the increfs waiting for it
+        # (each wait: [client conn, client req, missing ids, proxies still unconfirmed])
+        self.confirming: dict[bytes, list[list[Any]]] = {}
 
     def _home_alive(self, home: str) -> bool:
         peer = self.peers.get(home)
         return self.linked and peer is not None and peer["state"] == "ALIVE"
 
+    def needs_confirming(self, oids: list[bytes]) -> bool:
+        return bool(self.confirming) and any(oid in self.confirming for oid in oids)
+
     def incref_homes(self, client: Client, msg: M.Incref) -> list[Any]:
-        """Holds on objects some of which may live on other nodes (`msg.homes`)."""
+        """Holds on objects some of which may live on other nodes (`msg.homes`). The
+        answer waits until every proxy involved holds its object at its home."""
         table, holder = self.table, msg.holder or client.holder
-        out: list[Any] = []
         homes = msg.homes or {}
-        missing: list[bytes] = []
+        wait: list[Any] = [client.conn, msg.req, [], 0]
         remote: dict[str, list[bytes]] = {}
         for oid in msg.oids:
-            if table.hold(oid, holder):
-                continue
-            home = homes.get(oid)
-            if home is None or home == self.node_id or not self._home_alive(home):
-                missing.append(oid)
-                continue
-            table.proxy(oid, home)
-            table.hold(oid, holder)
-            remote.setdefault(home, []).append(oid)
-        if not remote:
-            return [] if msg.req is None else [Answer(client.conn, msg.req, True, missing)]
-        wait = None if msg.req is None else ["incref", client.conn, msg.req, missing, len(remote)]
+            if not table.hold(oid, holder):
+                home = homes.get(oid)
+                if home is None or home == self.node_id or not self._home_alive(home):
+                    wait[2].append(oid)
+                    continue
+                table.proxy(oid, home)
+                table.hold(oid, holder)
+                self.confirming[oid] = []
+                remote.setdefault(home, []).append(oid)
+            if oid in self.confirming and msg.req is not None:
+                self.confirming[oid].append(wait)
+                wait[3] += 1
+        out: list[Any] = []
         for home, oids in remote.items():
             req = next(self._peer_req_ids)
-            if wait is not None:
-                self.ref_reqs[req] = wait
+            self.ref_reqs[req] = ("incref", oids)
             out.append(PeerRequest(home, req, (M.INCREF, req, oids)))
+        if msg.req is not None and wait[3] == 0:
+            out.append(Answer(client.conn, msg.req, True, wait[2]))
         return out
 
     def get_proxy(self, client: Client, msg: M.GetObject) -> list[Any]:
@@ -76,7 +83,7 @@ class RefCore:
                 and e.secondary is None and e.waiters:
             e.fetching = True
             req = next(self._peer_req_ids)
-            self.ref_reqs[req] = ["get", msg.oid]
+            self.ref_reqs[req] = ("get", msg.oid)
             out.append(PeerRequest(e.home, req, (M.GET_OBJECT, req, msg.oid)))
         return out
 
@@ -87,31 +94,35 @@ class RefCore:
             return None
         ok, value = (False, msg.error) if isinstance(msg, PeerFailed) else (msg.ok, msg.value)
         table = self.table
-        if wait[0] == "get":
-            e = table.get_entry(wait[1])
+        kind, arg = wait
+        if kind == "get":
+            e = table.get_entry(arg)
             if e is None or e.payload is not None:
                 return []
             e.fetching = False
             waiters, e.waiters = e.waiters, []
             if not ok:
                 err: Any = value if isinstance(value, BaseException) else exc.ObjectLostError(
-                    wait[1].hex(), detail=f"its home node answered: {value}")
+                    arg.hex(), detail=f"its home node answered: {value}")
                 return [Answer(c, r, False, err) for c, r in waiters]
             e.payload = value  # type: ignore[assignment]
             e.log.append("payload from its home")
             return [Answer(c, r, True, value) for c, r in waiters]
-        _, conn, req, missing, left = wait
         out: list[Any] = []
-        unknown = value if ok and isinstance(value, list) else []  # (not asked: its node is going)
-        for oid in unknown:  # unknown at its home: lost; the proxy goes (nothing to release)
-            missing.append(oid)
-            e = table.get_entry(oid)
-            if e is not None:
-                e.home = None
-                out += table.free(oid)
-        wait[4] = left - 1
-        if wait[4] == 0:
-            out.append(Answer(conn, req, True, missing))
+        unknown = set(value) if ok and isinstance(value, list) else set()  # (not asked: its node is going)
+        for oid in arg:
+            lost = oid in unknown
+            if lost:  # unknown at its home: the proxy goes (nothing to release there)
+                e = table.get_entry(oid)
+                if e is not None:
+                    e.home = None
+                    out += table.free(oid)
+            for w in self.confirming.pop(oid, []):
+                if lost:
+                    w[2].append(oid)
+                w[3] -= 1
+                if w[3] == 0:
+                    out.append(Answer(w[0], w[1], True, w[2]))
         return out
 
     def remote_releases(self) -> list[Any]:

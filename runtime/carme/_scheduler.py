@@ -567,8 +567,8 @@ class ClusterScheduler:
         those nodes must reserve themselves (`mirror_bundles`)."""
         pg = self._pgs.get(pg_id)
         out: dict[str, dict[int, dict[str, float]]] = {}
-        if pg is None or pg.mirror is not None or pg.state != "CREATED":
-            return out
+        if pg is None or pg.mirror is not None or pg.state not in ("CREATED", "RESCHEDULING"):
+            return out  # (while rescheduling, the bundles still placed stay reserved)
         for i, b in enumerate(pg.bundles):
             if b.node_id is not None and b.node_id != local:
                 out.setdefault(b.node_id, {})[i] = to_float_shape(b.shape)
@@ -582,6 +582,9 @@ class ClusterScheduler:
         old = self._pgs.get(pg_id)
         if old is not None and old.mirror is None:
             return []  # placed here: this node's own record already reserves it
+        if old is not None and bundles and {i: b.shape for i, b in enumerate(old.bundles) if b.shape} \
+                == {i: to_fixed_shape(b) for i, b in bundles.items()}:
+            return []  # told again (the group was rescheduled elsewhere): nothing changes here
         void = self.remove_placement_group(pg_id) if old is not None else []
         if old is not None:
             del self._pgs[pg_id]

@@ -124,3 +124,13 @@ def test_owner_names_homes_and_releases_both_holds() -> None:
     rel = own.take_releases()
     assert rel.local == [A] and rel.peers == {OTHER: [A]}
     assert own.home_of(B) == HERE
+
+
+def test_a_second_holder_of_an_unconfirmed_proxy_waits_for_the_home_too() -> None:
+    core = _core()
+    w, v = Client("w", "w1", 1), Client("v", "v1", 2)
+    (ask,) = _handle(core, w, (M.INCREF, 5, [A], None, {A: HOME}))
+    assert _handle(core, v, (M.INCREF, 6, [A, B])) == []  # (B: unknown, no home named)
+    out = _reply(core, ask.req, [])
+    assert out == [Answer("w", 5, True, []), Answer("v", 6, True, [B])]
+    assert _handle(core, v, (M.INCREF, 7, [A])) == [Answer("v", 7, True, [])]  # confirmed now

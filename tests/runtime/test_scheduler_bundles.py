@@ -76,3 +76,14 @@ def test_only_a_node_may_reserve_bundles() -> None:
     assert "refused" in out[0].text and s.available(B) == {"CPU": 1.0}
     core.handle(Client("p", "node:" + HEAD, 1), M.decode((M.PG_RESERVE, "pg", {0: {"CPU": 1}})))
     assert s.available(B) == {"CPU": 0.0}
+
+
+def test_told_again_the_same_bundles_keeps_the_leases_inside() -> None:
+    s = ClusterScheduler()
+    s.add_node(B, {"CPU": 2})
+    s.mirror_bundles("pg", {0: {"CPU": 1}}, B)
+    s.submit(LeaseRequest("inside", {"CPU": 1}, BundleStrategy("pg", 0), local_node=B))
+    assert _grants(s) == ["inside"]
+    assert s.mirror_bundles("pg", {0: {"CPU": 1}}, B) == []
+    assert s.available(B) == {"CPU": 1.0}
+    assert len(s.mirror_bundles("pg", {}, B)) == 1  # the group went: its lease is void
