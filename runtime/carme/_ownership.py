@@ -37,7 +37,7 @@ _now = time.time
 class LocalObject:
     __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
                  "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
-                 "sealing", "orphan", "held_here")
+                 "sealing", "orphan", "held_here", "promised")
 
     def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
         self.payload = payload          # None while pending
@@ -57,6 +57,7 @@ class LocalObject:
         self.sealing = False            # its value is being handed to the daemon
         self.orphan = False             # no local reference left: let go once sealed
         self.held_here = False          # exported to our daemon, then written on `home`: held at both
+        self.promised = False           # a pickled ref named our daemon as its home: export it there
 
 
 class ExportPlan(NamedTuple):
@@ -175,6 +176,8 @@ class Ownership:
         home = entry.home
         if not entry.held:
             entry.home = None  # our hold is at our own daemon from now on
+        elif home and home != self.node_id:
+            entry.held_here = True  # held where it was written, and now at our daemon too
         entry.exported = True
         entry.held = True
         blob_holds = entry.contained_ids
@@ -250,7 +253,16 @@ class Ownership:
         entry = self.objects.get(oid)
         if entry is not None and entry.held and entry.home:
             return entry.home
+        if entry is not None and not entry.exported:
+            # the ref is exported to our daemon next, even if its value is written on
+            # another node meanwhile (see `written_elsewhere`)
+            entry.promised = True
         return self.node_id
+
+    def written_elsewhere(self, entry: LocalObject) -> None:
+        """A task's value was written on another node, where we hold it now."""
+        entry.held = True
+        entry.exported = entry.exported or not entry.promised
 
     def pending(self) -> list[bytes]:
         return [oid for oid, entry in self.objects.items() if entry.payload is None]

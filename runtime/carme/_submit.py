@@ -474,8 +474,7 @@ class TaskSubmitter:
                 if contained and i < len(contained) and contained[i]:
                     entry.contained_ids = contained[i]
                 if payload[0] == M.SHARED:
-                    entry.held = True
-                    entry.exported = True
+                    core.own.written_elsewhere(entry)
                 done = core.own.set_payload(oid, payload, core.daemon_lost)
             core.payload_set(oid, entry, done)
         spec.keep = []

@@ -134,3 +134,25 @@ def test_a_second_holder_of_an_unconfirmed_proxy_waits_for_the_home_too() -> Non
     out = _reply(core, ask.req, [])
     assert out == [Answer("w", 5, True, []), Answer("v", 6, True, [B])]
     assert _handle(core, v, (M.INCREF, 7, [A])) == [Answer("v", 7, True, [])]  # confirmed now
+
+
+def test_a_ref_pickled_naming_our_daemon_is_exported_there_even_if_written_elsewhere() -> None:
+    own = Ownership(HERE)
+    e = own.new_owned(A)  # a task return, pending
+    assert own.home_of(A) == HERE  # pickled now: the reader will ask our daemon
+    e.home = OTHER  # its value arrives, written on OTHER (finish)
+    own.written_elsewhere(e)
+    e.payload = (M.SHARED, 0, 1000, False, OTHER)
+    plan = own.begin_export(A)  # so the export that follows the pickling still happens
+    assert plan is not None and plan.payload == e.payload
+    assert e.held_here  # held at OTHER (where written) and at our daemon: both released
+    own.add(A)
+    assert own.remove(A)
+    own.ref_zero(A)
+    rel = own.take_releases()
+    assert rel.local == [A] and rel.peers == {OTHER: [A]}
+    # not pickled before its value came: held where written only, nothing to export
+    e2 = own.new_owned(B)
+    e2.home = OTHER
+    own.written_elsewhere(e2)
+    assert own.begin_export(B) is None and own.home_of(B) == OTHER
