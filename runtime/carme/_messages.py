@@ -13,7 +13,8 @@ driver/worker -> node daemon (requests carry a request id; the daemon answers RE
     CREATE_ACTOR, ACTOR_INFO, KILL_ACTOR, KILL_WORKER, BLOCKED, UNBLOCKED, EVENTS, STATE,
     PG_CREATE, PG_REMOVE, PG_INFO, PG_WAIT, STORE_STATS, NAMED_ACTORS, GET_REMOTE,
     NODE_ADDRESS, WORKER_DEATH
-node daemon -> node daemon: PG_RESERVE (bundles the placing daemon put on that node)
+node daemon -> node daemon: PG_RESERVE (bundles the placing daemon put on that node),
+    WATCH (tell me when these objects I copied are freed), FREED (they were)
 daemon -> worker (its control socketpair): RUN_ACTOR, EXIT
 worker -> daemon: WORKER_READY, ACTOR_READY, ACTOR_FAILED
 submitter -> worker: PUSH, ACTOR_CALL, CANCEL
@@ -79,6 +80,8 @@ GET_REMOTE = 25   # a local copy of an object whose primary is on another node
 NODE_ADDRESS = 26
 WORKER_DEATH = 27  # why did this node's worker die? (the memory monitor's reason, or None)
 PG_RESERVE = 28  # node -> node: reserve these bundles of a group here ({}: the group went)
+WATCH = 29  # node -> node: tell me (FREED) when these objects, which I copied, are freed
+FREED = 30  # node -> node: these objects you copied (WATCH) were freed: drop your copies
 
 RUN_ACTOR = 40
 EXIT = 41
@@ -537,6 +540,22 @@ class PgReserve(Msg):
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 10_000:
                 raise BadMessage(f"PgReserve.bundles keys must be bundle indices (int), not {_short(i)}")
             check_shape(f"PgReserve.bundles[{i}]", b)
+
+
+@message(WATCH, oids=list)
+class Watch(Msg):
+    oids: list
+
+    def validate(self) -> None:
+        check_id_list("Watch", "oids", self.oids)
+
+
+@message(FREED, oids=list)
+class Freed(Msg):
+    oids: list
+
+    def validate(self) -> None:
+        check_id_list("Freed", "oids", self.oids)
 
 
 @message(PG_REMOVE, req=int, pg_id=str)

@@ -94,6 +94,8 @@ class NodeCore(ActorCore, RefCore):
         out: list[Any] = handler(self, client, msg)
         if self.table.remote_releases or self.table.remote_holds:
             out += self.remote_releases()
+        if self.table.freed_notices:
+            out += self.freed_notices()
         return out
 
     # ------------------------------------------------------------------ objects
@@ -149,6 +151,7 @@ class NodeCore(ActorCore, RefCore):
                 return [Answer(client.conn, msg.req, False, table.lost(
                     oid, f"It lives on node {msg.node_id[:8]}, which is not alive."))]
             e = table.get_entry(oid) or table.start_pull(oid)
+            self.pull_sources[oid] = msg.node_id
             out.append(StartPull(oid, peer["grpc_address"]))
         table.hold(oid, client.holder)
         e.waiters.append((client.conn, msg.req))
@@ -165,7 +168,8 @@ class NodeCore(ActorCore, RefCore):
         return list(self.table.unhold(ev.oid, ev.key))
 
     def _pulled(self, client: Client | None, ev: Pulled) -> list[Any]:
-        return list(self.table.pulled(ev.oid, ev.offset, ev.total, ev.is_error, ev.error))
+        out: list[Any] = list(self.table.pulled(ev.oid, ev.offset, ev.total, ev.is_error, ev.error))
+        return out + self.copied_from(ev.oid)
 
     # ------------------------------------------------------------------ leases and workers
     def _lease_event(self, client: Client, msg: Any) -> list[Any]:
@@ -426,6 +430,7 @@ class NodeCore(ActorCore, RefCore):
         M.ActorReady: ActorCore._actor_report, M.ActorFailed: ActorCore._actor_report,
         M.KillActor: _kill_actor_msg, ActorCreation: ActorCore._create_actor,
         M.Reply: _peer_reply, PeerFailed: _peer_reply,
+        M.Watch: RefCore.watch_copies, M.Freed: RefCore.copies_freed,
         **dict.fromkeys((M.PgCreate, M.PgRemove, M.PgInfo, M.PgWait), _pg), M.PgReserve: _pg_reserve,
         ClusterView: _cluster_view, M.NodeAddress: _node_address,
     }

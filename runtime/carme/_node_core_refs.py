@@ -38,6 +38,7 @@ class RefCore:
         # a proxy whose hold at its home is not confirmed yet -> the increfs waiting for it
         # (each wait: [client conn, client req, missing ids, proxies still unconfirmed])
         self.confirming: dict[bytes, list[list[Any]]] = {}
+        self.pull_sources: dict[bytes, str] = {}  # object being pulled -> the node it comes from
 
     def _home_alive(self, home: str) -> bool:
         peer = self.peers.get(home)
@@ -132,6 +133,30 @@ class RefCore:
                   if self._home_alive(home)),
                 *(ToPeer(home, (M.DECREF, oids)) for home, oids in release.items()
                   if self._home_alive(home))]
+
+    def freed_notices(self) -> list[Any]:
+        """Nodes that copied objects freed here are told (they drop their copies)."""
+        return [ToPeer(node, (M.FREED, oids)) for node, oids in self.table.take_freed_notices().items()
+                if self._home_alive(node)]
+
+    def copied_from(self, oid: bytes) -> list[Any]:
+        """A pull ended: a cached copy asks its source to say when the object goes there."""
+        source = self.pull_sources.pop(oid, None)
+        e = self.table.get_entry(oid)
+        if source is None or e is None or e.home is not None or "cache" not in e.holders:
+            return []
+        return [ToPeer(source, (M.WATCH, [oid]))] if self._home_alive(source) else []
+
+    def watch_copies(self, client: Client, msg: M.Watch) -> list[Any]:
+        if not client.holder.startswith("node:"):
+            return []  # (only a node keeps copies)
+        self.table.watch(msg.oids, client.holder[5:])
+        return []
+
+    def copies_freed(self, client: Client, msg: M.Freed) -> list[Any]:
+        if not client.holder.startswith("node:"):
+            return []
+        return list(self.table.drop_copies(msg.oids))
 
     def node_holds_gone(self, node_id: str) -> list[Any]:
         """A node died: the holds it had here go."""

@@ -66,6 +66,7 @@ class ObjEntry:
     stale: list[int] = field(default_factory=list)  # blocks of earlier attempts, freed with the entry
     home: str | None = None  # a proxy: the node whose daemon has the object's entry
     fetching: bool = False  # a proxy's value is being asked of its home
+    watchers: list[str] = field(default_factory=list)  # nodes that copied it (told when it goes)
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
 
 
@@ -80,6 +81,7 @@ class ObjectTable:
         self.freed: OrderedDict[bytes, list[str]] = OrderedDict()
         self.remote_releases: dict[str, list[bytes]] = {}  # home node -> proxies gone
         self.remote_holds: dict[str, list[bytes]] = {}  # node -> entries that hold its copy
+        self.freed_notices: dict[str, list[bytes]] = {}  # node -> its copies' objects, freed here
 
     # ------------------------------------------------------------------ lookups
     def __len__(self) -> int:
@@ -164,6 +166,32 @@ class ObjectTable:
         e = self.objects[oid] = ObjEntry(owner_pid=0, home=home)
         e.log.append(f"proxy of node {home[:8]}'s object")
         return e
+
+    def watch(self, oids: list[bytes], node: str) -> None:
+        """`node` copied these objects: it hears (`freed_notices`) when they go here (at
+        once for those already gone)."""
+        for oid in oids:
+            e = self.objects.get(oid)
+            if e is None:
+                self.freed_notices.setdefault(node, []).append(oid)
+            elif node not in e.watchers:
+                e.watchers.append(node)
+
+    def drop_copies(self, oids: list[bytes]) -> list[Answer]:
+        """The objects these cached copies were made of are freed at their node: the
+        copies go (once nothing here holds them but the cache)."""
+        out: list[Answer] = []
+        for oid in oids:
+            e = self.objects.get(oid)
+            if e is not None and e.home is None and "cache" in e.holders:
+                if oid in self.cached:
+                    self.cached.remove(oid)
+                out += self.unhold(oid, "cache")
+        return out
+
+    def take_freed_notices(self) -> dict[str, list[bytes]]:
+        out, self.freed_notices = self.freed_notices, {}
+        return out
 
     def take_remote_releases(self) -> tuple[dict[str, list[bytes]], dict[str, list[bytes]]]:
         """Holds of this node to take (entries now holding another node's copy) and to
@@ -289,6 +317,8 @@ class ObjectTable:
         e.log.append("freed")
         if e.home is not None:
             self.remote_releases.setdefault(e.home, []).append(oid)
+        for node in e.watchers:
+            self.freed_notices.setdefault(node, []).append(oid)
         self.freed[oid] = list(e.log)
         while len(self.freed) > FREED_KEPT:
             self.freed.popitem(last=False)

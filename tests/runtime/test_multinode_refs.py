@@ -22,24 +22,16 @@ BIG = 300_000  # above the inline limit: the value lives in a node's shared-memo
 
 
 def _store_used(carme, node_ids: list[str]) -> dict[str, tuple[int, int]]:
-    """(bytes used, objects known) in each node's store, asked of each daemon, less the
-    copies a node keeps in its cache of other nodes' objects (held by nothing else; they
-    go when space is needed: the store's design, not a count of references)."""
+    """(bytes used, objects known) in each node's store, asked of each daemon (copies a
+    node pulled count too: they go when the object is freed at its node)."""
     from carme import _messages as M
     from carme._api import auto_init as _core
-    from carme._store import _aligned
     core = _core()
-    cached: dict[str, tuple[int, int]] = {}
-    for row in core.state_rows("objects"):
-        if row.get("holders") == ["cache"]:
-            b, n = cached.get(row["node_id"], (0, 0))
-            cached[row["node_id"]] = (b + _aligned(row["object_size"] or 1), n + 1)
     out = {}
     for nid in node_ids:
         conn = None if nid == core.node_id else core.peer(nid)
         stats = core.request(M.STORE_STATS, conn=conn)
-        b, n = cached.get(nid, (0, 0))
-        out[nid] = (stats["used"] - b, stats["objects"] - n)
+        out[nid] = (stats["used"], stats["objects"])
     return out
 
 

@@ -156,3 +156,32 @@ def test_a_ref_pickled_naming_our_daemon_is_exported_there_even_if_written_elsew
     e2.home = OTHER
     own.written_elsewhere(e2)
     assert own.begin_export(B) is None and own.home_of(B) == OTHER
+
+
+def test_a_cached_copy_goes_when_its_object_is_freed_at_its_node() -> None:
+    # this node pulls OTHER's object for a process here, and asks to hear when it goes
+    core = _core()
+    w = Client("w", "w1", 1)
+    (pull,) = _handle(core, w, (M.GET_REMOTE, 5, A, OTHER))
+    off = core.table.alloc_secondary(A, 1000)
+    from carme._node_effects import Pulled
+    out = core.handle(None, Pulled(A, off, 1000, False, None))
+    assert out[-1] == ToPeer(OTHER, (M.WATCH, [A]))
+    _handle(core, w, (M.DECREF, [A]))
+    assert core.table.get_entry(A) is not None  # (kept in the cache)
+    # OTHER says it was freed there: the copy goes (only a node may say so)
+    assert _handle(core, w, (M.FREED, [A])) == [] and core.table.get_entry(A) is not None
+    core.handle(Client("p", "node:" + OTHER, 3, peer=OTHER), M.decode((M.FREED, [A])))
+    assert core.table.get_entry(A) is None and core.table.arena.used_bytes == 0 and not core.table.cached
+
+
+def test_the_node_that_has_an_object_tells_its_copiers_when_it_goes() -> None:
+    core = _core()
+    table = core.table
+    off = table.alloc(A, 1000, 1, "driver")
+    table.export(A, (M.SHARED, off, 1000, False, HERE), [], 0, "bytes", "driver", 1)
+    peer = Client("p", "node:" + OTHER, 3, peer=OTHER)
+    # B is already gone when asked: said at once
+    assert core.handle(peer, M.decode((M.WATCH, [A, B]))) == [ToPeer(OTHER, (M.FREED, [B]))]
+    assert core.handle(Client("d", "driver", 1), M.decode((M.DECREF, [A]))) == [
+        ToPeer(OTHER, (M.FREED, [A]))]
