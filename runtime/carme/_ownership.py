@@ -37,7 +37,7 @@ _now = time.time
 class LocalObject:
     __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
                  "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
-                 "sealing", "orphan", "held_here", "promised")
+                 "sealing", "orphan")
 
     def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
         self.payload = payload          # None while pending
@@ -56,8 +56,6 @@ class LocalObject:
         self.copy = False               # we hold a local copy pulled from another node
         self.sealing = False            # its value is being handed to the daemon
         self.orphan = False             # no local reference left: let go once sealed
-        self.held_here = False          # exported to our daemon, then written on `home`: held at both
-        self.promised = False           # a pickled ref named our daemon as its home: export it there
 
 
 class ExportPlan(NamedTuple):
@@ -95,6 +93,10 @@ class Ownership:
         self._decrefs: list[bytes] = []
         self._peer_decrefs: dict[str, list[bytes]] = {}
         self._blob_decrefs: dict[str | None, list[bytes]] = {}
+        # held at our daemon as well as at their `home` (exported here, written there)
+        self.held_here: set[bytes] = set()
+        # a pickled ref named our daemon as their home: exported here, wherever written
+        self.promised: set[bytes] = set()
 
     # ------------------------------------------------------------------ counts
     def add(self, oid: bytes) -> None:
@@ -126,8 +128,10 @@ class Ownership:
         del self.objects[oid]
         if entry.held:
             self.release_holds([oid], entry.home)
-        if entry.held_here:
+        if oid in self.held_here:
+            self.held_here.discard(oid)
             self._decrefs.append(oid)
+        self.promised.discard(oid)
         if entry.contained_ids:
             self.release_blob_holds(entry.contained_ids, entry.home)
         if entry.copy:
@@ -177,7 +181,7 @@ class Ownership:
         if not entry.held:
             entry.home = None  # our hold is at our own daemon from now on
         elif home and home != self.node_id:
-            entry.held_here = True  # held where it was written, and now at our daemon too
+            self.held_here.add(oid)  # held where it was written, and now at our daemon too
         entry.exported = True
         entry.held = True
         blob_holds = entry.contained_ids
@@ -256,13 +260,13 @@ class Ownership:
         if entry is not None and not entry.exported:
             # the ref is exported to our daemon next, even if its value is written on
             # another node meanwhile (see `written_elsewhere`)
-            entry.promised = True
+            self.promised.add(oid)
         return self.node_id
 
-    def written_elsewhere(self, entry: LocalObject) -> None:
+    def written_elsewhere(self, oid: bytes, entry: LocalObject) -> None:
         """A task's value was written on another node, where we hold it now."""
         entry.held = True
-        entry.exported = entry.exported or not entry.promised
+        entry.exported = entry.exported or oid not in self.promised
 
     def pending(self) -> list[bytes]:
         return [oid for oid, entry in self.objects.items() if entry.payload is None]

@@ -469,12 +469,12 @@ class TaskSubmitter:
                     continue
                 if entry.exported and entry.home is None and payload[0] == M.SHARED \
                         and home and home != core.node_id:
-                    entry.held_here = True  # (our daemon's entry holds the copy on `home`)
+                    core.own.held_here.add(oid)  # (our daemon's entry holds the copy on `home`)
                 entry.home = home
                 if contained and i < len(contained) and contained[i]:
                     entry.contained_ids = contained[i]
                 if payload[0] == M.SHARED:
-                    core.own.written_elsewhere(entry)
+                    core.own.written_elsewhere(oid, entry)
                 done = core.own.set_payload(oid, payload, core.daemon_lost)
             core.payload_set(oid, entry, done)
         spec.keep = []

@@ -116,7 +116,8 @@ def test_owner_names_homes_and_releases_both_holds() -> None:
     e.payload = (M.SHARED, 0, 1000, False, OTHER)
     assert own.home_of(A) == HERE  # not exported yet: it will be, to our daemon
     own.begin_export(A)
-    e.home, e.held_here = OTHER, True  # (finish: written on OTHER after the export)
+    e.home = OTHER  # (finish: written on OTHER after the export)
+    own.held_here.add(A)
     assert own.home_of(A) == OTHER
     own.add(A)
     assert own.remove(A)
@@ -141,11 +142,11 @@ def test_a_ref_pickled_naming_our_daemon_is_exported_there_even_if_written_elsew
     e = own.new_owned(A)  # a task return, pending
     assert own.home_of(A) == HERE  # pickled now: the reader will ask our daemon
     e.home = OTHER  # its value arrives, written on OTHER (finish)
-    own.written_elsewhere(e)
+    own.written_elsewhere(A, e)
     e.payload = (M.SHARED, 0, 1000, False, OTHER)
     plan = own.begin_export(A)  # so the export that follows the pickling still happens
     assert plan is not None and plan.payload == e.payload
-    assert e.held_here  # held at OTHER (where written) and at our daemon: both released
+    assert A in own.held_here  # held at OTHER (where written) and at our daemon: both released
     own.add(A)
     assert own.remove(A)
     own.ref_zero(A)
@@ -154,7 +155,7 @@ def test_a_ref_pickled_naming_our_daemon_is_exported_there_even_if_written_elsew
     # not pickled before its value came: held where written only, nothing to export
     e2 = own.new_owned(B)
     e2.home = OTHER
-    own.written_elsewhere(e2)
+    own.written_elsewhere(B, e2)
     assert own.begin_export(B) is None and own.home_of(B) == OTHER
 
 
