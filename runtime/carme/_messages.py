@@ -13,13 +13,13 @@ driver/worker -> node daemon (requests carry a request id; the daemon answers RE
     CREATE_ACTOR, ACTOR_INFO, KILL_ACTOR, KILL_WORKER, BLOCKED, UNBLOCKED, EVENTS, STATE,
     PG_CREATE, PG_REMOVE, PG_INFO, PG_WAIT, STORE_STATS, NAMED_ACTORS, GET_REMOTE,
     NODE_ADDRESS, WORKER_DEATH
-node daemon -> node daemon: PG_RESERVE (bundles the placing daemon put on that node),
-    WATCH (tell me when these objects I copied are freed), FREED (they were)
 daemon -> worker (its control socketpair): RUN_ACTOR, EXIT
 worker -> daemon: WORKER_READY, ACTOR_READY, ACTOR_FAILED
 submitter -> worker: PUSH, ACTOR_CALL, CANCEL
 worker -> submitter: RESULT, ITEM (streaming generator value), LOG
 daemon -> driver: LOG (output written straight to a worker's file descriptors), ACTOR_DIED
+node daemon -> node daemon (framed): PG_RESERVE (bundles the placing daemon put on that
+    node), WATCH (tell me when these objects I copied go), FREED (they went)
 
 Messages others receive are typed too where they are cheap to type: REPLY, RUN_ACTOR,
 EXIT, LOG, CANCEL and PEER are built from their classes (`Reply(...).wire()`) and read at
@@ -79,9 +79,6 @@ NAMED_ACTORS = 24
 GET_REMOTE = 25   # a local copy of an object whose primary is on another node
 NODE_ADDRESS = 26
 WORKER_DEATH = 27  # why did this node's worker die? (the memory monitor's reason, or None)
-PG_RESERVE = 28  # node -> node: reserve these bundles of a group here ({}: the group went)
-WATCH = 29  # node -> node: tell me (FREED) when these objects, which I copied, are freed
-FREED = 30  # node -> node: these objects you copied (WATCH) were freed: drop your copies
 
 RUN_ACTOR = 40
 EXIT = 41
@@ -97,6 +94,11 @@ ITEM = 64
 LOG = 65
 ACTOR_DIED = 66
 PEER = 67  # submitter -> worker, first message: who is calling (its worker id)
+
+# node daemon -> node daemon, on the framed connection one daemon opens to another
+PG_RESERVE = 31  # reserve these bundles of a group here ({}: the group went)
+WATCH = 32  # tell me (FREED) when these objects, which I copied, are freed here
+FREED = 33  # these objects you copied (WATCH) were freed: drop your copies
 
 # Object payloads: ("i", pickled_bytes, [out-of-band buffers as bytes], is_error) inline,
 # or ("s", offset, size, is_error, node_id) in a node's shared-memory store.

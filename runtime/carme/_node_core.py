@@ -146,12 +146,12 @@ class NodeCore(ActorCore, RefCore):
             e.payload, e.fetching = None, True  # a proxy's copy: pulled into its entry
             e = None
         if e is None:
+            self.pull_sources[oid] = msg.node_id  # (told when it goes there: `copied_from`)
             peer = self.peers.get(msg.node_id)
             if peer is None or peer["state"] != "ALIVE" or not self.linked:
                 return [Answer(client.conn, msg.req, False, table.lost(
                     oid, f"It lives on node {msg.node_id[:8]}, which is not alive."))]
-            e = table.get_entry(oid) or table.start_pull(oid)
-            self.pull_sources[oid] = msg.node_id
+            e = table.start_pull(oid)
             out.append(StartPull(oid, peer["grpc_address"]))
         table.hold(oid, client.holder)
         e.waiters.append((client.conn, msg.req))

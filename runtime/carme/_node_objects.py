@@ -340,7 +340,8 @@ class ObjectTable:
         return e.payload[1], e.payload[2], e.payload[3]
 
     def start_pull(self, oid: bytes) -> ObjEntry:
-        e = self.objects[oid] = ObjEntry(owner_pid=0)
+        e = self.objects.get(oid) or ObjEntry(owner_pid=0)  # (a proxy pulls into its entry)
+        self.objects[oid] = e
         e.log.append("pull started")
         return e
 
