@@ -57,7 +57,7 @@ from ._node_objects import ObjectTable
 from ._node_state import CLUSTER_KINDS, NodeFacts, NodeRows, head_node, parse_view, unknown_kind
 from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import Connection, ConnectionClosed, connect
-from ._scheduler import BundleStrategy, ClusterScheduler, LeaseRequest, NodeAffinity
+from ._scheduler import ClusterScheduler, LeaseRequest, NodeAffinity
 from ._store import Arena, create_store_file, store_path
 from ._zygote import kill_pid, wait_gone
 
@@ -383,8 +383,8 @@ class NodeDaemon:
     def on_lease(self, conn: Connection, msg: M.Lease) -> None:
         # from another node (no_spill): grant it here (or wait), never bounce it
         strategy = NodeAffinity(self.node_id, False) if msg.no_spill else msg.strategy
-        if msg.no_spill and isinstance(msg.strategy, BundleStrategy) \
-                and self.scheduler.has_mirror(msg.strategy.pg_id):
+        pg_id = getattr(msg.strategy, "pg_id", None)  # (a BundleStrategy's)
+        if msg.no_spill and pg_id is not None and self.scheduler.has_mirror(pg_id):
             strategy = msg.strategy  # a bundle this node reserves: leased from the bundle
         try:
             env_key = self.envs.key(msg.runtime_env)

@@ -96,6 +96,8 @@ class NodeCore(ActorCore, RefCore):
             out += self.remote_releases()
         if self.table.freed_notices:
             out += self.freed_notices()
+        if self.table.proxy_fetches:
+            out += self.fetch_proxies()
         return out
 
     # ------------------------------------------------------------------ objects
@@ -420,7 +422,7 @@ class NodeCore(ActorCore, RefCore):
     _handlers: dict[type, Any] = {
         M.Alloc: _alloc, M.Export: _export, M.Incref: _incref,
         M.Decref: lambda self, c, m: list(self.table.decref(m.oids, m.holder or c.holder)),
-        M.GetObject: RefCore.get_proxy,
+        M.GetObject: lambda self, c, m: list(self.table.get(c.conn, m.req, m.oid)),
         M.StoreStats: _store_stats, M.GetRemote: _get_remote, PullDone: _pull_done, Pulled: _pulled,
         **dict.fromkeys((M.ReturnLease, M.Blocked, M.Unblocked, M.KillWorker, LeaseRequested,
                          WorkerFound), _lease_event),

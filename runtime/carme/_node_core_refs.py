@@ -76,16 +76,16 @@ class RefCore:
             out.append(Answer(client.conn, msg.req, True, wait[2]))
         return out
 
-    def get_proxy(self, client: Client, msg: M.GetObject) -> list[Any]:
-        """`GET_OBJECT`: a proxy without its payload asks its home (once)."""
-        e = self.table.get_entry(msg.oid)
-        out: list[Any] = list(self.table.get(client.conn, msg.req, msg.oid))
-        if e is not None and e.home is not None and e.payload is None and not e.fetching \
-                and e.secondary is None and e.waiters:
-            e.fetching = True
-            req = next(self._peer_req_ids)
-            self.ref_reqs[req] = ("get", msg.oid)
-            out.append(PeerRequest(e.home, req, (M.GET_OBJECT, req, msg.oid)))
+    def fetch_proxies(self) -> list[Any]:
+        """Proxies a `GET_OBJECT` found without a payload ask their home for it (once)."""
+        out: list[Any] = []
+        oids, self.table.proxy_fetches = self.table.proxy_fetches, []
+        for oid in oids:
+            e = self.table.get_entry(oid)
+            if e is not None and e.home is not None:
+                req = next(self._peer_req_ids)
+                self.ref_reqs[req] = ("get", oid)
+                out.append(PeerRequest(e.home, req, (M.GET_OBJECT, req, oid)))
         return out
 
     def ref_reply(self, client: Client, msg: M.Reply | PeerFailed) -> list[Any] | None:

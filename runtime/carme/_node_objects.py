@@ -9,17 +9,19 @@ or the node's cache of other nodes' objects ("cache") hold once per reference. A
 holds the entry goes: its shared-memory block returns to the `Arena`, the objects its
 value referred to lose the value's hold, and anyone still waiting is told it is lost.
 
+Nothing here touches a socket, a process or the clock beyond `time.time()` for the log.
+Methods that must tell clients something return `Answer` effects; the daemon (the I/O
+shell) sends them. Clients are opaque handles to this module. The last few events of
+recently freed objects are kept (bounded) so a late `get` can say what happened.
+
 A *proxy* entry stands for an object whose entry lives on another node's daemon (its
 `home`): holders here count as usual, and this node holds the object at its home once
 (holder "node:<this node>"), taken by the caller before a proxy is used; when the proxy
 goes, that hold is released there (`take_remote_releases`, sent by the shell). So a
 reference nested in a value that crossed nodes keeps its object alive on its home node
 as long as anything on this node holds it, and no longer.
-
-Nothing here touches a socket, a process or the clock beyond `time.time()` for the log.
-Methods that must tell clients something return `Answer` effects; the daemon (the I/O
-shell) sends them. Clients are opaque handles to this module. The last few events of
-recently freed objects are kept (bounded) so a late `get` can say what happened.
+A proxy's first waiter asks for its payload (`proxy_fetches`, asked of the home by the
+shell), and nodes that copied an object here hear when it goes (`watch`, `freed_notices`).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class ObjectTable:
         self.remote_releases: dict[str, list[bytes]] = {}  # home node -> proxies gone
         self.remote_holds: dict[str, list[bytes]] = {}  # node -> entries that hold its copy
         self.freed_notices: dict[str, list[bytes]] = {}  # node -> its copies' objects, freed here
+        self.proxy_fetches: list[bytes] = []  # proxies whose payload is to be asked of their home
 
     # ------------------------------------------------------------------ lookups
     def __len__(self) -> int:
@@ -289,6 +292,9 @@ class ObjectTable:
         if e.payload is not None:
             return [Answer(client, req, True, e.payload)]
         e.waiters.append((client, req))
+        if e.home is not None and not e.fetching and e.secondary is None:
+            e.fetching = True
+            self.proxy_fetches.append(oid)
         return []
 
     def drop_client(self, client: Any) -> None:
