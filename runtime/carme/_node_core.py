@@ -283,7 +283,7 @@ class NodeCore(ActorCore, RefCore):
         c = ev.client
         out: list[Any] = [] if c.worker is None else self.worker_died(c.worker)
         if c.peer is not None:
-            out += self._peer_gone(c.peer, "went away")
+            out += self._peer_gone(c.peer, "went away") + self.refs_peer_gone(c.peer)
         self.table.drop_client(c.conn)
         out += self.table.release_holder(c.holder)
         out += self.table.release_holder(c.holder + ":blob")
@@ -392,7 +392,8 @@ class NodeCore(ActorCore, RefCore):
                 scheduler.set_remote_usage(nid, row["available"])
             elif nid in known:
                 scheduler.remove_node(nid)
-                out += [ClosePeer(nid), *self._peer_died(nid), *self.node_holds_gone(nid)]
+                out += [ClosePeer(nid), *self._peer_died(nid), *self.node_holds_gone(nid),
+                        *self.refs_peer_gone(nid)]
         return out + self.poll()
 
     def _node_address(self, client: Client, msg: M.NodeAddress) -> list[Any]:

@@ -33,8 +33,8 @@ class RefCore:
     _peer_req_ids: Any
 
     def _init_refs(self) -> None:
-        # peer request id -> ("incref", [oids asked]) | ("get", oid)
-        self.ref_reqs: dict[int, tuple[str, Any]] = {}
+        # peer request id -> ("incref", [oids asked], node) | ("get", oid, node)
+        self.ref_reqs: dict[int, tuple[str, Any, str]] = {}
         # a proxy whose hold at its home is not confirmed yet -> the increfs waiting for it
         # (each wait: [client conn, client req, missing ids, proxies still unconfirmed])
         self.confirming: dict[bytes, list[list[Any]]] = {}
@@ -70,7 +70,7 @@ class RefCore:
         out: list[Any] = []
         for home, oids in remote.items():
             req = next(self._peer_req_ids)
-            self.ref_reqs[req] = ("incref", oids)
+            self.ref_reqs[req] = ("incref", oids, home)
             out.append(PeerRequest(home, req, (M.INCREF, req, oids)))
         if msg.req is not None and wait[3] == 0:
             out.append(Answer(client.conn, msg.req, True, wait[2]))
@@ -84,7 +84,7 @@ class RefCore:
             e = self.table.get_entry(oid)
             if e is not None and e.home is not None:
                 req = next(self._peer_req_ids)
-                self.ref_reqs[req] = ("get", oid)
+                self.ref_reqs[req] = ("get", oid, e.home)
                 out.append(PeerRequest(e.home, req, (M.GET_OBJECT, req, oid)))
         return out
 
@@ -95,7 +95,7 @@ class RefCore:
             return None
         ok, value = (False, msg.error) if isinstance(msg, PeerFailed) else (msg.ok, msg.value)
         table = self.table
-        kind, arg = wait
+        kind, arg, _node = wait
         if kind == "get":
             e = table.get_entry(arg)
             if e is None or e.payload is not None:
@@ -124,6 +124,15 @@ class RefCore:
                 w[3] -= 1
                 if w[3] == 0:
                     out.append(Answer(w[0], w[1], True, w[2]))
+        return out
+
+    def refs_peer_gone(self, node_id: str) -> list[Any]:
+        """Our connection to a node closed, or it died: what we asked of it is answered
+        as failed (increfs: the holders are answered; gets: the readers hear why)."""
+        out: list[Any] = []
+        for req in [r for r, w in self.ref_reqs.items() if w[2] == node_id]:
+            out += self.ref_reply(Client(None, ""), PeerFailed(req, exc.NodeDiedError(
+                f"node {node_id[:8]} went away"))) or []
         return out
 
     def remote_releases(self) -> list[Any]:

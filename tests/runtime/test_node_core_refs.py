@@ -186,3 +186,14 @@ def test_the_node_that_has_an_object_tells_its_copiers_when_it_goes() -> None:
     assert core.handle(peer, M.decode((M.WATCH, [A, B]))) == [ToPeer(OTHER, (M.FREED, [B]))]
     assert core.handle(Client("d", "driver", 1), M.decode((M.DECREF, [A]))) == [
         ToPeer(OTHER, (M.FREED, [A]))]
+
+
+def test_requests_to_a_home_that_dies_are_answered() -> None:
+    core = _core()
+    w, v = Client("w", "w1", 1), Client("v", "v1", 2)
+    (ask,) = _handle(core, w, (M.INCREF, 5, [A], None, {A: HOME}))
+    assert core.refs_peer_gone(HOME) == [Answer("w", 5, True, [])]
+    (get,) = _handle(core, v, (M.GET_OBJECT, 6, A))
+    (failed,) = core.refs_peer_gone(HOME)
+    assert failed.client == "v" and not failed.ok and "went away" in str(failed.value)
+    assert not core.ref_reqs
