@@ -75,6 +75,10 @@ def _keeper(carme):
         def hand_back(self) -> list:
             return self.kept
 
+        def pass_on(self, reader) -> list:
+            # the refs travel on from here to a task on a third node (a second hop)
+            return carme.get(reader.remote({"refs": self.kept}), timeout=60)
+
         def drop(self) -> None:
             self.kept = []
     return Keeper
@@ -170,3 +174,25 @@ def test_holds_of_a_dead_node_go(cluster) -> None:
     from carme import cluster as cl
     cl.stop_node(b)
     _wait_back_to(carme, base, "after the node holding the refs died")
+
+
+def test_refs_passed_on_through_a_second_node(cluster) -> None:
+    carme, b, c, nodes = _two_nodes(cluster)
+    make = _make(carme)
+    Keeper = _keeper(carme)
+
+    @carme.remote(resources={"head": 1})
+    def read_on_head(box: dict) -> list:
+        return [carme.get(r, timeout=60)[:1] for r in box["refs"]]
+
+    k = Keeper.remote()
+    carme.get(k.drop.remote(), timeout=60)
+    base = _store_used(carme, nodes)
+    refs = [make.remote(i) for i in range(3)] + [carme.put(bytes([8]) * BIG)]
+    assert carme.get(k.keep.remote(refs), timeout=60) == 4
+    del refs
+    time.sleep(0.5)
+    # held on b only now: b's actor hands them to a task on the head node, which reads them
+    assert carme.get(k.pass_on.remote(read_on_head), timeout=60) == [bytes([0]), bytes([1]), bytes([2]), bytes([8])]
+    carme.get(k.drop.remote(), timeout=60)
+    _wait_back_to(carme, base, "after refs went driver -> b -> head and were dropped")
