@@ -329,9 +329,12 @@ class CoreWorker:
             if plan is None:
                 continue
             contained = list(plan.blob_holds)
+            homes = dict.fromkeys(plan.blob_holds, plan.home or self.node_id)
             if plan.keep:
                 self.export(plan.keep)
                 contained += [r._id for r in plan.keep]
+                homes.update((r._id, self.home_of(r._id)) for r in plan.keep)
+            self.hold_remote_contained(oid, homes)
             # the daemon's copy holds the contained refs from now on; our blob holds
             # (taken by a worker for a return value) go once it has them
             self.request(M.EXPORT, oid, plan.payload, contained, 1, plan.type_name)
@@ -342,19 +345,40 @@ class CoreWorker:
         """A pending object that was exported got its value: tell the daemon."""
         contained = entry.contained_ids
         entry.contained_ids = []
+        if contained and entry.home and entry.home != self.node_id:
+            self.hold_remote_contained(oid, dict.fromkeys(contained, entry.home))
         self.daemon_send((M.EXPORT, None, oid, entry.payload, contained, 0, entry.type_name))
         if contained:
             self.release_blob_holds(contained, entry.home)
 
-    def borrow(self, refs: list) -> None:
-        """Refs just deserialized: take a daemon hold on those this process did not know."""
-        self._borrow_ids([r._id for r in refs])
+    def home_of(self, oid: bytes) -> str:
+        with self.lock:
+            return self.own.home_of(oid)
 
-    def _borrow_ids(self, oids: list[bytes]) -> None:
+    def remote_homes(self, refs: list) -> dict[bytes, str] | None:
+        """The homes of `refs` (as read from a value) that are not our node, or None."""
+        homes = {r._id: h for r in refs if (h := getattr(r, "_home", "")) and h != self.node_id}
+        return homes or None
+
+    def hold_remote_contained(self, oid: bytes, homes: dict[bytes, str]) -> None:
+        """Before a value that refers to other nodes' objects is stored at our daemon:
+        the value's holds on those (`obj:<oid>`, proxied to their homes) are taken first;
+        the EXPORT's own holds then skip them."""
+        remote = {c: h for c, h in homes.items() if h != self.node_id}
+        if remote:
+            self.request(M.INCREF, list(remote), "obj:" + oid.hex(), remote)
+
+    def borrow(self, refs: list) -> None:
+        """Refs just deserialized: take a daemon hold on those this process did not know
+        (those whose entry lives on another node: held there through our daemon)."""
+        self._borrow_ids([r._id for r in refs], self.remote_homes(refs))
+
+    def _borrow_ids(self, oids: list[bytes], homes: dict[bytes, str] | None = None) -> None:
         with self.lock:
             new = self.own.borrow(oids)
         if new:
-            missing = self.request(M.INCREF, new)
+            want = None if homes is None else {o: homes[o] for o in new if o in homes} or None
+            missing = self.request(M.INCREF, new, None, want) if want else self.request(M.INCREF, new)
             with self.lock:
                 self.own.missing(missing, lost_payload)
 

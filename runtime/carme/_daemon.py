@@ -450,6 +450,9 @@ class NodeDaemon:
     def on_lease(self, conn: Connection, msg: M.Lease) -> None:
         # from another node (no_spill): grant it here (or wait), never bounce it
         strategy = NodeAffinity(self.node_id, False) if msg.no_spill else msg.strategy
+        pg_id = getattr(msg.strategy, "pg_id", None)  # (a BundleStrategy's)
+        if msg.no_spill and pg_id is not None and self.scheduler.has_mirror(pg_id):
+            strategy = msg.strategy  # a bundle this node reserves: leased from the bundle
         try:
             env_key = self.envs.key(msg.runtime_env)
         except OSError as e:

@@ -20,6 +20,8 @@ worker -> daemon: WORKER_READY, ACTOR_READY, ACTOR_FAILED
 submitter -> worker: PUSH, ACTOR_CALL, CANCEL
 worker -> submitter: RESULT, ITEM (streaming generator value), LOG
 daemon -> driver: LOG (output written straight to a worker's file descriptors), ACTOR_DIED
+node daemon -> node daemon (framed): PG_RESERVE (bundles the placing daemon put on that
+    node), WATCH (tell me when these objects I copied go), FREED (they went)
 
 Messages others receive are typed too where they are cheap to type: REPLY, RUN_ACTOR,
 EXIT, LOG, CANCEL and PEER are built from their classes (`Reply(...).wire()`) and read at
@@ -97,6 +99,11 @@ ITEM = 64
 LOG = 65
 ACTOR_DIED = 66
 PEER = 67  # submitter -> worker, first message: who is calling (its worker id)
+
+# node daemon -> node daemon, on the framed connection one daemon opens to another
+PG_RESERVE = 31  # reserve these bundles of a group here ({}: the group went)
+WATCH = 32  # tell me (FREED) when these objects, which I copied, are freed here
+FREED = 33  # these objects you copied (WATCH) were freed: drop your copies
 
 # Object payloads: ("i", pickled_bytes, [out-of-band buffers as bytes], is_error) inline,
 # or ("s", offset, size, is_error, node_id) in a node's shared-memory store.
@@ -408,14 +415,21 @@ class Export(Msg):
             raise BadMessage(f"Export.add must be >= 0, not {self.add}")
 
 
-@message(INCREF, req=(int, None), oids=list, holder=(str, None))
+@message(INCREF, req=(int, None), oids=list, holder=(str, None), homes=(dict, None))
 class Incref(Msg):
+    """Holds on `oids`; `homes` names the node whose daemon has the entry of those that
+    may live elsewhere (refs read out of a value that crossed nodes)."""
     req: int | None
     oids: list
     holder: str | None = None
+    homes: dict | None = None
 
     def validate(self) -> None:
         check_id_list("Incref", "oids", self.oids)
+        for oid, home in (self.homes or {}).items():
+            if not isinstance(oid, bytes) or not isinstance(home, str) or len(home) > 64:
+                raise BadMessage("Incref.homes must map object ids (bytes) to node ids (str), "
+                                 f"not {type(oid).__name__} -> {type(home).__name__}")
 
 
 @message(DECREF, oids=list, holder=(str, None))
@@ -522,6 +536,34 @@ class PgCreate(Msg):
     def validate(self) -> None:
         for i, b in enumerate(self.bundles):
             check_shape(f"PgCreate.bundles[{i}]", b)
+
+
+@message(PG_RESERVE, pg_id=str, bundles=dict)
+class PgReserve(Msg):
+    pg_id: str
+    bundles: dict
+
+    def validate(self) -> None:
+        for i, b in self.bundles.items():
+            if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < 10_000:
+                raise BadMessage(f"PgReserve.bundles keys must be bundle indices (int), not {_short(i)}")
+            check_shape(f"PgReserve.bundles[{i}]", b)
+
+
+@message(WATCH, oids=list)
+class Watch(Msg):
+    oids: list
+
+    def validate(self) -> None:
+        check_id_list("Watch", "oids", self.oids)
+
+
+@message(FREED, oids=list)
+class Freed(Msg):
+    oids: list
+
+    def validate(self) -> None:
+        check_id_list("Freed", "oids", self.oids)
 
 
 @message(PG_REMOVE, req=int, pg_id=str)

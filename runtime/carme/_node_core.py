@@ -37,6 +37,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._node_actors import ActorDirectory
 from ._node_core_actors import ActorCore, as_error
+from ._node_core_refs import RefCore
 from ._node_effects import (
     ActorCreation,
     ActorStart,
@@ -66,7 +67,7 @@ from ._node_workers import WorkerPool, WorkerRec
 from ._store import ArenaFull
 
 
-class NodeCore(ActorCore):
+class NodeCore(ActorCore, RefCore):
     def __init__(self, table: ObjectTable, leases: LeaseTable | None = None,
                  pool: WorkerPool | None = None, actors: ActorDirectory | None = None,
                  node_id: str = "", peers: dict[str, dict[str, Any]] | None = None,
@@ -79,8 +80,10 @@ class NodeCore(ActorCore):
         self.peers = peers if peers is not None else {}  # other nodes (the cluster view)
         self.linked = linked  # in a cluster: other nodes' objects can be pulled
         self.pg_waiters: dict[str, list[tuple[Any, int]]] = {}
+        self.pg_mirrored: dict[str, set[str]] = {}  # group -> other nodes told to reserve its bundles
         self._pull_keys = itertools.count(1)
         self._init_actors()
+        self._init_refs()
 
     def handle(self, client: Client | None, msg: Any) -> list[Any]:
         """Effects of a client's message, or of an event (`client` may be None for
@@ -88,7 +91,14 @@ class NodeCore(ActorCore):
         handler = self._handlers.get(type(msg))
         if handler is None:
             raise TypeError(f"NodeCore does not handle {type(msg).__name__}")
-        return handler(self, client, msg)  # type: ignore[no-any-return]
+        out: list[Any] = handler(self, client, msg)
+        if self.table.remote_releases or self.table.remote_holds:
+            out += self.remote_releases()
+        if self.table.freed_notices:
+            out += self.freed_notices()
+        if self.table.proxy_fetches:
+            out += self.fetch_proxies()
+        return out
 
     # ------------------------------------------------------------------ objects
     def _alloc(self, client: Client, msg: M.Alloc) -> list[Any]:
@@ -116,6 +126,8 @@ class NodeCore(ActorCore):
         return effects
 
     def _incref(self, client: Client, msg: M.Incref) -> list[Any]:
+        if msg.homes or self.needs_confirming(msg.oids):
+            return self.incref_homes(client, msg)
         missing = self.table.incref(msg.oids, msg.holder or client.holder)
         return [] if msg.req is None else [Answer(client.conn, msg.req, True, missing)]
 
@@ -140,7 +152,11 @@ class NodeCore(ActorCore):
             table.hold(oid, client.holder)
             return [Answer(client.conn, msg.req, True, e.payload)]
         out: list[Any] = []
+        if e is not None and e.home is not None and e.payload is not None:
+            e.payload, e.fetching = None, True  # a proxy's copy: pulled into its entry
+            e = None
         if e is None:
+            self.pull_sources[oid] = msg.node_id  # (told when it goes there: `copied_from`)
             peer = self.peers.get(msg.node_id)
             if peer is None or peer["state"] != "ALIVE" or not self.linked:
                 return [Answer(client.conn, msg.req, False, table.lost(
@@ -162,7 +178,8 @@ class NodeCore(ActorCore):
         return list(self.table.unhold(ev.oid, ev.key))
 
     def _pulled(self, client: Client | None, ev: Pulled) -> list[Any]:
-        return list(self.table.pulled(ev.oid, ev.offset, ev.total, ev.is_error, ev.error))
+        out: list[Any] = list(self.table.pulled(ev.oid, ev.offset, ev.total, ev.is_error, ev.error))
+        return out + self.copied_from(ev.oid)
 
     # ------------------------------------------------------------------ leases and workers
     def _lease_event(self, client: Client, msg: Any) -> list[Any]:
@@ -201,7 +218,7 @@ class NodeCore(ActorCore):
                 out += self._actor_infeasible(d)
             else:  # Spill, Refuse
                 out.append(d)
-        return out + self._check_pgs()
+        return out + self._check_pgs() + self._tell_bundle_nodes()
 
     def give_back(self, w: WorkerRec) -> list[Any]:
         """A worker's lease ended: it goes idle, or retires if enough are idle."""
@@ -274,7 +291,7 @@ class NodeCore(ActorCore):
         c = ev.client
         out: list[Any] = [] if c.worker is None else self.worker_died(c.worker)
         if c.peer is not None:
-            out += self._peer_gone(c.peer, "went away")
+            out += self._peer_gone(c.peer, "went away") + self.refs_peer_gone(c.peer)
         self.table.drop_client(c.conn)
         self.table.unmap_holder(c.holder)
         out += self.table.release_holder(c.holder)
@@ -301,15 +318,7 @@ class NodeCore(ActorCore):
             return [Answer(conn, req, True, msg.pg_id), *self.poll()]
         if isinstance(msg, M.PgRemove):
             lost = scheduler.remove_placement_group(msg.pg_id)
-            out: list[Any] = []
-            for lease_id in lost:
-                entry = self.leases.leases.get(lease_id)
-                if entry and entry[0] is not None:
-                    out.append(Kill(entry[0].pid))
-            for actor in self.actors.actors.values():
-                if actor.lease_id in lost:
-                    actor.no_restart = True
-            return [*out, Answer(conn, req, True, None), *self.poll()]
+            return [*self._void_leases(lost), Answer(conn, req, True, None), *self.poll()]
         if isinstance(msg, M.PgWait):
             self.pg_waiters.setdefault(msg.pg_id, []).append((conn, req))
             return self._check_pgs()
@@ -321,6 +330,45 @@ class NodeCore(ActorCore):
                     msg.name and pg.get("name") == msg.name and pg["state"] != "REMOVED"):
                 return [Answer(conn, req, True, pg)]
         return [Answer(conn, req, False, ValueError(f"no placement group {msg.pg_id or msg.name!r}"))]
+
+    def _tell_bundle_nodes(self) -> list[Any]:
+        """Groups placed here that changed: the nodes holding their bundles reserve them
+        there too (`PgReserve`), and nodes no longer holding any let them go."""
+        assert self.leases is not None
+        scheduler = self.leases.scheduler
+        out: list[Any] = []
+        for pg_id in scheduler.placement_group_changes():
+            now = scheduler.bundles_on(pg_id, self.node_id)
+            before = self.pg_mirrored.pop(pg_id, set())
+            for nid, bundles in now.items():
+                if nid in self.peers:
+                    out.append(ToPeer(nid, (M.PG_RESERVE, pg_id, bundles)))
+            out += [ToPeer(nid, (M.PG_RESERVE, pg_id, {})) for nid in before - set(now)
+                    if self.peers.get(nid, {}).get("state") == "ALIVE"]
+            if now:
+                self.pg_mirrored[pg_id] = set(now)
+        return out
+
+    def _pg_reserve(self, client: Client, msg: M.PgReserve) -> list[Any]:
+        """Another node placed bundles of a group here: this node reserves them."""
+        assert self.leases is not None and self.actors is not None
+        if not client.holder.startswith("node:"):
+            return [Note(f"refused PgReserve from pid {client.pid}: only another node's daemon may send it")]
+        void = self.leases.scheduler.mirror_bundles(msg.pg_id, msg.bundles, self.node_id)
+        return [*self._void_leases(void), *self.poll()]
+
+    def _void_leases(self, lost: list[str]) -> list[Any]:
+        """Leases inside a removed group: their workers are killed, actors not restarted."""
+        assert self.leases is not None and self.actors is not None
+        out: list[Any] = []
+        for lease_id in lost:
+            entry = self.leases.leases.get(lease_id)
+            if entry and entry[0] is not None:
+                out.append(Kill(entry[0].pid))
+        for actor in self.actors.actors.values():
+            if actor.lease_id in lost:
+                actor.no_restart = True
+        return out
 
     def _check_pgs(self) -> list[Any]:
         """Answer the waits for groups now created (True) or removed (False)."""
@@ -353,7 +401,8 @@ class NodeCore(ActorCore):
                 scheduler.set_remote_usage(nid, row["available"])
             elif nid in known:
                 scheduler.remove_node(nid)
-                out += [ClosePeer(nid), *self._peer_died(nid)]
+                out += [ClosePeer(nid), *self._peer_died(nid), *self.node_holds_gone(nid),
+                        *self.refs_peer_gone(nid)]
         return out + self.poll()
 
     def _node_address(self, client: Client, msg: M.NodeAddress) -> list[Any]:
@@ -363,6 +412,10 @@ class NodeCore(ActorCore):
         return [Answer(client.conn, msg.req, True, peer["address"])]
 
     # ------------------------------------------------------------------ dispatch
+    def _peer_reply(self, client: Client, msg: M.Reply | PeerFailed) -> list[Any]:
+        mine = self.ref_reply(client, msg)
+        return self._forwarded_reply(client, msg) if mine is None else mine
+
     def _kill_actor_msg(self, client: Client, msg: M.KillActor) -> list[Any]:
         assert self.actors is not None
         actor = self.actors.get(msg.actor_id)
@@ -389,8 +442,9 @@ class NodeCore(ActorCore):
         M.ActorInfo: ActorCore._actor_query, M.NamedActors: ActorCore._actor_query,
         M.ActorReady: ActorCore._actor_report, M.ActorFailed: ActorCore._actor_report,
         M.KillActor: _kill_actor_msg, ActorCreation: ActorCore._create_actor,
-        M.Reply: ActorCore._forwarded_reply, PeerFailed: ActorCore._forwarded_reply,
-        **dict.fromkeys((M.PgCreate, M.PgRemove, M.PgInfo, M.PgWait), _pg),
+        M.Reply: _peer_reply, PeerFailed: _peer_reply,
+        M.Watch: RefCore.watch_copies, M.Freed: RefCore.copies_freed,
+        **dict.fromkeys((M.PgCreate, M.PgRemove, M.PgInfo, M.PgWait), _pg), M.PgReserve: _pg_reserve,
         ClusterView: _cluster_view, M.NodeAddress: _node_address,
     }
 

@@ -18,6 +18,15 @@ Nothing here touches a socket, a process or the clock beyond `time.time()` for t
 Methods that must tell clients something return `Answer` effects; the daemon (the I/O
 shell) sends them. Clients are opaque handles to this module. The last few events of
 recently freed objects are kept (bounded) so a late `get` can say what happened.
+
+A *proxy* entry stands for an object whose entry lives on another node's daemon (its
+`home`): holders here count as usual, and this node holds the object at its home once
+(holder "node:<this node>"), taken by the caller before a proxy is used; when the proxy
+goes, that hold is released there (`take_remote_releases`, sent by the shell). So a
+reference nested in a value that crossed nodes keeps its object alive on its home node
+as long as anything on this node holds it, and no longer.
+A proxy's first waiter asks for its payload (`proxy_fetches`, asked of the home by the
+shell), and nodes that copied an object here hear when it goes (`watch`, `freed_notices`).
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ class ObjEntry:
     type_name: str = ""
     secondary: int | None = None  # arena block reserved for a value being written or pulled
     stale: list[int] = field(default_factory=list)  # blocks of earlier attempts, freed with the entry
+    home: str | None = None  # a proxy: the node whose daemon has the object's entry
+    fetching: bool = False  # a proxy's value is being asked of its home
+    watchers: list[str] = field(default_factory=list)  # nodes that copied it (told when it goes)
     log: deque = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
     spilled: bool = False  # the value is in a spill file, not in the store
     spilling: bool = False  # its spill file is being written (the block stays until done)
@@ -87,6 +99,10 @@ class ObjectTable(SpillingTable):
         self.holds_by: dict[str, set[bytes]] = {}
         self.cached: list[bytes] = []  # copies pulled from other nodes, oldest first
         self.freed: OrderedDict[bytes, list[str]] = OrderedDict()
+        self.remote_releases: dict[str, list[bytes]] = {}  # home node -> proxies gone
+        self.remote_holds: dict[str, list[bytes]] = {}  # node -> entries that hold its copy
+        self.freed_notices: dict[str, list[bytes]] = {}  # node -> its copies' objects, freed here
+        self.proxy_fetches: list[bytes] = []  # proxies whose payload is to be asked of their home
 
     # ------------------------------------------------------------------ lookups
     def __len__(self) -> int:
@@ -165,6 +181,46 @@ class ObjectTable(SpillingTable):
             out += self.unhold(oid, holder)
         return out
 
+    # ------------------------------------------------------------------ proxies
+    def proxy(self, oid: bytes, home: str) -> ObjEntry:
+        """An entry for another node's object (its home holds it for this node)."""
+        e = self.objects[oid] = ObjEntry(owner_pid=0, home=home)
+        e.log.append(f"proxy of node {home[:8]}'s object")
+        return e
+
+    def watch(self, oids: list[bytes], node: str) -> None:
+        """`node` copied these objects: it hears (`freed_notices`) when they go here (at
+        once for those already gone)."""
+        for oid in oids:
+            e = self.objects.get(oid)
+            if e is None:
+                self.freed_notices.setdefault(node, []).append(oid)
+            elif node not in e.watchers:
+                e.watchers.append(node)
+
+    def drop_copies(self, oids: list[bytes]) -> list[Answer]:
+        """The objects these cached copies were made of are freed at their node: the
+        copies go (once nothing here holds them but the cache)."""
+        out: list[Answer] = []
+        for oid in oids:
+            e = self.objects.get(oid)
+            if e is not None and e.home is None and "cache" in e.holders:
+                if oid in self.cached:
+                    self.cached.remove(oid)
+                out += self.unhold(oid, "cache")
+        return out
+
+    def take_freed_notices(self) -> dict[str, list[bytes]]:
+        out, self.freed_notices = self.freed_notices, {}
+        return out
+
+    def take_remote_releases(self) -> tuple[dict[str, list[bytes]], dict[str, list[bytes]]]:
+        """Holds of this node to take (entries now holding another node's copy) and to
+        release (proxies that went) at other nodes."""
+        take, self.remote_holds = self.remote_holds, {}
+        out, self.remote_releases = self.remote_releases, {}
+        return take, out
+
     # ------------------------------------------------------------------ creating
     def allocate(self, size: int) -> int:
         """Arena space, evicting cached copies of other nodes' objects if need be."""
@@ -221,11 +277,19 @@ class ObjectTable(SpillingTable):
             self.hold(oid, holder, add)
         if contained and not e.contained:
             e.contained = list(contained)
+            key = "obj:" + oid.hex()
             for c in contained:  # the stored value holds what it refers to
-                self.hold(c, "obj:" + oid.hex())
+                held = self.objects.get(c)
+                if held is None or key not in held.holders:  # (unless taken before: a proxy's)
+                    self.hold(c, key)
         if type_name:
             e.type_name = type_name
         if payload is not None and e.payload is None:
+            if payload[0] == M.SHARED and not self.is_local(payload) and e.home is None:
+                # a value exported while pending, written on another node: this entry
+                # holds that node's copy while it lives (released when it goes)
+                e.home = payload[4]
+                self.remote_holds.setdefault(e.home, []).append(oid)
             e.payload = payload
             e.secondary = None
             e.used = self._tick()
@@ -253,6 +317,9 @@ class ObjectTable(SpillingTable):
         if e.payload is not None:
             return [Answer(client, req, True, e.payload)]
         e.waiters.append((client, req))
+        if e.home is not None and not e.fetching and e.secondary is None:
+            e.fetching = True
+            self.proxy_fetches.append(oid)
         return []
 
     def drop_client(self, client: Any) -> None:
@@ -288,6 +355,10 @@ class ObjectTable(SpillingTable):
         for block in ([e.secondary] if e.secondary is not None else []) + e.stale:
             self.arena.free(block)
         e.log.append("freed")
+        if e.home is not None:
+            self.remote_releases.setdefault(e.home, []).append(oid)
+        for node in e.watchers:
+            self.freed_notices.setdefault(node, []).append(oid)
         self.freed[oid] = list(e.log)
         while len(self.freed) > FREED_KEPT:
             self.freed.popitem(last=False)
@@ -311,7 +382,8 @@ class ObjectTable(SpillingTable):
         return e.payload[1], e.payload[2], e.payload[3]
 
     def start_pull(self, oid: bytes) -> ObjEntry:
-        e = self.objects[oid] = ObjEntry(owner_pid=0)
+        e = self.objects.get(oid) or ObjEntry(owner_pid=0)  # (a proxy pulls into its entry)
+        self.objects[oid] = e
         e.log.append("pull started")
         return e
 
@@ -339,6 +411,12 @@ class ObjectTable(SpillingTable):
         if err is not None or offset is None:
             waiters, e.waiters = e.waiters, []
             e.log.append(f"pull failed: {err}")
+            if e.home is not None:  # a proxy stays (its holds count); a later get asks again
+                if e.secondary is not None:
+                    self.arena.free(e.secondary)
+                e.payload, e.secondary, e.fetching = None, None, False
+                return [Answer(c, r, False, self.lost(oid, f"It could not be fetched from its node: {err}."))
+                        for c, r in waiters]
             self.objects.pop(oid, None)
             self.freed[oid] = list(e.log)
             return [Answer(c, r, False, self.lost(oid, f"It could not be fetched from its node: {err}."))
@@ -346,9 +424,11 @@ class ObjectTable(SpillingTable):
         e.payload = (M.SHARED, offset, total, is_error, self.node_id)
         e.secondary = None
         e.log.append("pulled")
-        # keep the copy for the next task here that needs it; evicted under pressure
-        self.hold(oid, "cache")
-        self.cached.append(oid)
+        if e.home is None:
+            # keep the copy for the next task here that needs it; evicted under pressure
+            self.hold(oid, "cache")
+            self.cached.append(oid)
+        # (a proxy's copy lives as long as the proxy: its holders keep both)
         waiters, e.waiters = e.waiters, []
         return [Answer(c, r, True, e.payload) for c, r in waiters]
 

@@ -19,8 +19,9 @@ from . import _context
 from ._serialization import CTX
 
 
-def _rebuild(oid: bytes, owner: str) -> ObjectRef:
+def _rebuild(oid: bytes, owner: str, home: str = "") -> ObjectRef:
     ref = ObjectRef(oid, owner)
+    ref._home = home  # the node whose daemon has its entry (borrow holds it there)
     loaded = CTX.loaded
     if loaded is not None:
         loaded.append(ref)
@@ -28,7 +29,8 @@ def _rebuild(oid: bytes, owner: str) -> ObjectRef:
 
 
 class ObjectRef:
-    __slots__ = ("_id", "_owner", "__weakref__")
+    __slots__ = ("_id", "_owner", "_home", "__weakref__")
+    _home: str  # set only on refs read out of a value (`_rebuild`)
 
     # ObjectRef[int] in type hints, as in Ray
     __class_getitem__: Any = classmethod(types.GenericAlias)
@@ -53,7 +55,9 @@ class ObjectRef:
         contained = CTX.contained
         if contained is not None:
             contained.append(self)
-        return (_rebuild, (self._id, self._owner))
+        core = _context.maybe_core()
+        home = core.home_of(self._id) if core is not None else ""
+        return (_rebuild, (self._id, self._owner, home))
 
     def binary(self) -> bytes:
         return self._id

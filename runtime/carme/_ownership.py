@@ -95,6 +95,10 @@ class Ownership:
         self._decrefs: list[bytes] = []
         self._peer_decrefs: dict[str, list[bytes]] = {}
         self._blob_decrefs: dict[str | None, list[bytes]] = {}
+        # held at our daemon as well as at their `home` (exported here, written there)
+        self.held_here: set[bytes] = set()
+        # a pickled ref named our daemon as their home: exported here, wherever written
+        self.promised: set[bytes] = set()
 
     # ------------------------------------------------------------------ counts
     def add(self, oid: bytes) -> None:
@@ -126,6 +130,10 @@ class Ownership:
         del self.objects[oid]
         if entry.held:
             self.release_holds([oid], entry.home)
+        if oid in self.held_here:
+            self.held_here.discard(oid)
+            self._decrefs.append(oid)
+        self.promised.discard(oid)
         if entry.contained_ids:
             self.release_blob_holds(entry.contained_ids, entry.home)
         if entry.copy:
@@ -172,11 +180,16 @@ class Ownership:
         entry = self.objects.get(oid)
         if entry is None or entry.exported:
             return None
+        home = entry.home
+        if not entry.held:
+            entry.home = None  # our hold is at our own daemon from now on
+        elif home and home != self.node_id:
+            self.held_here.add(oid)  # held where it was written, and now at our daemon too
         entry.exported = True
         entry.held = True
         blob_holds = entry.contained_ids
         entry.contained_ids = []
-        return ExportPlan(entry.payload, entry.keep, blob_holds, entry.type_name, entry.home)
+        return ExportPlan(entry.payload, entry.keep, blob_holds, entry.type_name, home)
 
     def borrow(self, oids: list[bytes]) -> list[bytes]:
         """References just deserialized: those we did not know get an entry held at our
@@ -237,7 +250,26 @@ class Ownership:
         """The daemon has the value; True if no local reference is left (call
         `ref_zero`)."""
         entry.sealing = False
+        if entry.payload is not None and entry.payload[0] != SHARED:
+            entry.home = None  # an inline value: our only hold is the export's, at our daemon
         return entry.orphan
+
+    def home_of(self, oid: bytes) -> str:
+        """The node whose daemon has the object's entry, as a pickled reference names
+        it: where we hold it, else ours (a reference leaving is exported to our daemon)."""
+        entry = self.objects.get(oid)
+        if entry is not None and entry.held and entry.home:
+            return entry.home
+        if entry is not None and not entry.exported:
+            # the ref is exported to our daemon next, even if its value is written on
+            # another node meanwhile (see `written_elsewhere`)
+            self.promised.add(oid)
+        return self.node_id
+
+    def written_elsewhere(self, oid: bytes, entry: LocalObject) -> None:
+        """A task's value was written on another node, where we hold it now."""
+        entry.held = True
+        entry.exported = entry.exported or oid not in self.promised
 
     def pending(self) -> list[bytes]:
         return [oid for oid, entry in self.objects.items() if entry.payload is None]

@@ -154,6 +154,7 @@ class _PG:
         self.message = ""
         self.attempts = 0
         self.tried_at = -1  # scheduler epoch of the last placement attempt
+        self.mirror: str | None = None  # another node placed it: the bundles it put on this node
 
 
 @record
@@ -199,6 +200,7 @@ class ClusterScheduler:
         self._epoch = 0  # bumped whenever resources may have been freed or nodes changed
         self.stats = {"decisions": 0, "polls": 0}
         self._remote_usage: dict[str, Allocation] = {}
+        self._pending_mirrors: list[str] = []
 
     # -- nodes ---------------------------------------------------------------------
     def add_node(self, node_id: str, total: dict[str, float], labels: dict[str, str] | None = None) -> None:
@@ -237,6 +239,13 @@ class ClusterScheduler:
         if prev is not None:
             node.pool.free(prev)
         avail = to_fixed_shape({k: v for k, v in available.items() if v > 0})
+        # bundles placed there from here are already held in our view of that node, and
+        # that node reserves them itself (so they are missing from what it reports)
+        for pg in self._pgs.values():
+            for b in pg.bundles:
+                if b.node_id == node_id and b.alloc is not None and pg.mirror is None:
+                    for k, units in b.shape.items():
+                        avail[k] = avail.get(k, 0) + units
         used = {k: units - avail.get(k, 0) for k, units in node.pool.total.items()}
         used = {k: u for k, u in used.items() if u > 0}
         if used:
@@ -310,6 +319,7 @@ class ClusterScheduler:
     def poll(self) -> list[Grant | Infeasible]:
         self.stats["polls"] += 1
         self._try_pending_pgs()
+        self._try_pending_mirrors()
         groups = []
         for key, group in list(self._groups.items()):
             self._drop_dead_heads(group)
@@ -555,7 +565,71 @@ class ClusterScheduler:
         }
 
     def placement_groups(self) -> list[dict[str, object]]:
-        return [self.placement_group(pg_id) for pg_id in self._pgs]
+        return [self.placement_group(pg_id) for pg_id, pg in self._pgs.items() if pg.mirror is None]
+
+    def bundles_on(self, pg_id: str, local: str) -> dict[str, dict[int, dict[str, float]]]:
+        """The bundles of a group placed here that are on other nodes, per node: what
+        those nodes must reserve themselves (`mirror_bundles`)."""
+        pg = self._pgs.get(pg_id)
+        out: dict[str, dict[int, dict[str, float]]] = {}
+        if pg is None or pg.mirror is not None or pg.state not in ("CREATED", "RESCHEDULING"):
+            return out  # (while rescheduling, the bundles still placed stay reserved)
+        for i, b in enumerate(pg.bundles):
+            if b.node_id is not None and b.node_id != local:
+                out.setdefault(b.node_id, {})[i] = to_float_shape(b.shape)
+        return out
+
+    def mirror_bundles(self, pg_id: str, bundles: dict[int, dict[str, float]], local: str) -> list[str]:
+        """Another node placed bundles of group `pg_id` on this node (`local`): reserve
+        them in this node's pool, so its own leases cannot take them (at once, or as soon
+        as they fit: leases for the bundles wait until then). Empty `bundles`: the group
+        went; returns the lease ids inside it, now void."""
+        old = self._pgs.get(pg_id)
+        if old is not None and old.mirror is None:
+            return []  # placed here: this node's own record already reserves it
+        if old is not None and bundles and {i: b.shape for i, b in enumerate(old.bundles) if b.shape} \
+                == {i: to_fixed_shape(b) for i, b in bundles.items()}:
+            return []  # told again (the group was rescheduled elsewhere): nothing changes here
+        void = self.remove_placement_group(pg_id) if old is not None else []
+        if old is not None:
+            del self._pgs[pg_id]
+            if pg_id in self._pending_mirrors:
+                self._pending_mirrors.remove(pg_id)
+        if not bundles or local not in self._nodes:
+            return void
+        size = max(bundles) + 1
+        pg = _PG(pg_id, [to_fixed_shape(bundles.get(i, {})) for i in range(size)], "MIRROR", "")
+        pg.mirror = local
+        self._pgs[pg_id] = pg
+        self._pending_mirrors.append(pg_id)
+        self._try_pending_mirrors()
+        return void
+
+    def has_mirror(self, pg_id: str) -> bool:
+        pg = self._pgs.get(pg_id)
+        return pg is not None and pg.mirror is not None
+
+    def _try_pending_mirrors(self) -> None:
+        for pg_id in list(self._pending_mirrors):
+            pg = self._pgs[pg_id]
+            node = self._nodes.get(pg.mirror or "")
+            if node is None:
+                continue
+            want = [b for b in pg.bundles if b.shape]
+            total: dict[str, int] = {}
+            for b in want:
+                for k, units in b.shape.items():
+                    total[k] = total.get(k, 0) + units
+            if not node.pool.fits(total):
+                continue  # this node's leases hold it now: reserved once they end
+            for b in want:
+                alloc = node.pool.allocate(b.shape)
+                assert alloc is not None
+                gpus = [(node.pool.gpu_ids[j], units) for j, units in alloc.gpu_shares]
+                b.node_id, b.alloc, b.pool = node.node_id, alloc, ResourcePool(b.shape, gpus)
+            pg.state = "CREATED"
+            self._pending_mirrors.remove(pg_id)
+            self._bump()
 
     def placement_group_changes(self) -> list[str]:
         """Ids of placement groups whose state changed since the last call (for the shell)."""

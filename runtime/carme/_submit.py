@@ -559,14 +559,16 @@ class TaskSubmitter:
                     if contained and i < len(contained) and contained[i]:
                         core.release_blob_holds(contained[i], home)
                     continue
+                if entry.exported and entry.home is None and payload[0] == M.SHARED \
+                        and home and home != core.node_id:
+                    core.own.held_here.add(oid)  # (our daemon's entry holds the copy on `home`)
                 entry.home = home
                 entry.lineage = lineage
                 entry.actor_return = spec.actor_id is not None
                 if contained and i < len(contained) and contained[i]:
                     entry.contained_ids = contained[i]
                 if payload[0] == M.SHARED:
-                    entry.held = True
-                    entry.exported = True
+                    core.own.written_elsewhere(oid, entry)
                 done = core.own.set_payload(oid, payload, core.daemon_lost)
             core.payload_set(oid, entry, done)
         if lineage is None:

@@ -53,8 +53,10 @@ class Values:
         if contained:
             core.export(contained)
             if hold_contained:
+                homes = {r._id: core.home_of(r._id) for r in contained}
+                homes = {o: h for o, h in homes.items() if h != core.node_id}
                 core.request(M.INCREF, [r._id for r in contained],
-                             holder + ":blob" if holder else None)
+                             holder + ":blob" if holder else None, *([homes] if homes else []))
         size = len(data) + sum(b.raw().nbytes for b in buffers)
         if size < INLINE_LIMIT or oid is None:
             return inline_payload(data, buffers, is_error), contained
@@ -151,6 +153,7 @@ class Values:
         else:
             if contained:
                 core.export(contained)
+                core.hold_remote_contained(oid, {r._id: core.home_of(r._id) for r in contained})
             total = layout_size(data, buffers)
             off = core.request(M.ALLOC, oid, total, core.pid)
             write_layout(core.arena.writable(off, total), data, buffers)

@@ -24,6 +24,7 @@ from carme._node_core import (
     Send,
     SpawnWorker,
     StartPull,
+    ToPeer,
     WorkerStarted,
 )
 from carme._node_leases import LeaseTable, NeedWorker
@@ -281,12 +282,13 @@ def test_another_nodes_object_is_pulled_once_for_all_its_readers():
     run(core, None, ClusterView([_view_row(PEER)]))
     a, b = Client("a", "ha"), Client("b", "hb")
     (pull,) = run(core, a, M.GetRemote(1, OID, PEER))
-    assert pull == StartPull(OID, f"grpc:{PEER[:4]}")
+    assert pull == StartPull(OID, f"grpc:{PEER[:4]}", f"tcp:{PEER[:4]}")
     assert run(core, b, M.GetRemote(2, OID, PEER)) == []  # the pull under way serves it too
     off = core.table.alloc_secondary(OID, 64)
     assert off is not None
-    effects = run(core, None, Pulled(OID, off, 64, False, None))
+    *effects, watch = run(core, None, Pulled(OID, off, 64, False, None))
     assert [(e.client, e.req, e.ok) for e in effects] == [("a", 1, True), ("b", 2, True)]
+    assert watch == ToPeer(PEER, (M.WATCH, [OID]))  # told when it goes there (the copy goes too)
     (local,) = run(core, Client("c", "hc"), M.GetRemote(3, OID, PEER))
     assert local.ok and local.value == effects[0].value  # the copy stays for the next reader
 

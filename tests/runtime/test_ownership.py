@@ -52,12 +52,20 @@ def test_an_exported_object_releases_its_hold_at_its_home() -> None:
     assert own.begin_export(A) is None  # once
     own.ref_zero(A)
     assert own.take_daemon_releases() == ([A], None)
+    # an inline return made on n2 (home: where its worker ran) is exported to our own
+    # daemon: our hold, and its release, are there (n2 never had it)
     e2 = own.new_owned(B)
     e2.home = "n2"
     e2.payload = INLINE
     own.begin_export(B)
     own.ref_zero(B)
-    assert own.take_releases() == ([], [], {"n2": [B]}, {})
+    assert own.take_releases() == ([B], [], {}, {})
+    # one held at n2 already (a shared return written there) is released there
+    e3 = own.new_owned(C)
+    e3.home, e3.held, e3.exported = "n2", True, True
+    e3.payload = INLINE
+    own.ref_zero(C)
+    assert own.take_releases() == ([], [], {"n2": [C]}, {})
 
 
 def test_export_hands_over_blob_holds_and_kept_refs() -> None:
