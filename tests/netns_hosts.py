@@ -28,22 +28,49 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
 import psutil
 
 PREFIX = "carmetest-"
+# this test process's own namespaces: another test run on the same machine makes (and
+# cleans) its own, and this run's leak guard must neither report nor remove them
+OWN = f"{PREFIX}{os.getpid()}-"
 SUBNET = "198.51.100"
 
 
 def leftover_namespaces() -> set[str]:
-    """Network namespaces of these tests that exist now."""
+    """Network namespaces of this test process's tests that exist now."""
     try:
         out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return set()
-    return {line.split()[0] for line in out.splitlines() if line.startswith(PREFIX)}
+    return {line.split()[0] for line in out.splitlines() if line.startswith(OWN)}
+
+
+def _kept_under_tmp() -> list[str]:
+    """What a host must still see under /tmp once it has a /tmp of its own: this Python's
+    environment and the checkout, when they live there (a CI checkout may)."""
+    paths = sorted({os.path.realpath(p) for p in (sys.prefix, os.path.dirname(os.path.abspath(__file__)) + "/..")})
+    kept: list[str] = []
+    for p in paths:
+        if p.startswith("/tmp/") and not any(p.startswith(k + "/") for k in kept):
+            kept.append(p)
+    return [os.path.relpath(p, "/tmp") for p in kept]
+
+
+def _private_tmp_script(stash: str) -> str:
+    """Shell for a host's anchor: fresh tmpfs on /tmp and /dev/shm, with what
+    `_kept_under_tmp` names bound back in from the machine's /tmp (through `stash`)."""
+    keep = _kept_under_tmp()
+    binds = "".join(f"mkdir -p '/tmp/{rel}' && mount --bind '{stash}/{rel}' '/tmp/{rel}' && "
+                    for rel in keep)
+    head = f"mount --bind /tmp '{stash}' && " if keep else ""
+    tail = f"umount -l '{stash}' && " if keep else ""
+    return (f"{head}mount -t tmpfs -o mode=1777 tmpfs /tmp && {binds}{tail}"
+            "mount -t tmpfs -o mode=1777 tmpfs /dev/shm && echo up && exec sleep 100000")
 
 
 def remove_namespace(name: str) -> list[str]:
@@ -71,7 +98,7 @@ def unavailable() -> str | None:
             return f"`{tool}` is not installed"
     if os.geteuid() != 0:
         return "network namespaces need root (CI runs these tests as root)"
-    name = f"{PREFIX}probe-{secrets.token_hex(3)}"
+    name = f"{OWN}probe-{secrets.token_hex(3)}"
     r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, timeout=10)
     if r.returncode != 0:
         return f"`ip netns add` is not permitted here: {r.stderr.strip()}"
@@ -95,8 +122,10 @@ def _ip(*args: str) -> None:
 class Hosts:
     def __init__(self, names: list[str]) -> None:
         self.tag = secrets.token_hex(3)
-        self.switch = f"{PREFIX}{self.tag}-sw"
-        self.ns = {n: f"{PREFIX}{self.tag}-{n}" for n in names}
+        self.switch = f"{OWN}{self.tag}-sw"
+        self.ns = {n: f"{OWN}{self.tag}-{n}" for n in names}
+        # where a host's anchor binds the machine's /tmp for a moment (see _private_tmp_script)
+        self.stash = tempfile.mkdtemp(prefix="carmetest-stash-", dir="/var/tmp")
         self.ip = {n: f"{SUBNET}.{10 + i}" for i, n in enumerate(names)}
         self.anchors: dict[str, subprocess.Popen] = {}
         try:
@@ -121,8 +150,7 @@ class Hosts:
             _ip("-n", ns, "link", "set", "lo", "up")
             anchor = subprocess.Popen(
                 ["ip", "netns", "exec", ns, "unshare", "--mount", "--propagation", "private",
-                 "sh", "-c", "mount -t tmpfs -o mode=1777 tmpfs /tmp && "
-                 "mount -t tmpfs -o mode=1777 tmpfs /dev/shm && echo up && exec sleep 100000"],
+                 "sh", "-c", _private_tmp_script(self.stash)],
                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
             self.anchors[name] = anchor
             assert anchor.stdout is not None
@@ -174,6 +202,8 @@ class Hosts:
                 anchor.stdout.close()
         for ns in [*self.ns.values(), self.switch]:
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=20)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.stash)
 
     def __enter__(self) -> Hosts:
         return self

@@ -29,7 +29,7 @@ def core():
     mine, theirs = socket.socketpair()
     c = types.SimpleNamespace(
         lock=threading.RLock(), daemon=Connection(mine), daemon_lost=False, peers={},
-        own=Ownership("node-1"), _events=[], worker_id="w1", role="driver", node_id="node-1",
+        own=Ownership("node-1"), _events=[], _running_events={}, worker_id="w1", role="driver", node_id="node-1",
         info={"head_node": "node-1"}, executor=None, logs=[], current_task=threading.local(),
         objects={}, _unprotected=set(), pid=1)
     c.own_conn = Connection(theirs)
