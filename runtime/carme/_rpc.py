@@ -259,8 +259,8 @@ class Rpc:
             decrefs, local_blobs, peer_decrefs, blobs = core.own.take_releases()
             events, core._events = core._events, []
             if core._running_events:  # tasks still running at this flush: say so now
-                events.extend(core._running_events.values())
-                core._running_events.clear()
+                running, core._running_events = core._running_events, {}
+                events.extend(running.values())
             unmaps = self.take_unmaps()
         for node_id, oids in peer_decrefs.items():
             self.send_peer(node_id, (M.DECREF, oids))
