@@ -309,6 +309,17 @@ def jupyter_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cluster state directory of this test's own (CARME_STATE_DIR), with no address or
+    token from the environment leaking in. (Some test modules define their own.)"""
+    d = tmp_path / "state"
+    monkeypatch.setenv("CARME_STATE_DIR", str(d))
+    monkeypatch.delenv("CARME_ADDRESS", raising=False)
+    monkeypatch.delenv("CARME_CLUSTER_TOKEN", raising=False)
+    return d
+
+
+@pytest.fixture
 def carme() -> Iterator[ModuleType]:
     """carme initialized with a small embedded cluster, shut down afterwards.
 

@@ -30,6 +30,8 @@ from typing import Any
 
 import psutil
 
+from ._files import write_private
+
 __all__ = ["advertise", "embedded_dir", "list_embedded", "read_embedded", "withdraw"]
 
 VERSION = 1
@@ -73,11 +75,7 @@ def advertise(*, address: str, token: bytes, pid: int, session_dir: str, node_id
     }
     try:
         path = os.path.join(embedded_dir(), f"{pid}.json")
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(note, f)
-        os.replace(tmp, path)
+        write_private(path, json.dumps(note))
     except OSError:
         return None
     return path

@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ._files import write_private
 
 FORMAT = 1
 # the fields of a node registry entry, with their types (all from the node's registration)
@@ -187,19 +188,7 @@ def write_atomic(path: str, text: str) -> None:
     d = os.path.dirname(path)
     os.makedirs(d, mode=0o700, exist_ok=True)
     os.chmod(d, 0o700)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")  # 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_private(path, text, durable=True)
 
 
 def load(path: str) -> HeadRecord | None:

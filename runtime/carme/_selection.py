@@ -29,6 +29,7 @@ import json
 import os
 from collections.abc import Mapping
 
+from ._files import write_private
 from ._record import field, record
 
 __all__ = ["ADDRESS_ENV", "SELECTION_ENV", "Choice", "default_address", "read_selection",
@@ -70,18 +71,7 @@ def read_selection(path: str) -> tuple[str | None, dict[str, str]]:
 
 def write_selection(path: str, address: str | None, env: Mapping[str, str] | None = None) -> None:
     """Write the selection file atomically, readable by this user only."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"address": address, "env": dict(env or {})}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_private(path, json.dumps({"address": address, "env": dict(env or {})}))
 
 
 def default_address(environ: Mapping[str, str] | None = None) -> Choice:

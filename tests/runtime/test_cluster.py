@@ -21,15 +21,6 @@ pytestmark = pytest.mark.processes
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "state"
-    monkeypatch.setenv("CARME_STATE_DIR", str(d))
-    monkeypatch.delenv("CARME_ADDRESS", raising=False)
-    monkeypatch.delenv("CARME_CLUSTER_TOKEN", raising=False)
-    return d
-
-
-@pytest.fixture
 def head(state_dir: Path) -> Iterator[dict]:
     from carme import cluster
     info = cluster.start_head(num_cpus=2, resources={"custom_a": 1})

@@ -42,15 +42,6 @@ def _gone(info: dict) -> bool:
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "state"
-    monkeypatch.setenv("CARME_STATE_DIR", str(d))
-    monkeypatch.delenv("CARME_ADDRESS", raising=False)
-    monkeypatch.delenv("CARME_CLUSTER_TOKEN", raising=False)
-    return d
-
-
-@pytest.fixture
 def cluster_on_port(state_dir: Path, wait_for: Any) -> Iterator[dict[str, Any]]:
     """A head on a fixed free port and one node with resource "a"; torn down whatever
     the test killed or restarted (`started` collects every head started on the port)."""
