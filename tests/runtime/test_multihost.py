@@ -260,6 +260,69 @@ print(json.dumps({"ids": IDS, "results": results, "started": carme.get(started.g
     assert not hosts.pids("a")  # nothing of host a lives on
 
 
+def test_objects_lost_with_a_host_are_rebuilt_on_another(hosts: Hosts) -> None:
+    """Lineage across hosts: task returns whose only copy was in host a's store (its own
+    /dev/shm) are made again on host b after every process of host a is killed."""
+    c = Cluster(hosts, {"head": {"num_cpus": 1, "resources": {"head": 1}},
+                        "a": {"num_cpus": 1, "resources": {"spot": 1}},
+                        "b": {"num_cpus": 1, "resources": {"spot": 1}},
+                        "drv": {"num_cpus": 0}})
+    script = c.prelude() + """
+import sys
+import numpy as np
+from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
+
+@carme.remote(resources={"head": 1})
+class Runs:
+    def __init__(self):
+        self.runs = []
+    def add(self, what):
+        self.runs.append(what)
+    def get(self):
+        return self.runs
+
+runs = Runs.remote()
+
+@carme.remote(resources={"spot": 1}, max_retries=2)
+def make(i, runs):
+    carme.get(runs.add.remote([i, node_id()]))
+    return node_id(), np.full(64 * 1024, i, dtype=np.int64)  # 512 KB: in its host's store
+
+@carme.remote(resources={"spot": 1}, max_retries=2)
+def double(pair):
+    return node_id(), pair[1] * 2
+
+on_a = Affinity(A_ID, soft=True)
+made = [make.options(scheduling_strategy=on_a).remote(i, runs) for i in range(5)]
+doubled = double.options(scheduling_strategy=on_a).remote(made[3])
+ready, _ = carme.wait(made + [doubled], num_returns=6, timeout=120, fetch_local=False)
+assert len(ready) == 6
+print("STARTED", flush=True)
+assert sys.stdin.readline().strip() == "killed"
+values = carme.get(made, timeout=180)
+d = carme.get(doubled, timeout=180)
+print(json.dumps({"ids": IDS, "made": [[n, int(v[0]), len(v)] for n, v in values],
+                  "doubled": [d[0], int(d[1][0])], "runs": carme.get(runs.get.remote(), timeout=60)}))
+""".replace("A_ID", 'IDS["a"]')
+    proc = subprocess.Popen(hosts.cmd("drv", [PY, "-c", script]), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                            env={**_env(), **c.env})
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() == "STARTED":
+        hosts.kill_host("a")  # the only copies go with host a's /dev/shm
+    out, err = proc.communicate("killed\n", timeout=300)
+    assert line.strip() == "STARTED", f"the driver failed:\n{line}{out}\n{err[-8000:]}"
+    assert proc.returncode == 0, f"the driver failed:\n{out}\n{err[-8000:]}"
+    seen = c.check_ids(json.loads(out.strip().splitlines()[-1]))
+    ids = seen["ids"]
+    runs = seen["runs"]
+    assert all([i, ids["a"]] in runs for i in range(5)), runs  # first made on host a
+    assert seen["made"] == [[ids["b"], i, 64 * 1024] for i in range(5)]  # made again on b
+    assert seen["doubled"] == [ids["b"], 6]
+    assert not hosts.pids("a")
+
+
 def test_node_others_cannot_reach_fails_tasks_clearly(hosts: Hosts) -> None:
     """A node told to listen on its loopback joins (it reaches the head), but no other host
     can reach it: a task that only it can run fails saying so, after a bounded number of
