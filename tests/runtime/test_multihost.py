@@ -91,12 +91,36 @@ def node_id():
     return carme.get_runtime_context().get_node_id()
 IDS = {{host: n["NodeID"] for n in carme.nodes() for host, ip in {ips!r}.items()
        if n["NodeManagerAddress"] == ip}}
+
+@carme.remote(resources={{"head": 1}})
+class Recorder:  # where tasks ran, kept on the head (which outlives the hosts killed)
+    def __init__(self):
+        self.seen = []
+    def add(self, what):
+        self.seen.append(what)
+    def get(self):
+        return self.seen
 """
 
     def drive(self, code: str, timeout: float = 240) -> dict:
         r = self.h.python("drv", self.prelude() + code, env=self.env, timeout=timeout)
         assert r.returncode == 0, f"the driver failed:\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}"
         return self.check_ids(json.loads(r.stdout.strip().splitlines()[-1]))
+
+    def drive_and_kill(self, code: str, host: str, timeout: float = 300) -> dict:
+        """Run `code` on `drv`; when it prints STARTED, kill every process of `host` (the
+        machine dies) and tell it so on its stdin; its last line is JSON."""
+        proc = subprocess.Popen(self.h.cmd("drv", [PY, "-c", self.prelude() + code]),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, cwd="/", env={**_env(), **self.env})
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() == "STARTED":
+            self.h.kill_host(host)
+        out, err = proc.communicate("killed\n", timeout=timeout)
+        assert line.strip() == "STARTED", f"the driver failed:\n{line}{out}\n{err[-8000:]}"
+        assert proc.returncode == 0, f"the driver failed:\n{out}\n{err[-8000:]}"
+        return self.check_ids(json.loads(out.strip().splitlines()[-1]))
 
     def check_ids(self, seen: dict) -> dict:
         """The driver's host -> node id map (`IDS`), checked against what the CLI printed."""
@@ -183,7 +207,7 @@ def test_host_killed_tasks_retry_on_another_host(hosts: Hosts) -> None:
                         "a": {"num_cpus": 1, "resources": {"spot": 1, "box": 1}},
                         "b": {"num_cpus": 1, "resources": {"spot": 1, "box": 1}},
                         "drv": {"num_cpus": 0}})
-    script = c.prelude() + """
+    script = """
 import sys
 from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
 
@@ -200,16 +224,7 @@ movable = Where.options(resources={"box": 1}, num_cpus=0, max_restarts=1,
                         scheduling_strategy=Affinity(A_ID, soft=True)).remote()
 before = carme.get(movable.where.remote(), timeout=60)
 
-@carme.remote(resources={"head": 1})
-class Started:
-    def __init__(self):
-        self.nodes = []
-    def add(self, n):
-        self.nodes.append(n)
-    def get(self):
-        return self.nodes
-
-started = Started.remote()
+started = Recorder.remote()
 
 @carme.remote(resources={"spot": 1}, max_retries=2)
 def slow(s):
@@ -242,17 +257,7 @@ while True:  # restarted on b, with fresh state (its old worker may answer once 
 print(json.dumps({"ids": IDS, "results": results, "started": carme.get(started.get.remote(), timeout=60),
                   "actor": [before, after]}))
 """.replace("A_ID", 'IDS["a"]')
-    proc = subprocess.Popen(hosts.cmd("drv", [PY, "-c", script]), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
-                            env={**_env(), **c.env})
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() == "STARTED":
-        hosts.kill_host("a")  # the machine dies: daemon, zygote, workers at once
-    out, err = proc.communicate("killed\n", timeout=240)
-    assert line.strip() == "STARTED", f"the driver failed:\n{line}{out}\n{err[-8000:]}"
-    assert proc.returncode == 0, f"the driver failed:\n{out}\n{err[-8000:]}"
-    seen = c.check_ids(json.loads(out.strip().splitlines()[-1]))
+    seen = c.drive_and_kill(script, "a")  # the machine dies: daemon, zygote, workers at once
     ids = seen["ids"]
     assert ids["a"] in seen["started"]
     assert seen["results"] == [ids["b"], ids["b"]]  # retried on b
@@ -267,21 +272,12 @@ def test_objects_lost_with_a_host_are_rebuilt_on_another(hosts: Hosts) -> None:
                         "a": {"num_cpus": 1, "resources": {"spot": 1}},
                         "b": {"num_cpus": 1, "resources": {"spot": 1}},
                         "drv": {"num_cpus": 0}})
-    script = c.prelude() + """
+    script = """
 import sys
 import numpy as np
 from carme.util.scheduling_strategies import NodeAffinitySchedulingStrategy as Affinity
 
-@carme.remote(resources={"head": 1})
-class Runs:
-    def __init__(self):
-        self.runs = []
-    def add(self, what):
-        self.runs.append(what)
-    def get(self):
-        return self.runs
-
-runs = Runs.remote()
+runs = Recorder.remote()
 
 @carme.remote(resources={"spot": 1}, max_retries=2)
 def make(i, runs):
@@ -304,17 +300,7 @@ d = carme.get(doubled, timeout=180)
 print(json.dumps({"ids": IDS, "made": [[n, int(v[0]), len(v)] for n, v in values],
                   "doubled": [d[0], int(d[1][0])], "runs": carme.get(runs.get.remote(), timeout=60)}))
 """.replace("A_ID", 'IDS["a"]')
-    proc = subprocess.Popen(hosts.cmd("drv", [PY, "-c", script]), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
-                            env={**_env(), **c.env})
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() == "STARTED":
-        hosts.kill_host("a")  # the only copies go with host a's /dev/shm
-    out, err = proc.communicate("killed\n", timeout=300)
-    assert line.strip() == "STARTED", f"the driver failed:\n{line}{out}\n{err[-8000:]}"
-    assert proc.returncode == 0, f"the driver failed:\n{out}\n{err[-8000:]}"
-    seen = c.check_ids(json.loads(out.strip().splitlines()[-1]))
+    seen = c.drive_and_kill(script, "a")  # the only copies go with host a's /dev/shm
     ids = seen["ids"]
     runs = seen["runs"]
     assert all([i, ids["a"]] in runs for i in range(5)), runs  # first made on host a
