@@ -338,6 +338,10 @@ class CoreWorker:
             # the daemon's copy holds the contained refs from now on; our blob holds
             # (taken by a worker for a return value) go once it has them
             self.request(M.EXPORT, oid, plan.payload, contained, 1, plan.type_name)
+            with self.lock:
+                due = self.own.export_sent(oid)
+            if due is not None:  # its value came while the EXPORT was on its way
+                self._seal(oid, due)
             if plan.blob_holds:
                 self.release_blob_holds(plan.blob_holds, plan.home)
 
@@ -424,16 +428,19 @@ class CoreWorker:
         if done is None or entry is None:
             return
         if done.seal:
-            self.seal_exported(oid, entry)
-            with self.lock:
-                orphan = self.own.sealed(oid, entry)
-            if orphan:
-                self._on_ref_zero(oid)
+            self._seal(oid, entry)
         for cb in done.waiters:
             try:
                 cb()
             except Exception:
                 self._report_bug()
+
+    def _seal(self, oid: bytes, entry: LocalObject) -> None:
+        self.seal_exported(oid, entry)
+        with self.lock:
+            orphan = self.own.sealed(oid, entry)
+        if orphan:
+            self._on_ref_zero(oid)
 
     def wait_payload(self, oid: bytes) -> tuple:
         """Block until the object has a payload again (it is being rebuilt) and return it."""

@@ -438,7 +438,12 @@ class NodeDaemon:
             return
         sock, oid = self.io.release(conn), msg.object_id
         # a spilled object comes back into the store first (`_spill_files.Spiller`)
-        self.spiller.when_resident(oid, lambda: self.link.serve_pull(sock, oid, self.core.pin_for_pull(oid)))
+        self.spiller.when_resident(oid, lambda: self.serve_pull(sock, oid))
+
+    def serve_pull(self, sock: Any, oid: bytes) -> None:
+        pinned = self.core.pin_for_pull(oid)
+        story = "" if pinned is not None else "; ".join(self.table.story(oid)) or "never known here"
+        self.link.serve_pull(sock, oid, pinned, story)
 
     def on_fn_get(self, conn: Connection, msg: M.FnGet) -> None:
         blob = self.functions.get(msg.key)

@@ -361,7 +361,9 @@ class ClusterLink:
             conn.sock.settimeout(transfer.IDLE_TIMEOUT)
             status, total, is_error = transfer.read_header(conn.sock)
             if status != transfer.OK:
-                raise RuntimeError(f"object {oid.hex()} is not on the node at {address}")
+                why = transfer.read_reason(conn.sock, total)
+                raise RuntimeError(f"object {oid.hex()} is not on the node at {address}"
+                                   + (f" (there: {why})" if why else ""))
             # room in our store (spilling here if need be)
             offset = self.call(functools.partial(self.daemon.alloc_pulled, oid, total)).result(600)
             if offset is None:
@@ -371,12 +373,13 @@ class ClusterLink:
         finally:
             conn.close()
 
-    def serve_pull(self, sock: socket.socket, oid: bytes, pinned: tuple | None) -> None:
-        """Stream a pinned object of ours down `sock` (in a thread); unpin it after."""
+    def serve_pull(self, sock: socket.socket, oid: bytes, pinned: tuple | None, why: str = "") -> None:
+        """Stream a pinned object of ours down `sock` (in a thread); unpin it after.
+        (`pinned` None: it is not here, and `why` says what became of it.)"""
         def run() -> None:
             try:
                 sock.settimeout(transfer.IDLE_TIMEOUT)
-                transfer.serve(sock, self.store_fd, pinned)
+                transfer.serve(sock, self.store_fd, pinned, why)
             except OSError:
                 pass  # the puller went away; it reports its own failure
             finally:

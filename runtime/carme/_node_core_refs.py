@@ -113,11 +113,14 @@ class RefCore:
         unknown = set(value) if ok and isinstance(value, list) else set()  # (not asked: its node is going)
         for oid in arg:
             lost = oid in unknown
+            e = table.get_entry(oid)
             if lost:  # unknown at its home: the proxy goes (nothing to release there)
-                e = table.get_entry(oid)
                 if e is not None:
+                    e.log.append("unknown at its home")
                     e.home = None
                     out += table.free(oid)
+            elif e is not None:
+                e.log.append("held at its home" if ok else f"not held at its home: {value}")
             for w in self.confirming.pop(oid, []):
                 if lost:
                     w[2].append(oid)

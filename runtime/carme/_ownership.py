@@ -7,7 +7,8 @@ sends the messages these decisions ask for and runs the waiters they hand back.
   * `objects` maps an object id to its `LocalObject`: the payload (None while pending),
     whether this process holds a daemon reference (`held`, at the daemon of `home`),
     whether the daemon knows the object (`exported`), and the bookkeeping of a value in
-    flight (`sealing`, `orphan`).
+    flight (`sealing`, `orphan`, `exporting`: a value that arrives while our EXPORT of a
+    pending object is being sent is sealed only after it, by `export_sent`).
   * `counts` are the live ObjectRef instances (and zero-copy views) per object id;
     `add`/`remove` change them, `remove` says when one reached zero.
   * `ref_zero(oid)` decides what the last local reference going means: the entry is
@@ -37,7 +38,7 @@ _now = time.time
 class LocalObject:
     __slots__ = ("payload", "waiters", "held", "exported", "owned", "contained_ids",
                  "keep", "fetching", "size", "created", "type_name", "task_name", "home", "copy",
-                 "sealing", "orphan", "lineage", "actor_return")
+                 "sealing", "orphan", "lineage", "actor_return", "exporting")
 
     def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
         self.payload = payload          # None while pending
@@ -58,6 +59,7 @@ class LocalObject:
         self.orphan = False             # no local reference left: let go once sealed
         self.lineage: Any = None        # the TaskSpec that can make it again (`_lineage.py`)
         self.actor_return = False       # returned by an actor method (cannot be made again)
+        self.exporting = False          # its EXPORT is decided but not at the daemon yet
 
 
 class ExportPlan(NamedTuple):
@@ -186,6 +188,7 @@ class Ownership:
         elif home and home != self.node_id:
             self.held_here.add(oid)  # held where it was written, and now at our daemon too
         entry.exported = True
+        entry.exporting = True  # a value arriving before the EXPORT is sent waits for it
         entry.held = True
         blob_holds = entry.contained_ids
         entry.contained_ids = []
@@ -244,7 +247,18 @@ class Ownership:
         waiters, entry.waiters = entry.waiters, []
         seal = entry.exported and entry.owned and not daemon_lost
         entry.sealing = seal
-        return PayloadSet(waiters, seal)
+        # while our EXPORT of it is on its way, the seal must not overtake it (the
+        # daemon would free a sealed object nobody holds yet): `export_sent` seals
+        return PayloadSet(waiters, seal and not entry.exporting)
+
+    def export_sent(self, oid: bytes) -> LocalObject | None:
+        """Our EXPORT of `oid` reached the daemon: the entry, if its value came meanwhile
+        and is to be sealed now (by the caller, as `PayloadSet.seal` asks)."""
+        entry = self.objects.get(oid)
+        if entry is None or not entry.exporting:
+            return None
+        entry.exporting = False
+        return entry if entry.sealing and entry.payload is not None else None
 
     def sealed(self, oid: bytes, entry: LocalObject) -> bool:
         """The daemon has the value; True if no local reference is left (call
@@ -262,14 +276,31 @@ class Ownership:
             return entry.home
         if entry is not None and not entry.exported:
             # the ref is exported to our daemon next, even if its value is written on
-            # another node meanwhile (see `written_elsewhere`)
+            # another node meanwhile (see `returned`)
             self.promised.add(oid)
         return self.node_id
 
-    def written_elsewhere(self, oid: bytes, entry: LocalObject) -> None:
-        """A task's value was written on another node, where we hold it now."""
-        entry.held = True
-        entry.exported = entry.exported or oid not in self.promised
+    def returned(self, oid: bytes, entry: LocalObject, payload: tuple, home: str | None,
+                 daemon_lost: bool) -> PayloadSet | None:
+        """A task's value came back (`home`: the node whose store holds a SHARED value,
+        with a hold the worker took for us). Sealed at our daemon when we exported it
+        there while pending, or when it lies in our own node's store (the stored value
+        then takes over the holds on refs inside it). A value on another node that our
+        daemon never heard of is not sent there: its entry lives at `home`, and a
+        reference pickled from now on names `home` (`home_of`). A ref pickled before it
+        came named our daemon (`promised`): exported there later, with this value."""
+        unheard = False
+        if payload[0] == SHARED:
+            entry.held = True
+            if not entry.exported and oid not in self.promised:
+                if home is None or home == self.node_id:
+                    entry.exported = True  # (the worker made its entry at our daemon)
+                else:
+                    unheard = True
+        done = self.set_payload(oid, payload, daemon_lost)
+        if unheard:
+            entry.exported = True  # known where it lives; never exported to our daemon
+        return done
 
     def pending(self) -> list[bytes]:
         return [oid for oid, entry in self.objects.items() if entry.payload is None]

@@ -567,9 +567,7 @@ class TaskSubmitter:
                 entry.actor_return = spec.actor_id is not None
                 if contained and i < len(contained) and contained[i]:
                     entry.contained_ids = contained[i]
-                if payload[0] == M.SHARED:
-                    core.own.written_elsewhere(oid, entry)
-                done = core.own.set_payload(oid, payload, core.daemon_lost)
+                done = core.own.returned(oid, entry, payload, home, core.daemon_lost)
             core.payload_set(oid, entry, done)
         if lineage is None:
             spec.keep = []

@@ -4,7 +4,8 @@ Theory of operation. A node that needs another node's object (`ClusterLink.pull`
 thread) connects to that node's daemon at its TCP address, presents the cluster token
 as every peer does, and sends one PULL_OBJECT frame. From then on the connection is a
 byte stream, no frames and no pickles: a HEADER (status, size, is_error), then the
-object's bytes exactly as they lie in the source's store.
+object's bytes exactly as they lie in the source's store (or, for MISSING, `size` bytes
+of text saying why the object is not there: its last events at the source).
 
 * Source: the daemon takes the socket out of its selector loop (`Sockets.release`) with
   the object pinned, and a thread (`serve`) sends the bytes with `os.sendfile` straight
@@ -36,17 +37,19 @@ import threading
 HEADER = struct.Struct(">BQ?")  # status, size, is_error
 OK, MISSING = 0, 1
 DONE = b"\x01"                 # the destination's last word: every byte arrived
+MAX_REASON = 4096              # bytes of the source's reason for MISSING (in place of the size)
 IDLE_TIMEOUT = 60.0            # seconds a pull waits for the next bytes from its source
 PREFAULT_STEP = 32 << 20       # bytes faulted in at a time ahead of the reader
 MADV_POPULATE_WRITE = 23       # Linux 5.14+; Python 3.11's mmap does not name it
 _PAGE = mmap.PAGESIZE
 
 
-def serve(sock: socket.socket, store_fd: int, pinned: tuple | None) -> None:
-    """Send a pinned object (`(key, offset, size, is_error)`, or None: not here) down
-    `sock` (blocking); the caller closes the socket and unpins."""
+def serve(sock: socket.socket, store_fd: int, pinned: tuple | None, why: str = "") -> None:
+    """Send a pinned object (`(key, offset, size, is_error)`, or None: not here, because
+    of `why`) down `sock` (blocking); the caller closes the socket and unpins."""
     if pinned is None:
-        sock.sendall(HEADER.pack(MISSING, 0, False))
+        reason = why.encode()[:MAX_REASON]
+        sock.sendall(HEADER.pack(MISSING, len(reason), False) + reason)
         return
     _key, offset, size, is_error = pinned
     sock.sendall(HEADER.pack(OK, size, is_error))
@@ -80,6 +83,11 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 def read_header(sock: socket.socket) -> tuple[int, int, bool]:
     status, size, is_error = HEADER.unpack(_recv_exact(sock, HEADER.size))
     return status, size, is_error
+
+
+def read_reason(sock: socket.socket, size: int) -> str:
+    """After a MISSING header: the source's reason (what it knows of the object)."""
+    return _recv_exact(sock, min(size, MAX_REASON)).decode(errors="replace")
 
 
 def prefault(mm: mmap.mmap, offset: int, size: int, stop: threading.Event) -> None:
@@ -122,4 +130,4 @@ def receive(sock: socket.socket, dest: memoryview, mm: mmap.mmap | None, offset:
             helper.join()
 
 
-__all__ = ["HEADER", "IDLE_TIMEOUT", "MISSING", "OK", "prefault", "read_header", "receive", "serve"]
+__all__ = ["HEADER", "IDLE_TIMEOUT", "MISSING", "OK", "prefault", "read_header", "read_reason", "receive", "serve"]

@@ -15,6 +15,7 @@ HOME = "y" * 56
 OTHER = "z" * 56
 A = b"a" * 28
 B = b"b" * 28
+C = b"c" * 28
 
 
 def _core(peers: dict | None = None) -> NodeCore:
@@ -142,8 +143,8 @@ def test_a_ref_pickled_naming_our_daemon_is_exported_there_even_if_written_elsew
     e = own.new_owned(A)  # a task return, pending
     assert own.home_of(A) == HERE  # pickled now: the reader will ask our daemon
     e.home = OTHER  # its value arrives, written on OTHER (finish)
-    own.written_elsewhere(A, e)
-    e.payload = (M.SHARED, 0, 1000, False, OTHER)
+    done = own.returned(A, e, (M.SHARED, 0, 1000, False, OTHER), OTHER, False)
+    assert done is not None and not done.seal  # (exported with it, below)
     plan = own.begin_export(A)  # so the export that follows the pickling still happens
     assert plan is not None and plan.payload == e.payload
     assert A in own.held_here  # held at OTHER (where written) and at our daemon: both released
@@ -155,8 +156,16 @@ def test_a_ref_pickled_naming_our_daemon_is_exported_there_even_if_written_elsew
     # not pickled before its value came: held where written only, nothing to export
     e2 = own.new_owned(B)
     e2.home = OTHER
-    own.written_elsewhere(B, e2)
+    done = own.returned(B, e2, (M.SHARED, 0, 1000, False, OTHER), OTHER, False)
+    # our daemon never hears of it (before, a seal made an entry there that was freed at
+    # once, releasing the holds on refs inside the value)
+    assert done is not None and not done.seal
     assert own.begin_export(B) is None and own.home_of(B) == OTHER
+    # written in our own node's store: sealed at our daemon (the worker made its entry)
+    e3 = own.new_owned(C)
+    e3.home = HERE
+    done = own.returned(C, e3, (M.SHARED, 0, 1000, False, HERE), HERE, False)
+    assert done is not None and done.seal and e3.held
 
 
 def test_a_cached_copy_goes_when_its_object_is_freed_at_its_node() -> None:

@@ -88,6 +88,7 @@ def test_exported_pending_object_is_an_orphan_until_sealed() -> None:
     own = Ownership("n1")
     own.new_owned(A)
     own.begin_export(A)
+    assert own.export_sent(A) is None  # (the EXPORT reached the daemon; no value yet)
     own.ref_zero(A)
     assert A in own.objects and own.objects[A].orphan
     assert own.take_releases() == ([], [], {}, {})
@@ -101,6 +102,34 @@ def test_exported_pending_object_is_an_orphan_until_sealed() -> None:
     own.ref_zero(A)
     assert A not in own.objects
     assert own.take_releases().local == [A]
+
+
+def test_a_value_arriving_while_its_export_is_sent_is_sealed_after_the_export() -> None:
+    """The race behind a get that hung: the I/O thread got a task's value between the
+    main thread's decision to export the pending object and its EXPORT reaching the
+    daemon. Sealed at once, the value overtook the EXPORT: the daemon freed a sealed
+    object nobody held, and the EXPORT that followed made a new entry that never got a
+    value. The seal now waits for the EXPORT and is sent by the exporter."""
+    own = Ownership("n1")
+    own.new_owned(A)
+    plan = own.begin_export(A)
+    assert plan is not None and plan.payload is None  # the EXPORT says "pending"
+    done = own.set_payload(A, INLINE, daemon_lost=False)  # (I/O thread, meanwhile)
+    assert done is not None and not done.seal
+    own.ref_zero(A)  # the last local reference goes before the seal: kept until sealed
+    assert A in own.objects and own.objects[A].orphan
+    entry = own.export_sent(A)  # the exporter, once its EXPORT is at the daemon
+    assert entry is own.objects[A] and entry.sealing
+    assert own.export_sent(A) is None  # (once)
+    assert own.sealed(A, entry) is True  # then the orphan goes
+    own.ref_zero(A)
+    assert A not in own.objects
+    # an object whose value came before its export is sent with it: nothing to seal after
+    own.new_owned(B)
+    own.set_payload(B, INLINE, daemon_lost=False)
+    plan = own.begin_export(B)
+    assert plan is not None and plan.payload == INLINE
+    assert own.export_sent(B) is None
 
 
 def test_no_seal_when_the_daemon_is_gone_or_not_owned() -> None:

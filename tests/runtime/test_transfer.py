@@ -68,7 +68,14 @@ def test_stream_copies_an_object_into_its_block(
 def test_missing_object_and_short_stream(pair: tuple[socket.socket, socket.socket], tmp_path: Path) -> None:
     sender, receiver = pair
     transfer.serve(sender, -1, None)
-    assert transfer.read_header(receiver)[0] == transfer.MISSING
+    assert transfer.read_header(receiver) == (transfer.MISSING, 0, False)
+    # the source says what became of the object (its last events there), bounded
+    transfer.serve(sender, -1, None, "sealed; released by w1; freed")
+    status, size, _ = transfer.read_header(receiver)
+    assert status == transfer.MISSING and transfer.read_reason(receiver, size) == "sealed; released by w1; freed"
+    transfer.serve(sender, -1, None, "x" * (transfer.MAX_REASON + 100))
+    status, size, _ = transfer.read_header(receiver)
+    assert size == transfer.MAX_REASON and len(transfer.read_reason(receiver, size)) == transfer.MAX_REASON
     # a source that goes away mid-object: the destination says how far it got
     sender.sendall(b"x" * 1000)
     sender.close()
