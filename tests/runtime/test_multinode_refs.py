@@ -196,3 +196,30 @@ def test_refs_passed_on_through_a_second_node(cluster) -> None:
     assert carme.get(k.pass_on.remote(read_on_head), timeout=60) == [bytes([0]), bytes([1]), bytes([2]), bytes([8])]
     carme.get(k.drop.remote(), timeout=60)
     _wait_back_to(carme, base, "after refs went driver -> b -> head and were dropped")
+
+
+def test_a_ref_inside_a_value_written_on_another_node(cluster) -> None:
+    """A task on c returns a value in c's store that holds a ref to an object the task
+    put there; the task's worker drops its own ref when it ends. The driver (on the head
+    node) reads the value later: the ref inside must still resolve, and once the driver
+    drops the value every store is back to its base."""
+    carme, b, c, nodes = _two_nodes(cluster)
+
+    @carme.remote(resources={"c": 1})
+    def boxed(i: int) -> dict:
+        return {"ref": carme.put(bytes([i]) * BIG), "pad": b"p" * BIG}
+
+    base = _store_used(carme, nodes)
+    box = boxed.remote(5)
+    carme.wait([box], timeout=60)
+    time.sleep(0.5)  # the worker's own ref to the put object is gone by now
+    _core_flush(carme)
+    inner = carme.get(box, timeout=60)["ref"]
+    assert carme.get(inner, timeout=60)[:1] == bytes([5])
+    del inner, box
+    _wait_back_to(carme, base, "after the driver dropped a value written on c holding a ref")
+
+
+def _core_flush(carme) -> None:
+    from carme._api import auto_init as _core
+    _core().flush()
