@@ -471,7 +471,8 @@ except carme.exceptions.RayError as e:
 def test_a_bundle_is_reserved_by_the_host_that_holds_it(hosts: Hosts) -> None:
     """A placement-group bundle placed on host b: a driver on b (its own node) cannot take
     the bundle's CPU for a plain task while the group exists, and can after it is removed.
-    The group is made by a driver on the head's host (see the next test for why)."""
+    The group is made by a driver on the head's host (a driver on drv cannot use its
+    bundles: the next test)."""
     c = Cluster(hosts, {"head": {"num_cpus": 1, "resources": {"head": 1}},
                         "b": {"num_cpus": 1, "resources": {"b": 1}}})
     on_b = f"""
@@ -528,9 +529,10 @@ print(json.dumps(out))
     assert freed["pinned"] == ids["b"]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a driver joined to a node other than the head "
-                   "makes its group at the head, but its bundle tasks are decided by its own node, "
-                   "which does not know the group (TaskUnschedulableError: 'removed or never existed')")
+@pytest.mark.xfail(strict=True, reason="known bug: a driver joined to a node that neither placed "
+                   "the group (the head) nor holds one of its bundles makes the group at the head, "
+                   "but its bundle tasks are decided by its own node, which does not know the group "
+                   "(TaskUnschedulableError: 'removed or never existed'; also on loopback)")
 def test_bundle_tasks_of_a_driver_joined_to_its_own_node(hosts: Hosts) -> None:
     c = Cluster(hosts, {"head": {"num_cpus": 1, "resources": {"head": 1}},
                         "b": {"num_cpus": 1, "resources": {"b": 1}},
