@@ -148,6 +148,7 @@ def _join(address: str, *, namespace: str | None, runtime_env: dict | None,
     from . import cluster
     from ._core import connect_core
     from ._hooks import _apply
+    from ._protocol import TokenRefused
     if address == "ray" or address.startswith("ray:"):
         raise ValueError(
             f"carme.init() joins carme clusters, but the address {address!r} (from {source}) "
@@ -165,6 +166,8 @@ def _join(address: str, *, namespace: str | None, runtime_env: dict | None,
         core = connect_core(address=address, token=token, role="driver",
                             worker_id=secrets.token_hex(14), job_id=secrets.token_hex(4),
                             namespace=namespace or f"anon-{secrets.token_hex(6)}")
+    except TokenRefused:
+        raise  # says what was wrong and how to fix it; "local" would not help
     except OSError as e:
         raise ConnectionError(f"could not connect to the carme cluster at {address} (from "
                               f"{source}): {e}; {_LOCAL_HINT}") from e

@@ -37,7 +37,7 @@ from typing import Any
 from . import _messages as M
 from . import exceptions as exc
 from ._ownership import LocalObject, Ownership, PayloadSet
-from ._protocol import Connection, connect
+from ._protocol import Connection, ConnectionClosed, TokenRefused, connect, first_reply
 from ._rpc import Rpc, _Waiter, error_from_reply
 from ._serialization import dumps, inline_payload
 from ._store import SharedArena
@@ -674,8 +674,14 @@ class CoreWorker:
 def connect_core(*, address: str, token: bytes, role: str, worker_id: str, job_id: str,
                  namespace: str) -> CoreWorker:
     conn = connect(address, token)
-    conn.send((M.HELLO, 0, role, os.getpid(), {"worker_id": worker_id}))
-    reply = conn.recv()
+    try:
+        reply = first_reply(conn, (M.HELLO, 0, role, os.getpid(), {"worker_id": worker_id}))
+    except TokenRefused:
+        from .cluster import token_refused
+        raise token_refused(address) from None
+    except ConnectionClosed as e:
+        raise ConnectionError(f"the carme node at {address} closed the connection before "
+                              f"answering ({e})") from e
     info = reply[3]
     if not os.path.exists(info["store_file"]):
         conn.close()

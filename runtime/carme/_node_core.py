@@ -81,6 +81,7 @@ class NodeCore(ActorCore, RefCore):
         self.linked = linked  # in a cluster: other nodes' objects can be pulled
         self.pg_waiters: dict[str, list[tuple[Any, int]]] = {}
         self.pg_mirrored: dict[str, set[str]] = {}  # group -> other nodes told to reserve its bundles
+        self.heads_away: set[str] = set()  # a head that does not answer, kept as fully busy
         self._pull_keys = itertools.count(1)
         self._init_actors()
         self._init_refs()
@@ -396,14 +397,32 @@ class NodeCore(ActorCore, RefCore):
                 continue
             self.peers[nid] = row
             if row["state"] == "ALIVE":
+                if nid in self.heads_away:  # the head is back: its own totals again
+                    self.heads_away.discard(nid)
+                    scheduler.remove_node(nid)
+                    known.discard(nid)
                 if nid not in known:
                     scheduler.add_node(nid, row["total"], row["labels"])
                 scheduler.set_remote_usage(nid, row["available"])
-            elif nid in known:
+            elif nid in known and nid not in self.heads_away:
                 scheduler.remove_node(nid)
                 out += [ClosePeer(nid), *self._peer_died(nid), *self.node_holds_gone(nid),
                         *self.refs_peer_gone(nid)]
+                if row.get("is_head"):
+                    self._head_away(nid, row)
         return out + self.poll()
+
+    def _head_away(self, nid: str, row: dict[str, Any]) -> None:
+        """The head does not answer (only this node's link marks a head DEAD: a head never
+        says so of itself, `_link.mark_head_down`); it is expected back on the same port.
+        It stays in the scheduler with all it has in use: nothing is sent there, and a
+        request only it can serve waits for it (as Ray keeps it pending) instead of
+        failing as infeasible; a `get` with a timeout times out meanwhile."""
+        assert self.leases is not None
+        scheduler = self.leases.scheduler
+        scheduler.add_node(nid, row["total"], row["labels"])
+        scheduler.set_remote_usage(nid, {})
+        self.heads_away.add(nid)
 
     def _node_address(self, client: Client, msg: M.NodeAddress) -> list[Any]:
         peer = self.peers.get(msg.node_id)

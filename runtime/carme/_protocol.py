@@ -3,7 +3,10 @@
 A frame is a 4-byte big-endian length followed by that many bytes; a message is a pickled
 tuple whose first item is its kind. The first frame a connecting peer sends is the
 cluster token in plain bytes; the accepting side compares it in constant time and closes
-the connection on a mismatch *before* unpickling anything, because a pickle is code.
+the connection on a mismatch *before* unpickling anything, because a pickle is code. Just
+before closing it sends one raw frame, `REFUSED` (not a pickle, and nothing secret), so
+that the connecting side can say "wrong token" (`first_reply`, `TokenRefused`) instead of
+"connection reset by peer".
 
 `Connection` is used from several threads: sends take a lock and write the whole frame;
 reads happen in one thread at a time (the owner's I/O thread), either blocking
@@ -47,6 +50,15 @@ class ConnectionClosed(Exception):
 
 class AuthenticationError(Exception):
     """A peer did not present the cluster token."""
+
+
+class TokenRefused(ConnectionError):
+    """The peer refused the cluster token this process presented (the `REFUSED` frame)."""
+
+
+# What an accepting side sends, raw, to a peer whose first frame is not the token. A
+# pickle (protocol 2 and later) starts with 0x80, so no message frame can equal it.
+REFUSED = b"carme: the cluster token was refused"
 
 
 class FrameTooLarge(ConnectionClosed):
@@ -153,7 +165,7 @@ class Connection:
         while n - pos >= 4:
             (size,) = _LEN.unpack_from(buf, pos)
             if pos == 0 and self.expect_token is not None and size != len(self.expect_token):
-                self.closed = True
+                self._refuse()
                 raise AuthenticationError(
                     f"the first frame must be the {len(self.expect_token)}-byte cluster token, "
                     f"not {size} bytes")
@@ -197,11 +209,24 @@ class Connection:
         out = []
         for frame in self._frames():
             if self.expect_token is not None:
-                check_token(frame, self.expect_token)
+                try:
+                    check_token(frame, self.expect_token)
+                except AuthenticationError:
+                    self._refuse()
+                    raise
                 self.expect_token = None
                 continue
             out.append(_loads(frame))
         return out
+
+    def _refuse(self) -> None:
+        """Tell a peer that failed the token so (one raw frame, best effort); the owner
+        closes the connection, as for any AuthenticationError."""
+        self.closed = True
+        try:
+            self.sock.send(_LEN.pack(len(REFUSED)) + REFUSED)
+        except OSError:
+            pass  # gone already, or its buffer is full: it sees the connection close
 
     def recv_raw(self) -> bytes:
         """Blocking read of one frame, without unpickling."""
@@ -243,6 +268,23 @@ def connect(address: str, token: bytes, hello: tuple | None = None) -> Connectio
     if hello is not None:
         conn.send(hello)
     return conn
+
+
+def first_reply(conn: Connection, hello: tuple) -> tuple:
+    """Send `hello` on a fresh connection and return the peer's first message.
+
+    `TokenRefused` if the peer refused our token (its `REFUSED` frame arrives before the
+    connection closes, even when the close is a reset); `ConnectionClosed` as before if
+    the connection went without a word."""
+    try:
+        conn.send(hello)
+    except ConnectionClosed:
+        pass  # the peer may have refused the token already: its answer can still be read
+    frame = conn.recv_raw()
+    if frame == REFUSED:
+        conn.close()
+        raise TokenRefused(f"the carme node at {conn.peer} refused the cluster token")
+    return _loads(frame)  # type: ignore[no-any-return]
 
 
 def worker_addresses(info: dict, here: str) -> list[str]:

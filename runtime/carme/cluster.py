@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from ._discovery import list_embedded, read_embedded  # embedded clusters of running drivers
+from ._protocol import TokenRefused
 
 __all__ = ["Client", "connect", "list_embedded", "list_local", "read_embedded", "resolve", "start_head",
            "start_node", "state_dir", "stop", "stop_all", "stop_node"]
@@ -147,16 +148,18 @@ def start_node(address: str, num_cpus: float | None = None, num_gpus: float | No
     options = spill_options({"object_spilling_directory": object_spilling_directory})
     from . import _messages as M
     from ._node import default_resources, spawn_daemon
-    from ._protocol import connect
+    from ._protocol import ConnectionClosed, connect, first_reply
     address, token = resolve(address)
     try:
         conn = connect(address, token)
-        conn.send((M.HELLO, 1, "observer", os.getpid(), {"worker_id": "join-" + secrets.token_hex(6)}))
-        hello = conn.recv()[3]
+        hello = first_reply(conn, (M.HELLO, 1, "observer", os.getpid(),
+                                   {"worker_id": "join-" + secrets.token_hex(6)}))[3]
         if host is None:
             host = str(conn.sock.getsockname()[0])
         conn.close()
-    except OSError as e:
+    except TokenRefused:
+        raise token_refused(address) from None
+    except (OSError, ConnectionClosed) as e:
         raise ConnectionError(f"could not reach the cluster at {address}: {e}") from e
     if not hello.get("head_grpc"):
         raise ConnectionError(f"the carme node at {address} is not a cluster head (it runs without --head)")
@@ -248,6 +251,21 @@ def resolve(address: str) -> tuple[str, bytes]:
             f"no token for the cluster at {address}: it was not started on this machine by this "
             f"user. Set CARME_CLUSTER_TOKEN to the token printed by `carme start --head`.")
     return address, bytes.fromhex(info["token"])
+
+
+def token_refused(address: str) -> TokenRefused:
+    """The error for a node at `address` that refused our cluster token: where the token
+    came from (as `resolve` found it) and how to pass the right one."""
+    if os.environ.get("CARME_CLUSTER_TOKEN"):
+        source = "the CARME_CLUSTER_TOKEN environment variable"
+    else:
+        source = (f"this machine's cluster file {_cluster_file(address.rsplit(':', 1)[-1])} "
+                  f"(left by a cluster that ran on that port here before, if not this one)")
+    return TokenRefused(
+        f"the carme node at {address} refused the cluster token, which came from {source}: "
+        f"it belongs to another cluster. Fix: set CARME_CLUSTER_TOKEN to the token of the "
+        f"cluster this node is in; `carme start --head` printed the file that holds it on the "
+        f"head's machine (<state dir>/clusters/<port>.json, key \"token\").")
 
 
 def _cleanup(info: dict, path: str) -> None:
