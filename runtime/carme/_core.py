@@ -38,7 +38,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._ownership import LocalObject, Ownership, PayloadSet
 from ._protocol import Connection, ConnectionClosed, TokenRefused, connect, first_reply
-from ._rpc import Rpc, _Waiter, error_from_reply
+from ._rpc import Rpc, _Waiter, defer_wakes, error_from_reply, wake_deferred
 from ._serialization import dumps, inline_payload
 from ._store import SharedArena
 from ._values import Values, error_payload, lost_payload
@@ -169,6 +169,13 @@ class CoreWorker:
             self.wake()
 
     def _io_loop(self) -> None:
+        woken = defer_wakes()
+        try:
+            self._serve_io(woken)
+        finally:
+            wake_deferred(woken)
+
+    def _serve_io(self, woken: list) -> None:
         while self.running:
             timeout = None
             with self.lock:
@@ -187,6 +194,8 @@ class CoreWorker:
                     fn()
                 except Exception:
                     self._report_bug()
+            if woken:  # (as this thread lets go of the GIL to wait: `_rpc._io_wakes`)
+                wake_deferred(woken)
             try:
                 ready = self.sel.select(timeout)
             except (OSError, ValueError):

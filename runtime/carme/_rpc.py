@@ -32,6 +32,14 @@ if TYPE_CHECKING:
     from ._core import CoreWorker
 
 
+# On a CoreWorker's I/O thread, `pending` lists the wake-ups of other threads (waiters
+# it set, work it handed over) since it last waited for I/O; it does them just before it
+# waits again (`wake_deferred`). Woken at once,
+# the waiting thread would ask for the GIL while the I/O thread still runs Python, and
+# both would sleep and wake again on it (four futex calls more per round trip).
+_io_wakes = threading.local()
+
+
 class _Waiter:
     """A one-shot result for a blocking call, cheaper than threading.Event."""
 
@@ -45,10 +53,36 @@ class _Waiter:
 
     def set(self, ok: bool, value: Any) -> None:
         self.ok, self.value = ok, value
-        self.lock.release()
+        pending = getattr(_io_wakes, "pending", None)
+        if pending is None:
+            self.lock.release()
+        else:
+            pending.append(self.lock.release)
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+
+
+def defer_wakes() -> list:
+    """This thread (an I/O loop) wakes the threads it hands work to (waiters it sets,
+    `hand_over`) only at `wake_deferred`."""
+    _io_wakes.pending = []
+    return _io_wakes.pending
+
+
+def hand_over(put: Callable[[Any], None], item: Any) -> None:
+    """`put(item)` now, or on an I/O thread when it next waits for I/O."""
+    pending = getattr(_io_wakes, "pending", None)
+    if pending is None:
+        put(item)
+    else:
+        pending.append(lambda: put(item))
+
+
+def wake_deferred(pending: list) -> None:
+    for wake in pending:
+        wake()
+    pending.clear()
 
 
 def error_from_reply(value: Any) -> Exception:

@@ -37,6 +37,7 @@ from ._core import CoreWorker
 from ._ids import return_id
 from ._messages import _short
 from ._protocol import Connection, ConnectionClosed, listen
+from ._rpc import hand_over
 from ._serialization import loads
 from ._task_messages import ActorCall, Item, Push, Result
 from ._values import error_payload
@@ -176,7 +177,7 @@ class Executor:
                 elif type(task) is ActorCall and self.pool is not None:
                     self.pool.submit(self.run_actor_call, conn, task)
                 else:
-                    self.q.put((conn, task))
+                    hand_over(self.q.put, (conn, task))  # (main thread)
             else:
                 self.refuse(conn, msg, M.BadMessage(
                     f"a worker accepts PEER, CANCEL, PUSH and ACTOR_CALL from a submitter, "

@@ -206,3 +206,26 @@ def test_a_large_value_is_allocated_written_and_sealed_in_the_store(core):
     data, bufs = read_layout(memoryview(store)[4096:4096 + alloc[3]])
     value, _ = loads(data, bufs)
     assert value.shape == big.shape and (value == 1).all()  # what was written reads back
+
+
+def test_an_io_thread_wakes_the_threads_it_hands_to_when_it_next_waits() -> None:
+    """On an I/O loop's thread a waiter it sets, and work it hands over, wake their
+    thread only at `wake_deferred` (as the loop goes back to waiting for I/O); on any
+    other thread at once."""
+    from carme import _rpc
+    w = _rpc._Waiter()
+    w.set(True, 1)  # (not an I/O thread: at once)
+    assert w.wait(0) and w.value == 1
+    got: list = []
+    woken = _rpc.defer_wakes()
+    try:
+        w = _rpc._Waiter()
+        w.set(True, 2)
+        _rpc.hand_over(got.append, "task")
+        assert not w.wait(0) and got == []  # nothing woken yet
+        _rpc.wake_deferred(woken)
+        assert w.wait(0) and w.value == 2 and got == ["task"] and woken == []
+    finally:
+        del _rpc._io_wakes.pending
+    _rpc.hand_over(got.append, "again")  # (this thread is no I/O loop any more)
+    assert got == ["task", "again"]
