@@ -115,3 +115,22 @@ def test_a_driver_on_a_node_without_the_group_runs_in_its_bundles(
     with pytest.raises(carme.exceptions.ActorUnschedulableError, match="removed or never existed"):
         late = Where.options(scheduling_strategy=InGroup(pg, -1)).remote()
         carme.get(late.node.remote(), timeout=60)
+
+
+def test_an_actor_placed_in_a_bundle_on_another_node_is_leased_from_the_bundle(cluster) -> None:
+    """The head places the actor in b's bundle and forwards its creation there: b takes it
+    from the bundle it reserves (forwarded as a plain hard affinity, it waited forever for
+    a CPU that b's reservation of the bundle holds)."""
+    from carme.util.scheduling_strategies import PlacementGroupSchedulingStrategy as InGroup
+    b = cluster.add_node(num_cpus=1, resources={"b": 1})
+    cluster.connect()
+    import carme
+    pg, _where = _group_on(b)
+
+    @carme.remote(num_cpus=1)
+    class Where:
+        def node(self) -> str:
+            return carme.get_runtime_context().get_node_id()
+
+    actor = Where.options(scheduling_strategy=InGroup(pg, 0)).remote()
+    assert carme.get(actor.node.remote(), timeout=60) == b.node_id
