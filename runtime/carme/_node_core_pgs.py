@@ -73,7 +73,7 @@ class PgRouting:
         if head is None:
             return None  # the head itself (or no cluster): its scheduler's word is final
         info = self.pg_answers.get(strategy.pg_id)
-        if info is not None:
+        if info is not None and self._fresh(strategy.pg_id, info):
             return self._resolve(item, info)
         self.pg_waiting.setdefault(strategy.pg_id, []).append(item)
         if any(pg == strategy.pg_id for pg, _h, _v in self.pg_lookups.values()):
@@ -85,6 +85,15 @@ class PgRouting:
             if row.get("is_head"):
                 return nid
         return None
+
+    def _fresh(self, pg_id: str, info: dict) -> bool:
+        """Whether every node an answer names is alive; if not, it is forgotten (a dead
+        node's bundles are being placed again)."""
+        for nid in dict(info.get("bundles_to_node_id") or {}).values():
+            if nid != self.node_id and self.peers.get(nid, {}).get("state") != "ALIVE":
+                del self.pg_answers[pg_id]
+                return False
+        return True
 
     def _ask(self, pg_id: str, head: str) -> list[Any]:
         row = self.peers.get(head, {})
@@ -176,10 +185,8 @@ class PgRouting:
     def pg_views(self) -> list[Any]:
         """At each cluster view: answers naming dead nodes are forgotten, lookups past
         their time fail, groups with waiting requests are looked at again."""
-        alive = {nid for nid, row in self.peers.items() if row.get("state") == "ALIVE"} | {self.node_id}
         for pg_id, info in list(self.pg_answers.items()):
-            if not set(dict(info.get("bundles_to_node_id") or {}).values()) <= alive:
-                del self.pg_answers[pg_id]
+            self._fresh(pg_id, info)
         out: list[Any] = []
         for req, (pg_id, head, views) in list(self.pg_lookups.items()):
             if views + 1 < LOOKUP_VIEWS:

@@ -195,3 +195,17 @@ def test_bundle_target_reads_the_heads_record() -> None:
     assert bundle_target(_placed(on={0: B, 1: C}), req, 1) == [C, B]
     assert bundle_target(_placed("RESCHEDULING", on={0: B}), req) is None
     assert "removed or never existed" in str(bundle_target(None, req))
+
+
+def test_an_actor_whose_bundle_node_died_asks_the_head_again_on_restart() -> None:
+    core = _node_d()
+    spec = {"class_name": "Where", "placement_shape": {"CPU": 1}, "strategy": BundleStrategy("pg", 0),
+            "env_key": "", "max_restarts": 1}
+    req = _lookup(core.handle(DRIVER, ActorCreation(1, b"a" * 16, spec)))
+    core.handle(FROM_HEAD, M.Reply(req, True, _placed()))
+    out = core.handle(None, ClusterView([_row(HEAD, head=True), _row(B, state="DEAD"), _row(C)]))
+    asks = [e for e in out if isinstance(e, PeerRequest)]
+    assert [(e.node_id, e.msg[0]) for e in asks] == [(HEAD, M.PG_INFO)]  # not b, which is dead
+    out = core.handle(FROM_HEAD, M.Reply(asks[0].req, True, _placed(on={0: C})))
+    (create,) = [e for e in out if isinstance(e, PeerRequest)]
+    assert create.node_id == C and create.msg[0] == M.CREATE_ACTOR
