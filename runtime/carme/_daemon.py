@@ -60,7 +60,7 @@ from ._node_spill import SpillSpace
 from ._node_state import CLUSTER_KINDS, NodeFacts, NodeRows, head_node, parse_view, unknown_kind
 from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import Connection, ConnectionClosed, connect
-from ._scheduler import ClusterScheduler, LeaseRequest, NodeAffinity
+from ._scheduler import BundleStrategy, ClusterScheduler, LeaseRequest, NodeAffinity
 from ._spill_files import Spiller, SpillFiles, spill_directory
 from ._store import Arena, create_store_file, store_path
 from ._zygote import kill_pid, wait_gone
@@ -453,11 +453,12 @@ class NodeDaemon:
             self.reply(conn, msg.req, True, blob)
 
     def on_lease(self, conn: Connection, msg: M.Lease) -> None:
-        # from another node (no_spill): grant it here (or wait), never bounce it
-        strategy = NodeAffinity(self.node_id, False) if msg.no_spill else msg.strategy
-        pg_id = getattr(msg.strategy, "pg_id", None)  # (a BundleStrategy's)
-        if msg.no_spill and pg_id is not None and self.scheduler.has_mirror(pg_id):
-            strategy = msg.strategy  # a bundle this node reserves: leased from the bundle
+        # from another node (no_spill): grant it here (or wait), never bounce it; a
+        # placement group's bundle is leased from the bundle this node reserves (or, for a
+        # group it does not know, where the head says it is: `_node_core_pgs.py`)
+        strategy = msg.strategy
+        if msg.no_spill and not isinstance(strategy, BundleStrategy):
+            strategy = NodeAffinity(self.node_id, False)
         try:
             env_key = self.envs.key(msg.runtime_env)
         except OSError as e:

@@ -15,7 +15,8 @@ and returns what to do. It covers
   * actors (creation, placement here or on another node, reports, kills, restarts,
     deaths): the `ActorCore` half in `_node_core_actors.py`;
   * placement groups (`PgCreate`, `PgRemove`, `PgInfo`, `PgWait`: waits answered when
-    the group is created or removed);
+    the group is created or removed; `PgReserve`: bundles placed here by the head); a
+    request for a bundle of a group this node does not know: `_node_core_pgs.py`;
   * the cluster view (`ClusterView`: new peers, dead peers and their actors) and the
     node's address book (`NodeAddress`);
   * a client's departure (`ClientGone`): its holds, leases and non-detached actors go.
@@ -37,6 +38,7 @@ from . import _messages as M
 from . import exceptions as exc
 from ._node_actors import ActorDirectory
 from ._node_core_actors import ActorCore, as_error
+from ._node_core_pgs import PgRouting
 from ._node_core_refs import RefCore
 from ._node_effects import (
     ActorCreation,
@@ -67,7 +69,7 @@ from ._node_workers import WorkerPool, WorkerRec
 from ._store import ArenaFull
 
 
-class NodeCore(ActorCore, RefCore):
+class NodeCore(ActorCore, RefCore, PgRouting):
     def __init__(self, table: ObjectTable, leases: LeaseTable | None = None,
                  pool: WorkerPool | None = None, actors: ActorDirectory | None = None,
                  node_id: str = "", peers: dict[str, dict[str, Any]] | None = None,
@@ -85,6 +87,7 @@ class NodeCore(ActorCore, RefCore):
         self._pull_keys = itertools.count(1)
         self._init_actors()
         self._init_refs()
+        self._init_pgs()
 
     def handle(self, client: Client | None, msg: Any) -> list[Any]:
         """Effects of a client's message, or of an event (`client` may be None for
@@ -187,8 +190,7 @@ class NodeCore(ActorCore, RefCore):
         leases, pool = self.leases, self.pool
         assert leases is not None and pool is not None, "NodeCore without a lease table"
         if isinstance(msg, LeaseRequested):
-            leases.request(msg.request.request_id, client.conn, msg.req, msg.env_key, msg.request)
-            return self.poll()
+            return self.lease_requested(client, msg)
         if isinstance(msg, WorkerFound):
             return self._found(msg.need, msg.worker)
         if isinstance(msg, M.ReturnLease):
@@ -292,7 +294,7 @@ class NodeCore(ActorCore, RefCore):
         c = ev.client
         out: list[Any] = [] if c.worker is None else self.worker_died(c.worker)
         if c.peer is not None:
-            out += self._peer_gone(c.peer, "went away") + self.refs_peer_gone(c.peer)
+            out += self._peer_gone(c.peer, "went away") + self.refs_peer_gone(c.peer) + self.pg_peer_gone(c.peer)
         self.table.drop_client(c.conn)
         self.table.unmap_holder(c.holder)
         out += self.table.release_holder(c.holder)
@@ -324,6 +326,7 @@ class NodeCore(ActorCore, RefCore):
             self.pg_waiters.setdefault(msg.pg_id, []).append((conn, req))
             return self._check_pgs()
         # PgInfo: every group, or the one with this id or name
+        self.asked_by(client, msg.pg_id)
         if msg.pg_id is None and msg.name is None:
             return [Answer(conn, req, True, scheduler.placement_groups())]
         for pg in scheduler.placement_groups():
@@ -348,6 +351,7 @@ class NodeCore(ActorCore, RefCore):
                     if self.peers.get(nid, {}).get("state") == "ALIVE"]
             if now:
                 self.pg_mirrored[pg_id] = set(now)
+            out += self.tell_askers(pg_id, before | set(now))
         return out
 
     def _pg_reserve(self, client: Client, msg: M.PgReserve) -> list[Any]:
@@ -356,7 +360,7 @@ class NodeCore(ActorCore, RefCore):
         if not client.holder.startswith("node:"):
             return [Note(f"refused PgReserve from pid {client.pid}: only another node's daemon may send it")]
         void = self.leases.scheduler.mirror_bundles(msg.pg_id, msg.bundles, self.node_id)
-        return [*self._void_leases(void), *self.poll()]
+        return [*self._void_leases(void), *self.poll(), *self.pg_forget(msg.pg_id)]
 
     def _void_leases(self, lost: list[str]) -> list[Any]:
         """Leases inside a removed group: their workers are killed, actors not restarted."""
@@ -410,7 +414,7 @@ class NodeCore(ActorCore, RefCore):
                         *self.refs_peer_gone(nid)]
                 if row.get("is_head"):
                     self._head_away(nid, row)
-        return out + self.poll()
+        return out + self.poll() + self.pg_views()
 
     def _head_away(self, nid: str, row: dict[str, Any]) -> None:
         """The head does not answer (only this node's link marks a head DEAD: a head never
@@ -433,6 +437,8 @@ class NodeCore(ActorCore, RefCore):
     # ------------------------------------------------------------------ dispatch
     def _peer_reply(self, client: Client, msg: M.Reply | PeerFailed) -> list[Any]:
         mine = self.ref_reply(client, msg)
+        if mine is None:
+            mine = self.pg_reply(client, msg)
         return self._forwarded_reply(client, msg) if mine is None else mine
 
     def _kill_actor_msg(self, client: Client, msg: M.KillActor) -> list[Any]:

@@ -16,6 +16,7 @@ what to send, fork and kill.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from . import _messages as M
@@ -36,7 +37,7 @@ from ._node_effects import (
 from ._node_leases import LeaseTable
 from ._node_objects import Answer
 from ._node_workers import WorkerPool, WorkerRec
-from ._scheduler import Grant, LeaseRequest, NodeAffinity
+from ._scheduler import BundleStrategy, Grant, LeaseRequest, NodeAffinity
 
 
 def as_error(value: Any) -> BaseException:
@@ -63,6 +64,7 @@ class ActorCore:
     actors: ActorDirectory | None
     node_id: str
     peers: dict[str, dict[str, Any]]
+    route_bundle: Callable[[tuple[str, Any, Any]], list[Any] | None]  # PgRouting's
 
     def poll(self) -> list[Any]:
         raise NotImplementedError  # NodeCore's
@@ -158,6 +160,9 @@ class ActorCore:
     def schedule_actor(self, actor: ActorRec) -> list[Any]:
         """Ask the scheduler for a place for the actor (creation or restart)."""
         assert self.leases is not None
+        routed = self.route_bundle(("actor", None, actor))
+        if routed is not None:
+            return routed  # a group this node does not know: the head says where its bundles are
         s = actor.spec
         self.leases.scheduler.submit(LeaseRequest(
             f"actor-{actor.actor_id.hex()}", s["placement_shape"], s["strategy"], self.node_id,
@@ -196,8 +201,12 @@ class ActorCore:
     def _place_remote(self, actor: ActorRec, node_id: str) -> list[Any]:
         """The scheduler chose another node: that node's daemon runs (and restarts) it."""
         actor.remote_node = node_id
+        # (in a group's bundle: that node leases it from the bundle it reserves)
+        strategy = actor.spec["strategy"]
+        if not isinstance(strategy, BundleStrategy):
+            strategy = NodeAffinity(node_id, False)
         spec = dict(actor.spec, name=None, get_if_exists=False, display_name=actor.spec.get("name"),
-                    strategy=NodeAffinity(node_id, False), forwarded=True)
+                    strategy=strategy, forwarded=True)
         req = next(self._peer_req_ids)
         self.forwarded[req] = (node_id, actor)
         return [PeerRequest(node_id, req, (M.CREATE_ACTOR, req, actor.actor_id, spec))]

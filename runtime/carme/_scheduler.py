@@ -460,33 +460,22 @@ class ClusterScheduler:
     def _decide_bundle(self, req: LeaseRequest, shape: dict[str, int], strategy: BundleStrategy) -> _Decision:
         pg = self._pgs.get(strategy.pg_id)
         if pg is None or pg.state == "REMOVED":
-            return self._what(req) + (
-                f" uses placement group {strategy.pg_id}, which was removed or never existed. "
-                "Fix: create the placement group again and pass the new one."
-            )
-        indices = range(len(pg.bundles)) if strategy.bundle_index < 0 else [strategy.bundle_index]
-        if strategy.bundle_index >= len(pg.bundles):
-            return self._what(req) + (
-                f" asks for bundle {strategy.bundle_index} of placement group {pg.pg_id}, which "
-                f"has {len(pg.bundles)} bundles. Fix: pass placement_group_bundle_index in "
-                f"0..{len(pg.bundles) - 1} or -1 for any."
-            )
-        could = [i for i in indices if ResourcePool(pg.bundles[i].shape).fits(shape)]
-        if not could:
-            sizes = ", ".join(describe(to_float_shape(pg.bundles[i].shape)) for i in indices)
-            which = "its bundles" if strategy.bundle_index < 0 else f"bundle {strategy.bundle_index}"
-            return self._what(req) + (
-                f" requires {describe(req.shape)}, more than {which} of placement group "
-                f"{pg.pg_id} reserve ({sizes}). Fix: lower the request or create the placement "
-                "group with bigger bundles."
-            )
+            return self._what(req) + pg_gone(strategy.pg_id)
+        checked = check_bundles(self._what(req), req.shape, shape, strategy, [b.shape for b in pg.bundles])
+        if isinstance(checked, str):
+            return checked
         if pg.state != "CREATED":
             return None
-        for i in could:
+        for i in checked:
             b = pg.bundles[i]
             if b.pool is not None and b.node_id is not None and b.pool.fits(shape):
                 return (b.node_id, b.pool)
         return None
+
+    def knows_placement_group(self, pg_id: str) -> bool:
+        """Whether this scheduler holds a record of the group (placed here, or a mirror of
+        bundles placed on this node); a node that does not asks the head (`bundle_target`)."""
+        return pg_id in self._pgs
 
     def _what(self, req: LeaseRequest) -> str:
         return (req.description or f"request {req.request_id}").strip()
@@ -669,6 +658,58 @@ class ClusterScheduler:
             self._pending_pgs.remove(pg_id)
             self._pg_changes.append(pg_id)
             self._bump()
+
+
+def pg_gone(pg_id: str) -> str:
+    return (f" uses placement group {pg_id}, which was removed or never existed. "
+            "Fix: create the placement group again and pass the new one.")
+
+
+def check_bundles(what: str, want: dict[str, float], shape: dict[str, int], strategy: BundleStrategy,
+                  bundles: list[dict[str, int]]) -> list[int] | str:
+    """The bundles of a group (fixed-point shapes) a request may use; a message when none
+    ever can (index out of range, or the request is bigger than the bundles)."""
+    if strategy.bundle_index >= len(bundles):
+        return what + (
+            f" asks for bundle {strategy.bundle_index} of placement group {strategy.pg_id}, which "
+            f"has {len(bundles)} bundles. Fix: pass placement_group_bundle_index in "
+            f"0..{len(bundles) - 1} or -1 for any."
+        )
+    indices = range(len(bundles)) if strategy.bundle_index < 0 else [strategy.bundle_index]
+    could = [i for i in indices if ResourcePool(bundles[i]).fits(shape)]
+    if not could:
+        sizes = ", ".join(describe(to_float_shape(bundles[i])) for i in indices)
+        which = "its bundles" if strategy.bundle_index < 0 else f"bundle {strategy.bundle_index}"
+        return what + (
+            f" requires {describe(want)}, more than {which} of placement group "
+            f"{strategy.pg_id} reserve ({sizes}). Fix: lower the request or create the placement "
+            "group with bigger bundles."
+        )
+    return could
+
+
+def bundle_target(info: dict | None, req: LeaseRequest, turn: int = 0) -> str | list[str] | None:
+    """Where a request for a bundle of a group this node does not know goes, from what
+    the head said of the group (`PgInfo`'s answer; None: the head does not know it):
+    the nodes holding bundles it may use (a list, `turn` picks the first), a message
+    when it never can run (group removed or unknown, bad index, too big), or None while
+    the group is not placed (ask again later)."""
+    strategy = req.strategy
+    assert isinstance(strategy, BundleStrategy)
+    what = (req.description or f"request {req.request_id}").strip()
+    if info is None or info.get("state") == "REMOVED":
+        return what + pg_gone(strategy.pg_id)
+    shapes = {int(i): to_fixed_shape(b) for i, b in dict(info.get("bundles") or {}).items()}
+    bundles = [shapes.get(i, {}) for i in range(max(shapes, default=-1) + 1)]
+    checked = check_bundles(what, req.shape, to_fixed_shape(req.shape), strategy, bundles)
+    if isinstance(checked, str):
+        return checked
+    where = {int(i): n for i, n in dict(info.get("bundles_to_node_id") or {}).items()}
+    if info.get("state") != "CREATED" or any(i not in where for i in checked):
+        return None
+    nodes = list(dict.fromkeys(where[i] for i in checked))
+    k = turn % len(nodes)
+    return nodes[k:] + nodes[:k]
 
 
 def _place(

@@ -471,8 +471,7 @@ except carme.exceptions.RayError as e:
 def test_a_bundle_is_reserved_by_the_host_that_holds_it(hosts: Hosts) -> None:
     """A placement-group bundle placed on host b: a driver on b (its own node) cannot take
     the bundle's CPU for a plain task while the group exists, and can after it is removed.
-    The group is made by a driver on the head's host (a driver on drv cannot use its
-    bundles: the next test)."""
+    The group is made by a driver on the head's host (a driver on drv: the next test)."""
     c = Cluster(hosts, {"head": {"num_cpus": 1, "resources": {"head": 1}},
                         "b": {"num_cpus": 1, "resources": {"b": 1}}})
     on_b = f"""
@@ -529,17 +528,31 @@ print(json.dumps(out))
     assert freed["pinned"] == ids["b"]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: a driver joined to a node that neither placed "
-                   "the group (the head) nor holds one of its bundles makes the group at the head, "
-                   "but its bundle tasks are decided by its own node, which does not know the group "
-                   "(TaskUnschedulableError: 'removed or never existed'; also on loopback)")
 def test_bundle_tasks_of_a_driver_joined_to_its_own_node(hosts: Hosts) -> None:
+    """The driver on drv (a node of its own, 0 CPU) makes the group at the head, which
+    places its bundle on b; drv's node knows nothing of the group: it asks the head and
+    sends the bundle's tasks (bundle 0 and any bundle) and an actor in it to b."""
     c = Cluster(hosts, {"head": {"num_cpus": 1, "resources": {"head": 1}},
                         "b": {"num_cpus": 1, "resources": {"b": 1}},
                         "drv": {"num_cpus": 0}})
-    seen = c.drive(PG_DRIVER + "print(json.dumps(out))\n")
-    assert seen["placed"] == seen["ids"]["b"]
-    assert seen["in_bundle"] == [seen["ids"]["b"]] * 3, seen["in_bundle"]
+    seen = c.drive(PG_DRIVER + """
+any_bundle = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=-1)
+out["any_bundle"] = carme.get([where.options(scheduling_strategy=any_bundle).remote() for _ in range(3)],
+                              timeout=120)
+
+@carme.remote(num_cpus=1)
+class Where:
+    def node(self):
+        return node_id()
+
+actor = Where.options(scheduling_strategy=in_bundle).remote()
+out["actor"] = carme.get(actor.node.remote(), timeout=120)
+print(json.dumps(out))
+""")
+    b = seen["ids"]["b"]
+    assert seen["placed"] == b
+    assert seen["in_bundle"] == [b] * 3, seen["in_bundle"]
+    assert seen["any_bundle"] == [b] * 3 and seen["actor"] == b, seen
 
 
 def test_head_restarted_on_its_host_is_rejoined_across_hosts(hosts: Hosts) -> None:
