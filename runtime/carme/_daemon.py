@@ -508,16 +508,22 @@ class NodeDaemon:
     def to_peer(self, eff: E.ToPeer | E.PeerRequest) -> None:
         """Send to another node's daemon over our connection to it (opened on first use)."""
         conn = self.peer_conns.get(eff.node_id)
-        try:
-            if conn is None or conn.closed:
-                first = connect(self.peers[eff.node_id]["address"], self.token)
-                conn = self.io.adopt(first.sock, f"node:{eff.node_id[:8]}")
-                conn.meta.update(role="peer", holder="node:" + eff.node_id, peer_node=eff.node_id)
-                self.send(conn, (M.HELLO, 0, "peer", os.getpid(), {"worker_id": "node:" + self.node_id}))
-                self.peer_conns[eff.node_id] = conn
-            sent, why = self.send(conn, eff.msg), "its connection dropped"
-        except (OSError, ConnectionClosed, KeyError) as e:
-            sent, why = False, str(e)
+        sent, why = False, ""
+        for _attempt in range(2):  # a connection that dropped unnoticed: once more on a new one
+            try:
+                if conn is None or conn.closed:
+                    first = connect(self.peers[eff.node_id]["address"], self.token)
+                    conn = self.io.adopt(first.sock, f"node:{eff.node_id[:8]}")
+                    conn.meta.update(role="peer", holder="node:" + eff.node_id, peer_node=eff.node_id)
+                    self.send(conn, (M.HELLO, 0, "peer", os.getpid(), {"worker_id": "node:" + self.node_id}))
+                    self.peer_conns[eff.node_id] = conn
+                sent, why = self.send(conn, eff.msg), "its connection dropped"
+            except (OSError, ConnectionClosed, KeyError) as e:
+                sent, why = False, str(e)
+                break
+            if sent:
+                break
+            conn = None
         if not sent and isinstance(eff, E.PeerRequest):
             self.feed(E.PeerFailed(eff.req, exc.NodeDiedError(
                 f"node {eff.node_id[:8]} is unreachable: {why}")))

@@ -297,8 +297,9 @@ class NodeCore(ActorCore, RefCore, PgRouting):
             out += self._peer_gone(c.peer, "went away") + self.refs_peer_gone(c.peer) + self.pg_peer_gone(c.peer)
         self.table.drop_client(c.conn)
         self.table.unmap_holder(c.holder)
-        out += self.table.release_holder(c.holder)
-        out += self.table.release_holder(c.holder + ":blob")
+        if not self.holds_outlive(c.holder):
+            out += self.table.release_holder(c.holder)
+            out += self.table.release_holder(c.holder + ":blob")
         if self.leases is not None:
             # leases held by this client go back; non-detached actors it owns die with it
             for lease_id in self.leases.client_gone(c.conn, keep=lambda w: w.state == "ACTOR"):

@@ -33,12 +33,18 @@ class RefCore:
     _peer_req_ids: Any
 
     def _init_refs(self) -> None:
-        # peer request id -> ("incref", [oids asked], node) | ("get", oid, node)
+        # peer request id -> ("incref", [oids asked], node, tries) | ("get", oid, node, tries)
         self.ref_reqs: dict[int, tuple[str, Any, str]] = {}
         # a proxy whose hold at its home is not confirmed yet -> the increfs waiting for it
         # (each wait: [client conn, client req, missing ids, proxies still unconfirmed])
         self.confirming: dict[bytes, list[list[Any]]] = {}
         self.pull_sources: dict[bytes, str] = {}  # object being pulled -> the node it comes from
+
+    def holds_outlive(self, holder: str) -> bool:
+        """A connection of `holder` closed: are its holds kept? A node's are while the
+        view says it is alive: its proxies still count on them (it reconnects for its
+        next message), and they go when the view says it died (`node_holds_gone`)."""
+        return holder.startswith("node:") and self._home_alive(holder[5:])
 
     def _home_alive(self, home: str) -> bool:
         peer = self.peers.get(home)
@@ -69,9 +75,7 @@ class RefCore:
                 wait[3] += 1
         out: list[Any] = []
         for home, oids in remote.items():
-            req = next(self._peer_req_ids)
-            self.ref_reqs[req] = ("incref", oids, home)
-            out.append(PeerRequest(home, req, (M.INCREF, req, oids)))
+            out.append(self._ask_home("incref", oids, home))
         if msg.req is not None and wait[3] == 0:
             out.append(Answer(client.conn, msg.req, True, wait[2]))
         return out
@@ -83,10 +87,14 @@ class RefCore:
         for oid in oids:
             e = self.table.get_entry(oid)
             if e is not None and e.home is not None:
-                req = next(self._peer_req_ids)
-                self.ref_reqs[req] = ("get", oid, e.home)
-                out.append(PeerRequest(e.home, req, (M.GET_OBJECT, req, oid)))
+                out.append(self._ask_home("get", oid, e.home))
         return out
+
+    def _ask_home(self, kind: str, arg: Any, home: str, tries: int = 0) -> PeerRequest:
+        req = next(self._peer_req_ids)
+        self.ref_reqs[req] = (kind, arg, home, tries)
+        msg = (M.INCREF, req, arg) if kind == "incref" else (M.GET_OBJECT, req, arg)
+        return PeerRequest(home, req, msg)
 
     def ref_reply(self, client: Client, msg: M.Reply | PeerFailed) -> list[Any] | None:
         """The answer to one of our requests to a home (None: not ours)."""
@@ -95,7 +103,11 @@ class RefCore:
             return None
         ok, value = (False, msg.error) if isinstance(msg, PeerFailed) else (msg.ok, msg.value)
         table = self.table
-        kind, arg, _node = wait
+        kind, arg, home, tries = wait
+        if isinstance(msg, PeerFailed) and tries == 0 and self._home_alive(home):
+            # the connection failed under the request (it may not have arrived): once more,
+            # on a new connection (a second hold of this node there is no hold more)
+            return [self._ask_home(kind, arg, home, 1)]
         if kind == "get":
             e = table.get_entry(arg)
             if e is None or e.payload is not None:
@@ -110,17 +122,20 @@ class RefCore:
             e.log.append("payload from its home")
             return [Answer(c, r, True, value) for c, r in waiters]
         out: list[Any] = []
-        unknown = set(value) if ok and isinstance(value, list) else set()  # (not asked: its node is going)
+        # unknown at its home, or no hold could be taken there (its node is gone, or
+        # unreachable twice): the holders hear it is lost, the proxy goes (nothing to
+        # release there); a proxy that its home does not hold would be an early free
+        unknown = (set(value) if isinstance(value, list) else set()) if ok else set(arg)
         for oid in arg:
             lost = oid in unknown
             e = table.get_entry(oid)
-            if lost:  # unknown at its home: the proxy goes (nothing to release there)
+            if lost:
                 if e is not None:
-                    e.log.append("unknown at its home")
+                    e.log.append("unknown at its home" if ok else f"not held at its home: {value}")
                     e.home = None
                     out += table.free(oid)
             elif e is not None:
-                e.log.append("held at its home" if ok else f"not held at its home: {value}")
+                e.log.append("held at its home")
             for w in self.confirming.pop(oid, []):
                 if lost:
                     w[2].append(oid)

@@ -80,12 +80,41 @@ def test_a_proxy_fetches_its_payload_from_home_once_and_pulls_a_shared_one() -> 
     assert core.table.arena.used_bytes == 0
 
 
-def test_a_home_that_cannot_be_asked_leaves_the_borrower_answered() -> None:
+def test_a_home_that_cannot_be_asked_is_asked_once_more_then_the_object_is_lost() -> None:
+    """A request that failed under its connection may not have arrived: it is sent once
+    more (a second hold of this node there is no hold more). Failing again, the borrower
+    hears the object is lost: a proxy its home does not hold would be freed early."""
     core = _core()
     w = Client("w", "w1", 1)
     (ask,) = _handle(core, w, (M.INCREF, 5, [A], None, {A: HOME}))
-    out = core.handle(None, PeerFailed(ask.req, ConnectionError("gone")))
-    assert out == [Answer("w", 5, True, [])]
+    (again,) = core.handle(None, PeerFailed(ask.req, ConnectionError("gone")))
+    assert isinstance(again, PeerRequest) and again.node_id == HOME and again.msg == (M.INCREF, again.req, [A])
+    out = core.handle(None, PeerFailed(again.req, ConnectionError("gone again")))
+    assert out == [Answer("w", 5, True, [A])]  # (A in the missing list: lost)
+    assert core.table.get_entry(A) is None and "not held at its home" in "; ".join(core.table.story(A))
+    # once more: answered at the first try
+    (ask,) = _handle(core, w, (M.INCREF, 6, [A], None, {A: HOME}))
+    assert _reply(core, ask.req, []) == [Answer("w", 6, True, [])]
+    assert "held at its home" in core.table.story(A)
+
+
+def test_a_nodes_holds_outlive_its_connection_while_it_is_alive() -> None:
+    """A node's connection closing is not its death: its holds here stay (its proxies
+    count on them) until the view says it died."""
+    from carme._node_effects import ClientGone
+    table = ObjectTable(Arena(1 << 20), HERE)
+    off = table.alloc(A, 1000, 1, "driver")
+    table.export(A, (M.SHARED, off, 1000, False, HERE), [], 0, "bytes", "driver", 1)
+    core = NodeCore(table, node_id=HERE, linked=True,
+                    peers={HOME: {"state": "ALIVE", "address": "x", "grpc_address": "g"}})
+    node = Client("conn1", "node:" + HOME, 1)
+    assert _handle(core, node, (M.INCREF, 5, [A])) == [Answer("conn1", 5, True, [])]
+    table.unhold(A, "driver")
+    core.handle(None, ClientGone(node))
+    assert table.get_entry(A) is not None  # kept: the node is alive
+    core.peers[HOME]["state"] = "DEAD"
+    core.handle(None, ClientGone(Client("conn2", "node:" + HOME, 1)))
+    assert table.get_entry(A) is None  # a dead node's connection: its holds go
 
 
 def test_a_dead_nodes_holds_go() -> None:
@@ -201,8 +230,12 @@ def test_requests_to_a_home_that_dies_are_answered() -> None:
     core = _core()
     w, v = Client("w", "w1", 1), Client("v", "v1", 2)
     (ask,) = _handle(core, w, (M.INCREF, 5, [A], None, {A: HOME}))
-    assert core.refs_peer_gone(HOME) == [Answer("w", 5, True, [])]
+    _reply(core, ask.req, [])
     (get,) = _handle(core, v, (M.GET_OBJECT, 6, A))
-    (failed,) = core.refs_peer_gone(HOME)
-    assert failed.client == "v" and not failed.ok and "went away" in str(failed.value)
+    (ask_b,) = _handle(core, w, (M.INCREF, 7, [B], None, {B: HOME}))
+    core.peers[HOME]["state"] = "DEAD"  # (the view says so first: nothing is asked again)
+    out = core.refs_peer_gone(HOME)
+    failed = next(a for a in out if a.client == "v")
+    assert not failed.ok and "went away" in str(failed.value)
+    assert Answer("w", 7, True, [B]) in out  # B could not be held there: lost
     assert not core.ref_reqs
