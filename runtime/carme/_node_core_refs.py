@@ -34,7 +34,7 @@ class RefCore:
 
     def _init_refs(self) -> None:
         # peer request id -> ("incref", [oids asked], node, tries) | ("get", oid, node, tries)
-        self.ref_reqs: dict[int, tuple[str, Any, str]] = {}
+        self.ref_reqs: dict[int, tuple[str, Any, str, int]] = {}
         # a proxy whose hold at its home is not confirmed yet -> the increfs waiting for it
         # (each wait: [client conn, client req, missing ids, proxies still unconfirmed])
         self.confirming: dict[bytes, list[list[Any]]] = {}
