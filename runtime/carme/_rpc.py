@@ -80,9 +80,16 @@ def hand_over(put: Callable[[Any], None], item: Any) -> None:
 
 
 def wake_deferred(pending: list) -> None:
-    for wake in pending:
-        wake()
+    """Do the wake-ups owed; one that fails (a waiter set twice, say) is reported, as it
+    was where it was set, and never stops the I/O loop that calls this."""
+    wakes = pending[:]
     pending.clear()
+    for wake in wakes:
+        try:
+            wake()
+        except Exception:  # noqa: BLE001 - reported; the loop must go on
+            import traceback
+            traceback.print_exc()
 
 
 def error_from_reply(value: Any) -> Exception:

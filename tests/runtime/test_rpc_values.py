@@ -225,7 +225,14 @@ def test_an_io_thread_wakes_the_threads_it_hands_to_when_it_next_waits() -> None
         assert not w.wait(0) and got == []  # nothing woken yet
         _rpc.wake_deferred(woken)
         assert w.wait(0) and w.value == 2 and got == ["task"] and woken == []
+        # a wake-up that fails (a waiter set twice) is reported and the others still happen
+        w = _rpc._Waiter()
+        w.set(True, 3)
+        w.set(True, 3)
+        _rpc.hand_over(got.append, "after")
+        _rpc.wake_deferred(woken)
+        assert got == ["task", "after"] and woken == []
     finally:
         del _rpc._io_wakes.pending
     _rpc.hand_over(got.append, "again")  # (this thread is no I/O loop any more)
-    assert got == ["task", "again"]
+    assert got == ["task", "after", "again"]
