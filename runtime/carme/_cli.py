@@ -71,7 +71,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     print("  Stop it with:  carme stop")
     if args.block:
         try:
-            while cluster._alive(info["pid"]):
+            while cluster._info_alive(info):
                 time.sleep(1)
         except KeyboardInterrupt:
             cluster.stop(info["address"])

@@ -50,7 +50,7 @@ def embedded_dir() -> str:
     return d
 
 
-def _started(pid: int) -> float | None:
+def process_started(pid: int) -> float | None:
     """The start time of process `pid`, or None if there is none (or a zombie)."""
     try:
         p = psutil.Process(pid)
@@ -61,10 +61,19 @@ def _started(pid: int) -> float | None:
         return None
 
 
+def same_process(pid: int, started: float | None) -> bool:
+    """Whether `pid` runs (not a zombie) and, when `started` (its start time, as noted
+    when it began) is known, is still that process. A pid written down by a process
+    that died without removing the note can be handed to another process later (pids
+    wrap at 32,768 on many machines): ending that one would kill a stranger."""
+    now = process_started(pid)
+    return now is not None and (started is None or abs(now - started) <= 1.0)
+
+
 def advertise(*, address: str, token: bytes, pid: int, session_dir: str, node_id: str,
               resources: dict[str, float]) -> str | None:
     """Write the note for an embedded cluster whose daemon runs as `pid`; its path, or None."""
-    started = _started(pid)
+    started = process_started(pid)
     if started is None:
         return None
     note = {
@@ -102,8 +111,7 @@ def _valid(note: object) -> dict[str, Any] | None:
         bytes.fromhex(note["token"])
     except ValueError:
         return None
-    started = _started(note["pid"])
-    if started is None or abs(started - note["pid_started"]) > 1.0:
+    if not same_process(note["pid"], note["pid_started"]):
         return None
     return note
 

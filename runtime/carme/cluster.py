@@ -18,6 +18,7 @@ again; `stop()` ends a cluster for good and removes that file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -26,9 +27,7 @@ import socket
 import time
 from typing import Any
 
-import psutil
-
-from ._discovery import list_embedded, read_embedded  # embedded clusters of running drivers
+from ._discovery import list_embedded, process_started, read_embedded, same_process
 from ._protocol import TokenRefused
 
 __all__ = ["Client", "connect", "list_embedded", "list_local", "read_embedded", "resolve", "start_head",
@@ -46,11 +45,9 @@ def _cluster_file(port: int | str) -> str:
     return os.path.join(state_dir(), "clusters", f"{port}.json")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+def _info_alive(info: dict[str, Any]) -> bool:
+    """Whether the daemon a cluster file describes still runs (its pid and start time)."""
+    return same_process(info.get("pid", -1), info.get("pid_started"))
 
 
 def _check_port_free(host: str, port: int, what: str) -> None:
@@ -99,7 +96,8 @@ def start_head(num_cpus: float | None = None, num_gpus: float | None = None,
     proc.stdin.close()
     address = ready["tcp"]
     info = {"address": address, "unix_address": ready["address"], "pid": ready["pid"],
-            "session_dir": session_dir, "node_id": node_id, "started": time.time(),
+            "pid_started": process_started(ready["pid"]), "session_dir": session_dir,
+            "node_id": node_id, "started": time.time(),
             "cluster_id": address.rsplit(":", 1)[1], "resources": res, "is_head": True,
             "grpc_address": ready["grpc"], "metrics_port": ready.get("metrics_port"),
             "restarted": rec is not None}
@@ -123,7 +121,7 @@ def _restartable(host: str, port: int) -> Any:
     if rec is None:
         return None
     running = _read(f"{host}:{port}")
-    if running is not None and _alive(running.get("pid", -1)):
+    if running is not None and _info_alive(running):
         raise OSError(f"a carme head already runs on port {port} (pid {running['pid']}); "
                       f"stop it with `carme stop --address {host}:{port}` first")
     if rec.host != host:
@@ -174,7 +172,8 @@ def start_node(address: str, num_cpus: float | None = None, num_gpus: float | No
     proc.returncode = 0
     head_port = address.rsplit(":", 1)[1]
     node_port = ready["tcp"].rsplit(":", 1)[1]
-    info = {"address": ready["tcp"], "pid": ready["pid"], "session_dir": session_dir,
+    info = {"address": ready["tcp"], "pid": ready["pid"], "pid_started": process_started(ready["pid"]),
+            "session_dir": session_dir,
             "node_id": node_id, "started": time.time(), "is_head": False,
             "cluster_id": f"{head_port}-node-{node_port}", "head": address, "resources": res}
     path = _cluster_file(info["cluster_id"])
@@ -186,15 +185,24 @@ def start_node(address: str, num_cpus: float | None = None, num_gpus: float | No
 
 def stop_node(info: dict[str, Any], graceful: bool = True, timeout: float = 10.0) -> None:
     """Stop one node daemon started by start_node (SIGTERM, or SIGKILL when not graceful)."""
-    pid = info["pid"]
-    if _alive(pid):
-        os.kill(pid, signal.SIGTERM if graceful else signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    _end_daemon(info, graceful, timeout)
     _cleanup(info, _cluster_file(info["cluster_id"]))
+
+
+def _end_daemon(info: dict[str, Any], graceful: bool = True, timeout: float = 10.0) -> None:
+    """End the daemon a cluster file names, if that very process still runs: SIGTERM (or
+    SIGKILL when not graceful), then SIGKILL after `timeout` s."""
+    pid = info["pid"]
+    if not _info_alive(info):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM if graceful else signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _info_alive(info) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _info_alive(info):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def list_local() -> list[dict[str, Any]]:
@@ -210,7 +218,7 @@ def list_local() -> list[dict[str, Any]]:
                 info = json.load(f)
         except (OSError, ValueError):
             continue
-        if not _alive(info.get("pid", -1)):
+        if not _info_alive(info):
             _cleanup(info, path)
             continue
         info.pop("token", None)
@@ -301,14 +309,7 @@ def stop(address: str, timeout: float = 10.0) -> bool:
             except (OSError, ValueError):
                 pass
     path = _cluster_file(info["cluster_id"])
-    pid = info["pid"]
-    if _alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    _end_daemon(info, timeout=timeout)
     _cleanup(info, path)
     from . import _head_state as hs
     hs.remove(hs.state_file(state_dir(), port))  # stopped for good: no restart from it

@@ -201,6 +201,38 @@ def test_auto_without_cluster_says_how_to_start_one(state_dir: Path) -> None:
         carme.init(address="auto")
 
 
+def test_a_cluster_file_whose_pid_went_to_another_process_is_stale(head: dict) -> None:
+    """A head that died without removing its cluster file leaves its pid there; once
+    another process has that pid (pids wrap), `list_local` must drop the file and
+    `stop` must not signal the stranger."""
+    from carme import cluster
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path = Path(head["token_file"])
+        real = json.loads(path.read_text())
+        assert real["pid_started"]  # written by start_head
+        port = "59999"
+        fake = {**real, "pid": stranger.pid, "cluster_id": port,
+                "address": f"127.0.0.1:{port}", "session_dir": "",
+                "pid_started": real["pid_started"] - 100}  # what the dead head had noted
+        stale = path.with_name(f"{port}.json")
+        stale.write_text(json.dumps(fake))
+        assert [c["address"] for c in cluster.list_local()] == [head["address"]]
+        assert not stale.exists()  # pruned
+        stale.write_text(json.dumps(fake))
+        cluster.stop(f"127.0.0.1:{port}")
+        time.sleep(0.2)
+        assert stranger.poll() is None, "stop() signalled a process that is not the head"
+        # the same file with the stranger's own start time reads as alive
+        alive = {**fake, "pid_started": cluster.process_started(stranger.pid)}
+        stale.write_text(json.dumps(alive))
+        assert f"127.0.0.1:{port}" in [c["address"] for c in cluster.list_local()]
+        stale.unlink()
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def _carme(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "carme", *args], capture_output=True,
                           text=True, env=env, timeout=60)

@@ -102,6 +102,12 @@ def test_cancel_finished_task_is_a_no_op(ray_impl):
 
     ref = quick.remote()
     assert ray.get(ref) == 7
+    if ray.__name__ == "ray":
+        # Ray 2.60's get returns as soon as the value is in, a moment before the task
+        # manager sees the task complete (on another thread); a cancel in that moment
+        # makes the completion fail a check that ends the driver, here the pytest process
+        # ("Tried to complete task that was not pending"; seen once in CI). Let it land.
+        time.sleep(1.0)
     ray.cancel(ref)
     assert ray.get(ref) == 7
 
