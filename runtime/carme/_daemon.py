@@ -62,7 +62,7 @@ from ._node_workers import WorkerPool, WorkerRec
 from ._protocol import Connection, ConnectionClosed, connect
 from ._scheduler import BundleStrategy, ClusterScheduler, LeaseRequest, NodeAffinity
 from ._spill_files import Spiller, SpillFiles, spill_directory
-from ._store import Arena, create_store_file, store_path
+from ._store import Arena, Prefaulter, create_store_file, store_path
 from ._zygote import kill_pid, wait_gone
 
 LOG_BACKLOG = 8 << 20  # a driver with this much unread output gets no more worker output
@@ -91,6 +91,7 @@ class NodeDaemon:
         self.store_file = store_path(self.session)
         create_store_file(self.store_file, self.capacity)
         self.arena = Arena(self.capacity)
+        self.prefaulter = Prefaulter(self.store_file, self.capacity)
         limit = config.get("object_spilling_max_bytes")
         self.table = ObjectTable(self.arena, self.node_id,
                                  SpillSpace(None if limit is None else int(limit)), self.spill_dir)
@@ -313,6 +314,8 @@ class NodeDaemon:
     def _if_open(self, conn: Connection, client: E.Client, msg: Any) -> None:
         if not conn.closed:  # a client that left while it waited takes nothing
             self.carry_out(self.core.handle(client, msg))
+            if isinstance(msg, M.Alloc):
+                self.prefaulter.grew(self.arena.high_water, msg.size)
 
     def pin_for_pull(self, oid: bytes) -> Future:
         """A peer pulls one of ours (asked from the link's thread, on the loop): a future
@@ -585,6 +588,7 @@ class NodeDaemon:
             pass
         shutil.rmtree(self.session_dir, ignore_errors=True)
         self.spiller.close()
+        self.prefaulter.close()
         pids = self.pool.pids()
         for pid in pids:
             kill_pid(pid)

@@ -14,6 +14,7 @@ alive for as long as the serialized value lives.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import threading
@@ -112,6 +113,57 @@ def layout_size(data: bytes, buffers: list) -> int:
     return size
 
 
+# A buffer this large is copied into the store by several threads at once, each taking
+# a slice (numpy's copy lets go of the GIL). One thread's memcpy is bounded by how many
+# cache lines one core keeps in flight, not by the memory bus: on the 2-core VM two
+# threads copy 100 MB in about half the time. Ray's put does the same (6 threads).
+PARALLEL_COPY_MIN = 8 * 1024 * 1024
+COPY_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                          else (os.cpu_count() or 1)))
+_copy_pool: Any = None
+_copy_pool_lock = threading.Lock()
+
+
+def _copier() -> Any:
+    """The process's copy threads (made on first use; a forked child makes its own)."""
+    global _copy_pool
+    with _copy_pool_lock:
+        if _copy_pool is None or _copy_pool[0] != os.getpid():
+            from concurrent.futures import ThreadPoolExecutor
+            _copy_pool = (os.getpid(), ThreadPoolExecutor(COPY_THREADS - 1, "carme-copy"))
+        return _copy_pool[1]
+
+
+def copy_into(dest: memoryview, src: memoryview) -> None:
+    """dest[:] = src (both C-contiguous bytes of one length), by several threads when
+    large (`PARALLEL_COPY_MIN`) and numpy is there to copy without the GIL."""
+    n = src.nbytes
+    if n < PARALLEL_COPY_MIN or COPY_THREADS < 2:
+        dest[:] = src
+        return
+    try:
+        import numpy as np
+    except ImportError:
+        dest[:] = src
+        return
+    d = np.frombuffer(dest, dtype=np.uint8)
+    s = np.frombuffer(src, dtype=np.uint8)
+    step = -(-n // COPY_THREADS)
+    step = (step + 4095) & ~4095  # whole pages to each thread
+    parts = [(i, min(i + step, n)) for i in range(0, n, step)]
+    futures = []
+    try:
+        pool = _copier()
+        for a, b in parts[1:]:
+            futures.append(pool.submit(np.copyto, d[a:b], s[a:b]))
+    except RuntimeError:  # no thread to be had (an address-space limit): copy the rest here
+        pass
+    for a, b in [parts[0], *parts[1 + len(futures):]]:  # this thread's slice, and any no thread took
+        np.copyto(d[a:b], s[a:b])
+    for f in futures:
+        f.result()
+
+
 def write_layout(dest: memoryview, data: bytes, buffers: list) -> None:
     n = len(buffers)
     pos = _HDR.size + _ENT.size * n
@@ -122,7 +174,7 @@ def write_layout(dest: memoryview, data: bytes, buffers: list) -> None:
         raw = b.raw()
         pos = (pos + _ALIGN - 1) & ~(_ALIGN - 1)
         _ENT.pack_into(dest, _HDR.size + _ENT.size * i, pos, raw.nbytes)
-        dest[pos:pos + raw.nbytes] = raw.cast("B") if raw.format != "B" else raw
+        copy_into(dest[pos:pos + raw.nbytes], raw.cast("B") if raw.format != "B" else raw)
         pos += raw.nbytes
 
 

@@ -34,13 +34,14 @@ import socket
 import struct
 import threading
 
+from ._store import MADV_POPULATE_WRITE
+
 HEADER = struct.Struct(">BQ?")  # status, size, is_error
 OK, MISSING = 0, 1
 DONE = b"\x01"                 # the destination's last word: every byte arrived
 MAX_REASON = 4096              # bytes of the source's reason for MISSING (in place of the size)
 IDLE_TIMEOUT = 60.0            # seconds a pull waits for the next bytes from its source
 PREFAULT_STEP = 32 << 20       # bytes faulted in at a time ahead of the reader
-MADV_POPULATE_WRITE = 23       # Linux 5.14+; Python 3.11's mmap does not name it
 _PAGE = mmap.PAGESIZE
 
 

@@ -208,6 +208,56 @@ def test_a_large_value_is_allocated_written_and_sealed_in_the_store(core):
     assert value.shape == big.shape and (value == 1).all()  # what was written reads back
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_large_buffers_are_copied_whole_by_several_threads(monkeypatch, threads):
+    """A buffer over PARALLEL_COPY_MIN is split into page-aligned slices copied by
+    `threads` threads; every byte lands where it belongs, and the layout reads back."""
+    from carme import _serialization as S
+    monkeypatch.setattr(S, "PARALLEL_COPY_MIN", 1 << 16)
+    monkeypatch.setattr(S, "COPY_THREADS", threads)
+    monkeypatch.setattr(S, "_copy_pool", None)
+    used = []
+    real_copyto = np.copyto
+    monkeypatch.setattr(np, "copyto", lambda d, s: (used.append(threading.get_ident()), real_copyto(d, s)))
+    rng = np.random.default_rng(7)
+    arrays = [rng.integers(0, 255, n, dtype=np.uint8) for n in ((1 << 20) + 4097, 1000, 3 << 16)]
+    data, bufs, _ = S.dumps(arrays)
+    store = bytearray(S.layout_size(data, bufs) + 64)
+    S.write_layout(memoryview(store)[64:], data, bufs)
+    out, _ = loads(*read_layout(memoryview(store)[64:]))
+    assert all((a == b).all() and a.shape == b.shape for a, b in zip(arrays, out, strict=True))
+    if threads == 1:
+        assert used == []  # one plain copy per buffer
+    else:
+        assert len(used) == 2 * threads  # each of the two large buffers in `threads` slices
+        assert len(set(used)) > 1  # by more than the caller's thread
+        S._copier().shutdown()
+
+
+def test_a_copy_with_no_thread_to_be_had_is_done_whole_by_the_caller(monkeypatch):
+    """Under an address-space limit a copy thread may not start: the caller copies
+    the slices no thread took, and every byte still lands."""
+    from carme import _serialization as S
+    monkeypatch.setattr(S, "PARALLEL_COPY_MIN", 1 << 16)
+    monkeypatch.setattr(S, "COPY_THREADS", 4)
+
+    class OneThreadThenNone:
+        n = 0
+
+        def submit(self, fn, *args):
+            self.n += 1
+            if self.n > 1:
+                raise RuntimeError("can't start new thread")
+            fn(*args)
+            return types.SimpleNamespace(result=lambda: None)
+
+    monkeypatch.setattr(S, "_copier", OneThreadThenNone)
+    src = np.random.default_rng(3).integers(0, 255, (1 << 20) + 123, dtype=np.uint8)
+    dest = bytearray(src.nbytes)
+    S.copy_into(memoryview(dest), memoryview(src))
+    assert bytes(dest) == src.tobytes()
+
+
 def test_an_io_thread_wakes_the_threads_it_hands_to_when_it_next_waits() -> None:
     """On an I/O loop's thread a waiter it sets, and work it hands over, wake their
     thread only at `wake_deferred` (as the loop goes back to waiting for I/O); on any
