@@ -304,7 +304,11 @@ class NodeDaemon:
     def on_alloc(self, conn: Connection, msg: M.Alloc) -> None:
         """Room first (spilling if need be; the writes run on the spill thread)."""
         client = self.client_of(conn)
-        self.spiller.when_room(msg.size, lambda: self._if_open(conn, client, msg))
+
+        def allocate() -> None:
+            self._if_open(conn, client, msg)
+            self.prefaulter.grew(self.arena.high_water, msg.size)  # pages ready for the next
+        self.spiller.when_room(msg.size, allocate)
 
     def on_map(self, conn: Connection, msg: M.MapObject) -> None:
         """A spilled object comes back first (read on the spill thread)."""
@@ -314,8 +318,6 @@ class NodeDaemon:
     def _if_open(self, conn: Connection, client: E.Client, msg: Any) -> None:
         if not conn.closed:  # a client that left while it waited takes nothing
             self.carry_out(self.core.handle(client, msg))
-            if isinstance(msg, M.Alloc):
-                self.prefaulter.grew(self.arena.high_water, msg.size)
 
     def pin_for_pull(self, oid: bytes) -> Future:
         """A peer pulls one of ours (asked from the link's thread, on the loop): a future

@@ -153,16 +153,12 @@ class SharedArena:
         return self.view[offset:offset + size]
 
     def _populate(self, offset: int, size: int) -> None:
-        first, last = offset // POPULATE_CHUNK, (offset + size - 1) // POPULATE_CHUNK
+        end_chunk = (offset + size - 1) // POPULATE_CHUNK + 1
         done = self._populated
-        c = first
-        while c <= last:
-            if done[c]:
-                c += 1
-                continue
-            run = c
-            while run <= last and not done[run]:
-                run += 1
+        c = offset // POPULATE_CHUNK
+        while (c := done.find(0, c, end_chunk)) != -1:  # the next run of chunks not mapped yet
+            run = done.find(1, c, end_chunk)
+            run = end_chunk if run == -1 else run
             start = c * POPULATE_CHUNK
             end = min(run * POPULATE_CHUNK, self.capacity)
             try:
