@@ -85,25 +85,33 @@ def init(address: str | None = None, *, num_cpus: float | None = None, num_gpus:
                          log_to_driver=log_to_driver, source=source, given={
                              "num_cpus": num_cpus, "num_gpus": num_gpus, "resources": resources,
                              "object_store_memory": object_store_memory})
-        from ._node import default_resources, start_embedded
-        from ._node_memory import memory_options
-        # Ray's _system_config names: memory_usage_threshold, memory_monitor_refresh_ms
-        daemon_options = memory_options(kwargs.get("_system_config"), os.environ)
-        from ._spill_files import spill_options  # object_spilling_config, object_spilling_directory
-        daemon_options.update(spill_options(kwargs.get("_system_config")))
-        if kwargs.get("_metrics_export_port") is not None:  # Ray's name: Prometheus metrics here
-            metrics_port = kwargs["_metrics_export_port"]
-            if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or not 0 <= metrics_port < 65536:
-                raise ValueError(f"_metrics_export_port must be a port number in 0..65535 (0: a free "
-                                 f"one), not {metrics_port!r}")
-            daemon_options["metrics_port"] = metrics_port
-        res = default_resources(num_cpus, num_gpus, resources)
+        from ._node import default_resources, discard, launch_daemon, start_embedded
+        # the daemon's Python starts (imports) while this one checks the rest and counts GPUs
+        launched = launch_daemon()
+        try:
+            from ._node_memory import memory_options
+            from ._spill_files import spill_options
+
+            # Ray's _system_config names: memory_usage_threshold, memory_monitor_refresh_ms;
+            # object_spilling_config, object_spilling_directory
+            daemon_options = memory_options(kwargs.get("_system_config"), os.environ)
+            daemon_options.update(spill_options(kwargs.get("_system_config")))
+            if kwargs.get("_metrics_export_port") is not None:  # Ray's name: Prometheus metrics here
+                metrics_port = kwargs["_metrics_export_port"]
+                if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or not 0 <= metrics_port < 65536:
+                    raise ValueError(f"_metrics_export_port must be a port number in 0..65535 (0: a free "
+                                     f"one), not {metrics_port!r}")
+                daemon_options["metrics_port"] = metrics_port
+            res = default_resources(num_cpus, num_gpus, resources)
+        except BaseException:
+            discard(launched)
+            raise
         job_id = secrets.token_hex(4)
         namespace = namespace or f"anon-{secrets.token_hex(6)}"
         node = start_embedded(resources=res, object_store_memory=object_store_memory,
                               namespace=namespace, job_id=job_id,
                               prestart=min(2, max(1, int(res.get("CPU", 1)))),
-                              options=daemon_options)
+                              options=daemon_options, launched=launched)
         try:
             core = connect_core(address=node.address, token=node.token, role="driver",
                                 worker_id=secrets.token_hex(14), job_id=job_id,

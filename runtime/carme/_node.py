@@ -3,6 +3,11 @@
 The daemon is a child process whose stdin is a pipe from the driver: the driver never
 writes after the start-up configuration, and when the driver goes away for any reason
 the pipe reaches end-of-file and the daemon cleans up everything it made.
+
+Most of a daemon's start-up is its Python importing carme. `carme.init()` therefore starts
+the process first (`launch_daemon`) and works out its configuration (checking the
+arguments, counting GPUs) meanwhile; an argument refused then ends that process
+(`discard`), which has made nothing yet.
 """
 
 from __future__ import annotations
@@ -18,10 +23,9 @@ import sys
 import tempfile
 from typing import Any
 
-import psutil
-
-from ._metrics import detect_num_gpus
 from ._record import record
+
+DAEMON_COMMAND = [sys.executable, "-m", "carme._daemon"]
 
 
 @record
@@ -86,6 +90,9 @@ def default_resources(num_cpus: float | None, num_gpus: float | None,
         if not isinstance(k, str) or not k:
             raise TypeError(f"resources keys must be non-empty strings, not {k!r}")
         check_amount(f"resources[{k!r}]", v)
+    import psutil
+
+    from ._metrics import detect_num_gpus
     out: dict[str, float] = {
         "CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
         "GPU": float(num_gpus if num_gpus is not None else detect_num_gpus()),
@@ -134,6 +141,8 @@ def default_store_size(requested: int | None = None) -> int:
     """`store_size` with this machine's and this process's figures."""
     import resource
 
+    import psutil
+
     from ._metrics import _cgroup_limit
     total = psutil.virtual_memory().total
     cgroup = _cgroup_limit()
@@ -157,66 +166,101 @@ def spawn_daemon(*, resources: dict[str, float], object_store_memory: int | None
                  head_address: str | None = None, token: bytes | None = None,
                  host: str = "127.0.0.1", labels: dict | None = None,
                  grpc_port: int = 0, options: dict | None = None, node_id: str | None = None,
+                 launched: subprocess.Popen | None = None,
                  ) -> tuple[subprocess.Popen, dict, bytes, str, str]:
     """Start a node daemon; return (process, its ready message, token, session dir, node id).
 
     Embedded (standalone=False): its stdin stays a pipe from this process, and it exits
-    when that pipe closes. Standalone: a session of its own that outlives the caller."""
+    when that pipe closes; `launched`, its process if `launch_daemon` started it already
+    (ended here if the configuration is refused). Standalone: a session of its own that
+    outlives the caller."""
     from ._node_memory import memory_options
-    store = default_store_size(object_store_memory)  # refused before anything is made
-    session_dir = tempfile.mkdtemp(prefix="carme-")
-    os.chmod(session_dir, 0o700)
-    token = token or secrets.token_bytes(32)
-    node_id = node_id or secrets.token_hex(28)  # a restarted head keeps its id
-    config = {
-        "cluster": cluster, "head_address": head_address, "host": host, "labels": labels or {},
-        "grpc_port": grpc_port,
-        "session_dir": session_dir, "session": os.path.basename(session_dir)[6:],
-        "token": token.hex(), "node_id": node_id, "resources": resources,
-        "object_store_memory": store,
-        "namespace": namespace, "job_id": job_id, "prestart_workers": prestart,
-        "standalone": standalone, "tcp": tcp,
-        # the memory monitor's settings (CARME_MEMORY_USAGE_THRESHOLD, ...; `_node_memory.py`)
-        **memory_options(None, os.environ),
-        # limits (auth_timeout, max_unauthenticated, stall_timeout, max_backlog, max_frame)
-        **(options or {}),
-    }
+    assert launched is None or not standalone
+    session_dir = None
     try:
-        return _spawn(config, session_dir, token, node_id, standalone, log_file)
+        store = default_store_size(object_store_memory)  # refused before anything is made
+        session_dir = tempfile.mkdtemp(prefix="carme-")
+        os.chmod(session_dir, 0o700)
+        token = token or secrets.token_bytes(32)
+        node_id = node_id or secrets.token_hex(28)  # a restarted head keeps its id
+        config = {
+            "cluster": cluster, "head_address": head_address, "host": host, "labels": labels or {},
+            "grpc_port": grpc_port,
+            "session_dir": session_dir, "session": os.path.basename(session_dir)[6:],
+            "token": token.hex(), "node_id": node_id, "resources": resources,
+            "object_store_memory": store,
+            "namespace": namespace, "job_id": job_id, "prestart_workers": prestart,
+            "standalone": standalone, "tcp": tcp,
+            # the memory monitor's settings (CARME_MEMORY_USAGE_THRESHOLD, ...; `_node_memory.py`)
+            **memory_options(None, os.environ),
+            # limits (auth_timeout, max_unauthenticated, stall_timeout, max_backlog, max_frame)
+            **(options or {}),
+        }
+        return _spawn(config, session_dir, token, node_id, standalone, log_file, launched)
     except BaseException:
         # a failed start leaves nothing behind
-        shutil.rmtree(session_dir, ignore_errors=True)
+        if launched is not None:
+            discard(launched)
+        if session_dir is not None:
+            shutil.rmtree(session_dir, ignore_errors=True)
         raise
 
 
+def launch_daemon() -> subprocess.Popen:
+    """Start an embedded daemon's process, to be configured by `spawn_daemon(launched=)`.
+    Until then it only imports; without a configuration (this process gone) it exits."""
+    # Embedded: the daemon moves itself into a process group of its own (see
+    # `_daemon.main`), staying in the driver's session.
+    return subprocess.Popen(DAEMON_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            close_fds=True)
+
+
+def discard(proc: subprocess.Popen) -> None:
+    """End a launched daemon that was never configured (it has made nothing)."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    proc.wait()
+    for f in (proc.stdin, proc.stdout):
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
+
+
 def _spawn(config: dict, session_dir: str, token: bytes, node_id: str, standalone: bool,
-           log_file: str | None) -> tuple[subprocess.Popen, dict, bytes, str, str]:
+           log_file: str | None, proc: subprocess.Popen | None,
+           ) -> tuple[subprocess.Popen, dict, bytes, str, str]:
     from ._store import store_path
-    stderr = open(log_file or os.path.join(session_dir, "daemon.log"), "ab") if standalone else None
-    # Standalone: a session of its own. Embedded: the daemon moves itself into a process
-    # group of its own (see `_daemon.main`), staying in the driver's session.
-    proc = subprocess.Popen([sys.executable, "-m", "carme._daemon"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=stderr, close_fds=True,
-                            start_new_session=standalone)
-    if stderr is not None:
-        stderr.close()
+    if proc is None and standalone:  # a session of its own
+        with open(log_file or os.path.join(session_dir, "daemon.log"), "ab") as stderr:
+            proc = subprocess.Popen(DAEMON_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=stderr, close_fds=True, start_new_session=True)
+    elif proc is None:
+        proc = launch_daemon()
     assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps(config).encode() + b"\n")
-    proc.stdin.flush()
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait()
+    try:
+        try:
+            proc.stdin.write(json.dumps(config).encode() + b"\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died early: the readline below says so
+        line = proc.stdout.readline()
+        if not line:
+            proc.wait()
+            raise RuntimeError(f"the carme node daemon failed to start (exit code {proc.returncode}); "
+                               f"see {'its output above' if not standalone else os.path.join(session_dir, 'daemon.log')}")
+        return proc, json.loads(line), token, session_dir, node_id
+    except BaseException:
+        discard(proc)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(store_path(config["session"]))
-        raise RuntimeError(f"the carme node daemon failed to start (exit code {proc.returncode}); "
-                           f"see {'its output above' if not standalone else os.path.join(session_dir, 'daemon.log')}")
-    return proc, json.loads(line), token, session_dir, node_id
+        raise
 
 
 def start_embedded(*, resources: dict[str, float], object_store_memory: int | None,
                    namespace: str | None, job_id: str, prestart: int = 1,
-                   options: dict | None = None) -> EmbeddedNode:
+                   options: dict | None = None,
+                   launched: subprocess.Popen | None = None) -> EmbeddedNode:
     proc, ready, token, session_dir, node_id = spawn_daemon(
         resources=resources, object_store_memory=object_store_memory, namespace=namespace,
-        job_id=job_id, prestart=prestart, options=options)
+        job_id=job_id, prestart=prestart, options=options, launched=launched)
     return EmbeddedNode(proc, ready["address"], token, session_dir, node_id)

@@ -29,6 +29,7 @@ for it, `send` raises `ConnectionClosed` and the owner drops the connection.
 from __future__ import annotations
 
 import hmac
+import mmap
 import pickle
 import socket
 import struct
@@ -44,7 +45,9 @@ _dumps = pickle.dumps
 _loads = pickle.loads
 READ_SIZE = 1 << 20            # bytes one read may take
 # each thread reads into a buffer of its own, kept: a fresh 1 MiB bytes object per recv
-# cost an mmap, a page fault, an mremap and a munmap on every message read
+# cost an mmap, a page fault, an mremap and a munmap on every message read. The buffer is
+# an anonymous mapping, not a bytearray (which zeroes, so takes, all of its pages): a
+# thread holds only the pages its largest read touched (a small message: one)
 _scratch = threading.local()
 
 
@@ -196,7 +199,7 @@ class Connection:
         try:
             view = _scratch.view
         except AttributeError:  # (this thread's first read)
-            view = _scratch.view = memoryview(bytearray(READ_SIZE))
+            view = _scratch.view = memoryview(mmap.mmap(-1, READ_SIZE))
         try:
             n = self.sock.recv_into(view, want)
         except (BlockingIOError, InterruptedError):

@@ -33,12 +33,6 @@ from ._node_spill import spill_victims
 STEP = 8 << 20
 
 
-def spill_directory(session_dir: str, session: str, configured: str | None) -> str:
-    if not configured:
-        return os.path.join(session_dir, "spill")
-    return os.path.join(os.path.abspath(os.path.expanduser(configured)), f"carme-spill-{session}")
-
-
 def check_spill_directory(configured: str) -> None:
     """A directory the user gave: it must exist (or be creatable) and be writable."""
     path = os.path.abspath(os.path.expanduser(configured))

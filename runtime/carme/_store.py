@@ -109,6 +109,13 @@ def store_path(session: str) -> str:
     return f"/dev/shm/carme-{session}-store"
 
 
+def spill_directory(session_dir: str, session: str, configured: str | None) -> str:
+    """Where a node's objects spill to disk: the session directory unless configured."""
+    if not configured:
+        return os.path.join(session_dir, "spill")
+    return os.path.join(os.path.abspath(os.path.expanduser(configured)), f"carme-spill-{session}")
+
+
 def create_store_file(path: str, capacity: int) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:

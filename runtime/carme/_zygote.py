@@ -144,7 +144,12 @@ def _serve(sock: socket.socket) -> None:
     os.closerange(keep + 1, 65536)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, _reap)
+    # what the workers share stays shared: the collector never visits (writes to, so
+    # copies) the objects every worker inherits
+    import gc
+
     from . import _worker  # noqa: F401 - preload what every worker imports
+    gc.freeze()
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 3)

@@ -22,6 +22,7 @@ import textwrap
 import threading
 import time
 
+import psutil
 import pytest
 
 import carme
@@ -409,13 +410,19 @@ def _sessions() -> set[str]:
     ({"resources": {"x": math.inf}}, ValueError, "resources"),
     ({"resources": [("x", 1)]}, TypeError, "resources"),
     ({"object_store_memory": 10**18}, ValueError, "object_store_memory"),
+    ({"_metrics_export_port": -1}, ValueError, "_metrics_export_port"),
+    ({"_system_config": {"memory_usage_threshold": 2}}, ValueError, "memory_usage_threshold"),
 ])
 def test_bad_init_arguments_fail_at_the_call_and_leave_nothing(kwargs, error, name):
+    """Some arguments are checked after the daemon's process was started (it imports
+    meanwhile): it is gone by the time init raises."""
     before = _sessions()
+    children = {p.pid for p in psutil.Process().children()}
     with pytest.raises(error, match=name):
         carme.init(**kwargs)
     assert not carme.is_initialized()
     assert _sessions() == before
+    assert [p for p in psutil.Process().children() if p.pid not in children] == []
 
 
 def test_bad_get_wait_cancel_arguments_fail_at_the_call(cluster):

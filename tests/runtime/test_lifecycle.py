@@ -221,6 +221,25 @@ def test_zero_copy_view_outlives_its_ref(carme) -> None:
     del others
 
 
+def test_workers_start_without_the_node_daemons_modules(carme) -> None:
+    """Every worker is a fork of the zygote and starts with all of its memory: the zygote
+    is forked before the daemon imports its own modules, so no worker carries them."""
+    @carme.remote
+    def modules() -> list[str]:
+        import sys
+        return [m for m in sys.modules if m.startswith("carme.")]
+
+    @carme.remote
+    class A:
+        def modules(self) -> list[str]:
+            import sys
+            return [m for m in sys.modules if m.startswith("carme.")]
+
+    for mods in (carme.get(modules.remote()), carme.get(A.remote().modules.remote())):
+        assert "carme._worker" in mods
+        assert not [m for m in mods if m.startswith("carme._node_") or m == "carme._daemon"], mods
+
+
 def test_task_that_can_never_fit_says_so(carme) -> None:
     @carme.remote(resources={"unicorn": 1})
     def f():
