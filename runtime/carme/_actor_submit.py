@@ -18,7 +18,7 @@ from typing import Any
 from . import _messages as M
 from . import exceptions as exc
 from ._protocol import Connection, ConnectionClosed, connect_first, worker_addresses
-from ._submit import TaskSpec
+from ._submit import TaskSpec, landed
 from ._task_messages import ActorCall, Result
 from ._task_tags import TaskTags
 
@@ -117,7 +117,10 @@ class ActorSubmitter:
         if sends and st.conn is not None:
             msgs = []
             for spec in sends:
-                resolved = [(r._id, self.core.payload_of(r._id)) for r in spec.arg_refs]
+                with self.lock:  # holds only while it is in flight (see TaskSubmitter.push)
+                    landed(self.core, spec)
+                    live = st.inflight.get(spec.task_id) is spec
+                    resolved, spec.maps = self.core.resolve_args(spec.arg_refs, st.node_id if live else None)
                 msgs.append(ActorCall(M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
                                       resolved, spec.wire_returns, spec.streaming, spec.name,
                                       spec.attempt).wire())
@@ -232,6 +235,7 @@ class ActorSubmitter:
     def on_result(self, st: ActorState, result: Result) -> None:
         with self.lock:
             spec = st.inflight.pop(result.task_id, None)
+            landed(self.core, spec)
         if spec is not None:
             self.core.submitter.handle_result(spec, result.payloads, result.contained, result.info)
 
@@ -244,6 +248,8 @@ class ActorSubmitter:
             st.lost_pid = st.pid
             lost = sorted(st.inflight.values(), key=lambda s: s.seq)
             st.inflight.clear()
+            for spec in lost:
+                landed(self.core, spec)
             retry = [s for s in lost if s.retries_left != 0 and not s.cancelled]
             for s in reversed(retry):
                 if s.retries_left > 0:

@@ -114,6 +114,10 @@ class CoreWorker:
         self.current_task: threading.local = threading.local()
         self.actor_context: dict[str, Any] = {}  # actor-wide values for any of its threads
         self._unprotected: set[bytes] = set()
+        # arguments read under their submitter's map (`resolve_args`), and those of them
+        # this process mapped itself because views of them outlived their task
+        self._held_reads: set[bytes] = set()
+        self._late_maps: set[bytes] = set()
         self.daemon_lost = False
         from ._actor_submit import ActorSubmitter
         from ._submit import TaskSubmitter
@@ -406,8 +410,8 @@ class CoreWorker:
     def localize(self, oid: bytes, payload: tuple) -> tuple:
         return self.values.localize(oid, payload)
 
-    def deserialize(self, oid: bytes, payload: tuple) -> Any:
-        return self.values.deserialize(oid, payload)
+    def deserialize(self, oid: bytes, payload: tuple, held: bool = False) -> Any:
+        return self.values.deserialize(oid, payload, held)
 
     def put(self, value: Any, _owner: Any = None) -> Any:
         return self.values.put(value, _owner)
@@ -464,6 +468,36 @@ class CoreWorker:
         if entry is None:
             return lost_payload(oid)
         return entry.payload
+
+    def resolve_args(self, arg_refs: list, node_id: str | None) -> tuple[list, list[bytes]]:
+        """The resolved ref arguments of a task pushed to a worker on `node_id`: (object
+        id, payload) each, and the ids of those sent as (id, payload, True).
+
+        Those are objects in our node's store that this process maps (a value it put, or
+        read a short while ago) while the worker is on our node: we keep each mapped,
+        one more user, until the task's result (`release_maps`), so the worker reads it
+        at once instead of first asking the daemon where it lives (a round trip per
+        object and worker): the daemon spills no object a process maps."""
+        out: list = []
+        held: list[bytes] = []
+        with self.lock:
+            for r in arg_refs:
+                oid = r._id
+                payload = self.payload_of(oid)
+                if (node_id == self.node_id and payload is not None and payload[0] == M.SHARED
+                        and len(payload) > 4 and payload[4] == node_id):
+                    mapped = self.rpc.maps.acquire(oid)
+                    if mapped is not None:
+                        out.append((oid, mapped, True))
+                        held.append(oid)
+                        continue
+                out.append((oid, payload))
+        return out, held
+
+    def release_maps(self, oids: list[bytes] | None) -> None:
+        """The task those maps were held for has its result (or its worker is gone)."""
+        for oid in oids or ():
+            self.rpc.unmap_later(oid)
 
     def _blocked(self) -> Callable[[], None] | None:
         """In a worker running a task: lend the task's CPU while it waits."""

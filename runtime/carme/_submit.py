@@ -34,6 +34,14 @@ NODE_UNREACHABLE_TRIES = 100  # lease requests in a row (0.3 s apart) to a node 
 LEASE_IDLE = 0.05
 
 
+def landed(core: Any, spec: TaskSpec | None) -> None:
+    """(Under the lock) `spec` left its worker's in-flight set: its result came, or the
+    worker is gone. The maps held for its push (`CoreWorker.resolve_args`) go back."""
+    if spec is not None and spec.maps:
+        core.release_maps(spec.maps)
+        spec.maps = None
+
+
 def _home(payload: tuple, lease: Any) -> str | None:
     """The node whose daemon has the hold on a return value (where it was made)."""
     if payload[0] == M.SHARED and len(payload) > 4:
@@ -78,6 +86,7 @@ class TaskSpec:
         self.keep: list = []
         self.pg_capture = False  # its children go into its placement group
         self.dynamic = False  # num_returns="dynamic": one DynamicObjectRefGenerator
+        self.maps: list[bytes] | None = None  # arguments kept mapped for its push (`resolve_args`)
 
     @property
     def wire_returns(self) -> Any:
@@ -383,7 +392,10 @@ class TaskSubmitter:
         if spec.fn_key not in lease.sent_fns:
             fn_blob = spec.fn_blob
             lease.sent_fns.add(spec.fn_key)
-        resolved = [(r._id, self.core.payload_of(r._id)) for r in spec.arg_refs]
+        with self.lock:  # holds only while it is in flight: leaving in-flight gives them back
+            landed(self.core, spec)
+            live = lease.inflight.get(spec.task_id) is spec
+            resolved, spec.maps = self.core.resolve_args(spec.arg_refs, lease.node_id if live else None)
         try:
             lease.conn.send(Push(M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
                                  resolved, spec.wire_returns, spec.streaming, spec.name,
@@ -423,6 +435,7 @@ class TaskSubmitter:
         task_id = msg[1] if type(msg) is tuple and len(msg) > 1 and type(msg[1]) is bytes else None
         with self.lock:
             spec = inflight.pop(task_id, None)
+            landed(self.core, spec)
         if spec is not None:
             self.fail(spec, exc.RaySystemError(f"a malformed reply from the task's worker was refused: {err}"))
 
@@ -446,6 +459,7 @@ class TaskSubmitter:
         info = result.info
         with self.lock:
             spec = lease.inflight.pop(result.task_id, None)
+            landed(self.core, spec)
         if spec is not None:
             q = lease.queue
             if info.get("end") and info.get("start"):
@@ -605,6 +619,8 @@ class TaskSubmitter:
                 q.leases.remove(lease)
             lost = list(lease.inflight.values())
             lease.inflight.clear()
+            for spec in lost:
+                landed(self.core, spec)
         if not lost:
             self.dispatch(q)
             return

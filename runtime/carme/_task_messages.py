@@ -98,8 +98,10 @@ def _check_args(kind: str, args: Any, ref_pos: list, resolved: list) -> None:
             raise BadMessage(f"{kind}.ref_pos must hold (False, index) or (True, keyword), "
                              f"not {_short(pos)}")
     for item in resolved:
-        if type(item) not in (tuple, list) or len(item) != 2 or type(item[0]) is not bytes:
-            raise BadMessage(f"{kind}.resolved must hold (object id, payload), not {_short(item)}")
+        if (type(item) not in (tuple, list) or len(item) not in (2, 3) or type(item[0]) is not bytes
+                or (len(item) == 3 and item[2] is not True)):
+            raise BadMessage(f"{kind}.resolved must hold (object id, payload) or (object id, "
+                             f"payload, True), not {_short(item)}")
         check_payload(kind, item[1])
 
 
@@ -121,7 +123,7 @@ class Push(NamedTuple):
     fn_blob: bytes | None
     args: tuple              # inline payload of (args, kwargs) with the ref arguments blanked
     ref_pos: list            # (is_keyword, index or keyword) of each ref argument
-    resolved: list           # (object id, payload) of each ref argument
+    resolved: list           # (object id, payload[, True: mapped by the submitter]) of each ref argument
     num_returns: int | str
     streaming: bool
     name: str

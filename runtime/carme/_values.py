@@ -73,13 +73,34 @@ class Values:
     def protect_views(self) -> None:
         """Before a task reports back: zero-copy views of its arguments that are still
         alive (kept in actor state, say) get a hold of this process, taken while the
-        submitter still holds the object."""
+        submitter still holds the object; and a map of this process where the submitter's
+        map was what they were read under (it goes with the result)."""
         core = self.core
         with core.lock:
             oids, core._unprotected = core._unprotected, set()
+            held, core._held_reads = core._held_reads, set()
         keep = [oid for oid in oids if core.refs.count(oid) and oid not in core.objects]
         if keep:
             core._borrow_ids(keep)
+        for oid in held:
+            if not core.refs.count(oid) or oid in core._late_maps:
+                continue  # no view left (the common case), or mapped here already
+            core._late_maps.add(oid)
+            core.rpc.map_object(oid)  # where it is: where we read it, the submitter maps it
+            self.views_gone(oid, False)  # (if they went meanwhile)
+
+    def views_gone(self, oid: bytes, mapped: bool) -> None:
+        """The views of one read of `oid` are gone; `mapped`: that read mapped it (one
+        user to give back). A map taken late (`protect_views`) goes with the last view."""
+        core = self.core
+        if mapped:
+            core.unmap_later(oid)
+        if oid in core._late_maps and not core.refs.count(oid):
+            try:
+                core._late_maps.remove(oid)  # (atomic: finalizers run in any thread)
+            except KeyError:
+                return
+            core.unmap_later(oid)
 
     def localize(self, oid: bytes, payload: tuple) -> tuple:
         """A payload readable here: an object in another node's store is copied to ours
@@ -97,15 +118,19 @@ class Values:
             core.own.add_copy(oid, payload)  # (a process holds a copy once, however often it asks)
         return local  # type: ignore[no-any-return]
 
-    def deserialize(self, oid: bytes, payload: tuple) -> Any:
+    def deserialize(self, oid: bytes, payload: tuple, held: bool = False) -> Any:
+        """`held`: a task argument its submitter keeps mapped in our store until our
+        result (`CoreWorker.resolve_args`): read where it says, without asking the daemon."""
         core = self.core
+        held = held and bool(oid) and payload[0] == M.SHARED and len(payload) > 4 and payload[4] == core.node_id
         if payload[0] != M.INLINE:
             if oid not in core.objects:
                 # a task argument: its submitter keeps it alive while the task runs;
                 # views that outlive the task get a hold of ours (protect_views)
                 core._unprotected.add(oid)
-            payload = core.localize(oid, payload)  # (inline after a rebuild that failed)
-            if oid and payload[0] != M.INLINE:
+            if not held:
+                payload = core.localize(oid, payload)  # (inline after a rebuild that failed)
+            if oid and payload[0] != M.INLINE and not held:
                 # where the value lives now (the daemon brings a spilled one back); mapped
                 # until our views of it are gone, so it is not spilled under them
                 payload = core.rpc.map_object(oid)
@@ -117,10 +142,12 @@ class Values:
                 src = core.arena.readonly(payload[1], payload[2])
                 data, bufs = read_layout(src)
                 if bufs:
-                    bufs = pinned(bufs, oid, core.refs, core.unmap_later if oid else None)
+                    bufs = pinned(bufs, oid, core.refs, (lambda o: self.views_gone(o, not held)) if oid else None)
+                    if held:  # (once its views exist) views that outlive the task get a map of ours
+                        core._held_reads.add(oid)
                 value, loaded = loads(data, bufs)
             finally:
-                if oid and not bufs:
+                if oid and not bufs and not held:
                     core.unmap_later(oid)
             if not core.refs.count(oid):
                 core._on_ref_zero(oid)  # no view and no ref keeps it: let go at once

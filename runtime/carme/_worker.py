@@ -235,8 +235,9 @@ class Executor:
         if loaded:
             core.borrow(loaded)
         a = list(a)
-        for (is_kw, key), (oid, payload) in zip(ref_pos, resolved, strict=True):
-            value = core.deserialize(oid, payload)
+        for (is_kw, key), item in zip(ref_pos, resolved, strict=True):
+            # (id, payload, True): the submitter keeps it mapped until our result
+            value = core.deserialize(item[0], item[1], len(item) == 3)
             if is_kw:
                 kw[key] = value
             else:

@@ -141,6 +141,65 @@ def test_store_full_only_when_spill_space_is_full_and_the_error_says_so() -> Non
 
 
 @pytest.mark.processes
+def test_an_argument_the_driver_maps_is_read_without_a_map_and_a_view_kept_is_never_spilled(
+        tmp_path: Path) -> None:
+    """A task's argument that its submitter maps (here: the driver put it and holds a view)
+    is read where the submitter says, under the submitter's map, without the worker
+    asking the daemon; a view of it that outlives its task gets a map of the worker's
+    own before the result goes back, so filling the store twice over after the driver
+    let go spills it from under nobody."""
+    import carme
+    carme.init(num_cpus=1, object_store_memory=STORE,
+               _system_config={"object_spilling_directory": str(tmp_path / "spill")})
+
+    def maps() -> tuple[list[bytes], list[bytes]]:
+        from carme import _context
+        core = _context.core()
+        return list(core.rpc.maps.entries), sorted(core._late_maps)
+
+    @carme.remote
+    def first(a):
+        return int(a[0]), maps()
+
+    @carme.remote
+    class Keeper:
+        def keep(self, a) -> int:
+            self.a = a
+            return int(a[-1])
+
+        def mean(self) -> float:
+            return float(self.a.mean())
+
+        def drop(self) -> tuple:
+            del self.a
+            return maps()
+
+        def maps(self) -> tuple:
+            return maps()
+
+    try:
+        ref = carme.put(np.full(ITEM, 7, dtype=np.uint8))
+        view = carme.get(ref)  # the driver maps it while this view lives
+        value, (mapped, late) = carme.get(first.remote(ref))
+        assert value == 7 and ref._id not in mapped and late == []
+
+        keeper = Keeper.remote()
+        assert carme.get(keeper.keep.remote(ref)) == 7
+        mapped, late = carme.get(keeper.maps.remote())
+        assert ref._id in mapped and late == [ref._id]
+
+        del view, ref  # only the actor's view keeps it now: in its place, under its map
+        others = [carme.put(np.full(ITEM, 100 + i, dtype=np.uint8)) for i in range(16)]
+        assert _stats()["spilled_objects"] >= 8
+        assert carme.get(keeper.mean.remote()) == 7.0
+        assert [int(carme.get(r)[0]) for r in others] == [100 + i for i in range(16)]
+        _, late = carme.get(keeper.drop.remote())
+        assert late == []  # the map went with the last view
+    finally:
+        carme.shutdown()
+
+
+@pytest.mark.processes
 def test_spill_files_go_after_a_sigkill_of_the_daemon(tmp_path: Path) -> None:
     spill = tmp_path / "spill"
     script = f"""
