@@ -124,11 +124,21 @@ _copy_pool: Any = None
 _copy_pool_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """A child forked while another thread made the pool: a lock of its own (that one
+    stays held in the child forever), and threads of its own on first use."""
+    global _copy_pool, _copy_pool_lock
+    _copy_pool, _copy_pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _copier() -> Any:
     """The process's copy threads (made on first use; a forked child makes its own)."""
     global _copy_pool
     with _copy_pool_lock:
-        if _copy_pool is None or _copy_pool[0] != os.getpid():
+        if _copy_pool is None:
             from concurrent.futures import ThreadPoolExecutor
             _copy_pool = (os.getpid(), ThreadPoolExecutor(COPY_THREADS - 1, "carme-copy"))
         return _copy_pool[1]

@@ -258,6 +258,40 @@ def test_a_copy_with_no_thread_to_be_had_is_done_whole_by_the_caller(monkeypatch
     assert bytes(dest) == src.tobytes()
 
 
+def test_a_child_forked_while_the_copy_pool_was_being_made_copies_with_threads_of_its_own(monkeypatch):
+    """fork() while another thread holds the copy pool's lock (making the pool): the
+    child gets a lock and threads of its own, and its large copy completes."""
+    import os
+    import time
+
+    from carme import _serialization as S
+    monkeypatch.setattr(S, "COPY_THREADS", 2)  # (one CPU would copy without the pool)
+    src = np.random.default_rng(5).integers(0, 255, S.PARALLEL_COPY_MIN + 4096, dtype=np.uint8)
+    S._copy_pool_lock.acquire()  # as another thread would, making the pool
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                dest = bytearray(src.nbytes)
+                S.copy_into(memoryview(dest), memoryview(src))
+                code = 0 if bytes(dest) == src.tobytes() else 2
+            finally:
+                os._exit(code)
+    finally:
+        S._copy_pool_lock.release()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's copy never finished (it waited on the parent's lock)")
+
+
 def test_an_io_thread_wakes_the_threads_it_hands_to_when_it_next_waits() -> None:
     """On an I/O loop's thread a waiter it sets, and work it hands over, wake their
     thread only at `wake_deferred` (as the loop goes back to waiting for I/O); on any
