@@ -4,11 +4,12 @@ Usage::
 
     .venv/bin/python bench/cpu.py --before REF [--after REF2] [--rounds 8] [--scale 2]
 
-Why: on a small shared VM the wall-clock rates of `bench/core.py` move ±10–40% from one
-alternating round to the next (the same tree against itself included), so a 5% change
-in a per-call path does not show in their medians. The CPU time the driver, the node
-daemon and the workers spend per operation moves far less, and says where a change
-went: which process does more work per task.
+Why: the wall-clock rates of `bench/core.py` mix CPU work with waiting. This counts the
+work: the CPU time the driver, the node daemon and the workers spend per operation, so it
+also says which process a change moved. It does not remove the machine's own noise: on
+the 2-core VM one process of identical code runs up to 20% slower or faster than the
+next (a plain Python loop does), so take many rounds, and compare a tree with itself
+(`--before HEAD` on a clean tree) to see the spread before reading a ratio.
 
 Theory of operation: the parent runs fresh child processes of this script, alternating
 this tree and REF's `runtime/` (exported as `bench/core.py --before` does), `--rounds`
@@ -174,14 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     _TREES.clear()
     new, old = impls
     print(f"\nCPU and wall µs per operation, medians of {args.rounds} rounds (lower is better)\n")
-    print(f"| workload | metric | {new} | {old} | ratio |")
-    print("|---|---|---|---|---|")
+    print("(round ratios: the middle half of the per-round ratios, round i of one against round i")
+    print("of the other: how far one round's ratio strays)\n")
+    print(f"| workload | metric | {new} | {old} | ratio | round ratios |")
+    print("|---|---|---|---|---|---|")
     for work, rows in samples[new].items():
         for metric in ("cpu_us", *(f"{r}_us" for r in ROLES), "wall_us"):
-            a = statistics.median(rows[metric])
-            b = statistics.median(samples[old][work][metric])
+            xs, ys = rows[metric], samples[old][work][metric]
+            a, b = statistics.median(xs), statistics.median(ys)
             ratio = f"{a / b:.2f}" if b > 0 else "-"
-            print(f"| {work} | {metric[:-3]} | {a:.1f} | {b:.1f} | {ratio} |")
+            per_round = sorted(x / y for x, y in zip(xs, ys) if y > 0)
+            spread = "-"
+            if len(per_round) >= 4:
+                q = statistics.quantiles(per_round, n=4)
+                spread = f"{q[0]:.2f}–{q[2]:.2f}"
+            print(f"| {work} | {metric[:-3]} | {a:.1f} | {b:.1f} | {ratio} | {spread} |")
     return 0
 
 
