@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             xs, ys = rows[metric], samples[old][work][metric]
             a, b = statistics.median(xs), statistics.median(ys)
             ratio = f"{a / b:.2f}" if b > 0 else "-"
-            per_round = sorted(x / y for x, y in zip(xs, ys) if y > 0)
+            per_round = sorted(x / y for x, y in zip(xs, ys, strict=True) if y > 0)
             spread = "-"
             if len(per_round) >= 4:
                 q = statistics.quantiles(per_round, n=4)
