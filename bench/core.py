@@ -169,14 +169,9 @@ def _cluster_memory() -> tuple[float, int]:
     return total / 1e6, count
 
 
-def child_workloads(impl: str, reps: int, scale: float) -> None:
-    if impl == "limit":
-        _limit_workloads(reps, scale)
-        return
-    import numpy as np
-
-    ray = importlib.import_module(impl)
-    _init(ray)
+def remote_workloads(ray: Any) -> tuple[Any, Any, Any]:
+    """The remote functions the workloads call (`noop`, `first_item`) and their actor
+    class, defined with `ray` (carme or Ray); bench/cpu.py uses them too."""
 
     @ray.remote
     def noop() -> None:
@@ -190,6 +185,19 @@ def child_workloads(impl: str, reps: int, scale: float) -> None:
     class Actor:
         def noop(self) -> None:
             return None
+
+    return noop, first_item, Actor
+
+
+def child_workloads(impl: str, reps: int, scale: float) -> None:
+    if impl == "limit":
+        _limit_workloads(reps, scale)
+        return
+    import numpy as np
+
+    ray = importlib.import_module(impl)
+    _init(ray)
+    noop, first_item, Actor = remote_workloads(ray)
 
     n_sync = max(10, int(500 * scale))
     n_batch = max(10, int(1000 * scale))

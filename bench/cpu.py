@@ -32,10 +32,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core import _TREES, MARK, export_tree  # noqa: E402
+from core import _TREES, MARK, export_tree, remote_workloads  # noqa: E402
 
 ROLES = ("driver", "daemon", "workers")
 
@@ -63,20 +62,7 @@ def child(scale: float) -> None:
     import carme as ray
 
     ray.init(num_cpus=2)
-
-    @ray.remote
-    def noop() -> None:
-        return None
-
-    @ray.remote
-    def first_item(a: Any) -> float:
-        return float(a[0])
-
-    @ray.remote
-    class Actor:
-        def noop(self) -> None:
-            return None
-
+    noop, first_item, Actor = remote_workloads(ray)
     actor = Actor.remote()
     ray.get([noop.remote() for _ in range(200)])
     ray.get([actor.noop.remote() for _ in range(200)])

@@ -116,14 +116,14 @@ class ActorSubmitter:
             self.core.submitter.fail(spec, err)
         if sends and st.conn is not None:
             msgs = []
-            for spec in sends:
-                with self.lock:  # holds only while it is in flight (see TaskSubmitter.push)
+            with self.lock:  # holds only while it is in flight (see TaskSubmitter.push)
+                for spec in sends:
                     landed(self.core, spec)
                     live = st.inflight.get(spec.task_id) is spec
                     resolved, spec.maps = self.core.resolve_args(spec.arg_refs, st.node_id if live else None)
-                msgs.append(ActorCall(M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
-                                      resolved, spec.wire_returns, spec.streaming, spec.name,
-                                      spec.attempt).wire())
+                    msgs.append(ActorCall(M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
+                                          resolved, spec.wire_returns, spec.streaming, spec.name,
+                                          spec.attempt).wire())
             try:
                 st.conn.send_many(msgs)
             except ConnectionClosed:

@@ -135,13 +135,14 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _copier() -> Any:
-    """The process's copy threads (made on first use; a forked child makes its own)."""
+    """The process's copy threads (made on first use; a forked child makes its own:
+    `_after_fork_in_child`)."""
     global _copy_pool
     with _copy_pool_lock:
         if _copy_pool is None:
             from concurrent.futures import ThreadPoolExecutor
-            _copy_pool = (os.getpid(), ThreadPoolExecutor(COPY_THREADS - 1, "carme-copy"))
-        return _copy_pool[1]
+            _copy_pool = ThreadPoolExecutor(COPY_THREADS - 1, "carme-copy")
+        return _copy_pool
 
 
 def copy_into(dest: memoryview, src: memoryview) -> None:

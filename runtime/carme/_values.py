@@ -130,10 +130,10 @@ class Values:
                 core._unprotected.add(oid)
             if not held:
                 payload = core.localize(oid, payload)  # (inline after a rebuild that failed)
-            if oid and payload[0] != M.INLINE and not held:
-                # where the value lives now (the daemon brings a spilled one back); mapped
-                # until our views of it are gone, so it is not spilled under them
-                payload = core.rpc.map_object(oid)
+                if oid and payload[0] != M.INLINE:
+                    # where the value lives now (the daemon brings a spilled one back); mapped
+                    # until our views of it are gone, so it is not spilled under them
+                    payload = core.rpc.map_object(oid)
         if payload[0] == M.INLINE:
             value, loaded = loads(payload[1], payload[2])
         else:
