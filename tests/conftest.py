@@ -27,6 +27,7 @@ fail it the same way, and are removed with every process still in them.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.util
 import os
@@ -338,8 +339,8 @@ def _ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
-# Ray joins the parametrization only where it is installed (never in CI), so a
-# carme-only run reports no skip per test.
+# Ray joins the parametrization only where it is installed (the test extra installs it),
+# so a carme-only run reports no skip per test.
 IMPLEMENTATIONS = ["carme"] + (["ray"] if _ray_available() else [])
 
 
@@ -356,6 +357,30 @@ def init_impl(name: str, **kwargs: Any) -> ModuleType:
     opts.update(kwargs)
     mod.init(**opts)
     return mod
+
+
+def _shutdown(mod: ModuleType) -> None:
+    """Shut `mod` down; for Ray, collect cyclic garbage first.
+
+    An ObjectRef that is part of a reference cycle (a test's closure, a generator) is freed
+    by whichever thread next runs the cycle collector. If that happens in another thread
+    (carme's I/O threads live on in this process) while Ray is shutting down, Ray's
+    ObjectRef destructor finds no core worker and Ray ends the whole process (the driver log
+    says "The core worker has already been shutdown ... The process will exit"), taking
+    pytest with it. So such refs are released here while Ray still runs, and no thread
+    starts a collection while it shuts down.
+    """
+    if mod.__name__ != "ray":
+        mod.shutdown()
+        return
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        mod.shutdown()
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _after_shutdown(name: str, guard: LeakGuard, what: str) -> None:
@@ -389,7 +414,7 @@ def ray_impl(
     try:
         yield mod
     finally:
-        mod.shutdown()
+        _shutdown(mod)
     _after_shutdown(name, guard, f"carme cluster of {request.module.__name__}")
 
 
@@ -403,12 +428,12 @@ def fresh_impl(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
     name: str = request.param
     mod = importlib.import_module(name)
     if mod.is_initialized():
-        mod.shutdown()
+        _shutdown(mod)
     guard = LeakGuard()
     try:
         yield mod
     finally:
-        mod.shutdown()
+        _shutdown(mod)
     _after_shutdown(name, guard, f"test {request.node.nodeid}")
 
 
