@@ -237,7 +237,8 @@ class ActorSubmitter:
             spec = st.inflight.pop(result.task_id, None)
             landed(self.core, spec)
         if spec is not None:
-            self.core.submitter.handle_result(spec, result.payloads, result.contained, result.info)
+            self.core.submitter.handle_result(spec, result.payloads, result.contained, result.info,
+                                              (st.node_id, st.worker_id, st.pid))
 
     def on_lost(self, st: ActorState, conn: Connection) -> None:
         with self.lock:

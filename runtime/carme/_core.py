@@ -31,7 +31,7 @@ import os
 import selectors
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _messages as M
@@ -44,6 +44,7 @@ from ._store import SharedArena
 from ._values import Values, error_payload, lost_payload
 
 _now = time.time
+_FINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELLED"})
 
 
 class RefTable:
@@ -92,10 +93,11 @@ class CoreWorker:
         self.rpc.maps.idle_limit = self.arena.capacity // 8  # idle mappings keep little from spilling
         self.peers: dict[str, Connection] = {}
         self._events: list[tuple] = []
+        self._unsent_submits: dict[bytes, int] = {}  # task id -> its SUBMITTED in _events
         # RUNNING events of tasks this worker runs now, sent only if a flush comes before
         # the task ends (its submitter reports RUNNING with the result anyway): a short
         # task costs its node one event fewer
-        self._running_events: dict[bytes, tuple] = {}
+        self._running_events: dict[bytes, float] = {}
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = itertools.count()
         self.sel = selectors.DefaultSelector()
@@ -297,14 +299,32 @@ class CoreWorker:
             self.call_later(0.1, self._flush_periodic)
 
     def record(self, task_id: bytes, state: str, ts: float | None = None, **attrs: Any) -> None:
+        """A task event, sent with the next flush. A task that ends before its SUBMITTED
+        went out sends one event for both: the final one with `submitted` (and the
+        submission's attributes), which the event log reads as the two."""
+        if state == "SUBMITTED":
+            with self.lock:
+                self._unsent_submits[task_id] = len(self._events)
+                self._events.append((task_id.hex(), state, ts or _now(), attrs))
+            return
+        if state in _FINAL_STATES:
+            with self.lock:
+                i = self._unsent_submits.pop(task_id, None)
+                if i is not None:
+                    hex_id, _, submitted, merged = self._events[i]
+                    merged.update(attrs)
+                    merged["submitted"] = submitted
+                    self._events[i] = (hex_id, state, ts or _now(), merged)
+                    return
         self._events.append((task_id.hex(), state, ts or _now(), attrs))
 
-    def record_running(self, task_id: bytes, ts: float, **attrs: Any) -> None:
-        """A task started here: its RUNNING event goes out with the next flush, unless
-        the task ends first (`ran`). No lock: one dict operation each (atomic), and the
-        flush swaps the dict; an event that lands in the swapped-out dict a moment late
-        is only lost for the running view (the submitter records RUNNING anyway)."""
-        self._running_events[task_id] = (task_id.hex(), "RUNNING", ts, attrs)
+    def record_running(self, task_id: bytes, ts: float) -> None:
+        """A task started here: its RUNNING event (this node, worker and process) goes
+        out with the next flush, unless the task ends first (`ran`). No lock: one dict
+        operation each (atomic), and the flush swaps the dict; an event that lands in the
+        swapped-out dict a moment late is only lost for the running view (the submitter
+        records RUNNING anyway)."""
+        self._running_events[task_id] = ts
 
     def ran(self, task_id: bytes) -> None:
         self._running_events.pop(task_id, None)
@@ -318,7 +338,7 @@ class CoreWorker:
         with self.lock:
             self.own.ref_zero(oid)
 
-    def release_blob_holds(self, oids: list[bytes], node_id: str | None) -> None:
+    def release_blob_holds(self, oids: Sequence[bytes], node_id: str | None) -> None:
         """Queue releases of holds a worker took for us on references inside a value."""
         with self.lock:
             self.own.release_blob_holds(oids, node_id)
@@ -332,7 +352,7 @@ class CoreWorker:
         with self.lock:
             return self.own.new_owned(oid, name)
 
-    def export(self, refs: list) -> None:
+    def export(self, refs: Sequence) -> None:
         """Make the objects behind `refs` known to the daemon with a hold of ours, before
         a reference to them leaves this process."""
         for ref in refs:
@@ -360,8 +380,8 @@ class CoreWorker:
 
     def seal_exported(self, oid: bytes, entry: LocalObject) -> None:
         """A pending object that was exported got its value: tell the daemon."""
-        contained = entry.contained_ids
-        entry.contained_ids = []
+        contained = list(entry.contained_ids)  # (a list on the wire)
+        entry.contained_ids = ()
         if contained and entry.home and entry.home != self.node_id:
             self.hold_remote_contained(oid, dict.fromkeys(contained, entry.home))
         self.daemon_send((M.EXPORT, None, oid, entry.payload, contained, 0, entry.type_name))
@@ -469,7 +489,7 @@ class CoreWorker:
             return lost_payload(oid)
         return entry.payload
 
-    def resolve_args(self, arg_refs: list, node_id: str | None) -> tuple[list, list[bytes]]:
+    def resolve_args(self, arg_refs: Sequence, node_id: str | None) -> tuple[list, list[bytes] | None]:
         """The resolved ref arguments of a task pushed to a worker on `node_id`: (object
         id, payload) each, and the ids of those sent as (id, payload, True).
 
@@ -478,6 +498,8 @@ class CoreWorker:
         one more user, until the task's result (`release_maps`), so the worker reads it
         at once instead of first asking the daemon where it lives (a round trip per
         object and worker): the daemon spills no object a process maps."""
+        if not arg_refs:
+            return [], None
         out: list = []
         held: list[bytes] = []
         with self.lock:

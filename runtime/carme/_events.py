@@ -42,6 +42,10 @@ _ATTRS = frozenset(
         "error_message",
         "tag",
         "attempt",
+        # with a final state, from the submitter: the attempt was submitted / ran from then
+        # (one event for two or three)
+        "submitted",
+        "started",
     }
 )
 
@@ -72,6 +76,21 @@ class TaskEventLog:
     def _record(self, task_id: str, state: str, ts: float, attrs: dict[str, Any]) -> None:
         if state not in _STATE_SET:
             raise ValueError(f"unknown task state {state!r}; expected one of {', '.join(STATES)}")
+        if "started" in attrs or "submitted" in attrs:
+            # a submitter's one event for a finished attempt: SUBMITTED at `submitted` (with
+            # the submission's attributes), RUNNING at `started`, then this
+            attrs = dict(attrs)
+            submitted = attrs.pop("submitted", None)
+            started = attrs.pop("started", None)
+            if state in TERMINAL_STATES:
+                # the attributes are stored with the first; the others only name the attempt
+                rest = {"attempt": attrs["attempt"]} if "attempt" in attrs else {}
+                if submitted is not None:
+                    self._record(task_id, "SUBMITTED", submitted, attrs)
+                    attrs = rest
+                if started is not None:
+                    self._record(task_id, "RUNNING", started, attrs)
+                    attrs = rest
         attempt = attrs.get("attempt")
         if attempt is None:
             attempt = self._attempt.get(task_id, 0)

@@ -201,6 +201,11 @@ def check_event(ev: Any) -> tuple[str, str, float, dict]:
         attempt = attrs.get("attempt")
         if attempt is not None and (type(attempt) is not int or attempt < 0):
             raise BadMessage(f"a task event's attempt must be a non-negative integer, not {_short(attempt)}")
+        for name in ("submitted", "started"):
+            t = attrs.get(name)
+            if t is not None and (type(t) not in (float, int) or t - t != 0):
+                raise BadMessage(f"a task event's {name} must be a finite number of seconds, "
+                                 f"not {_short(t)}")
     return task_id, state, ts, attrs
 
 

@@ -27,12 +27,15 @@ sends the messages these decisions ask for and runs the waiters they hand back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from ._messages import SHARED
 
 _now = time.time
+# A pending object's lists are usually empty all its life: they share this one until used
+# (tens of thousands of objects may be pending at once).
+_NONE: tuple = ()
 
 
 class LocalObject:
@@ -42,12 +45,12 @@ class LocalObject:
 
     def __init__(self, payload: tuple | None = None, owned: bool = True) -> None:
         self.payload = payload          # None while pending
-        self.waiters: list[Callable[[], None]] = []
+        self.waiters: list[Callable[[], None]] | tuple = _NONE
         self.held = False               # this process holds a daemon reference
         self.exported = False           # the daemon knows this object
         self.owned = owned
-        self.contained_ids: list[bytes] = []  # blob holds taken by a worker for a return value
-        self.keep: list[Any] = []       # ObjectRefs kept alive by a locally stored value
+        self.contained_ids: list[bytes] | tuple = _NONE  # blob holds a worker took for a return
+        self.keep: list[Any] | tuple = _NONE  # ObjectRefs kept alive by a locally stored value
         self.fetching = False
         self.size = 0
         self.created = _now()
@@ -67,8 +70,8 @@ class ExportPlan(NamedTuple):
     holds `contained` (our blob holds plus the refs a local value keeps), after `keep`
     is exported itself; then `blob_holds` are released at `home`."""
     payload: tuple | None
-    keep: list
-    blob_holds: list[bytes]
+    keep: list | tuple
+    blob_holds: list[bytes] | tuple
     type_name: str
     home: str | None
 
@@ -85,7 +88,7 @@ class Releases(NamedTuple):
 class PayloadSet(NamedTuple):
     """A pending object got its value: run `waiters`; with `seal`, hand the value to
     the daemon and then call `sealed`."""
-    waiters: list
+    waiters: list | tuple
     seal: bool
 
 
@@ -140,7 +143,7 @@ class Ownership:
             self.release_blob_holds(entry.contained_ids, entry.home)
         if entry.copy:
             self._decrefs.append(oid)
-        entry.keep = []
+        entry.keep = _NONE
         entry.lineage = None  # its task's argument refs go with the spec's last return
 
     # ------------------------------------------------------------------ releases
@@ -151,7 +154,7 @@ class Ownership:
         else:
             self._peer_decrefs.setdefault(node_id, []).extend(oids)
 
-    def release_blob_holds(self, oids: list[bytes], node_id: str | None) -> None:
+    def release_blob_holds(self, oids: Sequence[bytes], node_id: str | None) -> None:
         """Queue releases of holds a worker took for us on references inside a value."""
         key = None if node_id is None or node_id == self.node_id else node_id
         self._blob_decrefs.setdefault(key, []).extend(oids)
@@ -191,7 +194,7 @@ class Ownership:
         entry.exporting = True  # a value arriving before the EXPORT is sent waits for it
         entry.held = True
         blob_holds = entry.contained_ids
-        entry.contained_ids = []
+        entry.contained_ids = _NONE
         return ExportPlan(entry.payload, entry.keep, blob_holds, entry.type_name, home)
 
     def borrow(self, oids: list[bytes]) -> list[bytes]:
@@ -229,7 +232,10 @@ class Ownership:
         entry = self.objects.get(oid)
         if entry is None or entry.payload is not None:
             return "now"
-        entry.waiters.append(cb)
+        if isinstance(entry.waiters, list):
+            entry.waiters.append(cb)
+        else:
+            entry.waiters = [cb]
         if not entry.owned and not entry.fetching:
             entry.fetching = True
             return "fetch"
@@ -244,7 +250,7 @@ class Ownership:
         if not entry.size:
             entry.size = (payload[2] if payload[0] == SHARED
                           else len(payload[1]) + sum(len(b) for b in payload[2]))
-        waiters, entry.waiters = entry.waiters, []
+        waiters, entry.waiters = entry.waiters, _NONE
         seal = entry.exported and entry.owned and not daemon_lost
         entry.sealing = seal
         # while our EXPORT of it is on its way, the seal must not overtake it (the

@@ -66,29 +66,33 @@ def _core() -> Any:
     return auto_init()
 
 
-def serialize_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[tuple, list, list, list]:
+def serialize_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[tuple, Any, Any, Any]:
     """(payload of (args, kwargs) with top-level refs blanked, their positions, the refs, the
     nested refs to keep alive)."""
-    ref_pos: list = []
-    arg_refs: list = []
-    a = list(args)
-    kw = dict(kwargs)
-    for i, v in enumerate(a):
-        if isinstance(v, ObjectRef):
-            ref_pos.append((False, i))
-            arg_refs.append(v)
-            a[i] = None
-    for k, v in kw.items():
-        if isinstance(v, ObjectRef):
-            ref_pos.append((True, k))
-            arg_refs.append(v)
-            kw[k] = None
+    ref_pos: list | tuple = ()  # empty ones stay shared (many calls may be queued at once)
+    arg_refs: list | tuple = ()
+    a: tuple | list = args
+    kw = kwargs
+    if any(isinstance(v, ObjectRef) for v in args) or any(
+            isinstance(v, ObjectRef) for v in kwargs.values()):
+        ref_pos, arg_refs, a, kw = [], [], list(args), dict(kwargs)
+        for i, v in enumerate(a):
+            if isinstance(v, ObjectRef):
+                ref_pos.append((False, i))
+                arg_refs.append(v)
+                a[i] = None
+        for k, v in kw.items():
+            if isinstance(v, ObjectRef):
+                ref_pos.append((True, k))
+                arg_refs.append(v)
+                kw[k] = None
     try:
         data, bufs, contained = dumps((a, kw))
     except Exception as e:  # noqa: BLE001 - reported with the argument that failed
-        raise TypeError(_unpicklable(a, kw, what, e)) from e
-    if contained:
-        core.export(contained)
+        raise TypeError(_unpicklable(list(a), kw, what, e)) from e
+    if not contained:
+        return inline_payload(data, bufs), ref_pos, arg_refs, ()
+    core.export(contained)
     return inline_payload(data, bufs), ref_pos, arg_refs, contained
 
 

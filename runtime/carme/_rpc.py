@@ -299,9 +299,12 @@ class Rpc:
         with core.lock:
             decrefs, local_blobs, peer_decrefs, blobs = core.own.take_releases()
             events, core._events = core._events, []
+            core._unsent_submits.clear()
             if core._running_events:  # tasks still running at this flush: say so now
                 running, core._running_events = core._running_events, {}
-                events.extend(running.values())
+                attrs = {"node_id": core.node_id, "worker_id": core.worker_id,
+                         "worker_pid": core.pid}
+                events.extend((tid.hex(), "RUNNING", ts, attrs) for tid, ts in running.items())
             unmaps = self.take_unmaps()
         for node_id, oids in peer_decrefs.items():
             self.send_peer(node_id, (M.DECREF, oids))

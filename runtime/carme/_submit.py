@@ -50,15 +50,25 @@ def _home(payload: tuple, lease: Any) -> str | None:
 
 
 class TaskSpec:
-    """One task or actor call, as its submitter tracks it until its result arrives."""
+    """One task or actor call, as its submitter tracks it until its result arrives.
+
+    Slotted: tens of thousands may be queued at once, and an instance dict with this many
+    keys outgrows CPython's shared-key limit (over 1 KB a task).
+    """
+
+    __slots__ = ("task_id", "name", "fn_key", "fn_blob", "args", "ref_pos", "arg_refs",
+                 "num_returns", "streaming", "retries_left", "retry_exceptions", "queue_key",
+                 "shape", "strategy", "runtime_env", "tag", "return_ids", "parent", "method",
+                 "actor_id", "seq", "max_task_retries", "max_calls", "cancelled", "lease",
+                 "attempt", "done", "stream", "keep", "pg_capture", "dynamic", "maps")
 
     task_id: bytes
     name: str
     fn_key: bytes
     fn_blob: bytes | None
     args: tuple
-    ref_pos: list
-    arg_refs: list
+    ref_pos: list | tuple
+    arg_refs: list | tuple
     num_returns: int
     streaming: bool
     retries_left: int
@@ -70,7 +80,6 @@ class TaskSpec:
     tag: Any
     return_ids: list
     parent: str | None
-    submitted: float
     method: str
 
     def __init__(self) -> None:
@@ -83,7 +92,7 @@ class TaskSpec:
         self.attempt = 0
         self.done = False
         self.stream: StreamState | None = None
-        self.keep: list = []
+        self.keep: list | tuple = ()
         self.pg_capture = False  # its children go into its placement group
         self.dynamic = False  # num_returns="dynamic": one DynamicObjectRefGenerator
         self.maps: list[bytes] | None = None  # arguments kept mapped for its push (`resolve_args`)
@@ -464,34 +473,36 @@ class TaskSubmitter:
             q = lease.queue
             if info.get("end") and info.get("start"):
                 q.avg_duration = 0.7 * min(q.avg_duration, 0.1) + 0.3 * (info["end"] - info["start"])
-            self.handle_result(spec, result.payloads, result.contained, info)
+            self.handle_result(spec, result.payloads, result.contained, info,
+                               (lease.node_id, lease.worker_id, lease.pid))
         self.dispatch(lease.queue)
         self.maybe_idle(lease)
 
-    def handle_result(self, spec: TaskSpec, payloads: list, contained: list, info: dict) -> None:
+    def handle_result(self, spec: TaskSpec, payloads: list, contained: list, info: dict,
+                      ran_by: tuple[str | None, str | None, int | None]) -> None:
+        """A result from the worker `ran_by` (node id, worker id, pid) for `spec`."""
         core = self.core
+        node_id, worker_id, pid = ran_by
         failed = bool(payloads) and payloads[0][3]
         if (failed and str(info.get("error_type", "")).startswith("Object") and not spec.cancelled
                 and self._rebuild_lost_arg(spec, payloads[0])):
             for c in contained:
                 if c:
-                    core.release_blob_holds(c, info.get("node_id"))
+                    core.release_blob_holds(c, node_id)
             return
         if failed and info.get("retryable") and not spec.cancelled and self._retry_ok(spec, payloads[0]):
             for c in contained:
                 if c:
-                    core.release_blob_holds(c, info.get("node_id"))
+                    core.release_blob_holds(c, node_id)
             self.retry(spec)
             return
-        # the worker reports RUNNING when it starts; the same event (same time) from here
-        # makes the row complete at once, and the log keeps one of the two
-        core.record(spec.task_id, "RUNNING", ts=info.get("start"), node_id=info.get("node_id"),
-                    worker_id=info.get("worker_id"), worker_pid=info.get("pid"))
+        # one event for RUNNING (`started`) and the end; the worker reported RUNNING only
+        # if the task ran past its flush, with the same time, and the log keeps one of them
         core.record(spec.task_id, "FAILED" if failed else "FINISHED", ts=info.get("end"),
-                    node_id=info.get("node_id"), worker_id=info.get("worker_id"),
-                    worker_pid=info.get("pid"), error_type=info.get("error_type"),
+                    started=info.get("start"), node_id=node_id, worker_id=worker_id,
+                    worker_pid=pid, error_type=info.get("error_type"),
                     error_message=info.get("error_message"))
-        self.finish(spec, payloads, contained, info.get("node_id"))
+        self.finish(spec, payloads, contained, node_id)
 
     def _rebuild_lost_arg(self, spec: TaskSpec, payload: tuple) -> bool:
         """The task failed because an argument of ours was lost with its node: make the
@@ -556,7 +567,7 @@ class TaskSubmitter:
                 entry.payload = payloads[0]
                 spec.stream.add(ObjectRef(oid, core.worker_id))
             spec.stream.finish()
-            spec.keep = []
+            spec.keep = ()
             return
         lineage = spec if keeps_lineage(spec, payloads) else None
         if lineage is not None:
@@ -584,8 +595,8 @@ class TaskSubmitter:
                 done = core.own.returned(oid, entry, payload, home, core.daemon_lost)
             core.payload_set(oid, entry, done)
         if lineage is None:
-            spec.keep = []
-            spec.arg_refs = []
+            spec.keep = ()
+            spec.arg_refs = ()
 
     def rebuild(self, oid: bytes, lost: exc.ObjectLostError) -> None:
         """`oid`'s only copy was lost with its node: run the tasks that make it again

@@ -40,16 +40,18 @@ from ._messages import (
 _OPT_STR = (str, type(None))
 _OPT_BYTES = (bytes, type(None))
 _RETURNS = (int, str)
+_SEQ = (list, tuple)  # a call without ref arguments sends a shared empty tuple of positions
 # what a RESULT's info may say, and of which type
+# (which worker, process and node ran it its submitter knows from the lease or actor)
 _INFO: dict[str, tuple[type, ...]] = {
-    "start": (float, int), "end": (float, int), "worker_id": (str,), "pid": (int,),
-    "node_id": (str,), "error_type": (str,), "error_message": (str,), "retryable": (bool,),
+    "start": (float, int), "end": (float, int), "error_type": (str,), "error_message": (str,),
+    "retryable": (bool,),
 }
 
 
 # field types of each message, in wire order (exact types: a bool is not an int here)
-_PUSH_TYPES = ((int,), (bytes,), (bytes,), _OPT_BYTES, (tuple,), (list,), (list,), _RETURNS, (bool,), (str,), _OPT_STR, (list,), (int,), (dict,), _OPT_STR, (int,), (bool,))
-_ACTOR_CALL_TYPES = ((int,), (bytes,), (str,), (tuple,), (list,), (list,), _RETURNS, (bool,), (str,), (int,))
+_PUSH_TYPES = ((int,), (bytes,), (bytes,), _OPT_BYTES, (tuple,), _SEQ, (list,), _RETURNS, (bool,), (str,), _OPT_STR, (list,), (int,), (dict,), _OPT_STR, (int,), (bool,))
+_ACTOR_CALL_TYPES = ((int,), (bytes,), (str,), (tuple,), _SEQ, (list,), _RETURNS, (bool,), (str,), (int,))
 _RESULT_TYPES = ((int,), (bytes,), (list,), (list,), (dict,))
 _ITEM_TYPES = ((int,), (bytes,), (int,), (tuple,), (list,))
 
@@ -85,7 +87,7 @@ def _typed(cls: Any, kind: str, code: int, want: tuple[tuple[type, ...], ...], m
     raise BadMessage(f"{kind}.kind must be {code}, not {msg[0]}")
 
 
-def _check_args(kind: str, args: Any, ref_pos: list, resolved: list) -> None:
+def _check_args(kind: str, args: Any, ref_pos: list | tuple, resolved: list) -> None:
     """The pickled (args, kwargs), where the ref arguments go, and their resolved payloads."""
     check_payload(kind, args)
     if args[0] != INLINE:
@@ -122,7 +124,7 @@ class Push(NamedTuple):
     fn_key: bytes
     fn_blob: bytes | None
     args: tuple              # inline payload of (args, kwargs) with the ref arguments blanked
-    ref_pos: list            # (is_keyword, index or keyword) of each ref argument
+    ref_pos: list | tuple    # (is_keyword, index or keyword) of each ref argument
     resolved: list           # (object id, payload[, True: mapped by the submitter]) of each ref argument
     num_returns: int | str
     streaming: bool
@@ -160,7 +162,7 @@ class ActorCall(NamedTuple):
     task_id: bytes
     method: str
     args: tuple
-    ref_pos: list
+    ref_pos: list | tuple
     resolved: list
     num_returns: int | str
     streaming: bool
@@ -181,7 +183,7 @@ class ActorCall(NamedTuple):
 
 class Result(NamedTuple):
     """A finished task: one payload per return, the ids each return holds, and what the
-    worker saw (start, end, worker, pid, node; error type and message; retryable)."""
+    worker saw (start, end; error type and message; retryable)."""
 
     kind: int
     task_id: bytes

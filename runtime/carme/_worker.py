@@ -229,7 +229,7 @@ class Executor:
                 run = M.read(msg)
                 self.create_actor(run.actor_id, run.spec, run.gpu_ids, run.restarts)
 
-    def build_args(self, args: tuple, ref_pos: list, resolved: list) -> tuple[list, dict]:
+    def build_args(self, args: tuple, ref_pos: list | tuple, resolved: list) -> tuple[list, dict]:
         core = self.core
         (a, kw), loaded = loads(args[1], args[2])
         if loaded:
@@ -275,16 +275,14 @@ class Executor:
                 self.core.flush()
                 os._exit(0)
 
-    def execute(self, conn: Connection, ctx: TaskContext, get_fn: Any, args: tuple, ref_pos: list,
+    def execute(self, conn: Connection, ctx: TaskContext, get_fn: Any, args: tuple, ref_pos: list | tuple,
                 resolved: list, num_returns: Any, streaming: bool, main_thread: bool) -> None:
         core = self.core
         task_id = ctx.task_id
         start = time.time()
-        info: dict[str, Any] = {"start": start, "worker_id": core.worker_id, "pid": self.pid,
-                                "node_id": core.node_id}
+        info: dict[str, Any] = {"start": start}  # (its submitter knows this worker)
         token = CURRENT.set(ctx)
-        core.record_running(task_id, start, node_id=core.node_id, worker_id=core.worker_id,
-                            worker_pid=self.pid)
+        core.record_running(task_id, start)
         core.current_task.submitter = conn.meta.get("peer")
         core.current_task.lease_id = ctx.lease_id
         core.current_task.task_id = task_id
@@ -525,10 +523,8 @@ class Executor:
         ctx = TaskContext(task_id, conn, name, None, [], f"{self.actor_name} pid={self.pid}", self.actor_id)
         token = CURRENT.set(ctx)
         start = time.time()
-        info: dict[str, Any] = {"start": start, "worker_id": self.core.worker_id, "pid": self.pid,
-                                "node_id": self.core.node_id}
-        self.core.record_running(task_id, start, node_id=self.core.node_id,
-                                 worker_id=self.core.worker_id, worker_pid=self.pid)
+        info: dict[str, Any] = {"start": start}
+        self.core.record_running(task_id, start)
         payloads: list = []
         contained: list = []
         n = max(num_returns if isinstance(num_returns, int) else 1, 1)

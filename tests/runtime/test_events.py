@@ -121,3 +121,37 @@ def test_record_many_and_errors() -> None:
         log.record("x", "DONE", 1.0)
     with pytest.raises(TypeError, match="unknown task event attribute"):
         log.record("x", "RUNNING", 1.0, colour="red")
+
+
+def test_one_event_for_a_finished_attempt_records_its_run_too() -> None:
+    """A submitter sends one event per finished attempt (`started` with the final state);
+    the row, the event list and the timeline read as if RUNNING had come on its own, and
+    the worker's own RUNNING at the same time is not counted twice."""
+    log = TaskEventLog()
+    log.record("t", "SUBMITTED", 1.0, name="f", type="NORMAL_TASK")
+    log.record("t", "RUNNING", 1.5, worker_id="w1")  # the worker's, flushed while it ran
+    log.record_many([("t", "FINISHED", 2.0, {"started": 1.5, "worker_id": "w1", "node_id": "n1"})])
+    log.record("u", "SUBMITTED", 1.0, name="g", type="NORMAL_TASK")
+    log.record("u", "FAILED", 3.0, started=2.5, error_type="ValueError")
+    t, u = log.rows()
+    assert [(e["state"], e["ts_ms"]) for e in t["events"]] == [
+        ("SUBMITTED", 1000), ("RUNNING", 1500), ("FINISHED", 2000)]
+    assert (t["state"], t["start_time_ms"], t["end_time_ms"], t["node_id"]) == ("FINISHED", 1500, 2000, "n1")
+    assert [e["state"] for e in u["events"]] == ["SUBMITTED", "RUNNING", "FAILED"]
+    assert (u["state"], u["start_time_ms"], u["error_type"]) == ("FAILED", 2500, "ValueError")
+    runs = [e for e in log.timeline() if e.get("ph") == "X"]
+    assert sorted((e["ts"], e["dur"]) for e in runs) == [(1.5e6, 0.5e6), (2.5e6, 0.5e6)]
+
+
+def test_one_event_for_a_whole_attempt_reads_as_its_three() -> None:
+    """A task that ends before its submitter's next flush sends one event: the final
+    state with `submitted`, `started` and the submission's attributes."""
+    log = TaskEventLog()
+    log.record_many([("t", "FINISHED", 3.0, {"submitted": 1.0, "started": 2.0, "name": "f",
+                                              "type": "NORMAL_TASK", "attempt": 1,
+                                              "worker_id": "w1", "tag": {"cell_id": "c"}})])
+    (row,) = log.rows()
+    assert [(e["state"], e["ts_ms"]) for e in row["events"]] == [
+        ("SUBMITTED", 1000), ("RUNNING", 2000), ("FINISHED", 3000)]
+    assert (row["attempt_number"], row["name"], row["worker_id"], row["cell"]) == (1, "f", "w1", {"cell_id": "c"})
+    assert (row["creation_time_ms"], row["start_time_ms"], row["end_time_ms"]) == (1000, 2000, 3000)

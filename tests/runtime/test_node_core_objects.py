@@ -148,6 +148,8 @@ def test_dropping_a_client_forgets_its_waits():
     ((M.EVENTS, [("ab", "RUNNING", math.nan)]), "timestamp"),
     ((M.EVENTS, [("ab", "DANCING", 1.0)]), "state"),
     ((M.EVENTS, [("ab", "RUNNING", 1.0, {"evil": 1})]), "unknown attributes"),
+    ((M.EVENTS, [("ab", "FINISHED", 2.0, {"started": math.inf})]), "started"),
+    ((M.EVENTS, [("ab", "FINISHED", 2.0, {"started": "1.0"})]), "started"),
     ((M.DECREF, [1, 2]), "Decref.oids"),
     ((M.ALLOC, 1, A, -5, 1), "Alloc.size"),
     ((M.ALLOC, 1, A, True, 1), "Alloc.size"),

@@ -79,7 +79,7 @@ def test_export_hands_over_blob_holds_and_kept_refs() -> None:
     assert plan is not None
     assert plan.blob_holds == [B] and plan.keep == ["ref-c"]
     assert plan.home == "n2" and plan.type_name == "list" and plan.payload is None
-    assert e.contained_ids == []  # the daemon's copy holds them from now on
+    assert not e.contained_ids  # the daemon's copy holds them from now on
 
 
 def test_exported_pending_object_is_an_orphan_until_sealed() -> None:
@@ -199,7 +199,7 @@ def test_a_dropped_entry_releases_its_blob_holds_and_copy() -> None:
     e.keep = ["ref"]
     own.ref_zero(A)
     assert own.take_daemon_releases() == ([], [B])
-    assert e.keep == []
+    assert not e.keep
     own.add_copy(C, (M.SHARED, 0, 10, False, "n2"))
     own.add_copy(C, (M.SHARED, 0, 10, False, "n2"))
     assert own.objects[C].copy and not own.objects[C].held

@@ -17,6 +17,7 @@ import pytest
 
 from carme import _messages as M
 from carme import exceptions as exc
+from carme._core import CoreWorker
 from carme._ownership import Ownership
 from carme._protocol import Connection
 from carme._rpc import Rpc, error_from_reply
@@ -29,10 +30,12 @@ def core():
     mine, theirs = socket.socketpair()
     c = types.SimpleNamespace(
         lock=threading.RLock(), daemon=Connection(mine), daemon_lost=False, peers={},
-        own=Ownership("node-1"), _events=[], _running_events={}, worker_id="w1", role="driver", node_id="node-1",
+        own=Ownership("node-1"), _events=[], _running_events={}, _unsent_submits={}, worker_id="w1",
+        role="driver", node_id="node-1",
         info={"head_node": "node-1"}, executor=None, logs=[], current_task=threading.local(),
         objects={}, _unprotected=set(), pid=1)
     c.own_conn = Connection(theirs)
+    c.record = types.MethodType(CoreWorker.record, c)  # the real one, on this stand-in
     c.on_log = lambda task, stream, text, label: c.logs.append((stream, text))
     c.rpc = Rpc(c)
     c.daemon_send = c.rpc.daemon_send
@@ -133,6 +136,24 @@ def test_flush_sends_releases_and_events_together(core):
     core.rpc.flush()
     assert core.own_conn.recv() == (M.EVENTS, [("ab" * 12, "RUNNING", 1.0, {})])
     assert core._events == []
+
+
+def test_a_task_that_ends_before_the_flush_sends_one_event(core):
+    """Its SUBMITTED, not sent yet, becomes the final event (with `submitted`); a task
+    whose SUBMITTED went out with an earlier flush sends its end on its own."""
+    early, late = b"e" * 24, b"l" * 24
+    core.record(early, "SUBMITTED", ts=1.0, name="f", attempt=0)
+    core.rpc.flush()
+    core.record(late, "SUBMITTED", ts=2.0, name="g", attempt=0)
+    core.record(early, "FINISHED", ts=3.0, started=2.5, worker_id="w")
+    core.record(late, "FAILED", ts=4.0, started=3.5, error_type="ValueError")
+    core.rpc.flush()
+    assert core.own_conn.recv() == (M.EVENTS, [(early.hex(), "SUBMITTED", 1.0, {"name": "f", "attempt": 0})])
+    assert core.own_conn.recv() == (M.EVENTS, [
+        (late.hex(), "FAILED", 4.0, {"name": "g", "attempt": 0, "started": 3.5,
+                                      "error_type": "ValueError", "submitted": 2.0}),
+        (early.hex(), "FINISHED", 3.0, {"started": 2.5, "worker_id": "w"})])
+    assert core._unsent_submits == {}
 
 
 def test_logs_from_the_daemon_reach_the_core(core):

@@ -44,7 +44,7 @@ def _call(**changes):
 def _result(**changes):
     fields = dict(kind=M.RESULT, task_id=b"t" * 24, payloads=[ARGS, SHARED],
                   contained=[[], [b"o" * 24]],
-                  info={"start": 1.0, "end": 2.0, "pid": 7, "worker_id": "w", "node_id": "n"})
+                  info={"start": 1.0, "end": 2.0, "error_type": "ValueError", "retryable": True})
     fields.update(changes)
     return Result(**fields)
 
