@@ -45,23 +45,36 @@ from typing import Any
 import psutil
 import pytest
 
-from netns_hosts import leftover_namespaces, remove_namespace
+from netns_hosts import dead_run_entries, leftover_namespaces, remove_namespace, sweep_dead_runs
 from ray_support import (
     in_ray_head,
     ray_cluster,  # noqa: F401  (session Ray head for Ray-engine tests)
 )
 
+RAY_TOKEN_PREFIX = "carme-tests-ray-"
+
+
+def _sweep_token_dirs() -> list[str]:
+    """The Ray token directories of killed runs (`pytest_unconfigure` never ran there)."""
+    removed = dead_run_entries(tempfile.gettempdir(), RAY_TOKEN_PREFIX)
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return [f"directory {path}" for path in removed]
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Give Ray (2.59+ turns token auth on by default) a token file of this run.
+    """Remove what killed earlier runs left (`netns_hosts.sweep_dead_runs`); give Ray
+    (2.59+ turns token auth on by default) a token file of this run.
 
     Without it a local ``ray.init()`` of the differential suite writes
     ``~/.ray/auth_token`` into the user's home; the Ray head fixture exports its own
     token path while it runs.
     """
+    if not hasattr(config, "workerinput"):
+        config._carme_swept = sweep_dead_runs() + _sweep_token_dirs()  # type: ignore[attr-defined]
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return
-    tmp = Path(tempfile.mkdtemp(prefix="carme-tests-ray-"))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{RAY_TOKEN_PREFIX}{os.getpid()}-"))
     token = tmp / "auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
@@ -72,6 +85,11 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
         config._carme_ray_auth_mode = True  # type: ignore[attr-defined]
     config._carme_ray_token_dir = tmp  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    swept = getattr(config, "_carme_swept", [])
+    return [f"carme: removed what a killed test run left: {'; '.join(swept)}"] if swept else []
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -15,8 +15,11 @@ Theory of operation. `Hosts(["head", "a", "b", "drv"])` builds, as root:
 `close()` kills every process in the test's network namespaces (by PID, as `ip netns
 pids` lists them: only what this test started can be there), then the anchors, then
 deletes the namespaces; the tmpfs mounts go with the last process of each mount
-namespace. Namespace names start with `PREFIX`, which `leftover_namespaces` (the leak
-guard in conftest) looks for.
+namespace. Namespace names start with `PREFIX` and the test process's pid, which
+`leftover_namespaces` (the leak guard in conftest) looks for. A test run that was killed
+before its cleanup ran leaves its namespaces, what runs in them and its stash directory:
+`sweep_dead_runs` (called as the next run starts) removes those of runs whose process is
+gone.
 """
 
 from __future__ import annotations
@@ -39,15 +42,52 @@ PREFIX = "carmetest-"
 # cleans) its own, and this run's leak guard must neither report nor remove them
 OWN = f"{PREFIX}{os.getpid()}-"
 SUBNET = "198.51.100"
+STASH_DIR = "/var/tmp"
+STASH_PREFIX = f"{PREFIX}stash-"
 
 
-def leftover_namespaces() -> set[str]:
-    """Network namespaces of this test process's tests that exist now."""
+def _namespaces(prefix: str) -> set[str]:
+    """The network namespaces whose names start with `prefix`."""
     try:
         out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return set()
-    return {line.split()[0] for line in out.splitlines() if line.startswith(OWN)}
+    return {line.split()[0] for line in out.splitlines() if line.startswith(prefix)}
+
+
+def leftover_namespaces() -> set[str]:
+    """Network namespaces of this test process's tests that exist now."""
+    return _namespaces(OWN)
+
+
+def _run_is_gone(name: str, prefix: str) -> bool:
+    """Whether `name` (`<prefix><pid>-...`) belongs to a test process that no longer runs."""
+    pid = name[len(prefix):].split("-", 1)[0]
+    return pid.isdigit() and int(pid) != os.getpid() and not psutil.pid_exists(int(pid))
+
+
+def sweep_dead_runs() -> list[str]:
+    """Remove what killed test runs left: their network namespaces (and every process in
+    them, by PID) and their stash directories. Says what it removed."""
+    removed = []
+    for name in sorted(_namespaces(PREFIX)):
+        if _run_is_gone(name, PREFIX):
+            procs = remove_namespace(name)
+            removed.append(f"network namespace {name}" + (f" with {', '.join(procs)}" if procs else ""))
+    for path in dead_run_entries(STASH_DIR, STASH_PREFIX):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # empty once its binds are gone
+            removed.append(f"directory {path}")
+    return removed
+
+
+def dead_run_entries(root: str, prefix: str) -> list[str]:
+    """Paths in `root` named `<prefix><pid>-...` whose test process is gone."""
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return []
+    return [os.path.join(root, e) for e in entries if e.startswith(prefix) and _run_is_gone(e, prefix)]
 
 
 def _kept_under_tmp() -> list[str]:
@@ -125,7 +165,7 @@ class Hosts:
         self.switch = f"{OWN}{self.tag}-sw"
         self.ns = {n: f"{OWN}{self.tag}-{n}" for n in names}
         # where a host's anchor binds the machine's /tmp for a moment (see _private_tmp_script)
-        self.stash = tempfile.mkdtemp(prefix="carmetest-stash-", dir="/var/tmp")
+        self.stash = tempfile.mkdtemp(prefix=f"{STASH_PREFIX}{os.getpid()}-", dir=STASH_DIR)
         self.ip = {n: f"{SUBNET}.{10 + i}" for i, n in enumerate(names)}
         self.anchors: dict[str, subprocess.Popen] = {}
         try:

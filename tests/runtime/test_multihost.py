@@ -14,17 +14,30 @@ checks that. Root is needed (CI runs as root); elsewhere the tests skip saying w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
+import psutil
 import pytest
 
-from netns_hosts import Hosts, unavailable
+from netns_hosts import (
+    OWN,
+    PREFIX,
+    STASH_DIR,
+    STASH_PREFIX,
+    Hosts,
+    dead_run_entries,
+    sweep_dead_runs,
+    unavailable,
+)
 
 pytestmark = pytest.mark.processes
 
@@ -647,3 +660,45 @@ print(json.dumps(out))
     assert seen["after"] == [pid, 3, ids["a"]]  # the same actor process, kept running
     assert seen["waited"] == ids["head"]  # run by the head once it was back
     print(f"all nodes alive {seen['rejoined_s']} s after `carme start --head` returned")
+
+
+def test_what_a_killed_run_left_is_swept_by_the_next() -> None:
+    """A test run killed before its cleanup leaves its namespaces, what runs in them and
+    its stash directory; the next run removes them (only those of runs that are gone)."""
+    why = unavailable()
+    if why:
+        pytest.skip(f"multi-host tests need network namespaces: {why}")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process is gone: the "killed run"
+    ns = f"{PREFIX}{gone.pid}-{secrets.token_hex(3)}-head"
+    live = f"{OWN}{secrets.token_hex(3)}-head"  # this run's: kept
+    stash = tempfile.mkdtemp(prefix=f"{STASH_PREFIX}{gone.pid}-", dir=STASH_DIR)
+    mine = tempfile.mkdtemp(prefix=f"{STASH_PREFIX}{os.getpid()}-", dir=STASH_DIR)  # kept
+    assert dead_run_entries(STASH_DIR, STASH_PREFIX) == [stash]
+    left = None
+    try:
+        for name in (ns, live):
+            subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+        left = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"])
+        deadline = time.monotonic() + 10
+        while not (inside := subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                            text=True, timeout=10).stdout.split()):
+            assert time.monotonic() < deadline, "the process never appeared in the namespace"
+            time.sleep(0.05)
+        removed = sweep_dead_runs()
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                               timeout=10).stdout
+        assert ns not in names and live in names
+        left.wait(timeout=10)
+        assert not any(psutil.pid_exists(int(pid)) for pid in inside)  # killed by the sweep
+        assert not os.path.exists(stash)
+        assert any(ns in r and "sleep 600" in r for r in removed), removed
+    finally:
+        if left is not None and left.poll() is None:
+            left.kill()
+            left.wait()
+        for name in (ns, live):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=10)
+        for d in (stash, mine):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
