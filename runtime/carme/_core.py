@@ -36,6 +36,7 @@ from typing import Any
 
 from . import _messages as M
 from . import exceptions as exc
+from ._events import TERMINAL_STATES
 from ._ownership import LocalObject, Ownership, PayloadSet
 from ._protocol import Connection, ConnectionClosed, TokenRefused, connect, first_reply
 from ._rpc import Rpc, _Waiter, defer_wakes, error_from_reply, wake_deferred
@@ -44,7 +45,6 @@ from ._store import SharedArena
 from ._values import Values, error_payload, lost_payload
 
 _now = time.time
-_FINAL_STATES = frozenset({"FINISHED", "FAILED", "CANCELLED"})
 
 
 class RefTable:
@@ -307,7 +307,7 @@ class CoreWorker:
                 self._unsent_submits[task_id] = len(self._events)
                 self._events.append((task_id.hex(), state, ts or _now(), attrs))
             return
-        if state in _FINAL_STATES:
+        if state in TERMINAL_STATES:
             with self.lock:
                 i = self._unsent_submits.pop(task_id, None)
                 if i is not None:
