@@ -124,8 +124,10 @@ class ActorSubmitter:
                     msgs.append(ActorCall(M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
                                           resolved, spec.wire_returns, spec.streaming, spec.name,
                                           spec.attempt).wire())
+                # the actor has earlier calls of ours in hand: these can go with others
+                busy = len(st.inflight) > len(sends)
             try:
-                st.conn.send_many(msgs)
+                st.conn.post(msgs, self.core.flush_soon if busy else None)
             except ConnectionClosed:
                 pass
         if resolve:

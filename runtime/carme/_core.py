@@ -6,7 +6,10 @@ submit tasks or get objects) has one CoreWorker. It owns:
   * direct connections to the workers it leased and the actors it calls;
   * one I/O thread running a selector loop that reads every connection and dispatches
     results, replies and log lines; user threads send directly (each connection has a
-    send lock), so a task push costs one write and no thread hand-off;
+    send lock), so a task push costs one write and no thread hand-off. A push or result
+    its peer does not wait for (the peer is busy with earlier work) is posted instead:
+    the I/O thread sends a connection's posted frames together just before it next waits
+    (`flush_soon`), so a burst costs a write per batch, not per message;
   * the object table: the objects this process owns (task returns, puts) and the ones it
     borrows, with local reference counts and waiters. Its logic is `Ownership`
     (`_ownership.py`, pure: decisions and queued releases); this module holds the lock
@@ -31,6 +34,7 @@ import os
 import selectors
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,6 +109,11 @@ class CoreWorker:
         os.set_blocking(self._wake_r, False)
         self.sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._pending_register: list[tuple[Connection, Callable]] = []
+        # connections with posted frames for the I/O thread to send (`flush_soon`); it sets
+        # _io_idle before it takes them and waits, so a poster either sees it set and wakes
+        # it, or its connection is taken before the wait
+        self._to_flush: deque[Connection] = deque()
+        self._io_idle = False
         self.register(self.daemon, self._on_daemon_msgs)
         self.running = True
         self.log_handler: Callable[[dict | None, str, str], None] | None = None
@@ -168,6 +177,36 @@ class CoreWorker:
         except OSError:
             pass
 
+    def flush_soon(self, conn: Connection) -> None:
+        """Have the I/O thread send `conn`'s posted frames before it next waits for I/O."""
+        self._to_flush.append(conn)
+        if self._io_idle and threading.current_thread() is not self._io:
+            self.wake()
+
+    def _flush_posted(self) -> None:
+        while self._to_flush:
+            conn = self._to_flush.popleft()
+            try:
+                if not conn.flush_later():
+                    self._watch_writable(conn, True)
+            except ConnectionClosed:
+                pass  # its reader sees the close
+
+    def send_posted(self) -> None:
+        """Send every posted frame now, blocking (before this process exits on purpose)."""
+        while self._to_flush:
+            try:
+                self._to_flush.popleft().send_raw_frames()
+            except ConnectionClosed:
+                pass
+
+    def _watch_writable(self, conn: Connection, on: bool) -> None:
+        try:
+            key = self.sel.get_key(conn.sock)
+            self.sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if on else 0), key.data)
+        except (KeyError, ValueError, OSError):
+            pass  # not watched (closed, or never registered): nothing waits on it
+
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         with self.lock:
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn))
@@ -200,6 +239,9 @@ class CoreWorker:
                     fn()
                 except Exception:
                     self._report_bug()
+            self._io_idle = True
+            if self._to_flush:
+                self._flush_posted()
             if woken:  # (as this thread lets go of the GIL to wait: `_rpc._io_wakes`)
                 wake_deferred(woken)
             try:
@@ -208,7 +250,9 @@ class CoreWorker:
                 if not self.running:
                     return
                 continue
-            for key, _ in ready:
+            finally:
+                self._io_idle = False
+            for key, events in ready:
                 if key.data is None:
                     try:
                         os.read(self._wake_r, 4096)
@@ -219,6 +263,14 @@ class CoreWorker:
                     key.data[1]()
                     continue
                 conn, handler = key.data
+                if events & selectors.EVENT_WRITE:
+                    try:
+                        if conn.flush_later():
+                            self._watch_writable(conn, False)
+                    except ConnectionClosed:
+                        self._watch_writable(conn, False)
+                    if not events & selectors.EVENT_READ:
+                        continue
                 try:
                     msgs = conn.feed()
                 except Exception as e:  # closed, or a peer failed authentication

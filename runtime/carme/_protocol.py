@@ -24,6 +24,14 @@ Buffered sending (`buffered=True`, the node daemon's side): the socket is non-bl
 buffer that the owner's loop drains when the socket becomes writable (`flush_out`). A
 peer that does not read therefore only delays itself; past `max_backlog` bytes waiting
 for it, `send` raises `ConnectionClosed` and the owner drops the connection.
+
+Batched sending (`post`, a driver's calls and a worker's results): a message that its
+peer does not wait for at once (the peer still has earlier work of ours in hand) joins
+the frames waiting in `_later`, and the owner's I/O thread sends them all in one
+non-blocking write before it next waits for I/O (`flush_later`; what the kernel does not
+take then is sent when the socket turns writable). A burst of calls or results thus
+costs one system call, and one wake-up of the peer, per batch instead of per message.
+Any direct send on the connection sends what waits first, so order is kept.
 """
 
 from __future__ import annotations
@@ -34,13 +42,14 @@ import pickle
 import socket
 import struct
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 512 << 20          # the largest frame an authenticated peer may send
 CONNECT_TIMEOUT = 10.0        # seconds a TCP connect may take
 MAX_BACKLOG = 64 << 20         # bytes a buffered connection keeps for a peer that does not read
+LATER_MAX = 256 << 10          # a batch of posted frames this large is sent by the poster
 _dumps = pickle.dumps
 _loads = pickle.loads
 READ_SIZE = 1 << 20            # bytes one read may take
@@ -74,7 +83,8 @@ class FrameTooLarge(ConnectionClosed):
 
 class Connection:
     __slots__ = ("sock", "_send_lock", "_buf", "peer", "closed", "meta", "expect_token",
-                 "max_frame", "buffered", "max_backlog", "_out", "on_backlog", "__weakref__")
+                 "max_frame", "buffered", "max_backlog", "_out", "on_backlog", "_later",
+                 "__weakref__")
 
     def __init__(self, sock: socket.socket, peer: str = "", expect_token: bytes | None = None,
                  *, max_frame: int = MAX_FRAME, buffered: bool = False,
@@ -94,6 +104,7 @@ class Connection:
         self._out = bytearray()  # buffered mode: bytes the peer has not taken yet
         # buffered mode: called (under the send lock) when bytes start waiting
         self.on_backlog: Any = None
+        self._later = bytearray()  # posted frames the owner's I/O thread sends (`post`)
         if buffered:
             sock.setblocking(False)
 
@@ -121,10 +132,47 @@ class Connection:
     def send_raw(self, data: bytes) -> None:
         self._write(_LEN.pack(len(data)) + data)
 
-    def _write(self, frame: bytes) -> None:
+    def post(self, msgs: list[tuple], flush_soon: Callable[[Connection], None] | None) -> None:
+        """Send `msgs`; with `flush_soon` (the peer is busy with earlier work of ours, so it
+        does not wait for these) add them to the frames that `flush_soon(self)` has the
+        owner's I/O thread send together, soon (see the module's docstring)."""
+        parts = []
+        for m in msgs:
+            data = _dumps(m, 5)
+            parts.append(_LEN.pack(len(data)))
+            parts.append(data)
+        frames = b"".join(parts)
+        if flush_soon is None or self.buffered:  # (a buffered send never blocks anyway)
+            self._write(frames)
+            return
         with self._send_lock:
             if self.closed:
                 raise ConnectionClosed("connection is closed")
+            first = not self._later
+            self._later += frames
+            full = len(self._later) >= LATER_MAX
+        if full:
+            self.send_raw_frames()  # a large batch: the poster sends it, blocking as `send` does
+        elif first:
+            flush_soon(self)
+
+    def send_raw_frames(self, frames: bytes = b"") -> None:
+        """Send the posted frames, then `frames` (whole frames), blocking as `send` does."""
+        self._write(frames)
+
+    def flush_later(self) -> bool:
+        """The owner's I/O thread: send the posted frames without blocking; True once none
+        are left (else call again when the socket is writable)."""
+        with self._send_lock:
+            return self.closed or self._drain(self._later)
+
+    def _write(self, frame: bytes | bytearray) -> None:
+        with self._send_lock:
+            if self.closed:
+                raise ConnectionClosed("connection is closed")
+            if self._later:  # posted frames go first
+                self._later += frame
+                frame, self._later = self._later, bytearray()
             try:
                 if not self.buffered:
                     self.sock.sendall(frame)
@@ -153,16 +201,20 @@ class Connection:
     def flush_out(self) -> bool:
         """Buffered mode, socket writable: send what waits; True once nothing is left."""
         with self._send_lock:
-            while self._out:
-                try:
-                    sent = self.sock.send(self._out)
-                except (BlockingIOError, InterruptedError):
-                    return False
-                except OSError as e:
-                    self.closed = True
-                    raise ConnectionClosed(str(e)) from e
-                del self._out[:sent]
-            return True
+            return self._drain(self._out)
+
+    def _drain(self, buf: bytearray) -> bool:
+        """(Under the send lock) send what `buf` holds without blocking; True once empty."""
+        while buf:
+            try:
+                sent = self.sock.send(buf, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as e:
+                self.closed = True
+                raise ConnectionClosed(str(e)) from e
+            del buf[:sent]
+        return True
 
     # ---- receiving -------------------------------------------------------------------
     def _frames(self) -> Generator[bytes, None, None]:

@@ -9,6 +9,7 @@ import types
 import weakref
 from typing import Any
 
+from ._context import STATE
 from ._ids import return_id, task_id
 from ._objects import ObjectRef, ObjectRefGenerator
 from ._options import (
@@ -62,6 +63,9 @@ class _ArgCheck:
 
 
 def _core() -> Any:
+    core = STATE.core
+    if core is not None:  # (the per-call path: no import statement here)
+        return core
     from ._api import auto_init
     return auto_init()
 

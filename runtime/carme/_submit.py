@@ -405,12 +405,15 @@ class TaskSubmitter:
             landed(self.core, spec)
             live = lease.inflight.get(spec.task_id) is spec
             resolved, spec.maps = self.core.resolve_args(spec.arg_refs, lease.node_id if live else None)
+            # the worker has an earlier task of ours in hand: this one can go with others
+            busy = len(lease.inflight) > 1
         try:
-            lease.conn.send(Push(M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
-                                 resolved, spec.wire_returns, spec.streaming, spec.name,
-                                 lease.lease_id, lease.gpu_ids, spec.attempt, spec.shape,
-                                 getattr(spec.strategy, "pg_id", None), spec.max_calls,
-                                 spec.pg_capture).wire())
+            lease.conn.post([Push(M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
+                                  resolved, spec.wire_returns, spec.streaming, spec.name,
+                                  lease.lease_id, lease.gpu_ids, spec.attempt, spec.shape,
+                                  getattr(spec.strategy, "pg_id", None), spec.max_calls,
+                                  spec.pg_capture).wire()],
+                            self.core.flush_soon if busy else None)
         except ConnectionClosed:
             pass  # the reader sees the close and retries the in-flight tasks
 

@@ -153,6 +153,7 @@ class Executor:
         if msg[0] == M.RUN_ACTOR:
             self.q.put((None, msg))
         elif msg[0] == M.EXIT:
+            self.core.send_posted()
             os._exit(0)
 
     def on_conn_msgs(self, conn: Connection, msgs: list | None) -> None:
@@ -272,6 +273,7 @@ class Executor:
             n = self.calls[push.fn_key] = self.calls.get(push.fn_key, 0) + 1
             if n >= push.max_calls:
                 # max_calls reached: this worker retires (a new one serves the next call)
+                self.core.send_posted()
                 self.core.flush()
                 os._exit(0)
 
@@ -332,7 +334,10 @@ class Executor:
         core.protect_views()
         core.ran(task_id)  # its submitter records RUNNING with the result
         try:
-            conn.send(Result(M.RESULT, task_id, payloads, contained, info).wire())
+            # with more work queued here the result goes with the next ones (the I/O
+            # thread sends them together before it next waits: soon, whatever runs next)
+            conn.post([Result(M.RESULT, task_id, payloads, contained, info).wire()],
+                      core.flush_soon if main_thread and not self.q.empty() else None)
         except ConnectionClosed:
             pass
 
@@ -449,6 +454,7 @@ class Executor:
         core = self.core
         msg = (M.KILL_ACTOR, self.actor_id, True)
         try:
+            core.send_posted()  # earlier calls' results, waiting to go with others
             conn = core.control()
             if conn is core.daemon:
                 core.daemon_send(msg)

@@ -1,0 +1,218 @@
+"""Posted frames: calls and results that go out in batches (`Connection.post`).
+
+A message its peer does not wait for at once (the peer has earlier work of ours in hand)
+is posted: it waits with others until the owner's I/O thread sends them in one write.
+The first tests drive a real `Connection` over a socketpair; the last ones run real
+workers and check that a posted call or result is never held back by the work queued
+after it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from tests.conftest import CLUSTER_CPUS
+
+from carme import _protocol
+from carme._protocol import Connection, ConnectionClosed
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    conn, peer = Connection(a), Connection(b)
+    yield conn, peer
+    conn.close()
+    peer.close()
+
+
+def _pending(conn: Connection) -> int:
+    """Bytes the peer could read now, without taking them."""
+    conn.sock.setblocking(False)
+    try:
+        return len(conn.sock.recv(1 << 20, socket.MSG_PEEK))
+    except BlockingIOError:
+        return 0
+    finally:
+        conn.sock.setblocking(True)
+
+
+def test_posted_messages_wait_for_the_flush_and_ask_for_it_once(pair):
+    conn, peer = pair
+    asked: list = []
+    conn.post([("a", 1)], asked.append)
+    conn.post([("b", 2), ("c", 3)], asked.append)
+    assert asked == [conn]  # one flush for the batch, asked by its first post
+    assert _pending(peer) == 0
+    assert conn.flush_later() is True
+    assert [peer.recv() for _ in range(3)] == [("a", 1), ("b", 2), ("c", 3)]
+    conn.post([("d", 4)], asked.append)  # a new batch asks again
+    assert asked == [conn, conn]
+
+
+def test_a_message_posted_without_a_flusher_goes_at_once(pair):
+    conn, peer = pair
+    conn.post([("now", 1)], None)
+    assert peer.recv() == ("now", 1)
+    assert conn.flush_later() is True  # nothing waits
+
+
+def test_a_direct_send_takes_the_posted_frames_with_it_in_order(pair):
+    conn, peer = pair
+    conn.post([("first", 1)], lambda c: None)
+    conn.send(("cancel", 2))
+    assert peer.recv() == ("first", 1)
+    assert peer.recv() == ("cancel", 2)
+    assert _pending(peer) == 0 and conn.flush_later() is True
+
+
+def test_a_flush_never_blocks_and_sends_the_rest_when_the_peer_reads(pair):
+    conn, peer = pair
+    blob = b"x" * 100_000
+    n = 0
+    # fill the socket: the flush takes what the kernel accepts and keeps the rest
+    while True:
+        conn.post([("blob", n, blob)], lambda c: None)
+        n += 1
+        if not conn.flush_later():
+            break
+        assert n < 1000, "the socket never filled"
+    got = []
+    t0 = time.monotonic()
+    while len(got) < n:
+        got.append(peer.recv())
+        conn.flush_later()
+        assert time.monotonic() - t0 < 30
+    assert conn.flush_later() is True
+    assert [(m[0], m[1]) for m in got] == [("blob", i) for i in range(n)]
+    assert all(m[2] == blob for m in got)
+
+
+def test_a_large_batch_is_sent_by_its_poster(pair, monkeypatch):
+    conn, peer = pair
+    monkeypatch.setattr(_protocol, "LATER_MAX", 1000)
+    asked: list = []
+    conn.post([("small", b"y" * 10)], asked.append)
+    conn.post([("big", b"y" * 2000)], asked.append)  # over the limit: written by this call
+    assert asked == [conn]
+    assert peer.recv()[0] == "small" and peer.recv()[0] == "big"
+    assert conn.flush_later() is True
+
+
+def test_posting_on_a_closed_connection_raises(pair):
+    conn, _ = pair
+    conn.close()
+    with pytest.raises(ConnectionClosed):
+        conn.post([("late", 1)], lambda c: None)
+
+
+# ---------------------------------------------------------------- real workers
+
+def _in_workers():
+    """Helpers for the tasks below (made here, so they travel by value to the workers)."""
+
+    def wait_for_file(path: str, timeout: float = 60) -> None:
+        t0 = time.monotonic()
+        while not Path(path).exists():
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"{path} never appeared")
+            time.sleep(0.01)
+
+    def end_once_more_work_is_queued() -> None:
+        """Return only once this worker's main thread has another call queued, so the
+        result of the running one is posted behind it."""
+        from carme import _context
+        core = _context.maybe_core()
+        assert core is not None and core.executor is not None
+        t0 = time.monotonic()
+        while core.executor.q.empty():
+            if time.monotonic() - t0 > 60:
+                raise TimeoutError("no second call reached this worker")
+            time.sleep(0.005)
+
+    return wait_for_file, end_once_more_work_is_queued
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(120)
+def test_an_actor_result_posted_behind_a_long_call_arrives_before_that_call_ends(carme, tmp_path):
+    _wait_for_file, _end_once_more_work_is_queued = _in_workers()
+
+    @carme.remote
+    class Slow:
+        def first(self):
+            _end_once_more_work_is_queued()
+            return "first"
+
+        def second(self, path):
+            _wait_for_file(path)
+            return "second"
+
+    release = str(tmp_path / "release")
+    a = Slow.remote()
+    first = a.first.remote()
+    second = a.second.remote(release)  # posted: `first` is in flight
+    # `first` ends only once `second` is queued behind it, and `second` runs until this
+    # process has `first`'s result: a result held back until `second` ends never arrives
+    assert carme.get(first, timeout=30) == "first"
+    Path(release).touch()
+    assert carme.get(second, timeout=30) == "second"
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(120)
+def test_a_task_result_posted_behind_a_long_task_arrives_before_that_task_ends(carme, tmp_path):
+    _wait_for_file, _end_once_more_work_is_queued = _in_workers()
+
+    # tasks taking all the cluster's CPUs: one lease, one worker
+    @carme.remote(num_cpus=CLUSTER_CPUS)
+    def quick():
+        return None
+
+    @carme.remote(num_cpus=CLUSTER_CPUS)
+    def first():
+        _end_once_more_work_is_queued()
+        return "first"
+
+    @carme.remote(num_cpus=CLUSTER_CPUS)
+    def second(path):
+        _wait_for_file(path)
+        return "second"
+
+    # short tasks of one shape are pipelined onto their lease's worker (once their
+    # queue has seen them be short): `second` goes to `first`'s worker while it runs
+    for _ in range(30):
+        carme.get(quick.remote())
+    release = str(tmp_path / "release")
+    refs = [first.remote(), second.remote(release)]
+    done, _ = carme.wait(refs[:1], timeout=30)
+    assert done, "the first task's result waited for the task queued behind it"
+    Path(release).touch()
+    assert carme.get(refs, timeout=30) == ["first", "second"]
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(120)
+def test_a_worker_that_retires_after_max_calls_sends_the_results_it_posted(carme):
+    _, _end_once_more_work_is_queued = _in_workers()
+
+    @carme.remote(num_cpus=CLUSTER_CPUS)
+    def quick():
+        return None
+
+    @carme.remote(num_cpus=CLUSTER_CPUS, max_calls=2)
+    def twice(wait):
+        if wait:
+            _end_once_more_work_is_queued()  # its result is posted behind the second call
+        return os.getpid()
+
+    for _ in range(30):
+        carme.get(quick.remote())
+    # the second call is the worker's last: it exits right after, with the first's result
+    # possibly still posted
+    first, second = carme.get([twice.remote(True), twice.remote(False)], timeout=60)
+    assert first == second
