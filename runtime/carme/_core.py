@@ -239,6 +239,9 @@ class CoreWorker:
                     fn()
                 except Exception:
                     self._report_bug()
+            if due:  # they may have set timers (the periodic flush sets its next one)
+                with self.lock:
+                    timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
             self._io_idle = True
             if self._to_flush:
                 self._flush_posted()

@@ -149,13 +149,13 @@ def check_id_list(kind: str, field: str, ids: Any) -> None:
 
 
 def check_payload(kind: str, payload: Any) -> None:
-    """An object payload: INLINE (bytes, [buffers], is_error) or SHARED (offset, size,
-    is_error, node_id) with non-negative integers."""
+    """An object payload: INLINE (bytes, [buffers] or () when none, is_error) or SHARED
+    (offset, size, is_error, node_id) with non-negative integers."""
     if not isinstance(payload, tuple) or not payload:
         raise BadMessage(f"{kind}.payload must be a payload tuple, not {_short(payload)}")
     if payload[0] == INLINE:
         if (len(payload) == 4 and isinstance(payload[1], (bytes, bytearray, memoryview))
-                and isinstance(payload[2], list) and isinstance(payload[3], bool)):
+                and type(payload[2]) in (list, tuple) and isinstance(payload[3], bool)):
             return
     elif payload[0] == SHARED:
         if (len(payload) in (4, 5) and all(type(x) is int and x >= 0 for x in payload[1:3])

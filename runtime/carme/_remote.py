@@ -229,11 +229,12 @@ class _PlanCache:
 def _submit_with_returns(core: Any, spec: TaskSpec, submit: Any) -> Any:
     """Make the task's return refs (or its ref generator), hand the task over, return them."""
     if spec.streaming:
-        spec.return_ids = []
+        spec.return_ids = ()
         spec.stream = StreamState(core, spec.task_id)
         submit(spec)
         return ObjectRefGenerator(spec.task_id, spec.stream)
-    spec.return_ids = [return_id(spec.task_id, i + 1) for i in range(spec.num_returns)]
+    # a tuple of bytes: the cyclic collector stops tracking it (many may be queued)
+    spec.return_ids = tuple([return_id(spec.task_id, i + 1) for i in range(spec.num_returns)])
     refs = []
     for oid in spec.return_ids:
         core.new_owned(oid, spec.name)

@@ -102,7 +102,9 @@ def total_size(data: bytes, buffers: list) -> int:
 
 
 def inline_payload(data: bytes, buffers: list, is_error: bool = False) -> tuple:
-    return (M.INLINE, data, [bytes(b.raw()) for b in buffers], is_error)
+    # without buffers: an empty tuple, not a list, so the payload holds only atomic values
+    # and the cyclic collector stops tracking it (a queued task's arguments, a result)
+    return (M.INLINE, data, [bytes(b.raw()) for b in buffers] if buffers else (), is_error)
 
 
 def layout_size(data: bytes, buffers: list) -> int:

@@ -78,7 +78,7 @@ class TaskSpec:
     strategy: Any
     runtime_env: dict | None
     tag: Any
-    return_ids: list
+    return_ids: tuple
     parent: str | None
     method: str
 

@@ -216,3 +216,17 @@ def test_a_worker_that_retires_after_max_calls_sends_the_results_it_posted(carme
     # possibly still posted
     first, second = carme.get([twice.remote(True), twice.remote(False)], timeout=60)
     assert first == second
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(60)
+def test_the_periodic_flush_fires_in_an_idle_process(carme, wait_for):
+    """The driver's I/O thread sends queued releases and task events every 100 ms, also
+    when nothing else happens: a timer set by a timer that just fired counts in the wait
+    that follows (it used to wait for the next I/O event, for ever in an idle driver)."""
+    from carme import _context
+    core = _context.maybe_core()
+    flushes = []
+    real = core.flush
+    core.flush = lambda: (flushes.append(1), real())[1]  # (only _flush_periodic calls it here)
+    wait_for(lambda: len(flushes) >= 5, timeout=20)

@@ -65,6 +65,12 @@ def test_each_message_crosses_as_a_plain_tuple_and_reads_back_by_name(make):
     assert again.task_id == b"t" * 24
 
 
+def test_inline_payloads_carry_their_buffers_as_a_list_or_none_as_an_empty_tuple():
+    assert ARGS[2] == ()  # (no buffers: the payload holds atomic values only)
+    with_buffers = (M.INLINE, b"x", [b"buffer"], False)
+    assert Result.read(_result(payloads=[with_buffers, ARGS]).wire()).payloads == [with_buffers, ARGS]
+
+
 def test_a_worker_reply_is_read_as_its_kind():
     assert isinstance(read_from_worker(_result().wire()), Result)
     assert isinstance(read_from_worker(_item().wire()), Item)
@@ -83,6 +89,7 @@ def test_a_worker_reply_is_read_as_its_kind():
     (_push(streaming=1).wire(), "PUSH.streaming"),
     (_push(args=("s", 0, 10, False)).wire(), "inline payload"),
     (_push(args=("i", "not bytes", [], False)).wire(), "PUSH.payload is malformed"),
+    (_push(args=("i", b"x", {"not": "buffers"}, False)).wire(), "PUSH.payload is malformed"),
     (_push(ref_pos=[(False, 1), (True, 2)]).wire(), "2 ref positions but 1"),
     (_push(ref_pos=[(True, 1)]).wire(), "PUSH.ref_pos"),
     (_push(resolved=[(b"o" * 24, ("s", -1, 5, False))]).wire(), "PUSH.payload is malformed"),
