@@ -31,6 +31,9 @@ the frames waiting in `_later`, and the owner's I/O thread sends them all in one
 non-blocking write before it next waits for I/O (`flush_later`; what the kernel does not
 take then is sent when the socket turns writable). A burst of calls or results thus
 costs one system call, and one wake-up of the peer, per batch instead of per message.
+The poster sends a batch itself once it reaches LATER_MAX bytes or its oldest frame has
+waited LATER_AGE: the I/O thread may be waiting for the GIL the poster holds (up to the
+interpreter's 5 ms switch interval), and the peer must not sit idle that long.
 Any direct send on the connection sends what waits first, so order is kept.
 """
 
@@ -43,6 +46,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Generator
+from time import monotonic as _monotonic
 from typing import Any
 
 _LEN = struct.Struct(">I")
@@ -50,6 +54,7 @@ MAX_FRAME = 512 << 20          # the largest frame an authenticated peer may sen
 CONNECT_TIMEOUT = 10.0        # seconds a TCP connect may take
 MAX_BACKLOG = 64 << 20         # bytes a buffered connection keeps for a peer that does not read
 LATER_MAX = 256 << 10          # a batch of posted frames this large is sent by the poster
+LATER_AGE = 0.0005             # ... and one whose oldest frame waited this long (seconds)
 _dumps = pickle.dumps
 _loads = pickle.loads
 READ_SIZE = 1 << 20            # bytes one read may take
@@ -84,7 +89,7 @@ class FrameTooLarge(ConnectionClosed):
 class Connection:
     __slots__ = ("sock", "_send_lock", "_buf", "peer", "closed", "meta", "expect_token",
                  "max_frame", "buffered", "max_backlog", "_out", "on_backlog", "_later",
-                 "__weakref__")
+                 "_later_since", "__weakref__")
 
     def __init__(self, sock: socket.socket, peer: str = "", expect_token: bytes | None = None,
                  *, max_frame: int = MAX_FRAME, buffered: bool = False,
@@ -105,6 +110,7 @@ class Connection:
         # buffered mode: called (under the send lock) when bytes start waiting
         self.on_backlog: Any = None
         self._later = bytearray()  # posted frames the owner's I/O thread sends (`post`)
+        self._later_since = 0.0  # when the oldest of them was posted
         if buffered:
             sock.setblocking(False)
 
@@ -150,7 +156,12 @@ class Connection:
                 raise ConnectionClosed("connection is closed")
             first = not self._later
             self._later += frames
-            full = len(self._later) >= LATER_MAX
+            now = _monotonic()
+            if first:
+                self._later_since = now
+            # the I/O thread may be waiting for the GIL the poster holds: a batch that has
+            # waited LATER_AGE goes now, so a peer that ran out of work is not kept idle
+            full = len(self._later) >= LATER_MAX or now - self._later_since >= LATER_AGE
         if full:
             self.send_raw_frames()  # a large batch: the poster sends it, blocking as `send` does
         elif first:

@@ -22,7 +22,9 @@ from carme._protocol import Connection, ConnectionClosed
 
 
 @pytest.fixture
-def pair():
+def pair(monkeypatch):
+    # posted frames wait for the flush however slow this machine is (one test lowers it)
+    monkeypatch.setattr(_protocol, "LATER_AGE", 3600.0)
     a, b = socket.socketpair()
     conn, peer = Connection(a), Connection(b)
     yield conn, peer
@@ -100,6 +102,20 @@ def test_a_large_batch_is_sent_by_its_poster(pair, monkeypatch):
     conn.post([("big", b"y" * 2000)], asked.append)  # over the limit: written by this call
     assert asked == [conn]
     assert peer.recv()[0] == "small" and peer.recv()[0] == "big"
+    assert conn.flush_later() is True
+
+
+def test_a_batch_whose_oldest_frame_waited_long_enough_is_sent_by_its_poster(pair, monkeypatch):
+    """(The I/O thread may be waiting for the GIL that the poster holds.)"""
+    conn, peer = pair
+    asked: list = []
+    conn.post([("a", 1)], asked.append)
+    conn.post([("b", 2)], asked.append)
+    assert _pending(peer) == 0  # young: both wait for the flush
+    monkeypatch.setattr(_protocol, "LATER_AGE", 0.0)
+    conn.post([("c", 3)], asked.append)  # the batch is old now: this call sends it
+    assert asked == [conn]
+    assert [peer.recv() for _ in range(3)] == [("a", 1), ("b", 2), ("c", 3)]
     assert conn.flush_later() is True
 
 
