@@ -18,7 +18,7 @@ from typing import Any
 from . import _messages as M
 from . import exceptions as exc
 from ._protocol import Connection, ConnectionClosed, connect_first, worker_addresses
-from ._submit import TaskSpec, landed
+from ._submit import POST_AFTER, TaskSpec, landed
 from ._task_messages import ActorCall, Result
 from ._task_tags import TaskTags
 
@@ -124,8 +124,8 @@ class ActorSubmitter:
                     msgs.append(ActorCall(M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos,
                                           resolved, spec.wire_returns, spec.streaming, spec.name,
                                           spec.attempt).wire())
-                # the actor has earlier calls of ours in hand: these can go with others
-                busy = len(st.inflight) > len(sends)
+                # the actor has earlier calls of ours to run first: these can go with others
+                busy = len(st.inflight) - len(sends) >= POST_AFTER
             try:
                 st.conn.post(msgs, self.core.flush_soon if busy else None)
             except ConnectionClosed:

@@ -29,6 +29,9 @@ from ._task_tags import TaskTags
 
 PIPELINE = 32
 SHORT_TASK = 0.002
+# a worker (or actor) holding this many earlier calls of ours gets the next ones posted
+# (`Connection.post`): it has work queued while they wait for the batch
+POST_AFTER = 4
 UNREACHABLE_TRIES = 5  # granted workers in a row that cannot be reached before the tasks fail
 NODE_UNREACHABLE_TRIES = 100  # lease requests in a row (0.3 s apart) to a node we cannot reach
 LEASE_IDLE = 0.05
@@ -405,8 +408,8 @@ class TaskSubmitter:
             landed(self.core, spec)
             live = lease.inflight.get(spec.task_id) is spec
             resolved, spec.maps = self.core.resolve_args(spec.arg_refs, lease.node_id if live else None)
-            # the worker has an earlier task of ours in hand: this one can go with others
-            busy = len(lease.inflight) > 1
+            # the worker has earlier tasks of ours to run first: this one can go with others
+            busy = len(lease.inflight) > POST_AFTER
         try:
             lease.conn.post([Push(M.PUSH, spec.task_id, spec.fn_key, fn_blob, spec.args, spec.ref_pos,
                                   resolved, spec.wire_returns, spec.streaming, spec.name,

@@ -150,13 +150,24 @@ def _in_workers():
                 raise TimeoutError("no second call reached this worker")
             time.sleep(0.005)
 
-    return wait_for_file, end_once_more_work_is_queued
+    def end_once_queued(n: int) -> None:
+        """Return only once `n` more calls are queued on this worker's main thread."""
+        from carme import _context
+        core = _context.maybe_core()
+        assert core is not None and core.executor is not None
+        t0 = time.monotonic()
+        while core.executor.q.qsize() < n:
+            if time.monotonic() - t0 > 60:
+                raise TimeoutError(f"only {core.executor.q.qsize()} of {n} calls reached this worker")
+            time.sleep(0.005)
+
+    return wait_for_file, end_once_more_work_is_queued, end_once_queued
 
 
 @pytest.mark.processes
 @pytest.mark.timeout(120)
 def test_an_actor_result_posted_behind_a_long_call_arrives_before_that_call_ends(carme, tmp_path):
-    _wait_for_file, _end_once_more_work_is_queued = _in_workers()
+    _wait_for_file, _end_once_more_work_is_queued, _ = _in_workers()
 
     @carme.remote
     class Slow:
@@ -181,8 +192,35 @@ def test_an_actor_result_posted_behind_a_long_call_arrives_before_that_call_ends
 
 @pytest.mark.processes
 @pytest.mark.timeout(120)
+def test_calls_posted_behind_a_running_call_reach_the_actor_without_another_send(carme):
+    """Calls behind POST_AFTER earlier ones are posted; the driver's I/O thread sends them
+    although nothing else is sent after them (the first call ends only once they are all
+    queued at the actor)."""
+    from carme._submit import POST_AFTER
+    _, _, _end_once_queued = _in_workers()
+    n = POST_AFTER + 3
+
+    @carme.remote
+    class Counter:
+        def first(self, n):
+            _end_once_queued(n)
+            return "first"
+
+        def quick(self, i):
+            return i
+
+    a = Counter.remote()
+    carme.get(a.quick.remote(-1))  # (the actor is up and connected)
+    first = a.first.remote(n)
+    rest = [a.quick.remote(i) for i in range(n)]  # the last three are posted
+    assert carme.get(first, timeout=30) == "first"
+    assert carme.get(rest, timeout=30) == list(range(n))
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(120)
 def test_a_task_result_posted_behind_a_long_task_arrives_before_that_task_ends(carme, tmp_path):
-    _wait_for_file, _end_once_more_work_is_queued = _in_workers()
+    _wait_for_file, _end_once_more_work_is_queued, _ = _in_workers()
 
     # tasks taking all the cluster's CPUs: one lease, one worker
     @carme.remote(num_cpus=CLUSTER_CPUS)
@@ -214,7 +252,7 @@ def test_a_task_result_posted_behind_a_long_task_arrives_before_that_task_ends(c
 @pytest.mark.processes
 @pytest.mark.timeout(120)
 def test_a_worker_that_retires_after_max_calls_sends_the_results_it_posted(carme):
-    _, _end_once_more_work_is_queued = _in_workers()
+    _, _end_once_more_work_is_queued, _ = _in_workers()
 
     @carme.remote(num_cpus=CLUSTER_CPUS)
     def quick():
