@@ -138,20 +138,9 @@ def _in_workers():
                 raise TimeoutError(f"{path} never appeared")
             time.sleep(0.01)
 
-    def end_once_more_work_is_queued() -> None:
-        """Return only once this worker's main thread has another call queued, so the
-        result of the running one is posted behind it."""
-        from carme import _context
-        core = _context.maybe_core()
-        assert core is not None and core.executor is not None
-        t0 = time.monotonic()
-        while core.executor.q.empty():
-            if time.monotonic() - t0 > 60:
-                raise TimeoutError("no second call reached this worker")
-            time.sleep(0.005)
-
-    def end_once_queued(n: int) -> None:
-        """Return only once `n` more calls are queued on this worker's main thread."""
+    def end_once_queued(n: int = 1) -> None:
+        """Return only once `n` more calls are queued on this worker's main thread (with
+        one: the result of the running call is posted behind the next)."""
         from carme import _context
         core = _context.maybe_core()
         assert core is not None and core.executor is not None
@@ -161,18 +150,18 @@ def _in_workers():
                 raise TimeoutError(f"only {core.executor.q.qsize()} of {n} calls reached this worker")
             time.sleep(0.005)
 
-    return wait_for_file, end_once_more_work_is_queued, end_once_queued
+    return wait_for_file, end_once_queued
 
 
 @pytest.mark.processes
 @pytest.mark.timeout(120)
 def test_an_actor_result_posted_behind_a_long_call_arrives_before_that_call_ends(carme, tmp_path):
-    _wait_for_file, _end_once_more_work_is_queued, _ = _in_workers()
+    _wait_for_file, _end_once_queued = _in_workers()
 
     @carme.remote
     class Slow:
         def first(self):
-            _end_once_more_work_is_queued()
+            _end_once_queued()
             return "first"
 
         def second(self, path):
@@ -197,7 +186,7 @@ def test_calls_posted_behind_a_running_call_reach_the_actor_without_another_send
     although nothing else is sent after them (the first call ends only once they are all
     queued at the actor)."""
     from carme._submit import POST_AFTER
-    _, _, _end_once_queued = _in_workers()
+    _, _end_once_queued = _in_workers()
     n = POST_AFTER + 3
 
     @carme.remote
@@ -220,7 +209,7 @@ def test_calls_posted_behind_a_running_call_reach_the_actor_without_another_send
 @pytest.mark.processes
 @pytest.mark.timeout(120)
 def test_a_task_result_posted_behind_a_long_task_arrives_before_that_task_ends(carme, tmp_path):
-    _wait_for_file, _end_once_more_work_is_queued, _ = _in_workers()
+    _wait_for_file, _end_once_queued = _in_workers()
 
     # tasks taking all the cluster's CPUs: one lease, one worker
     @carme.remote(num_cpus=CLUSTER_CPUS)
@@ -229,7 +218,7 @@ def test_a_task_result_posted_behind_a_long_task_arrives_before_that_task_ends(c
 
     @carme.remote(num_cpus=CLUSTER_CPUS)
     def first():
-        _end_once_more_work_is_queued()
+        _end_once_queued()
         return "first"
 
     @carme.remote(num_cpus=CLUSTER_CPUS)
@@ -252,7 +241,7 @@ def test_a_task_result_posted_behind_a_long_task_arrives_before_that_task_ends(c
 @pytest.mark.processes
 @pytest.mark.timeout(120)
 def test_a_worker_that_retires_after_max_calls_sends_the_results_it_posted(carme):
-    _, _end_once_more_work_is_queued, _ = _in_workers()
+    _, _end_once_queued = _in_workers()
 
     @carme.remote(num_cpus=CLUSTER_CPUS)
     def quick():
@@ -261,7 +250,7 @@ def test_a_worker_that_retires_after_max_calls_sends_the_results_it_posted(carme
     @carme.remote(num_cpus=CLUSTER_CPUS, max_calls=2)
     def twice(wait):
         if wait:
-            _end_once_more_work_is_queued()  # its result is posted behind the second call
+            _end_once_queued()  # its result is posted behind the second call
         return os.getpid()
 
     for _ in range(30):
