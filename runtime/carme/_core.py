@@ -42,13 +42,18 @@ from . import _messages as M
 from . import exceptions as exc
 from ._events import TERMINAL_STATES
 from ._ownership import LocalObject, Ownership, PayloadSet
+from ._poll_role import DeferredInterrupt, PollRole
 from ._protocol import Connection, ConnectionClosed, TokenRefused, connect, first_reply
-from ._rpc import Rpc, _Waiter, defer_wakes, error_from_reply, wake_deferred
+from ._rpc import Rpc, _io_wakes, _Waiter, defer_wakes, error_from_reply, wake_deferred
 from ._serialization import dumps, inline_payload
 from ._store import SharedArena
 from ._values import Values, error_payload, lost_payload
 
 _now = time.time
+
+
+def _no_notice() -> None:
+    pass
 
 
 class RefTable:
@@ -114,6 +119,12 @@ class CoreWorker:
         # it, or its connection is taken before the wait
         self._to_flush: deque[Connection] = deque()
         self._io_idle = False
+        # the thread running a step of the I/O loop now, the I/O thread's ident, and
+        # which thread polls (the I/O thread, or one that waits for a message itself)
+        self._stepping: int | None = None
+        self._io_ident: int | None = None
+        self._role = PollRole()
+        self._main_ident = threading.main_thread().ident
         self.register(self.daemon, self._on_daemon_msgs)
         self.running = True
         self.log_handler: Callable[[dict | None, str, str], None] | None = None
@@ -140,7 +151,7 @@ class CoreWorker:
 
     # ------------------------------------------------------------------ I/O thread
     def register(self, conn: Connection, handler: Callable[[Connection, list], None]) -> None:
-        if threading.current_thread() is getattr(self, "_io", None):
+        if self.on_loop_thread():
             self._register_now(conn, handler)
         else:
             with self.lock:
@@ -158,7 +169,7 @@ class CoreWorker:
 
     def close_conn(self, conn: Connection) -> None:
         """Close a connection the I/O thread may be watching (unregister it first)."""
-        if threading.current_thread() is getattr(self, "_io", None):
+        if self.on_loop_thread():
             try:
                 self.sel.unregister(conn.sock)
             except (KeyError, ValueError):
@@ -172,6 +183,10 @@ class CoreWorker:
         self.wake()
 
     def wake(self) -> None:
+        """Have the I/O loop run a step soon: its select returns; a holder of the poll role
+        that is parked (another thread) gives the role back to the I/O thread."""
+        if self._role.parked_elsewhere():
+            self._role.kick()
         try:
             os.write(self._wake_w, b"x")
         except OSError:
@@ -180,7 +195,12 @@ class CoreWorker:
     def flush_soon(self, conn: Connection) -> None:
         """Have the I/O thread send `conn`'s posted frames before it next waits for I/O."""
         self._to_flush.append(conn)
-        if self._io_idle and threading.current_thread() is not self._io:
+        if self.on_loop_thread():
+            return
+        role = self._role
+        if role.holds():  # parked: the I/O thread takes the loop back, to send them soon
+            role.kick()
+        elif self._io_idle or role.parked_elsewhere():
             self.wake()
 
     def _flush_posted(self) -> None:
@@ -210,89 +230,174 @@ class CoreWorker:
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
         with self.lock:
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), fn))
-        if threading.current_thread() is not getattr(self, "_io", None):
+        if not self.on_loop_thread():
             self.wake()
 
     def _io_loop(self) -> None:
+        self._io_ident = threading.get_ident()
         woken = defer_wakes()
+        role = self._role
         try:
-            self._serve_io(woken)
+            while self.running:
+                if role.io_holds():
+                    self._step(woken, None)
+                else:
+                    role.nap()
         finally:
             wake_deferred(woken)
 
-    def _serve_io(self, woken: list) -> None:
-        while self.running:
-            timeout = None
-            with self.lock:
-                if self._pending_register:
-                    for conn, handler in self._pending_register:
-                        self._register_now(conn, handler)
-                    self._pending_register.clear()
-                now = time.monotonic()
-                due = []
-                while self._timers and self._timers[0][0] <= now:
-                    due.append(heapq.heappop(self._timers)[2])
-                if self._timers:
-                    timeout = max(0.0, self._timers[0][0] - now)
-            for fn in due:
+    def on_loop_thread(self) -> bool:
+        """Whether this thread runs the I/O loop's step now (the I/O thread, or a thread
+        holding the poll role): it must never block waiting for the loop."""
+        return self._stepping == threading.get_ident()
+
+    def poll_until(self, ready: Callable[[], bool], deadline: float | None = None,
+                   guard: DeferredInterrupt | None = None) -> bool:
+        """Run the I/O loop on this thread until `ready()` (or the deadline), while this
+        thread holds the poll role (`_poll_role.py`). False when it does not (then the
+        caller waits as before: the I/O thread reads for it)."""
+        role = self._role
+        woken = _io_wakes.pending = []
+        try:
+            while not ready():
+                if not self.running or not role.begin():
+                    return False
                 try:
-                    fn()
-                except Exception:
-                    self._report_bug()
-            if due:  # they may have set timers (the periodic flush sets its next one)
-                with self.lock:
-                    timeout = max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+                    self._step(woken, deadline, guard)
+                finally:
+                    if woken:
+                        wake_deferred(woken)
+                    role.end()
+                if guard is not None and guard.pending is not None:
+                    guard.deliver()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return ready()
+            return True
+        finally:
+            _io_wakes.pending = None
+
+    def wait_for(self, w: _Waiter, timeout: float | None) -> bool:
+        """Block until `w` is set (False after `timeout` s). The main thread, holding the
+        poll role, runs the loop's steps itself until then; any other thread (or the main
+        thread without the role, which it then asks for) waits for the loop to set it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if threading.get_ident() == self._main_ident and self._poll_here(w, deadline):
+            return True
+        role = self._role
+        role.need_loop()
+        try:
+            return w.wait(None if deadline is None else deadline - time.monotonic())
+        finally:
+            role.loop_done()
+
+    def _poll_here(self, w: _Waiter, deadline: float | None) -> bool:
+        role = self._role
+        if not role.holds():
+            if role.lent_to is None:  # lent with this wait's result: for the next wait
+                role.ask(_no_notice, w)
+            return False
+        with DeferredInterrupt() as guard:
+            return self.poll_until(w.is_set, deadline, guard)
+
+    def _step(self, woken: list, deadline: float | None,
+              guard: DeferredInterrupt | None = None) -> None:
+        """One turn of the I/O loop: registrations, due timers, posted frames, the
+        wake-ups owed, one wait for I/O (until the next timer or `deadline`) and what it
+        read. `woken` collects the wake-ups owed to other threads (`_rpc._io_wakes`)."""
+        me = threading.get_ident()
+        self._stepping = me
+        try:
+            timeout = self._due_timers()
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
             self._io_idle = True
             if self._to_flush:
                 self._flush_posted()
+            if me == self._io_ident:
+                notice = self._role.lend_if_asked()
+                if notice is not None:  # a thread polls for itself now: it is told, we nap
+                    woken.append(notice)
+                    self._io_idle = False
             if woken:  # (as this thread lets go of the GIL to wait: `_rpc._io_wakes`)
                 wake_deferred(woken)
+            if not self._io_idle:
+                return
+            if guard is not None:  # an interrupt may end the wait, not what comes after it
+                guard.in_select = True
             try:
                 ready = self.sel.select(timeout)
             except (OSError, ValueError):
-                if not self.running:
-                    return
-                continue
+                return
             finally:
                 self._io_idle = False
-            for key, events in ready:
-                if key.data is None:
-                    try:
-                        os.read(self._wake_r, 4096)
-                    except OSError:
-                        pass
-                    continue
-                if key.data[0] == "listen":
-                    key.data[1]()
-                    continue
-                conn, handler = key.data
-                if events & selectors.EVENT_WRITE:
-                    try:
-                        if conn.flush_later():
-                            self._watch_writable(conn, False)
-                    except ConnectionClosed:
+                if guard is not None:
+                    guard.in_select = False
+            self._dispatch(ready)
+        finally:
+            self._stepping = None
+
+    def _due_timers(self) -> float | None:
+        """Register what waits to be, run the timers that are due; the wait until the next."""
+        with self.lock:
+            if self._pending_register:
+                for conn, handler in self._pending_register:
+                    self._register_now(conn, handler)
+                self._pending_register.clear()
+            now = time.monotonic()
+            due = []
+            while self._timers and self._timers[0][0] <= now:
+                due.append(heapq.heappop(self._timers)[2])
+            if not due:
+                return max(0.0, self._timers[0][0] - now) if self._timers else None
+        for fn in due:
+            try:
+                fn()
+            except Exception:
+                self._report_bug()
+        # they may have set timers (the periodic flush sets its next one)
+        with self.lock:
+            return max(0.0, self._timers[0][0] - time.monotonic()) if self._timers else None
+
+    def _dispatch(self, ready: list) -> None:
+        for key, events in ready:
+            if key.data is None:
+                try:
+                    os.read(self._wake_r, 4096)
+                except OSError:
+                    pass
+                continue
+            if key.data[0] == "listen":
+                key.data[1]()
+                continue
+            conn, handler = key.data
+            if events & selectors.EVENT_WRITE:
+                try:
+                    if conn.flush_later():
                         self._watch_writable(conn, False)
-                    if not events & selectors.EVENT_READ:
-                        continue
-                try:
-                    msgs = conn.feed()
-                except Exception as e:  # closed, or a peer failed authentication
-                    try:
-                        self.sel.unregister(conn.sock)
-                    except (KeyError, ValueError):
-                        pass
-                    conn.close()
-                    try:
-                        handler(conn, None)
-                    except Exception:
-                        self._report_bug()
-                    if conn is self.daemon and self.running:
-                        self._on_daemon_lost(e)
+                except ConnectionClosed:
+                    self._watch_writable(conn, False)
+                if not events & selectors.EVENT_READ:
                     continue
+            try:
+                msgs = conn.feed()
+            except Exception as e:  # closed, or a peer failed authentication
                 try:
-                    handler(conn, msgs)
+                    self.sel.unregister(conn.sock)
+                except (KeyError, ValueError):
+                    pass
+                conn.close()
+                try:
+                    handler(conn, None)
                 except Exception:
                     self._report_bug()
+                if conn is self.daemon and self.running:
+                    self._on_daemon_lost(e)
+                continue
+            try:
+                handler(conn, msgs)
+            except Exception:
+                self._report_bug()
 
     def _report_bug(self) -> None:
         import traceback
@@ -535,7 +640,7 @@ class CoreWorker:
         w = _Waiter()
         if self.when_ready(oid, lambda: w.set(True, None)):
             w.set(True, None)
-        w.wait(None)
+        self.wait_for(w, None)
         return self.payload_of(oid) or lost_payload(oid)
 
     def payload_of(self, oid: bytes) -> tuple | None:
@@ -605,8 +710,7 @@ class CoreWorker:
                     one()
             unblock = self._blocked() if counter[0] else None
             try:
-                left = None if deadline is None else deadline - time.monotonic()
-                if not w.wait(left):
+                if not self.wait_for(w, None if deadline is None else deadline - time.monotonic()):
                     raise exc.GetTimeoutError(
                         f"Get timed out: some object(s) not ready after {timeout} s "
                         f"({counter[0]} of {len(set(pending))} still pending).")
@@ -640,13 +744,17 @@ class CoreWorker:
             if now:
                 ready_ids.add(k)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with cond:
-            while sum(1 for r in refs if key(r) in ready_ids) < num_returns:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                cond.wait(left)
-            snapshot = set(ready_ids)
+        self._role.need_loop()
+        try:
+            with cond:
+                while sum(1 for r in refs if key(r) in ready_ids) < num_returns:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    cond.wait(left)
+                snapshot = set(ready_ids)
+        finally:
+            self._role.loop_done()
         ready: list = []
         not_ready: list = []
         for r in refs:
@@ -659,7 +767,7 @@ class CoreWorker:
 
         def done() -> None:
             payload = self.payload_of(ref._id)
-            if threading.current_thread() is self._io and payload is not None and payload[0] == M.SHARED:
+            if self.on_loop_thread() and payload is not None and payload[0] == M.SHARED:
                 # reading from the store asks the daemon where the value is: never on the
                 # I/O thread, which must stay free to read that answer
                 threading.Thread(target=finish, daemon=True).start()
@@ -737,7 +845,7 @@ class CoreWorker:
             self.daemon_send((M.PG_WAIT, req, pg_id))
         else:
             conn.send((M.PG_WAIT, req, pg_id))
-        if not w.wait(timeout):
+        if not self.wait_for(w, timeout):
             self._requests.pop(req, None)
             return False
         return bool(w.ok)
@@ -774,6 +882,7 @@ class CoreWorker:
     def shutdown(self) -> None:
         self.running = False
         self.wake()
+        self._role.release_all()
         try:
             self.flush()
         except Exception:

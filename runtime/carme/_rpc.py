@@ -43,16 +43,17 @@ _io_wakes = threading.local()
 class _Waiter:
     """A one-shot result for a blocking call, cheaper than threading.Event."""
 
-    __slots__ = ("lock", "ok", "value")
+    __slots__ = ("lock", "ok", "value", "done")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.lock.acquire()
         self.ok = True
         self.value: Any = None
+        self.done = False  # set (its waiting thread may be woken only later: `_io_wakes`)
 
     def set(self, ok: bool, value: Any) -> None:
-        self.ok, self.value = ok, value
+        self.ok, self.value, self.done = ok, value, True
         pending = getattr(_io_wakes, "pending", None)
         if pending is None:
             self.lock.release()
@@ -61,6 +62,9 @@ class _Waiter:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+
+    def is_set(self) -> bool:
+        return self.done
 
 
 def defer_wakes() -> list:
@@ -223,7 +227,7 @@ class Rpc:
         """Where actors' names and placement groups live: the head's daemon in a cluster
         (this node's daemon in the embedded cluster, or on the head node)."""
         core = self.core
-        if "head_node" not in core.info and threading.current_thread() is not core._io:
+        if "head_node" not in core.info and not core.on_loop_thread():
             # a worker learns where the head is from its daemon (once the view names it);
             # never from the I/O thread, which must stay free to read that very reply
             hello = self.request(M.HELLO, core.role, os.getpid(), {"worker_id": core.worker_id})
@@ -253,7 +257,7 @@ class Rpc:
         except (ConnectionClosed, exc.LocalRayletDiedError):
             self.requests.pop(req, None)
             raise exc.LocalRayletDiedError() from None
-        if not w.wait(timeout):
+        if not core.wait_for(w, timeout):
             self.requests.pop(req, None)
             raise exc.GetTimeoutError(f"no answer from the node daemon within {timeout} s")
         if not w.ok:

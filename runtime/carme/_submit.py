@@ -148,15 +148,20 @@ class StreamState:
 
     def next(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.cond:
-            while not self.items:
-                if self.finished:
-                    raise StopIteration
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise exc.GetTimeoutError("no new item within the timeout")
-                self.cond.wait(left)
-            return self.items.popleft()
+        role = self.core._role
+        role.need_loop()
+        try:
+            with self.cond:
+                while not self.items:
+                    if self.finished:
+                        raise StopIteration
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise exc.GetTimeoutError("no new item within the timeout")
+                    self.cond.wait(left)
+                return self.items.popleft()
+        finally:
+            role.loop_done()
 
 
 class Lease:

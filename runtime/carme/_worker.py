@@ -218,10 +218,18 @@ class Executor:
     # ------------------------------------------------------------------ main loop
     def serve(self) -> None:
         signal.signal(signal.SIGINT, self._sigint)
+        q, core = self.q, self.core
         while True:
-            if self.q.empty():  # idle until the next task: say so
+            if q.empty():  # idle until the next task: say so, and read for it ourselves
                 self.retitle(f"ray::{self.actor_name}" if self.actor_id else "ray::IDLE")
-            conn, msg = self.q.get()
+                # holding the poll role, this thread reads its next task itself (one
+                # thread wake-up fewer per call); else it asks for the role, which the
+                # I/O thread lends when it next waits (it reads this next one for us)
+                if not core.poll_until(self._has_work):
+                    core._role.ask(self._role_lent)
+            conn, msg = q.get()
+            if msg is None:  # the role was lent: the next turn uses it
+                continue
             if type(msg) is Push:
                 self.run_task(conn, msg)
             elif type(msg) is ActorCall:
@@ -229,6 +237,12 @@ class Executor:
             elif msg[0] == M.RUN_ACTOR:
                 run = M.read(msg)
                 self.create_actor(run.actor_id, run.spec, run.gpu_ids, run.restarts)
+
+    def _has_work(self) -> bool:
+        return not self.q.empty()
+
+    def _role_lent(self) -> None:
+        self.q.put((None, None))
 
     def build_args(self, args: tuple, ref_pos: list | tuple, resolved: list) -> tuple[list, dict]:
         core = self.core

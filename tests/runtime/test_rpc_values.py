@@ -19,6 +19,7 @@ from carme import _messages as M
 from carme import exceptions as exc
 from carme._core import CoreWorker
 from carme._ownership import Ownership
+from carme._poll_role import PollRole
 from carme._protocol import Connection
 from carme._rpc import Rpc, error_from_reply
 from carme._serialization import INLINE_LIMIT, loads, read_layout
@@ -36,6 +37,8 @@ def core():
         objects={}, _unprotected=set(), pid=1)
     c.own_conn = Connection(theirs)
     c.record = types.MethodType(CoreWorker.record, c)  # the real one, on this stand-in
+    c._role, c._main_ident = PollRole(), None  # (no thread here reads for itself)
+    c.wait_for = types.MethodType(CoreWorker.wait_for, c)
     c.on_log = lambda task, stream, text, label: c.logs.append((stream, text))
     c.rpc = Rpc(c)
     c.daemon_send = c.rpc.daemon_send
