@@ -35,6 +35,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+try:  # the C functions: `signal`'s wrappers convert to and from enums (µs per call)
+    import _signal as _sig  # type: ignore[import-not-found, unused-ignore]
+except ImportError:  # pragma: no cover - CPython has it
+    _sig = signal
+
 PARKED_MAX = 0.002
 NAP_MAX = 0.1
 
@@ -202,10 +207,10 @@ class DeferredInterrupt:
         self.pending: tuple | None = None
 
     def __enter__(self) -> DeferredInterrupt:
-        handler = signal.getsignal(signal.SIGINT)
+        handler = _sig.getsignal(signal.SIGINT)
         if callable(handler):
             self.orig = handler
-            signal.signal(signal.SIGINT, self._on_sigint)
+            _sig.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
@@ -222,6 +227,6 @@ class DeferredInterrupt:
 
     def __exit__(self, *exc_info: Any) -> None:
         if self.orig is not None:
-            signal.signal(signal.SIGINT, self.orig)
+            _sig.signal(signal.SIGINT, self.orig)
             if exc_info[0] is None:
                 self.deliver()
