@@ -6,7 +6,11 @@ submit tasks or get objects) has one CoreWorker. It owns:
   * direct connections to the workers it leased and the actors it calls;
   * one I/O thread running a selector loop that reads every connection and dispatches
     results, replies and log lines; user threads send directly (each connection has a
-    send lock), so a task push costs one write and no thread hand-off. A push or result
+    send lock), so a task push costs one write and no thread hand-off. A thread that
+    waits for a message (a worker's idle main thread, a main thread in `get`) can hold
+    the *poll role* and run the loop's steps itself (`_poll_role.py`): its answer then
+    wakes it directly, and while answers come quickly it checks for them a moment
+    before it sleeps (`_select_soon`). A push or result
     its peer does not wait for (the peer is busy with earlier work) is posted instead:
     the I/O thread sends a connection's posted frames together just before it next waits
     (`flush_soon`), so a burst costs a write per batch, not per message;
@@ -50,6 +54,10 @@ from ._store import SharedArena
 from ._values import Values, error_payload, lost_payload
 
 _now = time.time
+# a holder checks for its answer SPIN s before it sleeps, while its waits end within
+# QUICK s (`_select_soon`)
+SPIN = 0.0002
+QUICK = 0.001
 
 
 def _no_notice() -> None:
@@ -125,6 +133,7 @@ class CoreWorker:
         self._io_ident: int | None = None
         self._role = PollRole()
         self._main_ident = threading.main_thread().ident
+        self._answers_quick = False  # a holder's last wait was short (`_select_soon`)
         self.register(self.daemon, self._on_daemon_msgs)
         self.running = True
         self.log_handler: Callable[[dict | None, str, str], None] | None = None
@@ -263,7 +272,7 @@ class CoreWorker:
                 if not self.running or not role.begin():
                     return False
                 try:
-                    self._step(woken, deadline, guard)
+                    self._step(woken, deadline, guard, spin=True)
                 finally:
                     if woken:
                         wake_deferred(woken)
@@ -300,7 +309,7 @@ class CoreWorker:
             return self.poll_until(w.is_set, deadline, guard)
 
     def _step(self, woken: list, deadline: float | None,
-              guard: DeferredInterrupt | None = None) -> None:
+              guard: DeferredInterrupt | None = None, spin: bool = False) -> None:
         """One turn of the I/O loop: registrations, due timers, posted frames, the
         wake-ups owed, one wait for I/O (until the next timer or `deadline`) and what it
         read. `woken` collects the wake-ups owed to other threads (`_rpc._io_wakes`)."""
@@ -326,7 +335,7 @@ class CoreWorker:
             if guard is not None:  # an interrupt may end the wait, not what comes after it
                 guard.in_select = True
             try:
-                ready = self.sel.select(timeout)
+                ready = self._select_soon(timeout) if spin else self.sel.select(timeout)
             except (OSError, ValueError):
                 return
             finally:
@@ -336,6 +345,28 @@ class CoreWorker:
             self._dispatch(ready)
         finally:
             self._stepping = None
+
+    def _select_soon(self, timeout: float | None) -> list:
+        """A holder's wait for I/O. While its answers come quickly (a call at a time: its
+        last wait ended within QUICK s), it checks without sleeping for up to SPIN s
+        before it sleeps: a thread put to sleep and woken again costs tens of µs here,
+        as much as its peer may need to answer a short call."""
+        sel = self.sel
+        start = time.perf_counter()
+        if self._answers_quick and timeout != 0:
+            ready = sel.select(0)
+            if ready:
+                return ready
+            end = start + (SPIN if timeout is None else min(SPIN, timeout))
+            while time.perf_counter() < end:
+                ready = sel.select(0)
+                if ready:
+                    return ready
+            if timeout is not None:
+                timeout = max(0.0, timeout - SPIN)
+        ready = sel.select(timeout)
+        self._answers_quick = time.perf_counter() - start < QUICK
+        return ready
 
     def _due_timers(self) -> float | None:
         """Register what waits to be, run the timers that are due; the wait until the next."""
