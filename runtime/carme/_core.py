@@ -261,7 +261,7 @@ class CoreWorker:
         return self._stepping == threading.get_ident()
 
     def poll_until(self, ready: Callable[[], bool], deadline: float | None = None,
-                   guard: DeferredInterrupt | None = None) -> bool:
+                   guard: DeferredInterrupt | None = None, spin: bool = True) -> bool:
         """Run the I/O loop on this thread until `ready()` (or the deadline), while this
         thread holds the poll role (`_poll_role.py`). False when it does not (then the
         caller waits as before: the I/O thread reads for it)."""
@@ -272,7 +272,7 @@ class CoreWorker:
                 if not self.running or not role.begin():
                     return False
                 try:
-                    self._step(woken, deadline, guard, spin=True)
+                    self._step(woken, deadline, guard, spin)
                 finally:
                     if woken:
                         wake_deferred(woken)

@@ -219,15 +219,20 @@ class Executor:
     def serve(self) -> None:
         signal.signal(signal.SIGINT, self._sigint)
         q, core = self.q, self.core
+        alone = False
         while True:
             if q.empty():  # idle until the next task: say so, and read for it ourselves
                 self.retitle(f"ray::{self.actor_name}" if self.actor_id else "ray::IDLE")
                 # holding the poll role, this thread reads its next task itself (one
                 # thread wake-up fewer per call); else it asks for the role, which the
-                # I/O thread lends when it next waits (it reads this next one for us)
-                if not core.poll_until(self._has_work):
+                # I/O thread lends when it next waits (it reads this next one for us).
+                # Only after a task that came alone (a call at a time) does it look for
+                # the next one a moment before it sleeps: in a burst, those moments are
+                # the submitter's CPU time
+                if not core.poll_until(self._has_work, spin=alone):
                     core._role.ask(self._role_lent)
             conn, msg = q.get()
+            alone = q.empty()
             if msg is None:  # the role was lent: the next turn uses it
                 continue
             if type(msg) is Push:
