@@ -189,6 +189,19 @@ def remote_workloads(ray: Any) -> tuple[Any, Any, Any]:
     return noop, first_item, Actor
 
 
+def warm_carme() -> tuple[Any, Any, Any, Any]:
+    """carme with an embedded 2-CPU cluster, its workers and an actor started and warmed
+    up (bench/cpu.py, bench/sync_pairs.py): the module, `noop`, `first_item`, the actor."""
+    import carme as ray
+
+    ray.init(num_cpus=2)
+    noop, first_item, Actor = remote_workloads(ray)
+    actor = Actor.remote()
+    ray.get([noop.remote() for _ in range(200)])
+    ray.get([actor.noop.remote() for _ in range(200)])
+    return ray, noop, first_item, actor
+
+
 def child_workloads(impl: str, reps: int, scale: float) -> None:
     if impl == "limit":
         _limit_workloads(reps, scale)
@@ -295,6 +308,22 @@ def export_tree(ref: str, into: Path) -> None:
     with tarfile.open(tar) as tf:
         tf.extractall(into, filter="data")
     _TREES[ref] = str(into / "runtime")
+
+
+def run_tree_child(script: str, impl: str, args: list[str]) -> dict[str, Any]:
+    """Run ``script --child --before - *args`` against ``impl`` ("carme", or "carme@REF"
+    of a tree `export_tree` made) and return the result it printed after MARK
+    (bench/cpu.py and bench/sync_pairs.py)."""
+    _, _, ref = impl.partition("@")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if ref:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_TREES[ref], env.get("PYTHONPATH")]))
+    cmd = [sys.executable, script, "--child", "--before", "-", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env=env)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(MARK):
+            return dict(json.loads(line[len(MARK):]))
+    raise RuntimeError(f"{impl} child failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
 
 
 def merge_results(rounds: list[dict[str, Any]]) -> dict[str, Any]:

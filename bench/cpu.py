@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from core import _TREES, MARK, export_tree, remote_workloads  # noqa: E402
+from core import _TREES, MARK, export_tree, run_tree_child, warm_carme  # noqa: E402
 
 ROLES = ("driver", "daemon", "workers")
 
@@ -59,13 +57,7 @@ def _cpu_by_role() -> dict[str, float]:
 def child(scale: float) -> None:
     import numpy as np
 
-    import carme as ray
-
-    ray.init(num_cpus=2)
-    noop, first_item, Actor = remote_workloads(ray)
-    actor = Actor.remote()
-    ray.get([noop.remote() for _ in range(200)])
-    ray.get([actor.noop.remote() for _ in range(200)])
+    ray, noop, first_item, actor = warm_carme()
     big = np.arange(100 * 2**20 // 8, dtype=np.float64)
     batches = max(1, int(6 * scale))
     one_by_one = max(10, int(1500 * scale))
@@ -121,16 +113,7 @@ def child(scale: float) -> None:
 
 def _run(impl: str, scale: float) -> dict[str, dict[str, float]]:
     """One child of this script against `impl` ("carme" or "carme@REF")."""
-    _, _, ref = impl.partition("@")
-    env = dict(os.environ)
-    if ref:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_TREES[ref], env.get("PYTHONPATH")]))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--before", "-", "--scale", str(scale)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False, env=env)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(MARK):
-            return dict(json.loads(line[len(MARK):]))
-    raise RuntimeError(f"{impl} child failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return run_tree_child(str(Path(__file__).resolve()), impl, ["--scale", str(scale)])
 
 
 def main(argv: list[str] | None = None) -> int:
