@@ -134,6 +134,8 @@ class CoreWorker:
         self._role = PollRole()
         self._main_ident = threading.main_thread().ident
         self._answers_quick = False  # a holder's last wait was short (`_select_soon`)
+        self._spin_skip = 0
+        self._spin_misses = 0
         self.register(self.daemon, self._on_daemon_msgs)
         self.running = True
         self.log_handler: Callable[[dict | None, str, str], None] | None = None
@@ -350,20 +352,28 @@ class CoreWorker:
         """A holder's wait for I/O. While its answers come quickly (a call at a time: its
         last wait ended within QUICK s), it checks without sleeping for up to SPIN s
         before it sleeps: a thread put to sleep and woken again costs tens of µs here,
-        as much as its peer may need to answer a short call."""
+        as much as its peer may need to answer a short call. After two checks in a row
+        that found nothing (a loaded machine, a slower peer) the next is tried only
+        after 2, 4 ... 16 waits."""
         sel = self.sel
         start = time.perf_counter()
         if self._answers_quick and timeout != 0:
-            ready = sel.select(0)
-            if ready:
-                return ready
-            end = start + (SPIN if timeout is None else min(SPIN, timeout))
-            while time.perf_counter() < end:
-                ready = sel.select(0)
-                if ready:
-                    return ready
-            if timeout is not None:
-                timeout = max(0.0, timeout - SPIN)
+            if self._spin_skip:
+                self._spin_skip -= 1
+            else:
+                end = start + (SPIN if timeout is None else min(SPIN, timeout))
+                while True:
+                    ready = sel.select(0)
+                    if ready:
+                        self._spin_misses = 0
+                        return ready
+                    if time.perf_counter() >= end:
+                        break
+                self._spin_misses += 1
+                if self._spin_misses >= 2:
+                    self._spin_skip = 1 << min(self._spin_misses - 1, 4)
+                if timeout is not None:
+                    timeout = max(0.0, timeout - SPIN)
         ready = sel.select(timeout)
         self._answers_quick = time.perf_counter() - start < QUICK
         return ready
