@@ -171,10 +171,13 @@ class PollRole:
 
     def nap(self) -> None:
         """The I/O thread waits while the role is lent: until the holder may have been
-        parked for PARKED_MAX, or longer (doubling) while it stays in one step."""
+        parked for PARKED_MAX, or longer (doubling) while it stays in its steps."""
         with self._lock:
             if self.busy:
-                if self.steps == self._seen_steps:
+                # one step since the last look (an idle holder woken by a timer) or none:
+                # nap longer; several (calls going on): the holder parks often, look again
+                # soon, so that `end` need not wake us each time
+                if self.steps - self._seen_steps <= 1:
                     self._nap_len = min(self._nap_len * 2, NAP_MAX)
                 else:
                     self._nap_len = PARKED_MAX

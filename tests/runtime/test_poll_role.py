@@ -100,7 +100,7 @@ def test_a_holder_in_a_step_gives_the_role_back_when_it_ends_if_others_wait():
     role.loop_done()
 
 
-def test_the_io_thread_naps_longer_while_the_holder_stays_in_one_step(monkeypatch):
+def test_the_io_thread_naps_longer_while_the_holder_steps_rarely(monkeypatch):
     naps: list = []
     role = PollRole()
     monkeypatch.setattr(role, "_nap", type("Nap", (), {
@@ -121,6 +121,14 @@ def test_the_io_thread_naps_longer_while_the_holder_stays_in_one_step(monkeypatc
     role.end()
     role.nap()
     assert naps[-1] <= PARKED_MAX + 0.001  # parked: checked again within PARKED_MAX
+    for _ in range(3):  # calls going on: it parks often, so look again soon
+        role.begin()
+        role.end()
+    role.begin()
+    role.nap()
+    assert naps[-1] == PARKED_MAX
+    role.nap()
+    assert naps[-1] == PARKED_MAX * 2  # one step since (a timer's): longer again
 
 
 def test_an_interrupt_during_a_step_waits_for_its_end_and_one_in_select_comes_at_once():
