@@ -361,7 +361,8 @@ class CoreWorker:
             if self._spin_skip:
                 self._spin_skip -= 1
             else:
-                end = start + (SPIN if timeout is None else min(SPIN, timeout))
+                spin = SPIN if timeout is None else min(SPIN, timeout)
+                end = start + spin
                 while True:
                     ready = sel.select(0)
                     if ready:
@@ -369,11 +370,12 @@ class CoreWorker:
                         return ready
                     if time.perf_counter() >= end:
                         break
-                self._spin_misses += 1
-                if self._spin_misses >= 2:
-                    self._spin_skip = 1 << min(self._spin_misses - 1, 4)
+                if spin == SPIN:  # (not a check cut short by a timer that is due)
+                    self._spin_misses += 1
+                    if self._spin_misses >= 2:
+                        self._spin_skip = 1 << min(self._spin_misses - 1, 4)
                 if timeout is not None:
-                    timeout = max(0.0, timeout - SPIN)
+                    timeout = max(0.0, timeout - spin)
         ready = sel.select(timeout)
         self._answers_quick = time.perf_counter() - start < QUICK
         return ready

@@ -12,6 +12,7 @@ WorkerCrashedError; a cancelled task is never retried.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -166,7 +167,7 @@ class StreamState:
 
 class Lease:
     __slots__ = ("lease_id", "worker_id", "address", "pid", "gpu_ids", "conn", "inflight",
-                 "sent_fns", "queue", "dead", "node_id", "idle_token", "daemon")
+                 "sent_fns", "queue", "dead", "node_id", "idle_since", "idle_timer", "daemon")
 
     def __init__(self, grant: dict, conn: Connection, queue: Any) -> None:
         self.lease_id = grant["lease_id"]
@@ -180,7 +181,8 @@ class Lease:
         self.sent_fns: set[bytes] = set()
         self.queue = queue
         self.dead = False
-        self.idle_token = 0
+        self.idle_since = 0.0  # when it last went idle (`maybe_idle`)
+        self.idle_timer = False  # its idle check is set (one at a time)
         self.daemon: Connection | None = None  # the node daemon that granted it
 
 
@@ -667,28 +669,39 @@ class TaskSubmitter:
         self.core.request_async(M.WORKER_DEATH, (lease.worker_id,), decide, conn=lease.daemon)
 
     def maybe_idle(self, lease: Lease) -> None:
+        """`lease` may have gone idle: it goes back LEASE_IDLE s after it last did, unless
+        work came meanwhile. One check is set per lease at a time (a timer per result
+        would end a waiting `get`'s step every call, about when its answer comes)."""
         if lease.inflight or lease.dead:
             return
-        lease.idle_token += 1
-        token = lease.idle_token
+        with self.lock:
+            lease.idle_since = time.monotonic()
+            if lease.idle_timer:
+                return
+            lease.idle_timer = True
+        self.core.call_later(LEASE_IDLE, functools.partial(self._idle_check, lease))
 
-        def check() -> None:
-            with self.lock:
-                if lease.dead or lease.inflight or lease.idle_token != token or lease.queue.tasks:
-                    return
-                lease.dead = True
-                if lease in lease.queue.leases:
-                    lease.queue.leases.remove(lease)
-            self.core.close_conn(lease.conn)
-            try:
-                if lease.daemon is not None:
-                    lease.daemon.send((M.RETURN_LEASE, lease.lease_id, True))
-                else:
-                    self.core.daemon_send((M.RETURN_LEASE, lease.lease_id, True))
-            except ConnectionClosed:
-                pass
-
-        self.core.call_later(LEASE_IDLE, check)
+    def _idle_check(self, lease: Lease) -> None:
+        with self.lock:
+            if lease.dead or lease.inflight or lease.queue.tasks:
+                lease.idle_timer = False  # busy: the next `maybe_idle` sets a new check
+                return
+            left = lease.idle_since + LEASE_IDLE - time.monotonic()
+            if left > 0:  # busy and idle again since this check was set
+                self.core.call_later(left, functools.partial(self._idle_check, lease))
+                return
+            lease.idle_timer = False
+            lease.dead = True
+            if lease in lease.queue.leases:
+                lease.queue.leases.remove(lease)
+        self.core.close_conn(lease.conn)
+        try:
+            if lease.daemon is not None:
+                lease.daemon.send((M.RETURN_LEASE, lease.lease_id, True))
+            else:
+                self.core.daemon_send((M.RETURN_LEASE, lease.lease_id, True))
+        except ConnectionClosed:
+            pass
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, task_id: bytes, force: bool, recursive: bool) -> bool:

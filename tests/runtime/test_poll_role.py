@@ -272,3 +272,40 @@ def test_a_task_waiting_in_a_nested_get_sees_its_cancel(carme, wait_for, tmp_pat
         return 7
 
     assert carme.get(after.remote(), timeout=30) == 7
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(60)
+def test_a_loop_of_calls_keeps_one_idle_check_per_lease_and_the_lease_goes_back_after(carme):
+    """Each result used to set a timer of its own (the lease's idle check, LEASE_IDLE s
+    later): in a loop of calls one came due about every call and ended the waiting
+    get's step early. Now one check per lease is set at a time; the lease is still kept
+    while calls come and given back LEASE_IDLE s after the last."""
+    import os
+
+    from carme._submit import LEASE_IDLE
+
+    @carme.remote
+    def pid():
+        return os.getpid()
+
+    core = _core()
+
+    def idle_checks() -> int:  # (set by `maybe_idle`, now or in the version before)
+        with core.lock:
+            fns = [getattr(t[2], "func", t[2]) for t in core._timers]
+        return sum(1 for fn in fns if "idle" in fn.__qualname__)
+
+    first = carme.get(pid.remote(), timeout=30)
+    seen, pids = [], []
+    end = time.monotonic() + 4 * LEASE_IDLE
+    while time.monotonic() < end:
+        pids.append(carme.get(pid.remote(), timeout=30))
+        seen.append(idle_checks())
+    assert len(pids) > 20 and set(pids) == {first}  # the lease was kept: one worker
+    assert max(seen) == 1, seen
+    deadline = time.monotonic() + 10
+    while any(q.leases for q in core.submitter.queues.values()):
+        assert time.monotonic() < deadline, "the idle lease was never given back"
+        time.sleep(0.01)
+    assert idle_checks() == 0
