@@ -736,19 +736,24 @@ class CoreWorker:
         deadline = None if timeout is None else time.monotonic() + timeout
         pending = [r._id for r in refs if self.payload_of(r._id) is None]
         if pending:
-            remaining = len(set(pending))
+            ids = set(pending) if len(pending) > 1 else pending
             w = _Waiter()
-            counter = [remaining]
-            lock = threading.Lock()
-
-            def one() -> None:
-                with lock:
-                    counter[0] -= 1
-                    last = counter[0] == 0
-                if last:
+            counter = [len(ids)]
+            if counter[0] == 1:  # (one ref: its waiter is the get's)
+                def one() -> None:
+                    counter[0] = 0
                     w.set(True, None)
+            else:
+                lock = threading.Lock()
 
-            for oid in set(pending):
+                def one() -> None:
+                    with lock:
+                        counter[0] -= 1
+                        last = counter[0] == 0
+                    if last:
+                        w.set(True, None)
+
+            for oid in ids:
                 if self.when_ready(oid, one):
                     one()
             unblock = self._blocked() if counter[0] else None
@@ -756,7 +761,7 @@ class CoreWorker:
                 if not self.wait_for(w, None if deadline is None else deadline - time.monotonic()):
                     raise exc.GetTimeoutError(
                         f"Get timed out: some object(s) not ready after {timeout} s "
-                        f"({counter[0]} of {len(set(pending))} still pending).")
+                        f"({counter[0]} of {len(ids)} still pending).")
             finally:
                 if unblock:
                     unblock()

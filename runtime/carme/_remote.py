@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import pickle
 import time
 import types
 import weakref
@@ -19,7 +20,7 @@ from ._options import (
     validate_method_options,
     validate_task_options,
 )
-from ._serialization import dumps, dumps_function, inline_payload
+from ._serialization import ATOMS, dumps, dumps_function, inline_payload
 from ._submit import StreamState, TaskSpec
 
 
@@ -73,6 +74,8 @@ def _core() -> Any:
 def serialize_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[tuple, Any, Any, Any]:
     """(payload of (args, kwargs) with top-level refs blanked, their positions, the refs, the
     nested refs to keep alive)."""
+    if not kwargs and all(type(v) in ATOMS for v in args):  # no refs, nothing out of band
+        return inline_payload(pickle.dumps((args, kwargs), 5), ()), (), (), ()
     ref_pos: list | tuple = ()  # empty ones stay shared (many calls may be queued at once)
     arg_refs: list | tuple = ()
     a: tuple | list = args

@@ -46,8 +46,15 @@ class _NeedsCloudpickle(Exception):
     pass
 
 
+# values of these types hold no ObjectRef, no buffer and nothing by reference: the plain
+# C pickler alone (a no-op task's None result, a call's small scalar arguments)
+ATOMS = frozenset({type(None), bool, int, float, str, bytes})
+
+
 def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list]:
     """Pickle `value`; return (stream, out-of-band buffers, contained ObjectRefs)."""
+    if type(value) in ATOMS:
+        return pickle.dumps(value, 5), [], []
     prev = CTX.contained
     contained: list = []
     CTX.contained = contained
@@ -101,7 +108,7 @@ def total_size(data: bytes, buffers: list) -> int:
     return len(data) + sum(b.raw().nbytes for b in buffers)
 
 
-def inline_payload(data: bytes, buffers: list, is_error: bool = False) -> tuple:
+def inline_payload(data: bytes, buffers: list | tuple, is_error: bool = False) -> tuple:
     # without buffers: an empty tuple, not a list, so the payload holds only atomic values
     # and the cyclic collector stops tracking it (a queued task's arguments, a result)
     return (M.INLINE, data, [bytes(b.raw()) for b in buffers] if buffers else (), is_error)

@@ -488,7 +488,8 @@ class TaskSubmitter:
                 q.avg_duration = 0.7 * min(q.avg_duration, 0.1) + 0.3 * (info["end"] - info["start"])
             self.handle_result(spec, result.payloads, result.contained, info,
                                (lease.node_id, lease.worker_id, lease.pid))
-        self.dispatch(lease.queue)
+        if lease.queue.tasks:  # (else nothing to push: a task queued meanwhile dispatches itself)
+            self.dispatch(lease.queue)
         self.maybe_idle(lease)
 
     def handle_result(self, spec: TaskSpec, payloads: list, contained: list, info: dict,
