@@ -46,7 +46,8 @@ NAP_MAX = 0.1
 
 class PollRole:
     __slots__ = ("_lock", "_nap", "lent_to", "busy", "parked_at", "steps", "wanted",
-                 "notice", "wanted_for", "kicked", "_seen_steps", "_nap_len", "long_nap", "waiting")
+                 "notice", "wanted_for", "kicked", "_seen_steps", "_nap_len", "long_nap", "waiting",
+                 "taken_back")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -64,6 +65,7 @@ class PollRole:
         self._nap_len = PARKED_MAX
         self.long_nap = False
         self.waiting = 0  # threads blocked until the loop reads for them (`need_loop`)
+        self.taken_back = 0  # times the I/O thread took the role back (a count to look at)
 
     # ------------------------------------------------------------------ the borrower
     def ask(self, notice: Callable[[], None], waiter: Any = None) -> bool:
@@ -149,6 +151,7 @@ class PollRole:
             if self.kicked or time.monotonic() - self.parked_at >= PARKED_MAX:
                 self.lent_to = None
                 self.kicked = False
+                self.taken_back += 1
                 return True
             return False
 

@@ -113,6 +113,8 @@ class Executor:
         self.core = core
         self.cfg = cfg
         self.q: queue.SimpleQueue = queue.SimpleQueue()
+        # one entry per role notice in `q` (`_role_lent`): they are not work (`_queued`)
+        self.notices: deque[None] = deque()
         self.functions: dict[bytes, Any] = {}
         self.calls: dict[bytes, int] = {}
         self.cancelled: set[bytes] = set()
@@ -232,9 +234,10 @@ class Executor:
                 if not core.poll_until(self._has_work, spin=alone):
                     core._role.ask(self._role_lent)
             conn, msg = q.get()
-            alone = q.empty()
             if msg is None:  # the role was lent: the next turn uses it
+                self.notices.popleft()
                 continue
+            alone = not self._queued()
             if type(msg) is Push:
                 self.run_task(conn, msg)
             elif type(msg) is ActorCall:
@@ -246,7 +249,16 @@ class Executor:
     def _has_work(self) -> bool:
         return not self.q.empty()
 
+    def _queued(self) -> int:
+        """Tasks (or calls) waiting in `q` behind the one that runs, role notices not
+        counted: a notice taken for work would have each result posted (the I/O thread
+        sends it, kicked to take the role back) and lend the role again, a loop of thread
+        hand-offs that kept one call at a time on the slow path. (A notice counted in
+        `notices` a moment before it is in `q`, or after it left, only undercounts.)"""
+        return self.q.qsize() - len(self.notices)
+
     def _role_lent(self) -> None:
+        self.notices.append(None)
         self.q.put((None, None))
 
     def build_args(self, args: tuple, ref_pos: list | tuple, resolved: list) -> tuple[list, dict]:
@@ -356,7 +368,7 @@ class Executor:
             # with more work queued here the result goes with the next ones (the I/O
             # thread sends them together before it next waits: soon, whatever runs next)
             conn.post([Result(M.RESULT, task_id, payloads, contained, info).wire()],
-                      core.flush_soon if main_thread and not self.q.empty() else None)
+                      core.flush_soon if main_thread and self._queued() > 0 else None)
         except ConnectionClosed:
             pass
 
