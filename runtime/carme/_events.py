@@ -76,6 +76,10 @@ class TaskEventLog:
     def _record(self, task_id: str, state: str, ts: float, attrs: dict[str, Any]) -> None:
         if state not in _STATE_SET:
             raise ValueError(f"unknown task state {state!r}; expected one of {', '.join(STATES)}")
+        if (state in TERMINAL_STATES and attrs.get("submitted") is not None
+                and attrs.get("started") is not None and attrs.keys() <= _ATTRS
+                and self._record_run(task_id, state, ts, attrs)):
+            return
         if "started" in attrs or "submitted" in attrs:
             # a submitter's one event for a finished attempt: SUBMITTED at `submitted` (with
             # the submission's attributes), RUNNING at `started`, then this
@@ -131,6 +135,34 @@ class TaskEventLog:
         elif state in TERMINAL_STATES:
             rec["ended"] = ts
         rec.setdefault("created", ts)
+
+    def _record_run(self, task_id: str, state: str, ts: float, attrs: dict[str, Any]) -> bool:
+        """The common event, one per task (a submitter's for an attempt that ran and ended,
+        `submitted` and `started` given), for an attempt not seen before: its record made
+        at once, as the three events one at a time make it (SUBMITTED with the
+        attributes, RUNNING, then the end). False when the attempt has a record."""
+        attempt = attrs.get("attempt")
+        if attempt is None:
+            attempt = self._attempt.get(task_id, 0)
+        key = (task_id, attempt)
+        if key in self._recs:
+            return False
+        if attempt and attempt > self._attempt.get(task_id, 0):
+            self._attempt[task_id] = attempt
+        if len(self._recs) >= self.max_tasks:
+            self._evict()
+        submitted, started = attrs["submitted"], attrs["started"]
+        events = [("SUBMITTED", submitted), ("RUNNING", started), (state, ts)]
+        if not submitted <= started <= ts:  # (clocks of two processes)
+            events.sort(key=lambda e: e[1])
+        rec = {"task_id": task_id, "attempt": attempt, "events": events}
+        rec.update(attrs)
+        del rec["submitted"]
+        rec["state"] = state
+        rec["created"] = submitted
+        rec["ended"] = ts
+        self._recs[key] = rec
+        return True
 
     def _evict(self) -> None:
         batch = max(1, self.max_tasks // 10)

@@ -155,3 +155,28 @@ def test_one_event_for_a_whole_attempt_reads_as_its_three() -> None:
         ("SUBMITTED", 1000), ("RUNNING", 2000), ("FINISHED", 3000)]
     assert (row["attempt_number"], row["name"], row["worker_id"], row["cell"]) == (1, "f", "w1", {"cell_id": "c"})
     assert (row["creation_time_ms"], row["start_time_ms"], row["end_time_ms"]) == (1000, 2000, 3000)
+
+
+@pytest.mark.parametrize("times", [(1.0, 2.0, 3.0), (2.0, 1.0, 3.0), (1.0, 3.0, 2.0), (3.0, 2.0, 1.0)])
+@pytest.mark.parametrize("attempt", [None, 0, 2])
+def test_the_one_event_of_a_whole_attempt_is_stored_as_its_three_one_at_a_time(times, attempt) -> None:
+    """The one-event form has a record of its own (`_record_run`: the common event, one
+    per task); what it stores, and what later events make of it, is what the three
+    events recorded one at a time store, whatever order the processes' clocks put them in."""
+    submitted, started, ended = times
+    attrs = {"name": "f", "func_name": "f", "type": "NORMAL_TASK", "job_id": "j", "tag": None,
+             "required_resources": {"CPU": 1.0}, "node_id": "n", "worker_id": "w",
+             "worker_pid": 7, "error_type": None}
+    if attempt is not None:
+        attrs["attempt"] = attempt
+    rest = {} if attempt is None else {"attempt": attempt}
+    one, three = TaskEventLog(), TaskEventLog()
+    one.record_many([("t", "FINISHED", ended, {**attrs, "submitted": submitted, "started": started})])
+    three.record("t", "SUBMITTED", submitted, **attrs)
+    three.record("t", "RUNNING", started, **rest)
+    three.record("t", "FINISHED", ended, **rest)
+    assert one._recs == three._recs and one._attempt == three._attempt
+    for log in (one, three):  # a late event of the same attempt, and a second one
+        log.record("t", "RUNNING", 0.5, **rest)
+        log.record_many([("t", "FAILED", 4.0, {**rest, "submitted": 3.5, "started": 3.7})])
+    assert one._recs == three._recs and one.rows() == three.rows()

@@ -240,6 +240,22 @@ def test_workers_start_without_the_node_daemons_modules(carme) -> None:
         assert not [m for m in mods if m.startswith("carme._node_") or m == "carme._daemon"], mods
 
 
+def test_workers_keep_the_default_collector_thresholds_the_daemon_raises(carme) -> None:
+    """The daemon collects less often (`_daemon.GC_THRESHOLDS`), after it forked the
+    zygote: workers run user code with Python's default thresholds."""
+    import gc
+
+    from carme._daemon import GC_THRESHOLDS
+
+    @carme.remote
+    def thresholds():
+        import gc
+        return gc.get_threshold()
+
+    assert GC_THRESHOLDS != gc.get_threshold()
+    assert carme.get(thresholds.remote()) == gc.get_threshold()
+
+
 def test_task_that_can_never_fit_says_so(carme) -> None:
     @carme.remote(resources={"unicorn": 1})
     def f():
