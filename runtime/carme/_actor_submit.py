@@ -26,11 +26,12 @@ UNREACHABLE_TRIES = 8  # actor lookups in a row that cannot reach the actor (pau
 
 
 class ActorState:
-    __slots__ = ("actor_id", "conn", "status", "queue", "inflight", "death", "class_name",
+    __slots__ = ("actor_id", "actor_hex", "conn", "status", "queue", "inflight", "death", "class_name",
                  "max_task_retries", "pid", "ordered", "lost_pid", "unreachable", "worker_id", "node_id")
 
     def __init__(self, actor_id: bytes, class_name: str, max_task_retries: int) -> None:
         self.actor_id = actor_id
+        self.actor_hex = actor_id.hex()  # (each call's event names it)
         self.conn: Connection | None = None
         self.status = "unresolved"  # resolving, connected, dead
         self.queue: deque[TaskSpec] = deque()
@@ -74,14 +75,20 @@ class ActorSubmitter:
             # resolves the actor later cannot wait for a reply it must read itself
             core.control()
         spec.retries_left = spec.max_task_retries if spec.max_task_retries is not None else st.max_task_retries
+        core.record(spec.task_id, "SUBMITTED", name=spec.name, func_name=spec.name,
+                    type="ACTOR_TASK", job_id=core.job_id, tag=spec.tag,
+                    actor_id=st.actor_hex, parent_task_id=spec.parent)
+        ready = not spec.arg_refs  # (nothing to wait for: ready in the same turn of the lock)
         with self.lock:
             self.tags[spec.task_id] = (spec.tag, spec.name)
             st.queue.append(spec)
             core.submitter.tasks[spec.task_id] = spec
-        core.record(spec.task_id, "SUBMITTED", name=spec.name, func_name=spec.name,
-                    type="ACTOR_TASK", job_id=core.job_id, tag=spec.tag,
-                    actor_id=spec.actor_id.hex(), parent_task_id=spec.parent)
-        core.submitter.resolve_then(spec, lambda s: self.mark_ready(st, s))
+            if ready:
+                self.ready.add(spec.task_id)
+        if ready:
+            self.drain(st)
+        else:
+            core.submitter.resolve_then(spec, lambda s: self.mark_ready(st, s))
 
     def mark_ready(self, st: ActorState, spec: TaskSpec) -> None:
         with self.lock:
