@@ -48,7 +48,7 @@ from ._events import TERMINAL_STATES
 from ._ownership import LocalObject, Ownership, PayloadSet
 from ._poll_role import DeferredInterrupt, PollRole
 from ._protocol import Connection, ConnectionClosed, TokenRefused, connect, first_reply
-from ._rpc import Rpc, _io_wakes, _Waiter, defer_wakes, error_from_reply, wake_deferred
+from ._rpc import Countdown, Rpc, _io_wakes, _Waiter, defer_wakes, error_from_reply, wake_deferred
 from ._serialization import dumps, inline_payload
 from ._store import SharedArena
 from ._values import Values, error_payload, lost_payload
@@ -738,30 +738,16 @@ class CoreWorker:
         if pending:
             ids = set(pending) if len(pending) > 1 else pending
             w = _Waiter()
-            counter = [len(ids)]
-            if counter[0] == 1:  # (one ref: its waiter is the get's)
-                def one() -> None:
-                    counter[0] = 0
-                    w.set(True, None)
-            else:
-                lock = threading.Lock()
-
-                def one() -> None:
-                    with lock:
-                        counter[0] -= 1
-                        last = counter[0] == 0
-                    if last:
-                        w.set(True, None)
-
+            one = Countdown(len(ids), lambda: w.set(True, None))
             for oid in ids:
                 if self.when_ready(oid, one):
                     one()
-            unblock = self._blocked() if counter[0] else None
+            unblock = self._blocked() if one.left else None
             try:
                 if not self.wait_for(w, None if deadline is None else deadline - time.monotonic()):
                     raise exc.GetTimeoutError(
                         f"Get timed out: some object(s) not ready after {timeout} s "
-                        f"({counter[0]} of {len(ids)} still pending).")
+                        f"({one.left} of {len(ids)} still pending).")
             finally:
                 if unblock:
                     unblock()

@@ -67,6 +67,28 @@ class _Waiter:
         return self.done
 
 
+class Countdown:
+    """A callback that calls `then()` on its `n`-th call, from whichever thread makes it
+    (one per object a `get` or a task's arguments wait for). `left`: calls still to come."""
+
+    __slots__ = ("left", "then", "lock")
+
+    def __init__(self, n: int, then: Callable[[], None]) -> None:
+        self.left = n
+        self.then = then
+        self.lock = threading.Lock() if n > 1 else None  # (one call: nothing to count)
+
+    def __call__(self) -> None:
+        if self.lock is None:
+            self.left = 0
+        else:
+            with self.lock:
+                self.left -= 1
+                if self.left:
+                    return
+        self.then()
+
+
 def defer_wakes() -> list:
     """This thread (an I/O loop) wakes the threads it hands work to (waiters it sets,
     `hand_over`) only at `wake_deferred`."""

@@ -25,6 +25,7 @@ from . import exceptions as exc
 from ._ids import return_id
 from ._lineage import keeps_lineage, plan_rebuild
 from ._protocol import Connection, ConnectionClosed, connect_first, worker_addresses
+from ._rpc import Countdown
 from ._task_messages import Item, Push, Result, read_from_worker
 from ._task_tags import TaskTags
 
@@ -235,17 +236,9 @@ class TaskSubmitter:
         if not missing:
             then(spec)
             return
-        remaining = [len(set(missing))]
-        lock = threading.Lock()
-
-        def one() -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                then(spec)
-
-        for oid in set(missing):
+        ids = set(missing)
+        one = Countdown(len(ids), lambda: then(spec))
+        for oid in ids:
             if self.core.when_ready(oid, one):
                 one()
 

@@ -344,3 +344,24 @@ def test_an_io_thread_wakes_the_threads_it_hands_to_when_it_next_waits() -> None
         del _rpc._io_wakes.pending
     _rpc.hand_over(got.append, "again")  # (this thread is no I/O loop any more)
     assert got == ["task", "after", "again"]
+
+
+def test_a_countdown_calls_then_on_its_last_call_from_any_thread():
+    """`Countdown`: what a `get` of several refs and a task waiting on its arguments
+    share; `then` runs once, on the n-th call, whichever thread makes it."""
+    import threading
+
+    from carme._rpc import Countdown
+
+    ran: list[int] = []
+    one = Countdown(1, lambda: ran.append(1))
+    assert one.left == 1
+    one()
+    assert ran == [1] and one.left == 0
+    many = Countdown(200, lambda: ran.append(200))
+    threads = [threading.Thread(target=lambda: [many() for _ in range(50)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ran == [1, 200] and many.left == 0
