@@ -216,26 +216,37 @@ def test_interrupts_of_a_get_lose_no_result(carme):
         while not stop.wait(0.003):
             signal.pthread_kill(main, signal.SIGINT)
 
+    # The interrupt raises only inside the loop's try (armed there, disarmed by the raise
+    # and after each turn): one landing on the test's own lines between two turns would
+    # escape and end the whole pytest session.
+    armed = [False]
+
+    def on_sigint(signum, frame):
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
     refs: list = []
     results: list = []
     interrupted = 0
+    previous = signal.signal(signal.SIGINT, on_sigint)
     t = threading.Thread(target=interrupter, daemon=True)
     t.start()
     try:
         while len(results) < 1500:  # one call at a time: the gets wait, reading for themselves
             try:
+                armed[0] = True
                 if len(refs) == len(results):
                     refs.append(task.remote(len(refs)))
                 results.append(carme.get(refs[-1], timeout=60))
             except KeyboardInterrupt:
                 interrupted += 1
+            finally:
+                armed[0] = False
     finally:
-        while t.is_alive():  # (an interrupt may still come as it stops)
-            try:
-                stop.set()
-                t.join()
-            except KeyboardInterrupt:
-                interrupted += 1
+        stop.set()
+        t.join()
+        signal.signal(signal.SIGINT, previous)
     assert interrupted > 0
     assert results == list(range(1500))
     assert carme.get(refs, timeout=60) == results
