@@ -29,7 +29,8 @@ Batched sending (`post`, a driver's calls and a worker's results): a message tha
 peer does not wait for at once (the peer still has earlier work of ours in hand) joins
 the frames waiting in `_later`, and the owner's I/O thread sends them all in one
 non-blocking write before it next waits for I/O (`flush_later`; what the kernel does not
-take then is sent when the socket turns writable). A burst of calls or results thus
+take then, or what it finds another thread sending, is sent when the socket turns
+writable: the I/O thread never waits for a send, so it always goes on reading). A burst of calls or results thus
 costs one system call, and one wake-up of the peer, per batch instead of per message.
 The poster sends a batch itself once it reaches LATER_MAX bytes or its oldest frame has
 waited LATER_AGE: the I/O thread may be waiting for the GIL the poster holds (up to the
@@ -173,9 +174,19 @@ class Connection:
 
     def flush_later(self) -> bool:
         """The owner's I/O thread: send the posted frames without blocking; True once none
-        are left (else call again when the socket is writable)."""
-        with self._send_lock:
+        are left (else call again when the socket is writable).
+
+        It does not wait for the send lock either. Another thread may hold it in a
+        blocking send that waits for the peer to read, while the peer's own sender waits
+        for us to read: the reader must not be the one waiting (both sides' buffers full
+        of each other's calls and results, for ever). The holder sends what was posted
+        before it; what is posted meanwhile is sent on a later writable turn."""
+        if not self._send_lock.acquire(blocking=False):
+            return False
+        try:
             return self.closed or self._drain(self._later)
+        finally:
+            self._send_lock.release()
 
     def _write(self, frame: bytes | bytearray) -> None:
         with self._send_lock:

@@ -273,3 +273,56 @@ def test_the_periodic_flush_fires_in_an_idle_process(carme, wait_for):
     real = core.flush
     core.flush = lambda: (flushes.append(1), real())[1]  # (only _flush_periodic calls it here)
     wait_for(lambda: len(flushes) >= 5, timeout=20)
+
+
+def test_a_flush_does_not_wait_for_a_send_blocked_on_the_peer(pair):
+    """Another thread holds the send lock in a send the peer does not read: the I/O
+    thread's flush gives up at once (and is called again when the socket is writable)
+    instead of waiting for that send, so it goes on reading what the peer sends. Waiting
+    there was a deadlock when the peer's sender waited in turn for this side to read."""
+    import threading
+
+    conn, peer = pair
+    asked: list = []
+    conn.post([("posted", 1)], asked.append)
+    assert asked == [conn]  # the I/O thread is to flush it
+    blob = b"x" * (4 << 20)  # more than the socket takes: this send blocks
+    sender = threading.Thread(target=conn.send, args=(("big", blob),), daemon=True)
+    sender.start()
+    deadline = time.monotonic() + 30
+    while not conn._send_lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert conn._send_lock.locked(), "the sender never took the send lock"
+    flushed: list = []
+    flusher = threading.Thread(target=lambda: flushed.append(conn.flush_later()), daemon=True)
+    flusher.start()
+    flusher.join(timeout=10)
+    assert flushed == [False], "flush_later waited for a send blocked on the peer"
+    # the peer reads: the posted message first (the sender took it along), then its own
+    assert peer.recv() == ("posted", 1)
+    assert peer.recv() == ("big", blob)
+    sender.join(timeout=30)
+    assert not sender.is_alive()
+    assert conn.flush_later() is True and _pending(peer) == 0
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(180)
+def test_a_batch_of_calls_larger_than_both_sockets_hold_completes(carme):
+    """A batch of actor calls whose calls fill the socket to the actor while its results
+    fill the socket back: each side's sender blocks until the other side reads, so each
+    side's I/O thread must keep reading (it did not while it waited for the send lock,
+    and the batch hung for ever)."""
+
+    @carme.remote
+    class Echo:
+        def echo(self, b):
+            return b
+
+    a = Echo.remote()
+    carme.get(a.echo.remote(b""))
+    blob = b"y" * 4096
+    for _ in range(3):
+        refs = [a.echo.remote(blob) for _ in range(3000)]  # ~12 MB each way
+        out = carme.get(refs, timeout=90)
+        assert len(out) == 3000 and all(o == blob for o in out)
