@@ -58,6 +58,9 @@ class ActorSubmitter:
         self.ready: set[bytes] = set()
 
     def state(self, actor_id: bytes, class_name: str = "", max_task_retries: int = 0) -> ActorState:
+        st = self.actors.get(actor_id)  # (one dict read: no lock for an actor we know)
+        if st is not None:
+            return st
         with self.lock:
             st = self.actors.get(actor_id)
             if st is None:
@@ -81,14 +84,36 @@ class ActorSubmitter:
         ready = not spec.arg_refs  # (nothing to wait for: ready in the same turn of the lock)
         with self.lock:
             self.tags[spec.task_id] = (spec.tag, spec.name)
-            st.queue.append(spec)
             core.submitter.tasks[spec.task_id] = spec
-            if ready:
-                self.ready.add(spec.task_id)
-        if ready:
+            # the common call: no ref arguments, the actor connected, no call waiting
+            # before it: in flight at once (what `drain` would do, without the queue)
+            direct = ready and not st.queue and st.status == "connected" and st.conn is not None
+            if direct:
+                st.inflight[spec.task_id] = spec
+                busy = len(st.inflight) > POST_AFTER  # (as in `drain`: earlier calls in hand)
+            else:
+                st.queue.append(spec)
+                if ready:
+                    self.ready.add(spec.task_id)
+        if direct:
+            self._post(st, [ActorCall(M.ACTOR_CALL, spec.task_id, spec.method, spec.args, spec.ref_pos, [],
+                                      spec.wire_returns, spec.streaming, spec.name, spec.attempt).wire()],
+                       busy)
+        elif ready:
             self.drain(st)
         else:
             core.submitter.resolve_then(spec, lambda s: self.mark_ready(st, s))
+
+    def _post(self, st: ActorState, msgs: list, busy: bool) -> None:
+        """Send calls to the actor: posted (sent with others soon) while it has earlier
+        calls of ours in hand, else at once."""
+        conn = st.conn
+        if conn is None:
+            return  # (lost meanwhile: `on_lost` retries or fails what is in flight)
+        try:
+            conn.post(msgs, self.core.flush_soon if busy else None)
+        except ConnectionClosed:
+            pass
 
     def mark_ready(self, st: ActorState, spec: TaskSpec) -> None:
         with self.lock:
@@ -133,10 +158,7 @@ class ActorSubmitter:
                                           spec.attempt).wire())
                 # the actor has earlier calls of ours to run first: these can go with others
                 busy = len(st.inflight) - len(sends) >= POST_AFTER
-            try:
-                st.conn.post(msgs, self.core.flush_soon if busy else None)
-            except ConnectionClosed:
-                pass
+            self._post(st, msgs, busy)
         if resolve:
             self.resolve(st)
 

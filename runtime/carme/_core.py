@@ -88,6 +88,23 @@ class RefTable:
         return self.own.count(oid)
 
 
+
+class TaskLocal(threading.local):
+    """What the task running on this thread is (set by the worker's executor). Unset
+    names read as None from the class: a plain lookup, where `getattr(local, name, None)`
+    on a bare `threading.local` raised and caught an AttributeError (the submit path
+    reads `task_id` once per call)."""
+
+    task_id: bytes | None = None
+    lease_id: str | None = None
+    submitter: Any = None
+    actor_id: bytes | None = None
+    gpu_ids: list | None = None
+    resources: dict | None = None
+    restarts: int | None = None
+    pg_id: str | None = None
+    pg_capture: bool | None = None
+
 class CoreWorker:
     def __init__(self, *, role: str, daemon_conn: Connection, info: dict, worker_id: str,
                  job_id: str, namespace: str, token: bytes) -> None:
@@ -144,7 +161,7 @@ class CoreWorker:
         self.job_runtime_env: dict | None = None
         self.node: Any = None  # the embedded node a driver started
         self.quiet_logs = False
-        self.current_task: threading.local = threading.local()
+        self.current_task: TaskLocal = TaskLocal()
         self.actor_context: dict[str, Any] = {}  # actor-wide values for any of its threads
         self._unprotected: set[bytes] = set()
         # arguments read under their submitter's map (`resolve_args`), and those of them

@@ -71,11 +71,17 @@ def _core() -> Any:
     return auto_init()
 
 
+_NO_ARGS = inline_payload(pickle.dumps(((), {}), 5), ())  # (a tuple of immutables: shared by calls)
+
+
 def serialize_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[tuple, Any, Any, Any]:
     """(payload of (args, kwargs) with top-level refs blanked, their positions, the refs, the
     nested refs to keep alive)."""
-    if not kwargs and all(type(v) in ATOMS for v in args):  # no refs, nothing out of band
-        return inline_payload(pickle.dumps((args, kwargs), 5), ()), (), (), ()
+    if not kwargs:
+        if not args:
+            return _NO_ARGS, (), (), ()
+        if all(type(v) in ATOMS for v in args):  # no refs, nothing out of band
+            return inline_payload(pickle.dumps((args, kwargs), 5), ()), (), (), ()
     ref_pos: list | tuple = ()  # empty ones stay shared (many calls may be queued at once)
     arg_refs: list | tuple = ()
     a: tuple | list = args
@@ -169,7 +175,7 @@ def _tag(core: Any) -> Any:
 
 
 def _parent(core: Any) -> str | None:
-    t = getattr(core.current_task, "task_id", None)
+    t = core.current_task.task_id
     return t.hex() if t else None
 
 
