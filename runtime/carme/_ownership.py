@@ -249,7 +249,8 @@ class Ownership:
         entry.payload = payload
         if not entry.size:
             entry.size = (payload[2] if payload[0] == SHARED
-                          else len(payload[1]) + sum(len(b) for b in payload[2]))
+                          else len(payload[1]) + sum(len(b) for b in payload[2]) if payload[2]
+                          else len(payload[1]))
         waiters, entry.waiters = entry.waiters, _NONE
         seal = entry.exported and entry.owned and not daemon_lost
         entry.sealing = seal

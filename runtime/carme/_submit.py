@@ -505,10 +505,13 @@ class TaskSubmitter:
             return
         # one event for RUNNING (`started`) and the end; the worker reported RUNNING only
         # if the task ran past its flush, with the same time, and the log keeps one of them
-        core.record(spec.task_id, "FAILED" if failed else "FINISHED", ts=info.get("end"),
-                    started=info.get("start"), node_id=node_id, worker_id=worker_id,
-                    worker_pid=pid, error_type=info.get("error_type"),
-                    error_message=info.get("error_message"))
+        if failed:
+            core.record(spec.task_id, "FAILED", ts=info.get("end"), started=info.get("start"),
+                        node_id=node_id, worker_id=worker_id, worker_pid=pid,
+                        error_type=info.get("error_type"), error_message=info.get("error_message"))
+        else:  # (no error fields: fewer to merge, send and store, per task)
+            core.record(spec.task_id, "FINISHED", ts=info.get("end"), started=info.get("start"),
+                        node_id=node_id, worker_id=worker_id, worker_pid=pid)
         self.finish(spec, payloads, contained, node_id)
 
     def _rebuild_lost_arg(self, spec: TaskSpec, payload: tuple) -> bool:
