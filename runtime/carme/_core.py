@@ -57,6 +57,7 @@ _now = time.time
 # a holder checks for its answer SPIN s before it sleeps, while its waits end within
 # QUICK s (`_select_soon`)
 SPIN = 0.0002
+FLUSH_RETRY = 0.0002  # s before posted frames are tried again when another thread was sending
 QUICK = 0.001
 
 
@@ -233,12 +234,22 @@ class CoreWorker:
 
     def _flush_posted(self) -> None:
         while self._to_flush:
-            conn = self._to_flush.popleft()
-            try:
-                if not conn.flush_later():
-                    self._watch_writable(conn, True)
-            except ConnectionClosed:
-                pass  # its reader sees the close
+            self._flush(self._to_flush.popleft(), False)
+
+    def _flush(self, conn: Connection, watched: bool) -> None:
+        """Send `conn`'s posted frames; what the socket does not take waits for it to be
+        writable (`watched`: it is watched for that now). Another thread sending on it:
+        tried again after FLUSH_RETRY, this thread reading meanwhile (never waiting for
+        that send: it may wait for the peer, and the peer for us to read)."""
+        try:
+            done = conn.flush_later()
+        except ConnectionClosed:
+            done = True  # (its reader sees the close)
+        if done is None:
+            self.call_later(FLUSH_RETRY, lambda: self._to_flush.append(conn))
+            done = True  # (not watched meanwhile: writable, it would only spin)
+        if done == watched:
+            self._watch_writable(conn, not done)
 
     def send_posted(self) -> None:
         """Send every posted frame now, blocking (before this process exits on purpose)."""
@@ -432,11 +443,7 @@ class CoreWorker:
                 continue
             conn, handler = key.data
             if events & selectors.EVENT_WRITE:
-                try:
-                    if conn.flush_later():
-                        self._watch_writable(conn, False)
-                except ConnectionClosed:
-                    self._watch_writable(conn, False)
+                self._flush(conn, True)
                 if not events & selectors.EVENT_READ:
                     continue
             try:

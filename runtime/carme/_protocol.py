@@ -172,17 +172,17 @@ class Connection:
         """Send the posted frames, then `frames` (whole frames), blocking as `send` does."""
         self._write(frames)
 
-    def flush_later(self) -> bool:
+    def flush_later(self) -> bool | None:
         """The owner's I/O thread: send the posted frames without blocking; True once none
-        are left (else call again when the socket is writable).
+        are left, False when the socket took only part (call again when it is writable).
 
-        It does not wait for the send lock either. Another thread may hold it in a
-        blocking send that waits for the peer to read, while the peer's own sender waits
-        for us to read: the reader must not be the one waiting (both sides' buffers full
-        of each other's calls and results, for ever). The holder sends what was posted
-        before it; what is posted meanwhile is sent on a later writable turn."""
+        None when another thread holds the send lock: call again a moment later. It does
+        not wait for the lock. The holder may be in a blocking send that waits for the
+        peer to read while the peer's own sender waits for us to read: the reader must
+        not be the one waiting (both sides' buffers full of each other's calls and
+        results, for ever)."""
         if not self._send_lock.acquire(blocking=False):
-            return False
+            return None
         try:
             return self.closed or self._drain(self._later)
         finally:
