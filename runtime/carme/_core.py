@@ -89,7 +89,6 @@ class RefTable:
         return self.own.count(oid)
 
 
-
 class TaskLocal(threading.local):
     """What the task running on this thread is (set by the worker's executor). Unset
     names read as None from the class: a plain lookup, where `getattr(local, name, None)`
@@ -105,6 +104,7 @@ class TaskLocal(threading.local):
     restarts: int | None = None
     pg_id: str | None = None
     pg_capture: bool | None = None
+
 
 class CoreWorker:
     def __init__(self, *, role: str, daemon_conn: Connection, info: dict, worker_id: str,

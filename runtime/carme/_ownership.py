@@ -248,9 +248,10 @@ class Ownership:
             return None
         entry.payload = payload
         if not entry.size:
-            entry.size = (payload[2] if payload[0] == SHARED
-                          else len(payload[1]) + sum(len(b) for b in payload[2]) if payload[2]
-                          else len(payload[1]))
+            if payload[0] == SHARED:
+                entry.size = payload[2]
+            else:
+                entry.size = len(payload[1]) + (sum(len(b) for b in payload[2]) if payload[2] else 0)
         waiters, entry.waiters = entry.waiters, _NONE
         seal = entry.exported and entry.owned and not daemon_lost
         entry.sealing = seal

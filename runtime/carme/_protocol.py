@@ -29,13 +29,15 @@ Batched sending (`post`, a driver's calls and a worker's results): a message tha
 peer does not wait for at once (the peer still has earlier work of ours in hand) joins
 the frames waiting in `_later`, and the owner's I/O thread sends them all in one
 non-blocking write before it next waits for I/O (`flush_later`; what the kernel does not
-take then, or what it finds another thread sending, is sent when the socket turns
-writable: the I/O thread never waits for a send, so it always goes on reading). A burst of calls or results thus
+take then is sent when the socket turns writable). A burst of calls or results thus
 costs one system call, and one wake-up of the peer, per batch instead of per message.
 The poster sends a batch itself once it reaches LATER_MAX bytes or its oldest frame has
 waited LATER_AGE: the I/O thread may be waiting for the GIL the poster holds (up to the
 interpreter's 5 ms switch interval), and the peer must not sit idle that long.
-Any direct send on the connection sends what waits first, so order is kept.
+Any direct send on the connection sends what waits first, so order is kept. The I/O
+thread never waits for another thread's send (`flush_later` returns None then, and the
+owner tries again a moment later): that send may wait for the peer to read, and the
+peer's for us to read.
 """
 
 from __future__ import annotations
