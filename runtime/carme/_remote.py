@@ -20,7 +20,7 @@ from ._options import (
     validate_method_options,
     validate_task_options,
 )
-from ._serialization import ATOMS, dumps, dumps_function, inline_payload
+from ._serialization import ATOMS, NO_ARGS_DATA, dumps, dumps_function, inline_payload
 from ._submit import StreamState, TaskSpec
 
 
@@ -71,7 +71,7 @@ def _core() -> Any:
     return auto_init()
 
 
-_NO_ARGS = inline_payload(pickle.dumps(((), {}), 5), ())  # (a tuple of immutables: shared by calls)
+_NO_ARGS = inline_payload(NO_ARGS_DATA, ())  # (a tuple of immutables: shared by calls)
 
 
 def serialize_args(core: Any, args: tuple, kwargs: dict, what: str) -> tuple[tuple, Any, Any, Any]:

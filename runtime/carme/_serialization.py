@@ -49,6 +49,9 @@ class _NeedsCloudpickle(Exception):
 # values of these types hold no ObjectRef, no buffer and nothing by reference: the plain
 # C pickler alone (a no-op task's None result, a call's small scalar arguments)
 ATOMS = frozenset({type(None), bool, int, float, str, bytes})
+# the arguments of a call without any, pickled once: a submitter sends these bytes, and a
+# worker that gets them skips the unpickling
+NO_ARGS_DATA = pickle.dumps(((), {}), 5)
 
 
 def dumps(value: Any) -> tuple[bytes, list[pickle.PickleBuffer], list]:

@@ -49,7 +49,7 @@ class Values:
         this process's references)."""
         core = self.core
         data, buffers, contained = dumps(value)
-        holder = getattr(core.current_task, "submitter", None)
+        holder = core.current_task.submitter
         if contained:
             core.export(contained)
             if hold_contained:
@@ -57,7 +57,7 @@ class Values:
                 homes = {o: h for o, h in homes.items() if h != core.node_id}
                 core.request(M.INCREF, [r._id for r in contained],
                              holder + ":blob" if holder else None, *([homes] if homes else []))
-        size = len(data) + sum(b.raw().nbytes for b in buffers)
+        size = len(data) + sum(b.raw().nbytes for b in buffers) if buffers else len(data)
         if size < INLINE_LIMIT or oid is None:
             return inline_payload(data, buffers, is_error), contained
         total = layout_size(data, buffers)
@@ -76,6 +76,8 @@ class Values:
         submitter still holds the object; and a map of this process where the submitter's
         map was what they were read under (it goes with the result)."""
         core = self.core
+        if not core._unprotected and not core._held_reads:
+            return  # (the common case: the task read no argument from the store)
         with core.lock:
             oids, core._unprotected = core._unprotected, set()
             held, core._held_reads = core._held_reads, set()

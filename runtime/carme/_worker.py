@@ -38,7 +38,7 @@ from ._ids import return_id
 from ._messages import _short
 from ._protocol import Connection, ConnectionClosed, listen
 from ._rpc import hand_over
-from ._serialization import loads
+from ._serialization import NO_ARGS_DATA, loads
 from ._task_messages import ActorCall, Item, Push, Result
 from ._values import error_payload
 
@@ -263,6 +263,8 @@ class Executor:
 
     def build_args(self, args: tuple, ref_pos: list | tuple, resolved: list) -> tuple[list, dict]:
         core = self.core
+        if args[1] == NO_ARGS_DATA and not args[2] and not ref_pos:
+            return [], {}  # (a call without arguments: nothing to unpickle)
         (a, kw), loaded = loads(args[1], args[2])
         if loaded:
             core.borrow(loaded)
