@@ -17,7 +17,7 @@ import pytest
 
 from carme import _messages as M
 from carme import exceptions as exc
-from carme._core import CoreWorker
+from carme._core import CoreWorker, TaskLocal
 from carme._ownership import Ownership
 from carme._poll_role import PollRole
 from carme._protocol import Connection
@@ -33,7 +33,7 @@ def core():
         lock=threading.RLock(), daemon=Connection(mine), daemon_lost=False, peers={},
         own=Ownership("node-1"), _events=[], _running_events={}, _unsent_submits={}, worker_id="w1",
         role="driver", node_id="node-1",
-        info={"head_node": "node-1"}, executor=None, logs=[], current_task=threading.local(),
+        info={"head_node": "node-1"}, executor=None, logs=[], current_task=TaskLocal(),
         objects={}, _unprotected=set(), pid=1)
     c.own_conn = Connection(theirs)
     c.record = types.MethodType(CoreWorker.record, c)  # the real one, on this stand-in
