@@ -108,7 +108,7 @@ def loads(data: Any, buffers: list | None = None) -> tuple[Any, list]:
 
 
 def total_size(data: bytes, buffers: list) -> int:
-    return len(data) + sum(b.raw().nbytes for b in buffers)
+    return len(data) + sum(b.raw().nbytes for b in buffers) if buffers else len(data)
 
 
 def inline_payload(data: bytes, buffers: list | tuple, is_error: bool = False) -> tuple:

@@ -29,6 +29,7 @@ from ._serialization import (
     layout_size,
     loads,
     read_layout,
+    total_size,
     write_layout,
 )
 
@@ -57,7 +58,7 @@ class Values:
                 homes = {o: h for o, h in homes.items() if h != core.node_id}
                 core.request(M.INCREF, [r._id for r in contained],
                              holder + ":blob" if holder else None, *([homes] if homes else []))
-        size = len(data) + sum(b.raw().nbytes for b in buffers) if buffers else len(data)
+        size = total_size(data, buffers)
         if size < INLINE_LIMIT or oid is None:
             return inline_payload(data, buffers, is_error), contained
         total = layout_size(data, buffers)
